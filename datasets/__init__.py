@@ -1,0 +1,1 @@
+"""Readers, the Cohort, the torch Dataset/collate, the synthetic cohort generator and data modules."""

@@ -1,0 +1,1 @@
+"""The LightningModule, the `clinfuse` CLI, sweeps, tracking and the prediction API."""

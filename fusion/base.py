@@ -1,0 +1,96 @@
+"""Fusion heads: combine whatever modality tokens a patient has into one vector.
+
+A head takes ``dict[str, ModalityTokens]`` and returns a :class:`FusionOutput`. It never computes
+the task loss (that lives in the LightningModule). Rules every head obeys (checked by
+``tests/test_conformance.py`` for every registered head):
+
+1. an absent modality may be omitted from the dict or passed with ``present=False``: same output;
+2. dict order never matters;
+3. padding content is ignored;
+4. a patient with no data at all still gets a finite output;
+5. every parameter gets a gradient; sample i's output does not depend on sample j.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from clinfuse.encoders.base import ModalityTokens
+
+
+@dataclass
+class FusionOutput:
+    """What a fusion head returns.
+
+    Attributes:
+        pooled: ``(B, D)`` the fused patient representation.
+        per_modality: optional ``modality -> (B, D)`` representation of each modality alone
+            (zero for absent patients), for late fusion and contributions.
+        per_step: optional list of ``(B, D)`` states after each step of a sequential head.
+        aux_loss: optional scalar the head wants added to the task loss (e.g. a completion loss).
+    """
+
+    pooled: torch.Tensor
+    per_modality: dict[str, torch.Tensor] | None = None
+    per_step: list[torch.Tensor] | None = None
+    aux_loss: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class FusionHead(nn.Module):
+    """Base class of every fusion head.
+
+    Args:
+        d_model: width ``D`` of the incoming tokens and of ``FusionOutput.pooled``.
+        modalities: the modality names this head accepts, in a canonical order (the order is
+            used only where a head needs one, e.g. sequential heads; dict order never matters).
+    """
+
+    def __init__(self, d_model: int, modalities: Sequence[str]) -> None:
+        super().__init__()
+        if d_model <= 0:
+            raise ValueError(f"d_model must be positive, got {d_model}")
+        if len(modalities) == 0:
+            raise ValueError("a fusion head needs at least one modality")
+        if len(set(modalities)) != len(modalities):
+            raise ValueError(f"duplicate modality names: {list(modalities)}")
+        self.d_model = d_model
+        self.modalities = list(modalities)
+
+    def check_inputs(self, inputs: Mapping[str, ModalityTokens]) -> int:
+        """Validate the dict against this head; return the batch size.
+
+        Raises:
+            ValueError: an unknown modality, an empty dict, a batch-size or width mismatch.
+        """
+        if not inputs:
+            raise ValueError(f"{type(self).__name__}: got no modalities (expected some of {self.modalities})")
+        unknown = sorted(set(inputs) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown modalities {unknown}; this head was built for {self.modalities}")
+        sizes = {name: tuple(t.tokens.shape) for name, t in inputs.items()}
+        batch = {s[0] for s in sizes.values()}
+        if len(batch) != 1:
+            raise ValueError(f"{type(self).__name__}: modalities disagree on batch size: {sizes}")
+        for name, toks in inputs.items():
+            if toks.tokens.shape[2] != self.d_model:
+                raise ValueError(
+                    f"{type(self).__name__}: modality {name!r} has tokens of shape {sizes[name]}, "
+                    f"expected width D={self.d_model}"
+                )
+        return batch.pop()
+
+    def ordered(self, inputs: Mapping[str, ModalityTokens]) -> list[tuple[str, ModalityTokens]]:
+        """The given modalities in this head's canonical order (so dict order never matters)."""
+        return [(m, inputs[m]) for m in self.modalities if m in inputs]
+
+    def reference(self, inputs: Mapping[str, ModalityTokens]) -> torch.Tensor:
+        """Any tokens tensor of the batch, for device/dtype/batch-size lookups."""
+        return next(iter(inputs.values())).tokens
+
+    def forward(self, inputs: Mapping[str, ModalityTokens]) -> FusionOutput:  # pragma: no cover
+        raise NotImplementedError
