@@ -1,0 +1,190 @@
+"""The LightningModule: encoders -> modality dropout -> fusion head -> task head, loss and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torchmetrics import CatMetric
+
+from clinfuse.encoders.base import ModalityEncoder, ModalityTokens
+from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
+from clinfuse.fusion.base import FusionHead, FusionOutput
+from clinfuse.fusion.losses import cox_ph_loss
+from clinfuse.fusion.modality_dropout import ModalityDropout
+from clinfuse.fusion.task_heads import Task, TaskHead
+
+#: Builds an encoder from ``(d_model, spec)``; in YAML a ``class_path`` + ``init_args`` of the rest.
+EncoderFactory = Callable[[int, dict], ModalityEncoder]
+#: Builds a fusion head from ``(d_model, modalities)``.
+FusionFactory = Callable[[int, list], FusionHead]
+
+STAGES = ("train", "val", "test")
+
+
+class ClinFuseModule(pl.LightningModule):
+    """A multimodal model for one task, trained with modality dropout.
+
+    Args:
+        spec: modality -> input spec (formats.md section 3); normally linked from the data module
+            by the CLI, and saved in the checkpoint so the model rebuilds without the data.
+        d_model: token width shared by every encoder and the head.
+        encoders: modality -> encoder factory. Modalities of ``spec`` not named here get the
+            default encoder of ``clinfuse.encoders.registry.ENCODERS``.
+        fusion: fusion-head factory; default ``TransformerFusion``.
+        task: ``survival``, ``binary`` or ``multiclass``.
+        n_classes: classes of the multiclass label (linked from the data module by the CLI).
+        modality_dropout: per-modality drop probability during training (a float for all).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        head_dropout: dropout before the task read-out.
+    """
+
+    def __init__(
+        self,
+        spec: dict[str, dict] | None = None,
+        d_model: int = 64,
+        encoders: dict[str, EncoderFactory] | None = None,
+        fusion: FusionFactory | None = None,
+        task: Task = "survival",
+        n_classes: int = 2,
+        modality_dropout: float | dict[str, float] = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        head_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not spec:
+            raise ValueError(
+                "ClinFuseModule needs the data's modality spec (dict modality -> spec); the CLI links it "
+                "from data.spec, in Python pass ClinicalDataModule(...).spec"
+            )
+        from clinfuse.encoders.registry import ENCODERS
+        from clinfuse.fusion.transformer import TransformerFusion
+
+        encoders = dict(encoders or {})
+        unknown = sorted(set(encoders) - set(spec))
+        if unknown:
+            raise ValueError(
+                f"the config names encoders for modalities {unknown} that the data does not have; "
+                f"the data module provides {sorted(spec)}"
+            )
+        for m in spec:
+            if m not in encoders:
+                if m not in ENCODERS:
+                    raise ValueError(f"no default encoder for modality {m!r}; name one under model.encoders")
+                encoders[m] = ENCODERS[m]
+        self.modalities = list(spec)
+        self.task = task
+        self.n_classes = n_classes
+        self.encoders = nn.ModuleDict({m: encoders[m](d_model, spec[m]) for m in self.modalities})
+        self.fusion = (fusion or TransformerFusion)(d_model, self.modalities)
+        self.dropout = ModalityDropout(modality_dropout)
+        self.head = TaskHead(d_model, task, n_classes, dropout=head_dropout)
+        self._collected = nn.ModuleDict(
+            {s: nn.ModuleDict({k: CatMetric() for k in ("out", "target", "time", "event")}) for s in STAGES}
+        )
+
+    # ------------------------------------------------------------------ forward
+    def encode(self, inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, ModalityTokens]:
+        """Run each modality's encoder; modalities missing from ``inputs`` are simply absent."""
+        unknown = sorted(set(inputs) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"batch holds modalities {unknown} this model has no encoder for ({self.modalities})")
+        return {m: self.encoders[m](x) for m, x in inputs.items()}
+
+    def forward(self, inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, FusionOutput]:
+        """Predict from a batch's ``inputs`` dict.
+
+        Returns:
+            The task output (logits or log-risk) and the fusion head's output.
+
+        Shapes:
+            out: (B,) binary logit / survival log-risk, (B, C) multiclass logits.
+        """
+        tokens = self.encode(inputs)
+        tokens = self.dropout(tokens)
+        fused = self.fusion(tokens)
+        return self.head(fused.pooled), fused
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, out: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.task == "survival":
+            return cox_ph_loss(out, labels["time"], labels["event"])
+        if self.task == "binary":
+            return nn.functional.binary_cross_entropy_with_logits(out, labels["binary"].float())
+        return nn.functional.cross_entropy(out, labels["multiclass"].long())
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        out, fused = self(batch["inputs"])
+        labels = batch["labels"]
+        loss = self.loss(out, labels)
+        if fused.aux_loss is not None:
+            loss = loss + fused.aux_loss
+        bs = out.shape[0]
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs)
+        col = self._collected[stage]
+        col["out"].update(out.detach().float())
+        target = labels["multiclass"] if self.task == "multiclass" else labels["binary"]
+        col["target"].update(target.float())
+        col["time"].update(labels["time"].float())
+        col["event"].update(labels["event"].float())
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        out, _ = self(batch["inputs"])
+        return {"patient_id": batch["patient_id"], "out": out.detach().cpu()}
+
+    # ------------------------------------------------------------------ epoch metrics
+    def _epoch_metrics(self, stage: str) -> None:
+        col = self._collected[stage]
+        if col["out"].update_count == 0:
+            return
+        # CatMetric.compute() gathers across processes under DDP
+        out, target = col["out"].compute(), col["target"].compute()
+        if self.task == "survival":
+            c = harrell_c_index(out.cpu().numpy(), col["time"].compute().cpu().numpy(), col["event"].compute().cpu().numpy())
+            metrics = {"c_index": c}
+        else:
+            if self.task == "multiclass":
+                out = out.reshape(-1, self.n_classes)
+            metrics = classification_metrics(out.cpu(), target.cpu(), self.task, self.n_classes)
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, prog_bar=stage == "val", sync_dist=False)
+        for m in col.values():
+            m.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_metrics("test")
+
+    # ------------------------------------------------------------------ optimisation
+    @property
+    def monitor(self) -> str:
+        """The validation metric used to pick the best checkpoint (higher is better)."""
+        return "val/c_index" if self.task == "survival" else "val/auroc"
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [ModelCheckpoint(monitor=self.monitor, mode="max", filename="best-{epoch}", save_last=False)]

@@ -1,0 +1,54 @@
+"""Compare a model's test metrics with the synthetic cohort's oracle (the best achievable)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
+
+
+def oracle_metrics(datamodule: Any, task: str) -> dict[str, float]:
+    """Oracle metrics on the test split: with full data and given only the observed modalities.
+
+    Returns an empty dict when the cohort has no oracle (real data) or the task has none
+    (multiclass).
+    """
+    oracle = getattr(datamodule, "oracle", None)
+    if oracle is None or task == "multiclass":
+        return {}
+    import torch
+
+    labels = datamodule.cohort.labels.set_index("patient_id")
+    test_ids = list(datamodule.cohort.splits["test"])
+    o = oracle.set_index("patient_id").loc[test_ids]
+    y = labels.loc[test_ids]
+    if task == "survival":
+        t, e = y["time"].to_numpy(float), y["event"].to_numpy(float)
+        return {
+            "c_index_full": harrell_c_index(o["risk_full"].to_numpy(), t, e),
+            "c_index_observed": harrell_c_index(o["risk_observed"].to_numpy(), t, e),
+        }
+    target = torch.as_tensor(y["binary"].to_numpy(), dtype=torch.long)
+    out: dict[str, float] = {}
+    for which in ("full", "observed"):
+        p = np.clip(o[f"prob_{which}"].to_numpy(float), 1e-7, 1 - 1e-7)
+        logits = torch.as_tensor(np.log(p / (1 - p)))
+        for k, v in classification_metrics(logits, target, "binary").items():
+            out[f"{k}_{which}"] = v
+    return out
+
+
+def format_comparison(test: dict[str, float], oracle: dict[str, float], task: str) -> str:
+    """A small table: metric, model, oracle (full data), oracle (observed modalities), ratio."""
+    names = ["c_index"] if task == "survival" else (["auroc", "auprc"] if task == "binary" else ["auroc"])
+    rows = [f"{'metric':<10} {'model':>8} {'oracle(full)':>13} {'oracle(observed)':>17} {'model/oracle':>13}"]
+    for n in names:
+        model = float(test.get(f"test/{n}", math.nan))
+        full = oracle.get(f"{n}_full", math.nan)
+        obs = oracle.get(f"{n}_observed", math.nan)
+        ratio = model / full if full and not math.isnan(full) else math.nan
+        rows.append(f"{n:<10} {model:>8.4f} {full:>13.4f} {obs:>17.4f} {ratio:>13.3f}")
+    return "\n".join(["", "Test split: model vs oracle", *rows, ""])
