@@ -12,6 +12,7 @@ consumes a ``dict[str, ModalityTokens]``. The shape alphabet used in all ``Shape
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +111,9 @@ class ModalityEncoder(nn.Module):
 
     Subclasses take ``d_model`` as their first constructor argument, store only typed arguments
     (no I/O in ``__init__``) and provide :meth:`example_inputs`, a tiny batch in the exact input
-    format the encoder reads (living documentation, used by the conformance suite).
+    format the encoder reads (living documentation, used by the conformance suite), with the
+    matching :meth:`example_spec`. The shapes of ``example_inputs`` depend on ``batch_size`` only,
+    never on ``seed``.
 
     Every input dict carries ``present`` ``(B,)`` bool; a patient with ``present=False`` gets
     ``mask`` all False and zero tokens, whatever else its padded inputs contain.
@@ -131,6 +134,69 @@ class ModalityEncoder(nn.Module):
         raise NotImplementedError(f"{cls.__name__} must define example_inputs")
 
     @classmethod
+    def example_spec(cls) -> dict[str, Any]:
+        """The modality spec (``docs/formats.md`` section 3) that matches :meth:`example_inputs`."""
+        raise NotImplementedError(f"{cls.__name__} must define example_spec")
+
+    @classmethod
     def example_kwargs(cls) -> dict[str, Any]:
         """Constructor arguments (besides ``d_model``) that match :meth:`example_inputs`."""
         return {}
+
+    def require(self, inputs: Mapping[str, torch.Tensor], *keys: str) -> int:
+        """Check that ``inputs`` holds ``present`` and ``keys``; return the batch size ``B``.
+
+        Raises:
+            ValueError: a key is missing or ``present`` is not a ``(B,)`` bool tensor.
+        """
+        missing = [k for k in ("present", *keys) if k not in inputs]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__}: {self.modality} inputs lack keys {missing}; "
+                f"got {sorted(inputs)} (see docs/formats.md section 2)"
+            )
+        present = inputs["present"]
+        if present.dim() != 1 or present.dtype != torch.bool:
+            raise ValueError(
+                f"{type(self).__name__}: {self.modality} 'present' must be a (B,) bool tensor, "
+                f"got {_shape(present)} {present.dtype}"
+            )
+        return present.shape[0]
+
+    def check_shape(self, key: str, tensor: torch.Tensor, expected: tuple[int | None, ...]) -> None:
+        """Raise ``ValueError`` naming ``key`` when ``tensor`` does not have shape ``expected``.
+
+        ``None`` in ``expected`` matches any size.
+        """
+        ok = tensor.dim() == len(expected) and all(
+            e is None or e == s for e, s in zip(expected, tensor.shape)
+        )
+        if not ok:
+            dims = ["*" if e is None else str(e) for e in expected]
+            want = f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"
+            raise ValueError(
+                f"{type(self).__name__}: {self.modality} input {key!r} must have shape {want}, "
+                f"got {tuple(tensor.shape)}"
+            )
+
+    def check_indices(self, key: str, ids: torch.Tensor, valid: torch.Tensor, high: int) -> None:
+        """Raise ``ValueError`` naming ``key`` when an id at a ``valid`` position is outside ``[0, high)``."""
+        bad = valid & ((ids < 0) | (ids >= high))
+        if bool(bad.any()):
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"{type(self).__name__}: {self.modality} input {key!r} holds {int(ids[where])} at "
+                f"index {where}, outside [0, {high}) given by the spec"
+            )
+
+    @classmethod
+    def require_spec(cls, spec: Mapping[str, Any], *keys: str) -> None:
+        """Raise ``ValueError`` when the modality spec lacks one of ``keys``."""
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"{cls.__name__}: spec must be a dict, got {type(spec).__name__}")
+        missing = [k for k in keys if k not in spec]
+        if missing:
+            raise ValueError(
+                f"{cls.__name__}: {cls.modality} spec lacks keys {missing}; got {sorted(spec)} "
+                "(see docs/formats.md section 3)"
+            )

@@ -14,10 +14,11 @@ import json
 import sys
 from collections.abc import Sequence
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from clinfuse.datasets.datamodule import ClinicalDataModule
-from clinfuse.experiments.module import ClinFuseModule
+from clinfuse.experiments.module import ClinFuseModule, monitor_for
 from clinfuse.experiments.oracle import format_comparison, oracle_metrics
 from clinfuse.experiments.tracking import MLflowSaveConfigCallback, default_logger_config
 
@@ -28,6 +29,11 @@ class ClinFuseCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         parser.link_arguments("data.spec", "model.spec", apply_on="instantiate")
         parser.link_arguments("data.n_classes", "model.n_classes", apply_on="instantiate")
+        # One checkpoint callback owned by the trainer for the whole run (a callback returned by
+        # LightningModule.configure_callbacks is replaced at test time, which breaks MLFlowLogger).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.mode": "max", "checkpoint.filename": "best-{epoch}"})
+        parser.link_arguments("model.task", "checkpoint.monitor", compute_fn=monitor_for)
 
     def after_fit(self) -> None:
         """Test the best checkpoint and compare with the oracle."""
@@ -60,7 +66,8 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI
         run=run,
         save_config_callback=MLflowSaveConfigCallback,
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
-        trainer_defaults={"logger": default_logger_config()},
+        # checkpoints land in ./checkpoints/<experiment>/<run>/ before MLflow uploads them
+        trainer_defaults={"logger": default_logger_config(), "default_root_dir": "checkpoints"},
     )
 
 

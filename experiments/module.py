@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torchmetrics import CatMetric
 
@@ -24,6 +23,11 @@ EncoderFactory = Callable[[int, dict], ModalityEncoder]
 FusionFactory = Callable[[int, list], FusionHead]
 
 STAGES = ("train", "val", "test")
+
+
+def monitor_for(task: str) -> str:
+    """The validation metric that picks the best checkpoint of a task (higher is better)."""
+    return "val/c_index" if task == "survival" else "val/auroc"
 
 
 class ClinFuseModule(pl.LightningModule):
@@ -87,7 +91,7 @@ class ClinFuseModule(pl.LightningModule):
         self.dropout = ModalityDropout(modality_dropout)
         self.head = TaskHead(d_model, task, n_classes, dropout=head_dropout)
         self._collected = nn.ModuleDict(
-            {s: nn.ModuleDict({k: CatMetric() for k in ("out", "target", "time", "event")}) for s in STAGES}
+            {f"{s}_preds": nn.ModuleDict({k: CatMetric() for k in ("out", "target", "time", "event")}) for s in STAGES}
         )
 
     # ------------------------------------------------------------------ forward
@@ -128,7 +132,7 @@ class ClinFuseModule(pl.LightningModule):
             loss = loss + fused.aux_loss
         bs = out.shape[0]
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs)
-        col = self._collected[stage]
+        col = self._collected[f"{stage}_preds"]
         col["out"].update(out.detach().float())
         target = labels["multiclass"] if self.task == "multiclass" else labels["binary"]
         col["target"].update(target.float())
@@ -151,7 +155,7 @@ class ClinFuseModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ epoch metrics
     def _epoch_metrics(self, stage: str) -> None:
-        col = self._collected[stage]
+        col = self._collected[f"{stage}_preds"]
         if col["out"].update_count == 0:
             return
         # CatMetric.compute() gathers across processes under DDP
@@ -181,10 +185,7 @@ class ClinFuseModule(pl.LightningModule):
     @property
     def monitor(self) -> str:
         """The validation metric used to pick the best checkpoint (higher is better)."""
-        return "val/c_index" if self.task == "survival" else "val/auroc"
+        return monitor_for(self.task)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        return [ModelCheckpoint(monitor=self.monitor, mode="max", filename="best-{epoch}", save_last=False)]

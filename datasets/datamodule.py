@@ -1,0 +1,164 @@
+"""ClinicalDataModule: a cohort folder as Lightning train/val/test/predict dataloaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from clinfuse.datasets.cohort import Cohort
+from clinfuse.datasets.dataset import ClinicalDataset, Collator
+
+
+class ClinicalDataModule(pl.LightningDataModule):
+    """Loads a cohort folder, fits preprocessing on its train split and serves batches.
+
+    The constructor only stores its arguments (no I/O). ``prepare_data``/``setup`` and the
+    properties ``spec``, ``modality_names``, ``n_classes``, ``oracle`` all call the same
+    idempotent load + fit, so the properties work before ``trainer.fit`` (to build a model).
+    Batches follow ``docs/formats.md`` section 2.
+
+    Args:
+        root: the cohort folder.
+        modalities: modalities to load; ``None`` = every available one.
+        batch_size: patients per batch.
+        num_workers: DataLoader worker processes.
+        ecg_fs: ECG output sampling rate (Hz).
+        ecg_seconds: ECG output duration (s).
+        max_patches: WSI patches per patient at most.
+        max_events: time-series events per patient at most (most recent kept).
+        max_notes: notes per patient at most (most recent kept).
+        max_words: tokens per note at most.
+        synth_if_missing: generate a synthetic cohort at ``root`` if the folder does not exist.
+        synth_patients: patients of that synthetic cohort.
+        synth_seed: seed of that synthetic cohort.
+        seed: seed of the training loader's shuffling generator.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        modalities: list[str] | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        ecg_fs: float = 100.0,
+        ecg_seconds: float = 10.0,
+        max_patches: int = 512,
+        max_events: int = 512,
+        max_notes: int = 8,
+        max_words: int = 128,
+        synth_if_missing: bool = False,
+        synth_patients: int = 2000,
+        synth_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = root
+        self.modalities = modalities
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.ecg_fs = ecg_fs
+        self.ecg_seconds = ecg_seconds
+        self.max_patches = max_patches
+        self.max_events = max_events
+        self.max_notes = max_notes
+        self.max_words = max_words
+        self.synth_if_missing = synth_if_missing
+        self.synth_patients = synth_patients
+        self.synth_seed = synth_seed
+        self.seed = seed
+        self._cohort: Cohort | None = None
+        self._datasets: dict[str, ClinicalDataset] = {}
+
+    # ------------------------------------------------------------------ loading
+    def _synthesize_if_missing(self) -> None:
+        if self.synth_if_missing and not Path(self.root).exists():
+            from clinfuse.datasets.synthetic import generate_cohort  # lazy: heavy and optional
+
+            generate_cohort(self.root, n_patients=self.synth_patients, seed=self.synth_seed)
+
+    def _reader_kwargs(self) -> dict[str, dict[str, Any]]:
+        return {
+            "timeseries": {"max_events": self.max_events},
+            "ecg": {"fs": self.ecg_fs, "seconds": self.ecg_seconds},
+            "notes": {"max_notes": self.max_notes, "max_words": self.max_words},
+            "wsi": {"max_patches": self.max_patches},
+        }
+
+    @property
+    def cohort(self) -> Cohort:
+        """The loaded cohort with preprocessing fitted on the train split (loaded on first use)."""
+        if self._cohort is None:
+            self._synthesize_if_missing()
+            self._cohort = Cohort.load(self.root, self.modalities, **self._reader_kwargs()).fit()
+        return self._cohort
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic cohort if asked and missing; build the ECG cache."""
+        _ = self.cohort
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load + fit (idempotent) and build the split datasets."""
+        for split in ("train", "val", "test"):
+            if split not in self._datasets:
+                self._datasets[split] = ClinicalDataset(self.cohort, split)
+
+    # ------------------------------------------------------------------ what a model needs
+    @property
+    def spec(self) -> dict[str, dict[str, Any]]:
+        """Modality -> spec (``docs/formats.md`` section 3), JSON-able."""
+        return self.cohort.spec()
+
+    @property
+    def modality_names(self) -> list[str]:
+        """The loaded modalities, in canonical order."""
+        return self.cohort.modalities
+
+    @property
+    def n_classes(self) -> int:
+        """Classes of the multiclass label."""
+        return self.cohort.n_classes
+
+    @property
+    def oracle(self) -> pd.DataFrame | None:
+        """The cohort's ``oracle.parquet`` (synthetic cohorts) or None."""
+        return self.cohort.oracle
+
+    def preprocessing_state(self) -> dict[str, Any]:
+        """The fitted preprocessing of every modality as a JSON-able dict."""
+        return self.cohort.state_dict()
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self._datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            collate_fn=Collator(self.cohort.readers),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) training batches."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in split order."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in split order."""
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, for ``trainer.predict``."""
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,63 @@
+"""Run the slow per-file writers (ECG, WSI) in chunks, in worker processes when that pays off.
+
+Every chunk carries its own ``numpy.random.SeedSequence``, so the files do not depend on the number
+of workers or on the order in which chunks finish. The number of workers is the number of usable
+CPU cores (at most ``MAX_WORKERS``); set the environment variable ``CLINFUSE_SYNTH_WORKERS`` to
+override it (``1`` runs everything in the calling process). Worker processes use the platform's
+default start method; with ``spawn``/``forkserver`` a calling script needs the usual
+``if __name__ == "__main__":`` guard.
+"""
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+MAX_WORKERS = 8
+MIN_ITEMS_FOR_POOL = 48  # below this, starting processes costs more than it saves
+WORKERS_ENV = "CLINFUSE_SYNTH_WORKERS"
+
+
+def n_workers() -> int:
+    """Number of worker processes to use (see the module docstring)."""
+    env = os.environ.get(WORKERS_ENV)
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"{WORKERS_ENV} must be a positive integer, got {env!r}")
+        return int(env)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+def run_chunks(fn: Callable, tasks: Sequence, sizes: Sequence[int], desc: str, show_progress: bool) -> list:
+    """Call ``fn(task)`` for every task, with a progress bar counting ``sizes``.
+
+    Args:
+        fn: A module-level function (it may be sent to another process).
+        tasks: One picklable argument per chunk.
+        sizes: Items (files) per chunk, for the progress bar.
+        desc: Progress bar label.
+        show_progress: Whether to show the bar.
+
+    Returns:
+        The results of ``fn``, in task order.
+    """
+    workers = min(n_workers(), len(tasks))
+    results = [None] * len(tasks)
+    with tqdm(total=int(sum(sizes)), desc=desc, unit="file", disable=not show_progress) as bar:
+        if workers <= 1 or sum(sizes) < MIN_ITEMS_FOR_POOL:
+            for i, task in enumerate(tasks):
+                results[i] = fn(task)
+                bar.update(sizes[i])
+            return results
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(fn, task): i for i, task in enumerate(tasks)}
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                bar.update(sizes[i])
+    return results

@@ -1,0 +1,122 @@
+"""Render the slide view ``v_wsi`` into CLAM-style bags of patch features (one h5 file per slide).
+
+A slide has ``P ~ Uniform(wsi_patches)`` patches on a square grid (256-pixel steps). A fraction
+``f = 0.05 + 0.6 * sigmoid(1.5 u0)`` (plus a little per-slide jitter) of them, a spatially
+contiguous blob around a random centre, are *tumour* patches; their features are shifted by
+``1.5 t0 + D u[1:]``, a fixed tumour direction plus directions set by the rest of the standardised
+view. Every patch carries ``N(0, I)`` background noise. About a quarter of the patients have two
+slides.
+"""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+
+from clinfuse.datasets.synthetic.parallel import run_chunks
+
+CHUNK = 32
+PATCH_PIXELS = 256
+SECOND_SLIDE_RATE = 0.25
+
+
+def tumor_fraction(u: np.ndarray) -> np.ndarray:
+    """Expected tumour-patch fraction per patient from the standardised WSI view ``u``."""
+    return 0.05 + 0.6 * expit(1.5 * u[:, 0])
+
+
+def slide_bag(n_patches: int, fraction: float, shift: np.ndarray, rng: np.random.Generator):
+    """Features and coordinates of one slide.
+
+    Args:
+        n_patches: Number of patches ``P``.
+        fraction: Share of tumour patches.
+        shift: Feature shift of tumour patches, shape ``(F,)``.
+        rng: Source of randomness.
+
+    Returns:
+        ``features`` float32 ``(P, F)`` and ``coords`` int32 ``(P, 2)``.
+    """
+    side = int(np.ceil(np.sqrt(n_patches)))
+    cell = np.arange(n_patches)
+    grid = np.stack([cell % side, cell // side], axis=1)  # (P, 2)
+    centre = rng.uniform(0, side, size=2)
+    n_tumor = int(round(fraction * n_patches))
+    tumor = np.argsort(((grid - centre) ** 2).sum(1))[:n_tumor]
+    features = rng.standard_normal((n_patches, shift.shape[0]), dtype=np.float32)
+    features[tumor] += shift.astype(np.float32)
+    origin = rng.integers(0, 40, size=2)
+    coords = ((grid + origin) * PATCH_PIXELS).astype(np.int32)
+    return features, coords
+
+
+def _write_chunk(task: dict) -> None:
+    """Synthesise and write one chunk of slides (runs in a worker)."""
+    rng = np.random.default_rng(task["seed"])
+    for path, n_patches, fraction, shift in zip(task["paths"], task["n_patches"], task["fraction"], task["shift"]):
+        features, coords = slide_bag(int(n_patches), float(fraction), shift, rng)
+        with h5py.File(path, "w") as f:
+            f.create_dataset("features", data=features, track_times=False)
+            f.create_dataset("coords", data=coords, track_times=False)
+
+
+def write_wsi(
+    wsi_dir: Path,
+    u: np.ndarray,
+    patient_ids,
+    present: np.ndarray,
+    rng: np.random.Generator,
+    seed: np.random.SeedSequence,
+    feature_dim: int,
+    patches: tuple[int, int],
+    show_progress: bool,
+) -> pd.DataFrame:
+    """Write the slides of every present patient into ``wsi_dir``.
+
+    Args:
+        wsi_dir: Target folder (created if needed).
+        u: Standardised WSI view for ALL patients, shape ``(n, d)``.
+        patient_ids: ``n`` patient ids.
+        present: Bool ``(n,)``, True where the patient has slides.
+        rng: Source of the per-slide parameters (the generator's "wsi" stream).
+        seed: Seed sequence for the patch noise (one child per chunk).
+        feature_dim: Feature dimension ``F``.
+        patches: Inclusive range ``(low, high)`` of the number of patches per slide.
+        show_progress: Whether to show a progress bar.
+
+    Returns:
+        The ``slides.csv`` table: ``patient_id, slide_id, path`` (path relative to ``wsi_dir``).
+    """
+    wsi_dir = Path(wsi_dir)
+    wsi_dir.mkdir(parents=True, exist_ok=True)
+    d = u.shape[1]
+    tumor_direction = rng.standard_normal(feature_dim)
+    tumor_direction /= np.linalg.norm(tumor_direction)
+    mixing = rng.standard_normal((feature_dim, d - 1)) / np.sqrt(feature_dim)
+
+    rows = np.flatnonzero(np.asarray(present, dtype=bool))
+    n_slides = 1 + (rng.uniform(size=rows.size) < SECOND_SLIDE_RATE)
+    slide_rows = np.repeat(rows, n_slides)
+    slide_index = np.arange(slide_rows.size) - np.repeat(np.cumsum(n_slides) - n_slides, n_slides)
+    ids = np.asarray(patient_ids, dtype=object)[slide_rows]
+    slide_ids = [f"{pid}_wsi{j}" for pid, j in zip(ids, slide_index)]
+    n_patches = rng.integers(patches[0], patches[1] + 1, size=slide_rows.size)
+    fraction = np.clip(tumor_fraction(u[slide_rows]) + 0.05 * rng.standard_normal(slide_rows.size), 0.0, 0.95)
+    shift = 1.5 * tumor_direction + u[slide_rows, 1:] @ mixing.T  # (n_slides, F)
+
+    starts = range(0, slide_rows.size, CHUNK)
+    children = seed.spawn(len(starts))
+    tasks = [
+        {
+            "paths": [str(wsi_dir / f"{s}.h5") for s in slide_ids[i : i + CHUNK]],
+            "n_patches": n_patches[i : i + CHUNK],
+            "fraction": fraction[i : i + CHUNK],
+            "shift": shift[i : i + CHUNK],
+            "seed": children[c],
+        }
+        for c, i in enumerate(starts)
+    ]
+    run_chunks(_write_chunk, tasks, [len(t["paths"]) for t in tasks], "wsi", show_progress)
+    return pd.DataFrame({"patient_id": ids, "slide_id": slide_ids, "path": [f"{s}.h5" for s in slide_ids]})

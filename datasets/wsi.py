@@ -1,0 +1,130 @@
+"""Whole-slide-image modality: CLAM-style patch-feature bags in ``wsi/<slide>.h5`` (read lazily)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from clinfuse.datasets.padding import pad_stack, pick, present_mask
+from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_table
+
+
+class WSIReader(ModalityReader):
+    """Keeps only slide paths; ``get`` opens a patient's slides and samples patches.
+
+    A patient's bag is the concatenation of the ``features`` of all their slides (in
+    ``slides.csv`` order). At most ``max_patches`` patches are returned: a uniform random subset in
+    training mode (drawn from torch's RNG, so ``seed_everything`` and per-worker seeding apply), and
+    in eval mode a fixed subset seeded by the patient id (the same patches every epoch). Subsets
+    keep the bag's patch order. Features are not normalised (they are pre-extracted embeddings).
+
+    Args:
+        root: the cohort folder.
+        known_ids: patient ids of ``labels.parquet`` (``None`` skips the check).
+        max_patches: the cap on patches per patient.
+
+    Raises:
+        ValueError: a missing column, unknown patients, a slide path that does not exist (at
+            construction), or a corrupt slide (in ``get``: unreadable file, no ``features``
+            dataset, wrong feature width, NaN/inf), naming the file and the patient.
+    """
+
+    name = "wsi"
+    filename = "wsi/slides.csv"
+
+    def __init__(
+        self, root: str | Path, known_ids: Iterable[str] | None = None, max_patches: int = 512
+    ) -> None:
+        super().__init__(root, known_ids)
+        if max_patches < 1:
+            raise ValueError(f"max_patches must be >= 1, got {max_patches}")
+        self.max_patches = int(max_patches)
+        df = read_table(self.path, ["patient_id", "slide_id", "path"], str_columns=["slide_id", "path"])
+        check_known_ids(df["patient_id"], self.known_ids, self.path)
+        if df["path"].isna().any():
+            who = df.loc[df["path"].isna(), "patient_id"].unique()[:10].tolist()
+            raise ValueError(f"{self.path}: column 'path' is null for patient(s) {who}")
+        self._slides: dict[str, list[Path]] = {}
+        for pid, rel in zip(df["patient_id"], df["path"]):
+            full = self.root / "wsi" / rel
+            if not full.is_file():
+                raise ValueError(f"{self.path}: slide file {full} of patient {pid} does not exist")
+            self._slides.setdefault(pid, []).append(full)
+        self._index = {pid: i for i, pid in enumerate(self._slides)}
+
+    def _read_bag(self, patient_id: str, feature_dim: int | None = None) -> np.ndarray:
+        """All of a patient's patch features, concatenated. Shapes: returns ``(P, F)`` float32."""
+        bags = []
+        for path in self._slides[patient_id]:
+            try:
+                with h5py.File(path, "r") as fh:
+                    if "features" not in fh:
+                        raise ValueError("no 'features' dataset")
+                    feats = np.asarray(fh["features"][()], dtype=np.float32)
+            except (OSError, ValueError, KeyError) as err:
+                raise ValueError(f"{path} (patient {patient_id}): corrupt slide file: {err}") from err
+            wrong_width = feature_dim is not None and feats.ndim == 2 and feats.shape[1] != feature_dim
+            if feats.ndim != 2 or feats.shape[0] == 0 or wrong_width:
+                raise ValueError(
+                    f"{path} (patient {patient_id}): features must be (P>0, {feature_dim or 'F'}), "
+                    f"got {feats.shape}"
+                )
+            if not np.isfinite(feats).all():
+                raise ValueError(f"{path} (patient {patient_id}): features contain NaN/inf")
+            bags.append(feats)
+        return np.concatenate(bags, axis=0)
+
+    def config(self) -> dict[str, Any]:
+        return {"max_patches": self.max_patches}
+
+    def _fit(self, train_ids: list[str]) -> dict[str, Any]:
+        dim = None
+        info = self.root / "cohort.json"
+        if info.exists():
+            dim = json.loads(info.read_text()).get("wsi", {}).get("feature_dim")
+        bag = self._read_bag(train_ids[0])
+        if dim is not None and bag.shape[1] != dim:
+            raise ValueError(
+                f"{self._slides[train_ids[0]][0]}: feature width {bag.shape[1]} != "
+                f"cohort.json wsi.feature_dim {dim}"
+            )
+        return {"feature_dim": int(bag.shape[1])}
+
+    def _apply(self) -> None:
+        pass  # nothing to precompute: bags are read lazily
+
+    def _spec(self) -> dict[str, Any]:
+        return {"feature_dim": int(self._state["feature_dim"])}
+
+    def _get(self, patient_id: str, training: bool) -> dict[str, np.ndarray]:
+        bag = self._read_bag(patient_id, self._state["feature_dim"])
+        if len(bag) > self.max_patches:
+            if training:
+                seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+            else:
+                seed = zlib.crc32(patient_id.encode())
+            rng = np.random.default_rng(seed)
+            keep = np.sort(rng.choice(len(bag), size=self.max_patches, replace=False))
+            bag = bag[keep]
+        return {"features": bag}
+
+    def collate(self, items: Sequence[dict[str, np.ndarray] | None]) -> dict[str, torch.Tensor]:
+        """Pad bags to the largest in the batch.
+
+        Shapes:
+            features ``(B, P, F)`` float, mask ``(B, P)`` bool, present ``(B,)`` bool.
+        """
+        dim = int(self._state["feature_dim"])
+        mask = [None if it is None else np.ones(len(it["features"]), dtype=bool) for it in items]
+        return {
+            "features": pad_stack(pick(items, "features"), (None, dim), np.float32, "wsi.features"),
+            "mask": pad_stack(mask, (None,), np.bool_, "wsi.mask"),
+            "present": present_mask(items),
+        }

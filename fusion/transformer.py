@@ -1,0 +1,121 @@
+"""Early fusion with a transformer over all tokens of all modalities and a CLS token."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from clinfuse.encoders.base import ModalityTokens
+from clinfuse.fusion.base import FusionHead, FusionOutput
+
+
+def keep_last_tokens(toks: ModalityTokens, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compact each patient's real tokens to the front, keeping at most the last ``limit`` of them.
+
+    "Last" is by position, i.e. the most recent tokens for time-ordered modalities. The result
+    depends on ``mask`` only, never on padding content.
+
+    Shapes:
+        - toks.tokens: ``(B, N, D)``, toks.mask: ``(B, N)``
+        - returns tokens ``(B, min(N, limit), D)`` and mask ``(B, min(N, limit))``
+    """
+    mask = toks.mask
+    n = mask.shape[1]
+    if n <= limit:
+        return toks.tokens, mask
+    from_end = mask.flip(1).cumsum(1).flip(1)  # (B, N): real tokens at or after each position
+    keep = mask & (from_end <= limit)  # (B, N)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :limit]  # (B, limit)
+    tokens = toks.tokens.gather(1, order[..., None].expand(-1, -1, toks.tokens.shape[2]))  # (B, limit, D)
+    return tokens, keep.gather(1, order)
+
+
+class TransformerFusion(FusionHead):
+    """A learned CLS token attends to every real token of every modality.
+
+    Each modality's tokens get a learned modality-type embedding, all tokens are concatenated in the
+    head's canonical modality order behind the CLS token, and a pre-norm ``nn.TransformerEncoder``
+    runs with a key-padding mask. The CLS token is never masked, so a patient without any data still
+    has one key to attend to (no all-masked softmax row, no NaN). ``pooled`` is the CLS output;
+    ``per_modality`` is the masked mean of each modality's output tokens (zero where absent).
+
+    Args:
+        d_model: width ``D`` of tokens and output.
+        modalities: the modality names this head accepts.
+        n_layers: transformer layers.
+        n_heads: attention heads (must divide ``d_model``).
+        dropout: dropout inside the transformer layers.
+        max_tokens_per_modality: if set, each modality keeps at most its last this-many real tokens
+            per patient (bounds the attention cost of long token sequences such as time series).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        modalities: Sequence[str],
+        n_layers: int = 2,
+        n_heads: int = 4,
+        dropout: float = 0.1,
+        max_tokens_per_modality: int | None = None,
+    ) -> None:
+        super().__init__(d_model, modalities)
+        if d_model % n_heads != 0:
+            raise ValueError(f"TransformerFusion: n_heads={n_heads} must divide d_model={d_model}")
+        if max_tokens_per_modality is not None and max_tokens_per_modality < 1:
+            raise ValueError(f"TransformerFusion: max_tokens_per_modality must be >= 1, got {max_tokens_per_modality}")
+        self.max_tokens_per_modality = max_tokens_per_modality
+        self.cls = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.type_embedding = nn.Parameter(torch.randn(len(self.modalities), d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, dim_feedforward=2 * d_model, dropout=dropout, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+        # enable_nested_tensor=False: the nested-tensor fast path drops padded rows and changes the
+        # numerics with the padding layout; we want outputs that do not depend on padding at all
+        self.encoder = nn.TransformerEncoder(
+            layer, n_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+
+    def forward(self, inputs: Mapping[str, ModalityTokens]) -> FusionOutput:
+        """Fuse by self-attention over the concatenated tokens.
+
+        Args:
+            inputs: modality -> tokens; absent modalities may be omitted or have ``present=False``.
+
+        Returns:
+            ``pooled`` (CLS output) and ``per_modality`` (one entry per modality of the head).
+
+        Shapes:
+            - inputs[m].tokens: ``(B, N_m, D)``, inputs[m].mask: ``(B, N_m)``
+            - pooled and every per_modality value: ``(B, D)``
+        """
+        b = self.check_inputs(inputs)
+        ref = self.reference(inputs)
+        seqs, masks, spans = [], [], {}
+        start = 1  # position 0 is CLS
+        for name, toks in self.ordered(inputs):
+            tokens, mask = toks.tokens, toks.mask & toks.present[:, None]
+            if self.max_tokens_per_modality is not None:
+                tokens, mask = keep_last_tokens(ModalityTokens(tokens, mask, mask.any(1)), self.max_tokens_per_modality)
+            tokens = torch.where(mask[..., None], tokens, torch.zeros_like(tokens))  # (B, N_m, D)
+            seqs.append(tokens + self.type_embedding[self.modalities.index(name)])  # (B, N_m, D)
+            masks.append(mask)
+            spans[name] = (start, start + mask.shape[1])
+            start += mask.shape[1]
+        cls = self.cls.expand(b, 1, -1)  # (B, 1, D)
+        x = torch.cat([cls, *seqs], dim=1)  # (B, 1 + sum N_m, D)
+        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=ref.device), *masks], dim=1)  # (B, 1 + sum N_m)
+        # torch wants True = PAD in src_key_padding_mask; our mask is True = real token
+        out = self.encoder(x, src_key_padding_mask=~mask)  # (B, 1 + sum N_m, D)
+        per_modality = {}
+        for name in self.modalities:
+            if name not in spans:
+                per_modality[name] = ref.new_zeros(b, self.d_model)
+                continue
+            lo, hi = spans[name]
+            m = mask[:, lo:hi]  # (B, N_m)
+            h = torch.where(m[..., None], out[:, lo:hi], torch.zeros_like(out[:, lo:hi]))  # (B, N_m, D)
+            per_modality[name] = h.sum(1) / m.sum(1, keepdim=True).clamp(min=1).to(h.dtype)  # (B, D)
+        return FusionOutput(pooled=out[:, 0], per_modality=per_modality)

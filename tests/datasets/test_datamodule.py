@@ -1,0 +1,129 @@
+"""ClinicalDataModule end to end on the tiny cohort."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+
+import lightning.pytorch as pl
+import pandas as pd
+import pytest
+import torch
+
+from clinfuse.datasets.datamodule import ClinicalDataModule
+
+SPLIT_SIZES = {"train": 8, "val": 2, "test": 2}
+
+
+def test_constructor_does_no_io(tmp_path):
+    dm = ClinicalDataModule(root=str(tmp_path / "does_not_exist"), batch_size=3)
+    assert dm.batch_size == 3 and not (tmp_path / "does_not_exist").exists()
+    with pytest.raises(ValueError, match="clinfuse synth --out"):
+        dm.setup("fit")
+
+
+def test_end_to_end_batches(tiny, assert_batch_format):
+    dm = ClinicalDataModule(root=str(tiny.root), batch_size=3)
+    dm.prepare_data()
+    dm.setup("fit")
+    spec = dm.spec
+    assert dm.modality_names == list(spec) == ["tabular", "timeseries", "ecg", "notes", "wsi", "genomics"]
+    assert spec["ecg"] == {"leads": spec["ecg"]["leads"], "fs": 100.0, "n_samples": 1000}
+    assert dm.n_classes == 3 and len(dm.oracle) == 12
+    json.dumps(spec)
+    json.dumps(dm.preprocessing_state())
+    loaders = {"train": dm.train_dataloader(), "val": dm.val_dataloader(), "test": dm.test_dataloader()}
+    seen = {}
+    for split, loader in loaders.items():
+        seen[split] = []
+        for batch in loader:
+            assert_batch_format(batch, spec, 3)
+            assert len(batch["patient_id"]) <= 3
+            seen[split] += batch["patient_id"]
+        assert sorted(seen[split]) == sorted(getattr(tiny, split)), split
+    assert tiny.no_modality in seen["train"]
+    assert [b["patient_id"] for b in dm.predict_dataloader()] == [b["patient_id"] for b in loaders["test"]]
+
+
+def test_properties_load_lazily_and_options_reach_readers(tiny):
+    dm = ClinicalDataModule(root=str(tiny.root), modalities=["ecg", "notes", "wsi"], ecg_fs=50.0,
+                            ecg_seconds=4.0, max_notes=2, max_words=3, max_patches=5)
+    assert dm.spec == {  # no prepare_data/setup call: the property loads and fits
+        "ecg": {"leads": dm.spec["ecg"]["leads"], "fs": 50.0, "n_samples": 200},
+        "notes": {"vocab_size": dm.spec["notes"]["vocab_size"], "max_words": 3},
+        "wsi": {"feature_dim": 4},
+    }
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["inputs"]["notes"]["token_ids"].shape[1:] == (2, 3)
+    assert batch["inputs"]["wsi"]["features"].shape[1] == 5
+    assert batch["inputs"]["ecg"]["signal"].shape[1:] == (12, 200)
+
+
+def test_train_shuffle_is_seeded(tiny):
+    def order(seed):
+        dm = ClinicalDataModule(root=str(tiny.root), modalities=["tabular"], batch_size=8, seed=seed)
+        loader = dm.train_dataloader()
+        return [tuple(b["patient_id"]) for _ in range(2) for b in loader]
+
+    first = order(0)
+    assert first == order(0) and first[0] != first[1]  # same seed, same order; epochs differ
+    assert first != order(1)
+
+
+def test_synth_if_missing_calls_generator(tiny, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_generate(root, n_patients, seed):
+        calls.append((str(root), n_patients, seed))
+        shutil.copytree(tiny.root, root)
+        return root
+
+    fake = types.ModuleType("clinfuse.datasets.synthetic")
+
+    fake.generate_cohort = fake_generate
+    monkeypatch.setitem(sys.modules, "clinfuse.datasets.synthetic", fake)
+    root = tmp_path / "new_cohort"
+    dm = ClinicalDataModule(root=str(root), synth_if_missing=True, synth_patients=12, synth_seed=5)
+    dm.prepare_data()
+    assert calls == [(str(root), 12, 5)] and dm.n_classes == 3
+    ClinicalDataModule(root=str(root), synth_if_missing=True).prepare_data()  # exists: no new call
+    assert len(calls) == 1
+
+
+def test_lightning_trainer_moves_batches(tiny):
+    class Probe(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+            self.ids = []
+
+        def training_step(self, batch, batch_idx):
+            self.ids += batch["patient_id"]
+            x = batch["inputs"]["tabular"]["numeric"]
+            return self.layer(x).mean() + 0 * batch["labels"]["binary"].sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = ClinicalDataModule(root=str(tiny.root), batch_size=4, num_workers=1)
+    probe = Probe()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(probe, datamodule=dm)
+    assert sorted(probe.ids) == sorted(tiny.train)
+
+
+def test_synthetic_cohort_end_to_end(synthetic_cohort, assert_batch_format):
+    """The generator's output (tests/conftest.py) reads back: formats and presence agree."""
+    dm = ClinicalDataModule(root=str(synthetic_cohort), batch_size=32)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert_batch_format(batch, dm.spec, dm.n_classes)
+    for batch in dm.val_dataloader():
+        assert_batch_format(batch, dm.spec, dm.n_classes)
+    if (synthetic_cohort / "presence.parquet").exists():  # written by the generator, not by formats.md
+        expected = pd.read_parquet(synthetic_cohort / "presence.parquet").set_index("patient_id")
+        presence = dm.cohort.presence()
+        pd.testing.assert_frame_equal(presence, expected.loc[presence.index, presence.columns].astype(bool))
