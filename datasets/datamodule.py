@@ -162,3 +162,16 @@ class ClinicalDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The test split, for ``trainer.predict``."""
         return self._loader("test", shuffle=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every Lightning checkpoint: the fitted preprocessing and the modality spec."""
+        return {"preprocessing": self.preprocessing_state(), "spec": self.spec}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse to resume on data whose fitted preprocessing differs from the checkpoint's."""
+        if state_dict.get("spec") is not None and state_dict["spec"] != self.spec:
+            raise ValueError(
+                f"the checkpoint was trained on data with modality spec {sorted(state_dict['spec'])} "
+                f"that differs from the cohort at {self.root} ({sorted(self.spec)})"
+            )

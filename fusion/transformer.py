@@ -46,7 +46,9 @@ class TransformerFusion(FusionHead):
         modalities: the modality names this head accepts.
         n_layers: transformer layers.
         n_heads: attention heads (must divide ``d_model``).
-        dropout: dropout inside the transformer layers.
+        dropout: dropout on the residual and feed-forward paths of the transformer layers.
+        attention_dropout: dropout on the attention weights (default 0: on CPU drawing a
+            (B, heads, N, N) dropout mask costs several times the attention itself).
         max_tokens_per_modality: if set, each modality keeps at most its last this-many real tokens
             per patient (bounds the attention cost of long token sequences such as time series).
     """
@@ -58,6 +60,7 @@ class TransformerFusion(FusionHead):
         n_layers: int = 2,
         n_heads: int = 4,
         dropout: float = 0.1,
+        attention_dropout: float = 0.0,
         max_tokens_per_modality: int | None = None,
     ) -> None:
         super().__init__(d_model, modalities)
@@ -72,6 +75,7 @@ class TransformerFusion(FusionHead):
             d_model, n_heads, dim_feedforward=2 * d_model, dropout=dropout, activation="gelu",
             batch_first=True, norm_first=True,
         )
+        layer.self_attn.dropout = attention_dropout  # MultiheadAttention reads this float at call time
         # enable_nested_tensor=False: the nested-tensor fast path drops padded rows and changes the
         # numerics with the padding layout; we want outputs that do not depend on padding at all
         self.encoder = nn.TransformerEncoder(

@@ -17,17 +17,19 @@ QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 CONFIGS = sorted((REPO / "experiments").rglob("*.yaml"))
 
 
-def _base(cohort: Path) -> list[str]:
-    return ["--config", str(QUICKSTART), "--data.root", str(cohort), "--data.synth_if_missing=false",
-            "--data.batch_size=32", "--data.max_patches=32"]
+def _base(cohort: Path, *configs: Path) -> list[str]:
+    """The quickstart config, more configs stacked on it, then overrides pointing at the test cohort."""
+    stack = [QUICKSTART, *(c for c in configs if c != QUICKSTART)]
+    return [*(a for c in stack for a in ("--config", str(c))), "--data.root", str(cohort),
+            "--data.synth_if_missing=false", "--data.batch_size=32", "--data.max_patches=32"]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "experiments")))
 def test_every_config_runs_one_batch(config, synthetic_cohort, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(["fit", *_base(synthetic_cohort), "--config", str(config),
-                    "--trainer.fast_dev_run=1", "--trainer.logger=false"])
+    cli = cli_main(["fit", *_base(synthetic_cohort, config), "--trainer.fast_dev_run=1", "--trainer.logger=false"])
     assert cli.trainer.state.finished
+    assert cli.datamodule.root == str(synthetic_cohort)  # the test cohort, not a freshly generated one
 
 
 def test_fit_trains_tests_and_records_everything_in_mlflow(synthetic_cohort, tmp_path, monkeypatch, capsys):
