@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -68,6 +69,8 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         # checkpoints land in ./checkpoints/<experiment>/<run>/ before MLflow uploads them
         trainer_defaults={"logger": default_logger_config(), "default_root_dir": "checkpoints"},
+        parser_kwargs={"description": "clinfuse: train and evaluate multimodal models (LightningCLI "
+                       "subcommands below). Generate a synthetic cohort with `clinfuse synth --help`."},
     )
 
 
@@ -95,6 +98,8 @@ def synth_main(argv: Sequence[str]) -> None:
 
 def main() -> None:
     """Console-script entry point (returns None)."""
+    # Lightning 2.6 on torch 2.13 warns about its own pytree use on every batch transfer
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     argv = sys.argv[1:]
     if argv and argv[0] == "synth":
         synth_main(argv[1:])
