@@ -13,6 +13,7 @@ from torchmetrics import CatMetric
 from clinfuse.encoders.base import ModalityEncoder, ModalityTokens
 from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
 from clinfuse.fusion.base import FusionHead, FusionOutput
+from clinfuse.fusion.late import late_average
 from clinfuse.fusion.losses import cox_ph_loss
 from clinfuse.fusion.modality_dropout import ModalityDropout
 from clinfuse.fusion.task_heads import Task, TaskHead
@@ -46,6 +47,9 @@ class ClinFuseModule(pl.LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         head_dropout: dropout before the task read-out.
+        step_loss_weight: when the head returns ``per_step`` states (sequential heads, auxiliary
+            predictions after each stage), the task loss of the prediction read from every step is
+            averaged and added with this weight.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class ClinFuseModule(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         head_dropout: float = 0.1,
+        step_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -114,7 +119,13 @@ class ClinFuseModule(pl.LightningModule):
         tokens = self.encode(inputs)
         tokens = self.dropout(tokens)
         fused = self.fusion(tokens)
+        if getattr(self.fusion, "late", False):  # late fusion: average per-modality predictions
+            return late_average(self.head, fused, self.fusion.modalities), fused
         return self.head(fused.pooled), fused
+
+    def step_outputs(self, fused: FusionOutput) -> list[torch.Tensor]:
+        """The task head read after every step of a sequential head (empty for other heads)."""
+        return [self.head(state) for state in (fused.per_step or [])]
 
     # ------------------------------------------------------------------ loss
     def loss(self, out: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -128,6 +139,11 @@ class ClinFuseModule(pl.LightningModule):
         out, fused = self(batch["inputs"])
         labels = batch["labels"]
         loss = self.loss(out, labels)
+        steps = self.step_outputs(fused) if self.hparams.step_loss_weight > 0 else []
+        if steps:
+            step_loss = torch.stack([self.loss(o, labels) for o in steps]).mean()
+            self.log(f"{stage}/step_loss", step_loss, on_step=False, on_epoch=True, batch_size=out.shape[0])
+            loss = loss + self.hparams.step_loss_weight * step_loss
         if fused.aux_loss is not None:
             loss = loss + fused.aux_loss
         bs = out.shape[0]

@@ -22,6 +22,19 @@ from torch import nn
 from clinfuse.encoders.base import ModalityTokens
 
 
+def masked_token_mean(toks: ModalityTokens) -> torch.Tensor:
+    """Mean of the real tokens of each patient; zero for an absent patient.
+
+    Shapes:
+        - toks.tokens: ``(B, N, D)``, toks.mask: ``(B, N)``
+        - returns: ``(B, D)``
+    """
+    mask = toks.mask & toks.present[:, None]  # (B, N)
+    x = torch.where(mask[..., None], toks.tokens, torch.zeros_like(toks.tokens))  # (B, N, D)
+    count = mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype)  # (B, 1)
+    return x.sum(1) / count  # (B, D)
+
+
 @dataclass
 class FusionOutput:
     """What a fusion head returns.
@@ -87,6 +100,28 @@ class FusionHead(nn.Module):
     def ordered(self, inputs: Mapping[str, ModalityTokens]) -> list[tuple[str, ModalityTokens]]:
         """The given modalities in this head's canonical order (so dict order never matters)."""
         return [(m, inputs[m]) for m in self.modalities if m in inputs]
+
+    def modality_means(self, inputs: Mapping[str, ModalityTokens]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each modality's masked token mean, in canonical order, with presence.
+
+        Omitted modalities count as absent (zero mean, presence False), so omitting a modality and
+        passing it with ``present=False`` give the same result.
+
+        Shapes:
+            returns means ``(B, M, D)`` (zero where absent) and present ``(B, M)`` bool.
+        """
+        b = self.check_inputs(inputs)
+        ref = self.reference(inputs)
+        means, present = [], []
+        for m in self.modalities:
+            toks = inputs.get(m)
+            if toks is None:
+                means.append(ref.new_zeros(b, self.d_model))
+                present.append(torch.zeros(b, dtype=torch.bool, device=ref.device))
+                continue
+            means.append(masked_token_mean(toks))  # (B, D)
+            present.append(toks.present)
+        return torch.stack(means, dim=1), torch.stack(present, dim=1)  # (B, M, D), (B, M)
 
     def reference(self, inputs: Mapping[str, ModalityTokens]) -> torch.Tensor:
         """Any tokens tensor of the batch, for device/dtype/batch-size lookups."""

@@ -8,20 +8,7 @@ import torch
 from torch import nn
 
 from clinfuse.encoders.base import ModalityTokens
-from clinfuse.fusion.base import FusionHead, FusionOutput
-
-
-def masked_token_mean(toks: ModalityTokens) -> torch.Tensor:
-    """Mean of the real tokens of each patient; zero for an absent patient.
-
-    Shapes:
-        - toks.tokens: ``(B, N, D)``, toks.mask: ``(B, N)``
-        - returns: ``(B, D)``
-    """
-    mask = toks.mask & toks.present[:, None]  # (B, N)
-    x = torch.where(mask[..., None], toks.tokens, torch.zeros_like(toks.tokens))  # (B, N, D)
-    count = mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype)  # (B, 1)
-    return x.sum(1) / count  # (B, D)
+from clinfuse.fusion.base import FusionHead, FusionOutput, masked_token_mean  # noqa: F401 (re-export)
 
 
 class MaskedMeanFusion(FusionHead):
@@ -61,17 +48,9 @@ class MaskedMeanFusion(FusionHead):
             - inputs[m].tokens: ``(B, N_m, D)``, inputs[m].mask: ``(B, N_m)``
             - pooled and every per_modality value: ``(B, D)``
         """
-        b = self.check_inputs(inputs)
-        ref = self.reference(inputs)
-        means, presents = {}, {}
-        for name, toks in self.ordered(inputs):
-            means[name] = masked_token_mean(toks)  # (B, D)
-            presents[name] = toks.present
-        zeros = ref.new_zeros(b, self.d_model)
-        stacked = torch.stack([means.get(m, zeros) for m in self.modalities], dim=1)  # (B, M, D)
-        present = torch.stack(
-            [presents.get(m, torch.zeros(b, dtype=torch.bool, device=ref.device)) for m in self.modalities], dim=1
-        )  # (B, M)
+        stacked, present = self.modality_means(inputs)  # (B, M, D), (B, M)
+        b = stacked.shape[0]
+        zeros = stacked.new_zeros(b, self.d_model)
         n_present = present.sum(1, keepdim=True)  # (B, 1)
         mean = stacked.sum(1) / n_present.clamp(min=1).to(stacked.dtype)  # (B, D)
         pooled = torch.where(n_present > 0, self.mlp(mean), self.empty.expand(b, -1))  # (B, D)
