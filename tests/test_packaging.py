@@ -82,9 +82,10 @@ def test_huggingface_datasets_is_not_shadowed():
         pytest.skip("HuggingFace datasets is not installed")
     import datasets
 
-    assert ROOT not in Path(datasets.__file__).resolve().parents, (
-        f"`import datasets` resolved to this repository ({datasets.__file__}); the repo root is on sys.path"
+    assert Path(datasets.__file__).resolve().parent != ROOT / "datasets", (
+        f"`import datasets` resolved to this repository's folder ({datasets.__file__}); the repo root is on sys.path"
     )
+    assert "site-packages" in Path(datasets.__file__).parts
     assert hasattr(datasets, "load_dataset")
 
 
