@@ -2,8 +2,8 @@
 
 Run from the repository root (needs ``pip install symile``)::
 
-    /work/venv/bin/python benchmarks/bench_symile.py              # N in 64 256 1024, M in 3 4, D = 128
-    /work/venv/bin/python benchmarks/bench_symile.py --n 64 256   # other batch sizes
+    python benchmarks/bench_symile.py              # N in 64 256 1024, M in 3 4, D = 128
+    python benchmarks/bench_symile.py --n 64 256   # other batch sizes
 
 Each row: negative sampling, modalities M, batch N; forward-only and forward+backward milliseconds
 (median over repeats) of ours and of the package, the ratio package / ours (> 1: ours is faster),
