@@ -97,6 +97,25 @@ class FusionHead(nn.Module):
                 )
         return batch.pop()
 
+    def check_order(self, order: Sequence[str] | None) -> list[str]:
+        """A step order for sequential heads: ``modalities`` when None, else a validated permutation.
+
+        Raises:
+            ValueError: naming the unknown, missing and repeated modalities.
+        """
+        if order is None:
+            return list(self.modalities)
+        order = list(order)
+        unknown = sorted(set(order) - set(self.modalities))
+        missing = [m for m in self.modalities if m not in order]
+        repeated = sorted({m for m in order if order.count(m) > 1})
+        if unknown or missing or repeated:
+            raise ValueError(
+                f"{type(self).__name__}: order must be a permutation of modalities {self.modalities}; "
+                f"got {order} (unknown: {unknown}, missing: {missing}, repeated: {repeated})"
+            )
+        return order
+
     def ordered(self, inputs: Mapping[str, ModalityTokens]) -> list[tuple[str, ModalityTokens]]:
         """The given modalities in this head's canonical order (so dict order never matters)."""
         return [(m, inputs[m]) for m in self.modalities if m in inputs]

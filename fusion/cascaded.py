@@ -137,28 +137,13 @@ class CascadedFusion(FusionHead):
         dotted = [m for m in self.modalities if "." in m or not m]
         if dotted:
             raise ValueError(f"CascadedFusion: modality names {dotted} cannot key a ModuleDict (empty or with '.')")
-        self.order = self._check_order(order)
+        self.order = self.check_order(order)
         self.aux_outputs = aux_outputs
         self.latent = nn.Parameter(torch.randn(n_queries, d_model) * 0.02)  # (Q, D)
         self.stages = nn.ModuleDict(
             {m: CascadeStage(d_model, n_heads, dropout, attention_dropout) for m in self.order}
         )
         self.norm = nn.LayerNorm(d_model)
-
-    def _check_order(self, order: Sequence[str] | None) -> list[str]:
-        """``order`` as a list; ``ValueError`` naming the modalities that break the permutation."""
-        if order is None:
-            return list(self.modalities)
-        order = list(order)
-        unknown = sorted(set(order) - set(self.modalities))
-        missing = [m for m in self.modalities if m not in order]
-        repeated = sorted({m for m in order if order.count(m) > 1})
-        if unknown or missing or repeated:
-            raise ValueError(
-                f"CascadedFusion: order must be a permutation of {self.modalities}, got {order}: "
-                f"unknown {unknown}, missing {missing}, repeated {repeated}"
-            )
-        return order
 
     def pool(self, query: torch.Tensor) -> torch.Tensor:
         """The pooled state: mean over query tokens, then the final LayerNorm.

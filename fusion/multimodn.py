@@ -86,7 +86,7 @@ class MultiModNFusion(FusionHead):
         dropout: float = 0.1,
     ) -> None:
         super().__init__(d_model, modalities)
-        self.order = self._check_order(order)
+        self.order = self.check_order(order)
         if state_change_penalty < 0:
             raise ValueError(f"MultiModNFusion: state_change_penalty must be >= 0, got {state_change_penalty}")
         self.shuffle_order = shuffle_order
@@ -96,20 +96,6 @@ class MultiModNFusion(FusionHead):
         self.steps = nn.ModuleList(_ModalityStep(d_model, dropout) for _ in self.modalities)
         #: the step order (modality names) used by the most recent forward; None before any
         self.last_order: list[str] | None = None
-
-    def _check_order(self, order: Sequence[str] | None) -> list[str]:
-        if order is None:
-            return list(self.modalities)
-        order = list(order)
-        unknown = sorted(set(order) - set(self.modalities))
-        missing = [m for m in self.modalities if m not in order]
-        repeated = sorted({m for m in order if order.count(m) > 1})
-        if unknown or missing or repeated:
-            raise ValueError(
-                f"MultiModNFusion: order must be a permutation of modalities {self.modalities}; "
-                f"got {order} (unknown: {unknown}, missing: {missing}, repeated: {repeated})"
-            )
-        return order
 
     def step_order(self) -> list[str]:
         """The step order for the next forward: shuffled in training if ``shuffle_order``."""

@@ -115,9 +115,9 @@ def test_per_step_is_the_pooled_state_after_each_stage(inputs, order):
 
 
 def test_constructor_validates():
-    with pytest.raises(ValueError, match=r"unknown \['x'\], missing \['b'\]"):
+    with pytest.raises(ValueError, match=r"unknown: \['x'\], missing: \['b'\]"):
         CascadedFusion(D, ["a", "b"], order=["a", "x"], n_heads=2)
-    with pytest.raises(ValueError, match=r"repeated \['a'\]"):
+    with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
         CascadedFusion(D, ["a", "b"], order=["a", "a", "b"], n_heads=2)
     with pytest.raises(ValueError, match="must divide"):
         CascadedFusion(10, ["a"], n_heads=4)
