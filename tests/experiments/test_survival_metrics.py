@@ -1,0 +1,222 @@
+"""Survival metrics: our wrappers must equal scikit-survival called directly, and add what it lacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from lifelines.utils import concordance_index
+from sksurv.datasets import load_gbsg2
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.metrics import (
+    brier_score,
+    concordance_index_censored,
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+)
+from sksurv.util import Surv
+
+from clinfuse.experiments.survival_metrics import (
+    SurvivalData,
+    bootstrap_ci,
+    brier_scores,
+    d_calibration,
+    evaluation_times,
+    integrated_brier,
+    survival_report,
+    time_dependent_auc,
+    to_structured,
+    uno_c_index,
+)
+
+
+@pytest.fixture(scope="module")
+def gbsg():
+    X, y = load_gbsg2()
+    X = X[["age", "estrec", "pnodes", "progrec", "tsize"]].to_numpy(float)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(X))
+    tr, te = idx[:450], idx[450:]
+    t, e = y["time"].astype(float), y["cens"].astype(bool)
+    model = CoxPHSurvivalAnalysis().fit(X[tr], Surv.from_arrays(e[tr], t[tr]))
+    risk = model.predict(X[te])
+    fns = model.predict_survival_function(X[te])
+
+    def surv_fn(times):
+        return np.stack([f(times) for f in fns])
+
+    return dict(tt=t[tr], te_=e[tr], st=t[te], se=e[te], risk=risk, surv_fn=surv_fn)
+
+
+def _y(t, e):
+    return Surv.from_arrays(e, t)
+
+
+def test_structured_array_roundtrip():
+    y = to_structured(np.array([1.0, 2.0]), np.array([1, 0]))
+    assert y.dtype.names == ("event", "time") and y["event"].tolist() == [True, False]
+    d = SurvivalData.from_structured(y)
+    np.testing.assert_array_equal(d.time, [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "time, event, msg",
+    [
+        ([1.0, 0.0, 2.0], [1, 0, 1], r"train_time .* index 1"),
+        ([1.0, 2.0, np.inf], [1, 0, 1], r"train_time .* index 2"),
+        ([1.0, 2.0, np.nan], [1, 0, 1], r"train_time .* index 2"),
+        ([1.0, 2.0, 3.0], [1, 2, 1], r"train_event .* index 1"),
+        ([1.0, 2.0, 3.0], [1, 0], r"train_time and train_event .* equal lengths"),
+    ],
+)
+def test_bad_inputs_name_array_and_index(time, event, msg):
+    with pytest.raises(ValueError, match=msg):
+        SurvivalData(np.array(time), np.array(event), "train")
+
+
+def test_bad_risk_and_d_calibration_inputs(gbsg):
+    g = gbsg
+    risk = g["risk"].copy()
+    risk[3] = np.nan
+    with pytest.raises(ValueError, match=r"risk .* index 3"):
+        uno_c_index((g["tt"], g["te_"]), (g["st"], g["se"]), risk)
+    with pytest.raises(ValueError, match=r"surv_at_time .* index 1"):
+        d_calibration(np.array([0.5, 1.2]), np.array([1, 1]))
+    with pytest.raises(ValueError, match=r"event .* index 0"):
+        d_calibration(np.array([0.5, 0.2]), np.array([3, 1]))
+
+
+def test_grid_is_inside_follow_up(gbsg):
+    g = gbsg
+    times = evaluation_times(g["tt"], g["te_"], g["st"], g["se"], n=20)
+    assert len(times) == 20 and np.all(np.diff(times) > 0)
+    assert times.min() >= max(g["st"][g["se"]].min(), g["tt"].min())
+    assert times.max() < g["st"].max() and times.max() < g["tt"].max()
+    np.testing.assert_allclose(times[[0, -1]], np.quantile(g["st"], [0.1, 0.9]))  # no clipping needed here
+
+
+def test_wrappers_equal_sksurv_directly(gbsg):
+    g = gbsg
+    ytr, yte = _y(g["tt"], g["te_"]), _y(g["st"], g["se"])
+    times = evaluation_times(g["tt"], g["te_"], g["st"], g["se"])
+    tau = float(times[-1])
+    assert uno_c_index((g["tt"], g["te_"]), yte, g["risk"], tau=tau) == concordance_index_ipcw(ytr, yte, g["risk"], tau=tau)[0]
+    auc, mean_auc = time_dependent_auc(ytr, yte, g["risk"], times)
+    ref_auc, ref_mean = cumulative_dynamic_auc(ytr, yte, g["risk"], times)
+    np.testing.assert_array_equal(auc, ref_auc)
+    assert mean_auc == ref_mean and 0.6 < mean_auc < 0.8
+    surv = g["surv_fn"](times)
+    np.testing.assert_array_equal(brier_scores(ytr, yte, surv, times), brier_score(ytr, yte, surv, times)[1])
+    ibs = integrated_brier(ytr, yte, surv, times)
+    assert ibs == integrated_brier_score(ytr, yte, surv, times) and 0.1 < ibs < 0.25
+
+
+def test_grid_clipping_avoids_sksurv_error(gbsg):
+    g = gbsg
+    keep = g["st"] < 1500  # test follow-up ends well before train follow-up
+    st, se, risk = g["st"][keep], g["se"][keep], g["risk"][keep]
+    ytr, yte = _y(g["tt"], g["te_"]), _y(st, se)
+    naive = np.linspace(np.quantile(g["tt"], 0.1), np.quantile(g["tt"], 0.95), 20)  # train-based grid
+    assert naive.max() >= st.max()
+    with pytest.raises(ValueError, match="follow-up time of test data"):
+        cumulative_dynamic_auc(ytr, yte, risk, naive)
+    with pytest.raises(ValueError, match="follow-up time of test data"):  # max test time itself is excluded
+        cumulative_dynamic_auc(ytr, yte, risk, np.linspace(st.min(), st.max(), 5))
+    times = evaluation_times(g["tt"], g["te_"], st, se, quantiles=(0.0, 1.0))
+    assert times.max() == np.unique(st)[-2] and times.min() == st[se].min()
+    auc, mean_auc = time_dependent_auc(ytr, yte, risk, times)
+    assert np.isfinite(mean_auc) and mean_auc == cumulative_dynamic_auc(ytr, yte, risk, times)[1]
+    assert np.isfinite(integrated_brier(ytr, yte, g["surv_fn"](times)[keep], times))
+
+
+def test_grid_rejects_non_overlapping_follow_up():
+    with pytest.raises(ValueError, match="do not overlap"):
+        evaluation_times(np.array([1.0, 2.0, 3.0]), np.ones(3), np.array([10.0, 11.0, 12.0]), np.ones(3))
+    with pytest.raises(ValueError, match="test_event has no events"):
+        evaluation_times(np.array([1.0, 2.0, 3.0]), np.ones(3), np.array([1.0, 2.0, 3.0]), np.zeros(3))
+
+
+def test_d_calibration_censored_spreading_by_hand():
+    # 4 bins. Event at S=0.6 -> bin 2. Censored at S=0.6 -> bin 2 gets (0.6-0.5)/0.6 = 1/6,
+    # bins 0 and 1 get 0.25/0.6 = 5/12 each. Censored at S=0.2 -> bin 0 gets 1. Event at S=1 -> bin 3.
+    out = d_calibration(np.array([0.6, 0.6, 0.2, 1.0]), np.array([1, 0, 0, 1]), n_bins=4)
+    np.testing.assert_allclose(out["bin_counts"], [1 + 5 / 12, 5 / 12, 1 + 1 / 6, 1.0])
+    assert out["bin_counts"].sum() == pytest.approx(4.0)
+
+
+def _exp_cohort(n, seed, scale):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    rate = np.exp(0.8 * x)
+    t_event = rng.exponential(1 / rate)
+    t_cens = rng.exponential(2.0, size=n)
+    t = np.minimum(t_event, t_cens)
+    e = (t_event <= t_cens).astype(int)
+    return np.exp(-scale * rate * t), e  # predicted S(t_i) under a model with hazard scale * true
+
+
+def test_d_calibration_calibrated_vs_misscaled():
+    s, e = _exp_cohort(2000, seed=1, scale=1.0)
+    assert d_calibration(s, e)["p_value"] > 0.05
+    s, e = _exp_cohort(2000, seed=1, scale=2.5)
+    assert d_calibration(s, e)["p_value"] < 0.01
+
+
+def _harrell(t, e, r):
+    return concordance_index_censored(e.astype(bool), t, r)[0]
+
+
+def _fast_c(t, e, r):  # O(n log n) Harrell C (lifelines) so the big bootstrap stays fast
+    return concordance_index(t, -r, e)
+
+
+def test_bootstrap_contains_estimate_and_narrows():
+    rng = np.random.default_rng(0)
+
+    def cohort(n):
+        x = rng.normal(size=n)
+        t = rng.exponential(1 / np.exp(x))
+        return t, (rng.random(n) < 0.7).astype(int), x
+
+    small = bootstrap_ci(_fast_c, *cohort(80), n_boot=100)
+    large = bootstrap_ci(_fast_c, *cohort(1200), n_boot=100)
+    for est, lo, hi in (small, large):
+        assert lo <= est <= hi
+    assert (large[2] - large[1]) < 0.5 * (small[2] - small[1])
+    assert small.n_skipped == 0
+    data = cohort(80)
+    assert bootstrap_ci(_harrell, *data, n_boot=50, seed=3) == bootstrap_ci(_harrell, *data, n_boot=50, seed=3)
+
+
+def test_bootstrap_skips_undefined_and_reports():
+    t = np.array([1.0, 2.0, 3.0, 4.0])
+    e = np.array([1, 0, 0, 0])  # one event: many resamples have no event -> undefined
+
+    def metric(t, e):
+        if e.sum() == 0:
+            return float("nan")
+        if len(np.unique(t)) < 2:
+            raise ValueError("undefined")
+        return float(t.mean())
+
+    with pytest.warns(UserWarning, match="skipped"):
+        ci = bootstrap_ci(metric, t, e, n_boot=100)
+    assert 0 < ci.n_skipped < 100 and ci[0] == 2.5
+    with pytest.raises(ValueError, match=r"arrays\[1\]"):
+        bootstrap_ci(metric, t, e[:3])
+
+
+def test_survival_report(gbsg):
+    g = gbsg
+    rep = survival_report(g["tt"], g["te_"], g["st"], g["se"], g["risk"], g["surv_fn"], n_boot=50)
+    ytr, yte = _y(g["tt"], g["te_"]), _y(g["st"], g["se"])
+    times = evaluation_times(g["tt"], g["te_"], g["st"], g["se"])
+    assert rep["harrell"] == _harrell(g["st"], g["se"], g["risk"])
+    assert rep["uno"] == concordance_index_ipcw(ytr, yte, g["risk"], tau=times[-1])[0]
+    assert rep["mean_td_auc"] == cumulative_dynamic_auc(ytr, yte, g["risk"], times)[1]
+    assert rep["ibs"] == integrated_brier_score(ytr, yte, g["surv_fn"](times), times)
+    for k in ("harrell", "uno"):
+        assert rep[f"{k}_low"] <= rep[k] <= rep[f"{k}_high"]
+    assert 0.0 <= rep["d_calibration_p"] <= 1.0
+    no_curves = survival_report(g["tt"], g["te_"], g["st"], g["se"], g["risk"], n_boot=10)
+    assert np.isnan(no_curves["ibs"]) and np.isnan(no_curves["d_calibration_p"])
