@@ -1,0 +1,177 @@
+"""Discrete-time survival: quantile bins, logistic-hazard / PMF likelihoods, DeepHit.
+
+Conventions (one everywhere in this file):
+
+- ``K`` bins with edges ``0 = e_0 < e_1 < ... < e_K = +inf``; bin ``k`` is ``[e_k, e_{k+1})``.
+- A sample with an EVENT in bin ``k`` died in bin ``k``. A CENSORED sample in bin ``k`` is taken to
+  have SURVIVED THROUGH bin ``k`` (MCAT / PORPOISE's ``nll_loss`` convention: its likelihood is
+  ``S_k``, survival to the END of bin ``k``).
+- Logistic hazard: ``logits`` (B, K), ``h_k = sigmoid(logits_k) = P(T in bin k | T >= bin k)``,
+  ``S_k = prod_{j<=k} (1 - h_j)``.
+- PMF (DeepHit): ``logits`` (B, K + 1), softmax over ``K`` bins plus one last column for "beyond
+  the last bin". The extra column is what gives a sample censored in the last bin a non-zero
+  likelihood ``sum_{j>k} p_j``; with ``p_k = h_k S_{k-1}`` and ``p_K = S_{K-1}`` the PMF likelihood
+  equals the hazard likelihood exactly.
+
+All log-probabilities go through ``logsigmoid`` / ``log_softmax``; every loss is a batch mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def quantile_bins(times: torch.Tensor, events: torch.Tensor, n_bins: int = 4) -> torch.Tensor:
+    """Bin edges at the quantiles of the EVENT times (censored times are ignored), as MCAT does.
+
+    Interior edges are the ``1/n_bins, ..., (n_bins-1)/n_bins`` quantiles (linear interpolation)
+    of the times whose event is observed; the first edge is 0 and the last ``+inf``, so every
+    non-negative time falls in a bin. Compute them on the TRAINING split only. Heavily tied event
+    times can give repeated edges (empty bins); pass fewer bins then.
+
+    Args:
+        times: observed times, non-negative.
+        events: 1 where the event was observed.
+        n_bins: number of bins ``K``.
+
+    Returns:
+        Edges ``[0, q_1, ..., q_{K-1}, inf]`` in ``times``' float dtype.
+
+    Raises:
+        ValueError: on bad shapes, ``n_bins < 1`` or no events.
+
+    Shapes:
+        times, events: (N,) -> (K + 1,)
+    """
+    if times.dim() != 1 or times.shape != events.shape:
+        raise ValueError(
+            f"quantile_bins wants times, events of one shape (N,), got "
+            f"{tuple(times.shape)}, {tuple(events.shape)}"
+        )
+    if n_bins < 1:
+        raise ValueError(f"quantile_bins: n_bins must be >= 1, got {n_bins}")
+    dtype = times.dtype if times.is_floating_point() else torch.get_default_dtype()
+    event_times = times[events.bool()].to(dtype)
+    if event_times.numel() == 0:
+        raise ValueError("quantile_bins: no events, cannot place bins")
+    q = torch.linspace(0, 1, n_bins + 1, dtype=event_times.dtype, device=times.device)[1:-1]
+    inner = torch.quantile(event_times, q)
+    zero = inner.new_zeros(1)
+    return torch.cat([zero, inner, inner.new_full((1,), float("inf"))])
+
+
+def discretize(time: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Bin index ``k`` with ``edges[k] <= time < edges[k+1]`` (a time on an edge goes up).
+
+    Shapes:
+        time: (B,), edges: (K + 1,) -> (B,) long in ``[0, K)``
+    """
+    if time.dim() != 1 or edges.dim() != 1 or edges.numel() < 2:
+        raise ValueError(
+            f"discretize wants time (B,) and edges (K+1,) with K >= 1, got "
+            f"{tuple(time.shape)}, {tuple(edges.shape)}"
+        )
+    if (time < edges[0]).any():
+        raise ValueError("discretize: a time lies below the first edge")
+    return torch.bucketize(time.to(edges.dtype), edges[1:-1].contiguous(), right=True)
+
+
+def _check(name: str, logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor, n_bins: int) -> None:
+    if logits.dim() != 2 or bin.shape != (logits.shape[0],) or event.shape != (logits.shape[0],):
+        raise ValueError(
+            f"{name} wants logits (B, K), bin (B,), event (B,), got "
+            f"{tuple(logits.shape)}, {tuple(bin.shape)}, {tuple(event.shape)}"
+        )
+    if bin.numel() and (bin.min() < 0 or bin.max() >= n_bins):
+        raise ValueError(f"{name}: bin indices must lie in [0, {n_bins}) for logits {tuple(logits.shape)}")
+
+
+def logistic_hazard_nll(logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the logistic (discrete-time) hazard model, batch mean.
+
+    Event in bin ``k``: ``-[sum_{j<k} log(1 - h_j) + log h_k]``; censored in bin ``k`` (survives
+    through it, MCAT's convention): ``-sum_{j<=k} log(1 - h_j)``.
+
+    Shapes:
+        logits: (B, K), bin: (B,) long, event: (B,) -> scalar
+    """
+    _check("logistic_hazard_nll", logits, bin, event, logits.shape[-1] if logits.dim() == 2 else 0)
+    k = torch.arange(logits.shape[1], device=logits.device)
+    b = bin.long()[:, None]
+    ev = event.to(logits.dtype)[:, None].bool()
+    log_surv = F.logsigmoid(-logits)  # log(1 - h)
+    log_haz = F.logsigmoid(logits)  # log h
+    # survive j < k always; at j == k: hazard for events, survival for censored
+    terms = torch.where(k < b, log_surv, torch.zeros_like(logits))
+    terms = terms + torch.where(k == b, torch.where(ev, log_haz, log_surv), torch.zeros_like(logits))
+    return -terms.sum(1).mean()
+
+
+def _pmf_log_terms(logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    log_p = F.log_softmax(logits, dim=1)
+    b = bin.long()
+    log_event = log_p.gather(1, b[:, None])[:, 0]
+    k = torch.arange(logits.shape[1], device=logits.device)
+    later = log_p.masked_fill(k[None, :] <= b[:, None], float("-inf"))
+    log_censored = torch.logsumexp(later, dim=1)  # log sum_{j>k} p_j ; finite since k <= K-1
+    return torch.where(event.bool(), log_event, log_censored)
+
+
+def pmf_nll(logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the PMF (softmax) parametrisation, batch mean.
+
+    ``p = softmax(logits)`` over ``K`` bins and a last "beyond the last bin" column. Event in bin
+    ``k``: ``-log p_k``; censored in bin ``k``: ``-log sum_{j>k} p_j`` (strictly later, i.e.
+    survives through bin ``k``: the same convention as :func:`logistic_hazard_nll`).
+
+    Shapes:
+        logits: (B, K + 1), bin: (B,) long in ``[0, K)``, event: (B,) -> scalar
+    """
+    _check("pmf_nll", logits, bin, event, logits.shape[-1] - 1 if logits.dim() == 2 else 0)
+    return -_pmf_log_terms(logits, bin, event).mean()
+
+
+def deephit_loss(
+    logits: torch.Tensor,
+    bin: torch.Tensor,
+    event: torch.Tensor,
+    alpha: float = 0.5,
+    sigma: float = 0.1,
+) -> torch.Tensor:
+    """DeepHit (single risk): ``alpha * pmf_nll + (1 - alpha) * ranking``.
+
+    Ranking term: mean over comparable pairs ``(i, j)`` of ``exp(-(F_i(k_i) - F_j(k_i)) / sigma)``
+    with ``F_i(k) = sum_{l<=k} p_il`` the CDF at the end of bin ``k``. A pair is comparable when
+    ``i`` has an event and ``k_i < k_j``, or ``k_i == k_j`` and ``j`` is censored (censored
+    survives through its bin; this is pycox's ``DeepHitSingle`` rule on bin indices). With no
+    comparable pair the ranking term is ``0 * logits.sum()``.
+
+    Shapes:
+        logits: (B, K + 1), bin: (B,) long in ``[0, K)``, event: (B,) -> scalar
+    """
+    _check("deephit_loss", logits, bin, event, logits.shape[-1] - 1 if logits.dim() == 2 else 0)
+    nll = -_pmf_log_terms(logits, bin, event).mean()
+    cdf = torch.cumsum(F.softmax(logits, dim=1), dim=1)  # (B, K+1)
+    b = bin.long()
+    ev = event.bool()
+    f_at = cdf[:, b]  # f_at[j, i] = F_j(k_i)
+    diff = torch.diagonal(f_at)[None, :] - f_at  # [j, i] = F_i(k_i) - F_j(k_i)
+    comparable = ev[None, :] & ((b[None, :] < b[:, None]) | ((b[None, :] == b[:, None]) & ~ev[:, None]))
+    n_pairs = comparable.sum()
+    if n_pairs == 0:
+        rank = logits.sum() * 0.0
+    else:
+        rank = torch.where(comparable, torch.exp(-diff / sigma), torch.zeros_like(diff)).sum() / n_pairs
+    return alpha * nll + (1.0 - alpha) * rank
+
+
+def survival_from_hazards(logits: torch.Tensor) -> torch.Tensor:
+    """Survival at the END of each bin, ``S_k = prod_{j<=k} (1 - sigmoid(logits_j))``.
+
+    Shapes:
+        logits: (B, K) -> (B, K), non-increasing along K, in [0, 1]
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"survival_from_hazards wants logits (B, K), got {tuple(logits.shape)}")
+    return torch.exp(torch.cumsum(F.logsigmoid(-logits), dim=1))
