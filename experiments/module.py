@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -50,6 +50,7 @@ class ClinFuseModule(pl.LightningModule):
         step_loss_weight: when the head returns ``per_step`` states (sequential heads, auxiliary
             predictions after each stage), the task loss of the prediction read from every step is
             averaged and added with this weight.
+        cox_ties: handling of tied event times in the Cox partial likelihood (survival task).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class ClinFuseModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         head_dropout: float = 0.1,
         step_loss_weight: float = 1.0,
+        cox_ties: Literal["breslow", "efron"] = "breslow",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -130,7 +132,7 @@ class ClinFuseModule(pl.LightningModule):
     # ------------------------------------------------------------------ loss
     def loss(self, out: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.task == "survival":
-            return cox_ph_loss(out, labels["time"], labels["event"])
+            return cox_ph_loss(out, labels["time"], labels["event"], ties=self.hparams.cox_ties)
         if self.task == "binary":
             return nn.functional.binary_cross_entropy_with_logits(out, labels["binary"].float())
         return nn.functional.cross_entropy(out, labels["multiclass"].long())

@@ -64,3 +64,18 @@ def test_module_with_late_fusion_averages_predictions():
     present = fused.extras["present"]
     i = int(torch.nonzero(present.all(1))[0])  # a patient with both modalities
     assert torch.allclose(out[i], (manual[0][i] + manual[1][i]) / 2)
+
+
+def test_module_survival_loss_uses_the_configured_ties():
+    from clinfuse.encoders.genomics import GenomicsMLPEncoder
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.fusion.losses import cox_ph_loss
+
+    spec = {"genomics": GenomicsMLPEncoder.example_spec()}
+    risk = torch.tensor([0.3, -0.1, 0.8, 0.2])
+    labels = {"time": torch.tensor([2.0, 2.0, 1.0, 2.0]), "event": torch.tensor([1.0, 1.0, 1.0, 0.0])}
+    for ties in ("breslow", "efron"):
+        model = ClinFuseModule(spec=spec, d_model=8, cox_ties=ties)
+        assert torch.allclose(model.loss(risk, labels), cox_ph_loss(risk, labels["time"], labels["event"], ties=ties))
+    assert not torch.allclose(cox_ph_loss(risk, labels["time"], labels["event"], ties="breslow"),
+                              cox_ph_loss(risk, labels["time"], labels["event"], ties="efron"))
