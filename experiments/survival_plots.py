@@ -1,0 +1,160 @@
+"""Survival plots: Kaplan-Meier curves by predicted-risk group, and calibration at a horizon.
+
+Kaplan-Meier estimation, at-risk tables and the log-rank test are delegated to lifelines.
+Figures are built as bare :class:`matplotlib.figure.Figure` objects (rendered by the Agg canvas
+when saved), never through ``pyplot``: nothing is displayed, no global backend is switched and no
+figure is left registered in pyplot's figure manager.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from lifelines import KaplanMeierFitter
+from lifelines.plotting import add_at_risk_counts
+from lifelines.statistics import multivariate_logrank_test
+from matplotlib.figure import Figure
+
+from clinfuse.experiments.survival_metrics import validate_survival
+
+
+def _values(a, n: int, name: str, low: float = -np.inf, high: float = np.inf) -> np.ndarray:
+    arr = np.asarray(a, dtype=float)
+    if arr.ndim != 1 or len(arr) != n:
+        raise ValueError(f"{name} must be 1-D with length {n} (like time), got shape {arr.shape}")
+    bad = ~np.isfinite(arr) | (arr < low) | (arr > high)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} must be finite and in [{low}, {high}]; first bad index {i} (value {arr[i]})")
+    return arr
+
+
+def _quantile_groups(values: np.ndarray, n_groups: int, name: str, arg: str = "n_groups") -> np.ndarray:
+    """0..n_groups-1 labels by quantiles of ``values`` (0 = lowest values)."""
+    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or n_groups < 2:
+        raise ValueError(f"{arg} must be an integer >= 2, got {n_groups!r}")
+    if len(values) < n_groups:
+        raise ValueError(f"{name} has {len(values)} values, fewer than the {n_groups} groups asked for")
+    try:
+        return np.asarray(pd.qcut(values, n_groups, labels=False), dtype=int)
+    except ValueError as err:  # duplicate bin edges: too many ties for this many groups
+        raise ValueError(f"{name} has too many tied values to split into {n_groups} quantile groups") from err
+
+
+def _save(fig: Figure, path) -> None:
+    if path is not None:
+        fig.savefig(path, format="png", dpi=100)
+
+
+def risk_groups(risk, n_groups: int = 3) -> np.ndarray:
+    """Quantile groups of predicted risk: 0 = lowest risk, ``n_groups - 1`` = highest."""
+    risk = np.asarray(risk, dtype=float)
+    return _quantile_groups(_values(risk, len(risk), "risk"), n_groups, "risk")
+
+
+def km_by_risk_group(risk, time, event, n_groups: int = 3, path=None) -> tuple[Figure, float]:
+    """Kaplan-Meier curves per predicted-risk quantile group, with the multivariate log-rank test.
+
+    Args:
+        risk: (n,) predicted risk (higher = worse), e.g. a Cox log-risk.
+        time: (n,) observed times, finite and > 0.
+        event: (n,) event indicators, 0/1 or bool.
+        n_groups: number of quantile groups (>= 2).
+        path: if given, the figure is saved there as PNG.
+
+    Returns:
+        (figure, p-value of ``lifelines.statistics.multivariate_logrank_test`` across the groups).
+
+    Raises:
+        ValueError: bad arrays (named, with the first bad index), bad ``n_groups``, or ties that
+            make quantile groups impossible.
+    """
+    time, event = validate_survival(time, event)
+    groups = _quantile_groups(_values(risk, len(time), "risk"), n_groups, "risk")
+    p_value = float(multivariate_logrank_test(time, groups, event).p_value)
+
+    fig = Figure(figsize=(7, 5.5))
+    ax = fig.add_subplot(111)
+    fitters = []
+    for g in range(n_groups):
+        m = groups == g
+        label = "lowest risk" if g == 0 else "highest risk" if g == n_groups - 1 else f"risk group {g + 1}"
+        kmf = KaplanMeierFitter(label=f"{label} (n={m.sum()})").fit(time[m], event[m])
+        kmf.plot_survival_function(ax=ax, ci_show=True)
+        fitters.append(kmf)
+    add_at_risk_counts(*fitters, ax=ax, fig=fig, rows_to_show=["At risk"])
+    ax.set_xlabel("time")
+    ax.set_ylabel("survival probability")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Kaplan-Meier by predicted risk ({n_groups} groups)\nlog-rank p = {p_value:.3g}")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig, p_value
+
+
+def calibration_table(pred_surv_at_t, time, event, t: float, n_bins: int = 5) -> pd.DataFrame:
+    """Predicted vs observed survival at horizon ``t``, in quantile bins of predicted survival.
+
+    Observed survival in each bin is the Kaplan-Meier estimate at ``t`` (so censoring is handled);
+    where a bin's follow-up ends before ``t`` the KM value is its last one (flat), as lifelines does.
+
+    Returns:
+        One row per bin (0 = lowest predicted survival) with columns ``bin, n, n_events,
+        predicted`` (mean predicted survival), ``observed`` (KM at t), ``observed_lower``,
+        ``observed_upper`` (lifelines' 95% KM confidence band at t).
+    """
+    time, event = validate_survival(time, event)
+    pred = _values(pred_surv_at_t, len(time), "pred_surv_at_t", 0.0, 1.0)
+    if not (np.isfinite(t) and t > 0):
+        raise ValueError(f"t must be finite and > 0, got {t}")
+    bins = _quantile_groups(pred, n_bins, "pred_surv_at_t", "n_bins")
+    rows = []
+    for b in range(n_bins):
+        m = bins == b
+        kmf = KaplanMeierFitter().fit(time[m], event[m])
+        ci = kmf.confidence_interval_survival_function_
+        ci_at = ci[ci.index <= t].iloc[-1] if (ci.index <= t).any() else pd.Series([1.0, 1.0])
+        rows.append(
+            {
+                "bin": b,
+                "n": int(m.sum()),
+                "n_events": int(event[m].sum()),
+                "predicted": float(pred[m].mean()),
+                "observed": float(kmf.predict(t)),
+                "observed_lower": float(ci_at.iloc[0]),
+                "observed_upper": float(ci_at.iloc[1]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def calibration_plot(pred_surv_at_t, time, event, t: float, n_bins: int = 5, path=None) -> tuple[Figure, pd.DataFrame]:
+    """Calibration plot of survival at horizon ``t``: predicted vs Kaplan-Meier observed per bin.
+
+    Args:
+        pred_surv_at_t: (n,) predicted survival probabilities at ``t``, in [0, 1].
+        time: (n,) observed times, finite and > 0.
+        event: (n,) event indicators, 0/1 or bool.
+        t: the horizon (> 0).
+        n_bins: number of quantile bins of predicted survival (>= 2).
+        path: if given, the figure is saved there as PNG.
+
+    Returns:
+        (figure, table from :func:`calibration_table`).
+    """
+    table = calibration_table(pred_surv_at_t, time, event, t, n_bins)
+    fig = Figure(figsize=(5.5, 5.5))
+    ax = fig.add_subplot(111)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
+    yerr = np.vstack([table["observed"] - table["observed_lower"], table["observed_upper"] - table["observed"]])
+    ax.errorbar(table["predicted"], table["observed"], yerr=np.clip(yerr, 0, None), fmt="o-", capsize=3,
+                label="Kaplan-Meier per bin (95% CI)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"predicted survival at t = {t:g}")
+    ax.set_ylabel(f"observed survival at t = {t:g}")
+    ax.set_title(f"Calibration at t = {t:g} ({n_bins} bins)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig, table
