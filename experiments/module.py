@@ -6,12 +6,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch import nn
 from torchmetrics import CatMetric
 
 from clinfuse.encoders.base import ModalityEncoder, ModalityTokens
 from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
+from clinfuse.experiments.survival_metrics import evaluation_times, time_dependent_auc, uno_c_index
 from clinfuse.fusion.base import FusionHead, FusionOutput
 from clinfuse.fusion.late import late_average
 from clinfuse.fusion.losses import cox_ph_loss
@@ -179,8 +181,10 @@ class ClinFuseModule(pl.LightningModule):
         # CatMetric.compute() gathers across processes under DDP
         out, target = col["out"].compute(), col["target"].compute()
         if self.task == "survival":
-            c = harrell_c_index(out.cpu().numpy(), col["time"].compute().cpu().numpy(), col["event"].compute().cpu().numpy())
-            metrics = {"c_index": c}
+            risk, time, event = (x.cpu().numpy() for x in (out, col["time"].compute(), col["event"].compute()))
+            metrics = {"c_index": harrell_c_index(risk, time, event)}
+            if stage != "train":
+                metrics.update(self._ipcw_metrics(risk, time, event))
         else:
             if self.task == "multiclass":
                 out = out.reshape(-1, self.n_classes)
@@ -189,6 +193,27 @@ class ClinFuseModule(pl.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=stage == "val", sync_dist=False)
         for m in col.values():
             m.reset()
+
+    def _ipcw_metrics(self, risk, time, event) -> dict[str, float]:
+        """Uno's C-index and mean time-dependent AUC, with the censoring model of the train split.
+
+        Needs the training labels, read from the trainer's data module when it has a cohort; empty
+        otherwise, or when the metric is undefined on this split (e.g. no event inside the grid).
+        """
+        cohort = getattr(getattr(self._trainer, "datamodule", None), "cohort", None) if self._trainer else None
+        if cohort is None:
+            return {}
+        labels = cohort.labels.set_index("patient_id").loc[list(cohort.splits["train"])]
+        train = (labels["time"].to_numpy(float), labels["event"].to_numpy(float))
+        try:
+            times = evaluation_times(*train, time, event)
+            return {
+                "uno_c_index": uno_c_index(train, (time, event), risk, tau=float(times[-1])),
+                "td_auc": time_dependent_auc(train, (time, event), risk, times)[1],
+            }
+        except ValueError as err:  # undefined on this split (e.g. a sanity-check batch without events)
+            rank_zero_warn(f"Uno C-index / time-dependent AUC not computed: {err}")
+            return {}
 
     def on_train_epoch_end(self) -> None:
         self._epoch_metrics("train")

@@ -46,6 +46,8 @@ def test_fit_trains_tests_and_records_everything_in_mlflow(synthetic_cohort, tmp
     history = client.get_metric_history(run.info.run_id, "val/c_index")
     assert len(history) == 2  # one value per epoch
     assert 0.0 <= run.data.metrics["test/c_index"] <= 1.0
+    assert 0.0 <= run.data.metrics["test/uno_c_index"] <= 1.0 and 0.0 <= run.data.metrics["test/td_auc"] <= 1.0
+    assert len(client.get_metric_history(run.info.run_id, "val/uno_c_index")) == 2
     assert 0.5 < run.data.metrics["oracle/c_index_full"] <= 1.0
     artifacts = _all_artifacts(client, run.info.run_id)
     assert "config.yaml" in artifacts
