@@ -159,6 +159,12 @@ class ClinicalDataModule(pl.LightningDataModule):
         """Test batches in split order."""
         return self._loader("test", shuffle=False)
 
+    def split_dataloader(self, split: str) -> DataLoader:
+        """Batches of any split (``train``, ``val``, ``test``) in split order, unshuffled."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; expected train, val or test")
+        return self._loader(split, shuffle=False)
+
     def predict_dataloader(self) -> DataLoader:
         """The test split, for ``trainer.predict``."""
         return self._loader("test", shuffle=False)

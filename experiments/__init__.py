@@ -1,1 +1,12 @@
 """The LightningModule, the `clinfuse` CLI, sweeps, tracking and the prediction API."""
+
+__all__ = ["Prognosis"]
+
+
+def __getattr__(name: str):
+    # Prognosis imports lightning and mlflow (seconds); load it only when asked for.
+    if name == "Prognosis":
+        from clinfuse.experiments.prognosis import Prognosis
+
+        return Prognosis
+    raise AttributeError(f"module 'clinfuse.experiments' has no attribute {name!r}")

@@ -13,10 +13,12 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from collections.abc import Sequence
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import MLFlowLogger
 
 from clinfuse.datasets.datamodule import ClinicalDataModule
 from clinfuse.experiments.module import ClinFuseModule, monitor_for
@@ -43,6 +45,8 @@ class ClinFuseCLI(LightningCLI):
         ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
         results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
         report_against_oracle(self, results[0] if results else {})
+        if self.model.task == "survival" and self.trainer.is_global_zero:
+            log_survival_figures(self)
 
     def after_test(self) -> None:
         report_against_oracle(self, {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})
@@ -56,6 +60,20 @@ def report_against_oracle(cli: LightningCLI, test_metrics: dict[str, float]) -> 
         for logger in cli.trainer.loggers:
             logger.log_metrics({f"oracle/{k}": v for k, v in oracle.items()})
     return oracle
+
+
+def log_survival_figures(cli: LightningCLI) -> None:
+    """KM curves by predicted-risk group and a calibration plot, saved and logged to MLflow."""
+    from clinfuse.experiments.survival_report import survival_figures
+
+    outdir = Path(cli.trainer.default_root_dir) / "figures"
+    figs = survival_figures(cli.model, cli.datamodule, outdir)
+    print(f"test log-rank p (risk tertiles) = {figs['logrank_p']:.3g}; figures in {outdir}")
+    for logger in cli.trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            for path in figs["paths"]:
+                logger.experiment.log_artifact(logger.run_id, str(path), "figures")
+            logger.log_metrics({"test/logrank_p": figs["logrank_p"]})
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI:

@@ -52,6 +52,8 @@ def test_fit_trains_tests_and_records_everything_in_mlflow(synthetic_cohort, tmp
     artifacts = _all_artifacts(client, run.info.run_id)
     assert "config.yaml" in artifacts
     assert any(a.endswith(".ckpt") for a in artifacts), artifacts
+    assert {"figures/km_risk_groups.png", "figures/calibration.png"} <= set(artifacts)
+    assert 0.0 <= run.data.metrics["test/logrank_p"] <= 1.0
     config_text = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
     assert str(synthetic_cohort) in config_text and "TransformerFusion" in config_text
 

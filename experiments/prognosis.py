@@ -1,0 +1,299 @@
+"""The prognosis prediction API: a trained model + its fitted preprocessing + a Breslow baseline.
+
+``Prognosis.from_training(ckpt, datamodule)`` builds a predictor, ``save(folder)`` writes
+``model.ckpt``, ``preprocessing.json`` (``Cohort.state_dict()``), ``baseline.json`` (survival task)
+and ``meta.json``; ``Prognosis.load(folder_or_mlflow_uri)`` restores it with no data folder.
+``predict(records)`` takes raw per-patient inputs (formats: :mod:`clinfuse.experiments.prognosis_inputs`).
+
+MLflow wire format (:class:`PrognosisPyfunc`): a DataFrame with one row per patient, a string column
+``patient_id`` and one column per modality holding that modality's raw value as a JSON string
+(null/absent column = modality absent), e.g.
+``{"patient_id": "p1", "tabular": "{\\"age\\": 61}", "ecg": "\\"/data/ecg/p1\\""}``. The output
+is a DataFrame, one row per patient: ``patient_id``, ``error`` (null when fine) and ``prediction``
+(the JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from clinfuse.datasets.cohort import READERS
+from clinfuse.experiments.prognosis_inputs import collate_shell, raw_to_item
+from clinfuse.experiments.survival_curves import BreslowBaseline
+
+FORMAT_VERSION = 1
+
+
+class Prognosis:
+    """Predicts risk, survival curves and per-modality contributions from raw patient inputs.
+
+    Args:
+        model: a trained ``ClinFuseModule`` (put in eval mode here).
+        preprocessing: ``Cohort.state_dict()`` of the data the model was trained on.
+        baseline: the Breslow baseline (survival task), else None.
+        checkpoint_path: the model checkpoint file (copied by :meth:`save`).
+    """
+
+    def __init__(self, model, preprocessing: dict, baseline: BreslowBaseline | None, checkpoint_path: str | Path) -> None:
+        self.model = model.eval()
+        self.preprocessing = preprocessing
+        self.states = preprocessing["modalities"]
+        self.modalities = list(model.modalities)
+        self.baseline = baseline
+        self.checkpoint_path = Path(checkpoint_path)
+        self._shells = {m: collate_shell(self.states[m]) for m in self.modalities}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_training(cls, checkpoint_path: str | Path, datamodule) -> "Prognosis":
+        """Build from a checkpoint and the ``ClinicalDataModule`` it was trained with.
+
+        The preprocessing is the checkpoint's saved data-module state when present (else the data
+        module's); the Breslow baseline is fitted on the training split's predicted log-risks
+        (eval mode, deterministic WSI patches).
+        """
+        from clinfuse.datasets.dataset import ClinicalDataset, Collator
+        from clinfuse.experiments.module import ClinFuseModule
+
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        saved = ckpt.get(type(datamodule).__qualname__) or {}
+        preprocessing = saved.get("preprocessing") or datamodule.preprocessing_state()
+        model = ClinFuseModule.load_from_checkpoint(checkpoint_path, map_location="cpu").eval()
+        baseline = None
+        if model.task == "survival":
+            cohort = datamodule.cohort
+            data = ClinicalDataset(cohort, "train", training=False)
+            loader = torch.utils.data.DataLoader(data, batch_size=256, collate_fn=Collator(cohort.readers))
+            risks, times, events = [], [], []
+            with torch.no_grad():
+                for batch in loader:
+                    risks.append(model(batch["inputs"])[0].float().numpy())
+                    times.append(batch["labels"]["time"].numpy())
+                    events.append(batch["labels"]["event"].numpy())
+            baseline = BreslowBaseline().fit(np.concatenate(risks), np.concatenate(times), np.concatenate(events))
+        return cls(model, preprocessing, baseline, checkpoint_path)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the predictor folder; returns it."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.checkpoint_path.resolve() != (out / "model.ckpt").resolve():
+            shutil.copyfile(self.checkpoint_path, out / "model.ckpt")
+        (out / "preprocessing.json").write_text(json.dumps(self.preprocessing))
+        if self.baseline is not None:
+            (out / "baseline.json").write_text(json.dumps(self.baseline.state_dict()))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "task": self.model.task,
+            "modalities": self.modalities,
+            "spec": self.model.hparams.spec,
+            "fusion": type(self.model.fusion).__name__,
+            "has_baseline": self.baseline is not None,
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Prognosis":
+        """Load a folder written by :meth:`save`, or an MLflow URI (``runs:/``, ``models:/``) of
+        a model logged by :meth:`log_to_mlflow`."""
+        from clinfuse.experiments.module import ClinFuseModule
+
+        folder = Path(path)
+        if not folder.is_dir() and (":/" in str(path)):  # runs:/, models:/, s3://, file://...
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(path)))
+            found = [p.parent for p in local.rglob("meta.json")]
+            if not found:
+                raise ValueError(f"{path}: no prognosis folder (meta.json) among the downloaded artifacts")
+            folder = found[0]
+        for name in ("model.ckpt", "preprocessing.json", "meta.json"):
+            if not (folder / name).is_file():
+                raise ValueError(f"{folder}: not a prognosis folder, {name} is missing")
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{folder / 'meta.json'}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+        model = ClinFuseModule.load_from_checkpoint(folder / "model.ckpt", map_location="cpu")
+        baseline = None
+        if meta["has_baseline"]:
+            baseline = BreslowBaseline.from_state(json.loads((folder / "baseline.json").read_text()))
+        return cls(model, json.loads((folder / "preprocessing.json").read_text()), baseline, folder / "model.ckpt")
+
+    # ------------------------------------------------------------------ prediction
+    def _items(self, record: Any) -> tuple[str, dict[str, Any]]:
+        """One record -> (patient id, modality -> item); ValueError naming patient and field."""
+        if not isinstance(record, dict):
+            raise ValueError(f"record must be a dict, got {type(record).__name__}")
+        pid = record.get("patient_id")
+        if not isinstance(pid, str) or not pid:
+            raise ValueError(f"field 'patient_id': a non-empty string is required, got {pid!r}")
+        unknown = sorted(set(record) - set(self.modalities) - {"patient_id"})
+        if unknown:
+            raise ValueError(f"patient {pid}: field(s) {unknown}: unknown modality; the model uses {self.modalities}")
+        items = {}
+        for m in self.modalities:
+            if record.get(m) is None:
+                continue
+            try:
+                if isinstance(record[m], _BadJSON):
+                    raise ValueError(str(record[m]))
+                item = raw_to_item(m, self.states[m], record[m], pid)
+            except (ValueError, TypeError, OSError) as err:
+                raise ValueError(f"patient {pid}: {err}") from err
+            if item is not None:
+                items[m] = item
+        return pid, items
+
+    def _batch(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
+        return {m: self._shells[m].collate([it.get(m) for it in items]) for m in self.modalities}
+
+    def _out(self, inputs: dict) -> tuple[torch.Tensor, Any]:
+        with torch.no_grad():
+            out, fused = self.model(inputs)
+        return out.float(), fused
+
+    def predict(self, records: Sequence[dict], horizons: Sequence[float] = (30, 90, 365)) -> list[dict]:
+        """Predict for raw patient records (any subset of modalities each).
+
+        Returns one dict per record, in order: ``patient_id``, ``modalities_used``, ``risk``
+        (log-risk / logit; ``probability`` or ``probabilities`` for classification),
+        ``contributions`` (modality -> risk with all present modalities minus risk without it),
+        ``trajectory`` (sequential heads: ``[{"step", "risk"}]`` from the initial state through
+        each present modality) and, for survival, ``survival_curve``, ``median_survival`` (inf
+        when the curve stays above 0.5) and ``survival_at``. A bad record gives
+        ``{"patient_id", "error"}`` instead and does not affect the others.
+        """
+        results: list[dict] = [{} for _ in records]
+        good, items = [], []
+        for i, record in enumerate(records):
+            try:
+                pid, its = self._items(record)
+            except ValueError as err:
+                pid = record.get("patient_id") if isinstance(record, dict) else None
+                results[i] = {"patient_id": pid, "error": str(err)}
+                continue
+            good.append((i, pid))
+            items.append(its)
+        if not good:
+            return results
+        inputs = self._batch(items)
+        out, fused = self._out(inputs)
+        without = {}
+        for m in self.modalities:
+            if any(m in it for it in items):
+                without[m] = self._out({k: v for k, v in inputs.items() if k != m})[0]
+        traj = None
+        if fused.per_step:
+            from clinfuse.fusion.multimodn import step_predictions
+
+            with torch.no_grad():
+                traj = step_predictions(fused, self.model.head).float()  # (B, S, ...)
+            order = list(getattr(self.model.fusion, "last_order", None) or self.modalities)
+        risk = out.numpy()
+        surv = {}
+        if self.baseline is not None:
+            surv["curve"] = self.baseline.survival(risk, self.baseline.event_times)
+            surv["median"] = self.baseline.median_survival(risk)
+            surv["at"] = self.baseline.survival_at(risk, list(horizons))
+        for b, ((i, pid), its) in enumerate(zip(good, items)):
+            used = [m for m in self.modalities if m in its]
+            res: dict[str, Any] = {"patient_id": pid, "modalities_used": used}
+            res.update(self._readout(out[b]))
+            res["contributions"] = {m: _tolist(out[b] - without[m][b]) for m in used}
+            if traj is not None:
+                steps = [{"step": "initial", "risk": _tolist(traj[b, 0])}]
+                steps += [{"step": m, "risk": _tolist(traj[b, k + 1])} for k, m in enumerate(order) if m in its]
+                res["trajectory"] = steps
+            if surv:
+                res["survival_curve"] = {"times": self.baseline.event_times.tolist(), "survival": surv["curve"][b].tolist()}
+                res["median_survival"] = float(surv["median"][b])
+                res["survival_at"] = {h: float(s) for h, s in zip(horizons, surv["at"][b])}
+            results[i] = res
+        return results
+
+    def _readout(self, out: torch.Tensor) -> dict[str, Any]:
+        task = self.model.task
+        if task == "survival":
+            return {"risk": float(out)}
+        if task == "binary":
+            return {"risk": float(out), "probability": float(torch.sigmoid(out))}
+        return {"risk": out.tolist(), "probabilities": torch.softmax(out, -1).tolist()}
+
+    # ------------------------------------------------------------------ MLflow
+    def log_to_mlflow(self, artifact_path: str = "prognosis", **kwargs: Any):
+        """Log as an MLflow pyfunc model in the active run (one is started if none); returns
+        ``mlflow.pyfunc.log_model``'s ModelInfo (``.model_uri`` loads it back)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save(Path(tmp) / "prognosis")
+            return mlflow.pyfunc.log_model(
+                artifact_path, python_model=PrognosisPyfunc(), artifacts={"prognosis": str(folder)}, **kwargs
+            )
+
+
+def _tolist(x: torch.Tensor) -> float | list[float]:
+    return float(x) if x.ndim == 0 else x.tolist()
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace inf/NaN by None and make keys strings, so the result is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def records_from_frame(df: pd.DataFrame) -> list[dict]:
+    """The wire DataFrame (one row per patient, JSON-string modality columns) -> records."""
+    if "patient_id" not in df.columns:
+        raise ValueError(f"input needs a 'patient_id' column; got {list(df.columns)}")
+    records = []
+    for row in df.to_dict("records"):
+        rec: dict[str, Any] = {"patient_id": str(row.pop("patient_id"))}
+        for key, value in row.items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            try:
+                rec[key] = json.loads(value) if isinstance(value, str) else value
+            except json.JSONDecodeError as err:
+                rec[key] = _BadJSON(f"field '{key}': not valid JSON: {err}")
+        records.append(rec)
+    return records
+
+
+class _BadJSON(str):
+    """A wire value that failed to parse; the transforms reject it with this message."""
+
+
+class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper of :class:`Prognosis` (wire format: module docstring)."""
+
+    def load_context(self, context) -> None:
+        self.prognosis = Prognosis.load(context.artifacts["prognosis"])
+
+    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        records = records_from_frame(df)
+        horizons = tuple((params or {}).get("horizons", (30, 90, 365)))
+        preds = self.prognosis.predict(records, horizons=horizons)
+        rows = [
+            {
+                "patient_id": p.get("patient_id"),
+                "error": p.get("error"),
+                "prediction": None if "error" in p else json.dumps(_json_safe(p)),
+            }
+            for p in preds
+        ]
+        return pd.DataFrame(rows, columns=["patient_id", "error", "prediction"])

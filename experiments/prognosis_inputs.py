@@ -1,0 +1,236 @@
+"""Raw per-patient inputs -> the encoder items a fitted reader's ``get`` returns, from saved state only.
+
+The prognosis API (:mod:`clinfuse.experiments.prognosis`) receives one patient's raw values per
+modality, with no cohort folder. Each function here applies the FITTED preprocessing saved by
+``ModalityReader.state_dict()`` (``{"modality", "config", "fitted"}``) exactly as the reader does in
+eval mode, so a prediction from raw inputs equals the one from the data module's test loader.
+Batches are padded by the readers' own ``collate`` (:func:`collate_items`).
+
+Raw formats (one patient):
+
+- ``tabular``: ``{column: value}``; a missing key or ``None`` = value missing. Numeric NaN/inf is an
+  error; an unknown categorical level maps to index 1 ("unseen") with a warning, as in training.
+- ``timeseries``: a list of ``{"time", "variable", "value"}`` or a DataFrame with those columns;
+  variables never seen in training are dropped with a warning.
+- ``ecg``: a WFDB record path without extension (``.hea``/``.dat`` next to it).
+- ``notes``: a list of ``{"time", "text"}`` or a DataFrame with those columns.
+- ``wsi``: a CLAM ``.h5`` path (dataset ``features (P, F)``), or a list of such paths.
+- ``genomics``: ``{"<gene>_rnaseq": float, "<gene>_mut": 0/1}``, every training gene required.
+
+Every function raises ``ValueError`` naming the offending field; the caller adds the patient.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from clinfuse.datasets.cohort import READERS
+from clinfuse.datasets.ecg import ECGReader
+from clinfuse.datasets.notes import PAD, UNK, tokenize
+from clinfuse.datasets.reader import ModalityReader
+
+Item = dict[str, np.ndarray]
+
+
+def _float(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"field '{field}': expected a number, got {type(value).__name__} {value!r}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"field '{field}': value must be finite, got {x}")
+    return x
+
+
+def _rows(raw: Any, columns: Sequence[str], field: str) -> list[dict[str, Any]]:
+    """A list of dicts (or a DataFrame) with ``columns`` -> list of dicts; ValueError otherwise."""
+    if isinstance(raw, pd.DataFrame):
+        raw = raw.to_dict("records")
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError(f"field '{field}': expected a list of {{{', '.join(columns)}}} records, got {type(raw).__name__}")
+    rows = []
+    for i, row in enumerate(raw):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"field '{field}[{i}]': expected a dict, got {type(row).__name__}")
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise ValueError(f"field '{field}[{i}]': missing key(s) {missing}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"field '{field}': empty list (omit the modality instead)")
+    return rows
+
+
+def tabular_item(state: dict, raw: Any) -> Item:
+    """``{column: value}`` -> ``numeric``, ``numeric_observed``, ``categorical`` (TabularReader)."""
+    s = state["fitted"]
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"field 'tabular': expected a dict column -> value, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(s["numeric_features"]) - set(s["categorical_features"]) - {"patient_id"})
+    if unknown:
+        raise ValueError(f"field 'tabular': unknown column(s) {unknown}")
+    x = np.full(len(s["numeric_features"]), np.nan)
+    for j, col in enumerate(s["numeric_features"]):
+        value = raw.get(col)
+        if value is not None:
+            x[j] = _float(value, f"tabular.{col}")
+    observed = ~np.isnan(x)
+    z = (x - np.asarray(s["mean"])) / np.asarray(s["std"])
+    codes = np.zeros(len(s["categorical_features"]), dtype=np.int64)
+    for j, col in enumerate(s["categorical_features"]):
+        value = raw.get(col)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        levels = s["levels"][col]
+        if str(value) in levels:
+            codes[j] = levels.index(str(value)) + 2
+        else:
+            warnings.warn(f"field 'tabular.{col}': level {value!r} unseen in training; mapped to 'unseen'", stacklevel=3)
+            codes[j] = 1
+    return {"numeric": np.where(observed, z, 0.0).astype(np.float32), "numeric_observed": observed, "categorical": codes}
+
+
+def timeseries_item(state: dict, raw: Any) -> Item | None:
+    """Events -> ``times``, ``variables``, ``values`` (TimeseriesReader); None if none is kept."""
+    s, max_events = state["fitted"], int(state["config"]["max_events"])
+    rows = _rows(raw, ("time", "variable", "value"), "timeseries")
+    lookup = {v: i for i, v in enumerate(s["variables"])}
+    times = np.array([_float(r["time"], f"timeseries[{i}].time") for i, r in enumerate(rows)])
+    values = np.array([_float(r["value"], f"timeseries[{i}].value") for i, r in enumerate(rows)])
+    var = np.array([lookup.get(str(r["variable"]), -1) for r in rows], dtype=np.int64)
+    if (var < 0).any():
+        unseen = sorted({str(r["variable"]) for r, v in zip(rows, var) if v < 0})
+        warnings.warn(f"field 'timeseries': dropping events of variables unseen in training: {unseen[:10]}", stacklevel=3)
+    order = np.argsort(times, kind="stable")
+    order = order[var[order] >= 0][-max_events:]  # keep the most recent events
+    if not len(order):
+        return None
+    v = var[order]
+    z = (values[order] - np.asarray(s["mean"])[v]) / np.asarray(s["std"])[v]
+    return {"times": times[order].astype(np.float32), "variables": v, "values": z.astype(np.float32)}
+
+
+def ecg_item(state: dict, raw: Any, patient_id: str) -> Item:
+    """A WFDB record path -> ``signal``, ``lead_mask`` (the ECG reader's own lead selection and resampling)."""
+    if not isinstance(raw, (str, Path)):
+        raise ValueError(f"field 'ecg': expected a WFDB record path, got {type(raw).__name__}")
+    cfg = state["config"]
+    shell = ECGReader.__new__(ECGReader)  # reuse _read_record without reading a cohort folder
+    shell.fs, shell.leads = float(cfg["fs"]), list(cfg["leads"])
+    shell.n_samples = int(state["fitted"]["n_samples"])
+    path = Path(str(raw)).with_suffix("") if str(raw).endswith((".hea", ".dat")) else Path(str(raw))
+    try:
+        signal, mask = shell._read_record(path, patient_id)
+    except ValueError as err:
+        raise ValueError(f"field 'ecg': {err}") from err
+    return {"signal": signal, "lead_mask": mask}
+
+
+def notes_item(state: dict, raw: Any) -> Item | None:
+    """Notes -> ``token_ids``, ``token_mask``, ``note_times`` (NotesReader); None if all are empty."""
+    cfg, vocab = state["config"], state["fitted"]["vocab"]
+    rows = _rows(raw, ("time", "text"), "notes")
+    notes = []
+    for i, r in enumerate(rows):
+        if not isinstance(r["text"], str):
+            raise ValueError(f"field 'notes[{i}].text': expected a string, got {type(r['text']).__name__}")
+        tokens = tokenize(r["text"])
+        t = _float(r["time"], f"notes[{i}].time")
+        if tokens:
+            notes.append((t, tokens))
+    if not notes:
+        return None
+    notes = sorted(notes, key=lambda n: n[0])[-int(cfg["max_notes"]) :]  # stable: ties keep input order
+    tokens = [t[: int(cfg["max_words"])] for _, t in notes]
+    lookup = {w: i + 2 for i, w in enumerate(vocab)}
+    ids = np.zeros((len(tokens), max(len(t) for t in tokens)), dtype=np.int64)
+    for k, words in enumerate(tokens):
+        ids[k, : len(words)] = [lookup.get(w, UNK) for w in words]
+    times = np.array([t for t, _ in notes], dtype=np.float64).astype(np.float32)
+    return {"token_ids": ids, "token_mask": ids != PAD, "note_times": times}
+
+
+def wsi_item(state: dict, raw: Any, patient_id: str) -> Item:
+    """CLAM ``.h5`` path(s) -> ``features`` (WSIReader eval mode: a patient-seeded patch subset)."""
+    paths = [raw] if isinstance(raw, (str, Path)) else raw
+    if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, Path)) for p in paths):
+        raise ValueError(f"field 'wsi': expected an .h5 path or a list of paths, got {type(raw).__name__}")
+    dim, bags = int(state["fitted"]["feature_dim"]), []
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as fh:
+                if "features" not in fh:
+                    raise ValueError("no 'features' dataset")
+                feats = np.asarray(fh["features"][()], dtype=np.float32)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"field 'wsi': cannot read slide file {path}: {err}") from err
+        if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] != dim:
+            raise ValueError(f"field 'wsi': {path}: features must be (P>0, {dim}), got {feats.shape}")
+        if not np.isfinite(feats).all():
+            raise ValueError(f"field 'wsi': {path}: features contain NaN/inf")
+        bags.append(feats)
+    bag = np.concatenate(bags, axis=0)
+    max_patches = int(state["config"]["max_patches"])
+    if len(bag) > max_patches:
+        rng = np.random.default_rng(zlib.crc32(patient_id.encode()))
+        bag = bag[np.sort(rng.choice(len(bag), size=max_patches, replace=False))]
+    return {"features": bag}
+
+
+def genomics_item(state: dict, raw: Any) -> Item:
+    """``{<gene>_rnaseq, <gene>_mut}`` -> ``expression``, ``mutations`` (GenomicsReader)."""
+    s = state["fitted"]
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"field 'genomics': expected a dict, got {type(raw).__name__}")
+    expr_cols = [f"{g}_rnaseq" for g in s["genes"]]
+    mut_cols = [f"{g}_mut" for g in s["mutations"]]
+    unknown = sorted(set(raw) - set(expr_cols) - set(mut_cols) - {"patient_id"})
+    if unknown:
+        raise ValueError(f"field 'genomics': unknown column(s) {unknown[:10]}")
+    missing = [c for c in expr_cols + mut_cols if raw.get(c) is None]
+    if missing:
+        raise ValueError(f"field 'genomics': missing column(s) {missing[:10]} (no missing-value mask)")
+    x = np.array([_float(raw[c], f"genomics.{c}") for c in expr_cols])
+    mut = np.array([_float(raw[c], f"genomics.{c}") for c in mut_cols], dtype=np.float32)
+    bad = [c for c, m in zip(mut_cols, mut) if m not in (0.0, 1.0)]
+    if bad:
+        raise ValueError(f"field 'genomics.{bad[0]}': mutations must be 0/1")
+    z = ((x - np.asarray(s["mean"])) / np.asarray(s["std"])).astype(np.float32)
+    return {"expression": z, "mutations": mut}
+
+
+def raw_to_item(modality: str, state: dict, raw: Any, patient_id: str) -> Item | None:
+    """Dispatch one modality's raw value to its transform (None = nothing usable: absent)."""
+    if modality == "tabular":
+        return tabular_item(state, raw)
+    if modality == "timeseries":
+        return timeseries_item(state, raw)
+    if modality == "ecg":
+        return ecg_item(state, raw, patient_id)
+    if modality == "notes":
+        return notes_item(state, raw)
+    if modality == "wsi":
+        return wsi_item(state, raw, patient_id)
+    if modality == "genomics":
+        return genomics_item(state, raw)
+    raise ValueError(f"unknown modality {modality!r}")
+
+
+def collate_shell(state: dict) -> ModalityReader:
+    """A reader object holding only what its ``collate`` reads (no cohort folder needed)."""
+    cls = READERS[state["modality"]]
+    shell = cls.__new__(cls)
+    shell._state = state["fitted"]
+    if cls.name == "ecg":
+        shell.leads, shell.n_samples = list(state["config"]["leads"]), int(state["fitted"]["n_samples"])
+    if cls.name == "genomics":
+        shell.genes, shell.mutations = list(state["fitted"]["genes"]), list(state["fitted"]["mutations"])
+    return shell

@@ -1,0 +1,214 @@
+"""The prognosis API: raw records -> the same predictions as the data module's test loader."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+lightning = pytest.importorskip("lightning")
+
+from clinfuse.datasets.datamodule import ClinicalDataModule  # noqa: E402
+from clinfuse.experiments import Prognosis  # noqa: E402
+from clinfuse.experiments.module import ClinFuseModule  # noqa: E402
+from clinfuse.experiments.prognosis import PrognosisPyfunc  # noqa: E402
+from clinfuse.fusion.multimodn import MultiModNFusion  # noqa: E402
+
+
+def _train(root, tmp_path, fusion=None):
+    torch.manual_seed(0)
+    dm = ClinicalDataModule(str(root), batch_size=32, max_patches=32)
+    model = ClinFuseModule(spec=dm.spec, d_model=16, fusion=fusion)
+    trainer = lightning.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, limit_train_batches=2, limit_val_batches=0, default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return dm, Prognosis.from_training(ckpt, dm)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_cohort, tmp_path_factory):
+    return _train(synthetic_cohort, tmp_path_factory.mktemp("prog"))
+
+
+@pytest.fixture(scope="module")
+def trained_multimodn(synthetic_cohort, tmp_path_factory):
+    return _train(synthetic_cohort, tmp_path_factory.mktemp("prog_mmn"), fusion=MultiModNFusion)
+
+
+def raw_record(root, pid):
+    """One patient's raw inputs, read straight from the cohort folder's files."""
+    rec = {"patient_id": pid}
+    tab = pd.read_parquet(root / "tabular.parquet").set_index("patient_id")
+    if pid in tab.index:
+        rec["tabular"] = {k: (None if pd.isna(v) else v) for k, v in tab.loc[pid].items()}
+    ts = pd.read_parquet(root / "timeseries.parquet")
+    ts = ts[ts["patient_id"] == pid]
+    if len(ts):
+        rec["timeseries"] = ts[["time", "variable", "value"]].to_dict("records")
+    ecg = pd.read_csv(root / "ecg" / "records.csv", dtype={"patient_id": str, "record": str})
+    ecg = ecg[ecg["patient_id"] == pid].sort_values("time", kind="stable")
+    if len(ecg):
+        rec["ecg"] = str(root / "ecg" / ecg["record"].iloc[-1])
+    notes = pd.read_parquet(root / "notes.parquet")
+    notes = notes[notes["patient_id"] == pid]
+    if len(notes):
+        rec["notes"] = notes[["time", "text"]].to_dict("records")
+    wsi = pd.read_csv(root / "wsi" / "slides.csv", dtype=str)
+    wsi = wsi[wsi["patient_id"] == pid]
+    if len(wsi):
+        rec["wsi"] = [str(root / "wsi" / p) for p in wsi["path"]]
+    gen = pd.read_csv(root / "genomics.csv", dtype={"patient_id": str}).set_index("patient_id")
+    if pid in gen.index:
+        rec["genomics"] = {k: float(v) for k, v in gen.loc[pid].items()}
+    return rec
+
+
+def loader_outputs(dm, model, drop=None):
+    """patient id -> model output on the data module's test loader (``drop``: modality made absent)."""
+    out = {}
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            inputs = {m: dict(x) for m, x in batch["inputs"].items()}
+            if drop is not None:
+                inputs[drop]["present"] = torch.zeros_like(inputs[drop]["present"])
+            res = model(inputs)[0]
+            out.update(zip(batch["patient_id"], res.tolist()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_records(trained, synthetic_cohort):
+    dm, _ = trained
+    return [raw_record(synthetic_cohort, pid) for pid in dm.cohort.splits["test"]]
+
+
+def test_raw_records_match_test_loader(trained, test_records):
+    dm, prog = trained
+    expected = loader_outputs(dm, prog.model)
+    preds = prog.predict(test_records)
+    assert [p["patient_id"] for p in preds] == [r["patient_id"] for r in test_records]
+    got = np.array([p["risk"] for p in preds])
+    want = np.array([expected[p["patient_id"]] for p in preds])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    presence = dm.cohort.presence()
+    for p in preds:
+        assert p["modalities_used"] == [m for m in dm.modality_names if presence.loc[p["patient_id"], m]]
+
+
+def test_contributions_match_leave_one_out(trained, test_records):
+    dm, prog = trained
+    full = loader_outputs(dm, prog.model)
+    preds = prog.predict(test_records)
+    for m in dm.modality_names:
+        without = loader_outputs(dm, prog.model, drop=m)
+        for p in preds:
+            if m in p["modalities_used"]:
+                pid = p["patient_id"]
+                assert p["contributions"][m] == pytest.approx(full[pid] - without[pid], rel=1e-4, abs=1e-5)
+            else:
+                assert m not in p["contributions"]
+
+
+def test_survival_fields(trained, test_records):
+    _, prog = trained
+    for p in prog.predict(test_records[:5], horizons=(1, 30, 365)):
+        s = np.array(p["survival_curve"]["survival"])
+        t = np.array(p["survival_curve"]["times"])
+        assert np.all(np.diff(s) <= 1e-12) and np.all((s >= 0) & (s <= 1))
+        med = p["median_survival"]
+        if math.isfinite(med):
+            k = int(np.searchsorted(t, med))
+            assert t[k] == med and s[k] <= 0.5 and (k == 0 or s[k - 1] > 0.5)
+        else:
+            assert s[-1] > 0.5
+        assert list(p["survival_at"]) == [1, 30, 365]
+        assert p["survival_at"][1] >= p["survival_at"][30] >= p["survival_at"][365]
+
+
+def test_tabular_only_patient(trained, test_records):
+    _, prog = trained
+    rec = {"patient_id": "new", "tabular": test_records[0]["tabular"]}
+    (p,) = prog.predict([rec])
+    assert p["modalities_used"] == ["tabular"] and math.isfinite(p["risk"])
+    assert list(p["contributions"]) == ["tabular"]
+
+
+def test_bad_patients_get_errors_others_succeed(trained, test_records):
+    _, prog = trained
+    good = test_records[:2]
+    nan_tab = {"patient_id": "bad_nan", "tabular": {**test_records[0]["tabular"], "age": float("nan")}}
+    unknown = {"patient_id": "bad_key", "tabular": test_records[0]["tabular"], "xray": [1, 2]}
+    no_ecg = {"patient_id": "bad_ecg", "ecg": "/nonexistent/record"}
+    preds = prog.predict([nan_tab, good[0], unknown, no_ecg, good[1]])
+    assert "bad_nan" in preds[0]["error"] and "tabular.age" in preds[0]["error"]
+    assert "bad_key" in preds[2]["error"] and "xray" in preds[2]["error"]
+    assert "bad_ecg" in preds[3]["error"] and "ecg" in preds[3]["error"]
+    alone = prog.predict(good)
+    for got, want in zip([preds[1], preds[4]], alone):
+        assert "error" not in got and got["risk"] == pytest.approx(want["risk"], rel=1e-5, abs=1e-6)
+
+
+def test_unknown_category_maps_to_unseen_with_warning(trained, test_records):
+    _, prog = trained
+    tab = dict(test_records[0]["tabular"])
+    cat = prog.states["tabular"]["fitted"]["categorical_features"][0]
+    with pytest.warns(UserWarning, match="unseen"):
+        (p,) = prog.predict([{"patient_id": "x", "tabular": {**tab, cat: "never-seen-level"}}])
+    assert math.isfinite(p["risk"])
+
+
+def test_save_load_round_trip(trained, test_records, tmp_path):
+    _, prog = trained
+    folder = prog.save(tmp_path / "predictor")
+    assert {"model.ckpt", "preprocessing.json", "baseline.json", "meta.json"} <= {f.name for f in folder.iterdir()}
+    loaded = Prognosis.load(folder)
+    a, b = prog.predict(test_records[:6]), loaded.predict(test_records[:6])
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_multimodn_trajectory(trained_multimodn, test_records):
+    dm, prog = trained_multimodn
+    expected = loader_outputs(dm, prog.model)
+    for p in prog.predict(test_records[:4]):
+        assert p["risk"] == pytest.approx(expected[p["patient_id"]], rel=1e-4, abs=1e-5)
+        steps = p["trajectory"]
+        assert [s["step"] for s in steps] == ["initial", *p["modalities_used"]]
+        assert steps[-1]["risk"] == pytest.approx(p["risk"], rel=1e-5, abs=1e-6)
+
+
+def _wire(records):
+    rows = []
+    for r in records:
+        rows.append({"patient_id": r["patient_id"], **{m: json.dumps(v) for m, v in r.items() if m != "patient_id"}})
+    return pd.DataFrame(rows)
+
+
+def test_mlflow_pyfunc_matches_predict(trained, test_records, tmp_path):
+    import mlflow
+
+    _, prog = trained
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("prognosis-test")
+    try:
+        with mlflow.start_run():
+            info = prog.log_to_mlflow()
+        records = [test_records[0], {"patient_id": "tab_only", "tabular": test_records[1]["tabular"]}]
+        out = mlflow.pyfunc.load_model(info.model_uri).predict(_wire(records))
+        want = prog.predict(records)
+        assert list(out["patient_id"]) == [r["patient_id"] for r in records]
+        for got, w in zip(out["prediction"], want):
+            got = json.loads(got)
+            assert got["risk"] == pytest.approx(w["risk"], rel=1e-6)
+            assert got["contributions"] == pytest.approx(w["contributions"], rel=1e-6)
+            assert got["survival_curve"]["survival"] == pytest.approx(w["survival_curve"]["survival"])
+        assert Prognosis.load(info.model_uri).predict(records)[0]["risk"] == pytest.approx(want[0]["risk"])
+    finally:
+        mlflow.set_tracking_uri(None)
