@@ -69,7 +69,7 @@ class Prognosis:
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         saved = ckpt.get(type(datamodule).__qualname__) or {}
         preprocessing = saved.get("preprocessing") or datamodule.preprocessing_state()
-        model = ClinFuseModule.load_from_checkpoint(checkpoint_path, map_location="cpu").eval()
+        model = ClinFuseModule.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=False).eval()
         baseline = None
         if model.task == "survival":
             cohort = datamodule.cohort
@@ -107,7 +107,11 @@ class Prognosis:
     @classmethod
     def load(cls, path: str | Path) -> "Prognosis":
         """Load a folder written by :meth:`save`, or an MLflow URI (``runs:/``, ``models:/``) of
-        a model logged by :meth:`log_to_mlflow`."""
+        a model logged by :meth:`log_to_mlflow`.
+
+        The checkpoint is unpickled with ``weights_only=False`` (hyperparameters may hold
+        component classes such as a fusion head): load only folders you trust.
+        """
         from clinfuse.experiments.module import ClinFuseModule
 
         folder = Path(path)
@@ -123,7 +127,7 @@ class Prognosis:
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{folder / 'meta.json'}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-        model = ClinFuseModule.load_from_checkpoint(folder / "model.ckpt", map_location="cpu")
+        model = ClinFuseModule.load_from_checkpoint(folder / "model.ckpt", map_location="cpu", weights_only=False)
         baseline = None
         if meta["has_baseline"]:
             baseline = BreslowBaseline.from_state(json.loads((folder / "baseline.json").read_text()))
@@ -157,9 +161,17 @@ class Prognosis:
     def _batch(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
         return {m: self._shells[m].collate([it.get(m) for it in items]) for m in self.modalities}
 
-    def _out(self, inputs: dict) -> tuple[torch.Tensor, Any]:
+    def _out(self, tokens: dict) -> tuple[torch.Tensor, Any]:
+        """Fusion + task head on already-encoded tokens (``ClinFuseModule.forward`` after
+        ``encode``; encoders are per modality, so leave-one-out reuses the tokens)."""
+        from clinfuse.fusion.late import late_average
+
         with torch.no_grad():
-            out, fused = self.model(inputs)
+            fused = self.model.fusion(self.model.dropout(tokens))
+            if getattr(self.model.fusion, "late", False):
+                out = late_average(self.model.head, fused, self.model.fusion.modalities)
+            else:
+                out = self.model.head(fused.pooled)
         return out.float(), fused
 
     def predict(self, records: Sequence[dict], horizons: Sequence[float] = (30, 90, 365)) -> list[dict]:
@@ -186,12 +198,13 @@ class Prognosis:
             items.append(its)
         if not good:
             return results
-        inputs = self._batch(items)
-        out, fused = self._out(inputs)
+        with torch.no_grad():
+            tokens = self.model.encode(self._batch(items))
+        out, fused = self._out(tokens)
         without = {}
         for m in self.modalities:
             if any(m in it for it in items):
-                without[m] = self._out({k: v for k, v in inputs.items() if k != m})[0]
+                without[m] = self._out({k: v for k, v in tokens.items() if k != m})[0]
         traj = None
         if fused.per_step:
             from clinfuse.fusion.multimodn import step_predictions
@@ -233,11 +246,25 @@ class Prognosis:
     def log_to_mlflow(self, artifact_path: str = "prognosis", **kwargs: Any):
         """Log as an MLflow pyfunc model in the active run (one is started if none); returns
         ``mlflow.pyfunc.log_model``'s ModelInfo (``.model_uri`` loads it back)."""
+        kwargs.setdefault("pip_requirements", _requirements())
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save(Path(tmp) / "prognosis")
             return mlflow.pyfunc.log_model(
-                artifact_path, python_model=PrognosisPyfunc(), artifacts={"prognosis": str(folder)}, **kwargs
+                name=artifact_path, python_model=PrognosisPyfunc(), artifacts={"prognosis": str(folder)}, **kwargs
             )
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the logged model (skips MLflow's slow inference by import tracing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("clinfuse", "torch", "lightning", "mlflow", "pandas", "numpy", "scikit-survival", "wfdb", "h5py", "scipy", "polars"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            pass
+    return reqs
 
 
 def _tolist(x: torch.Tensor) -> float | list[float]:

@@ -13,16 +13,17 @@ import torch
 lightning = pytest.importorskip("lightning")
 
 from clinfuse.datasets.datamodule import ClinicalDataModule  # noqa: E402
+from clinfuse.datasets.dataset import ClinicalDataset, Collator  # noqa: E402
 from clinfuse.experiments import Prognosis  # noqa: E402
 from clinfuse.experiments.module import ClinFuseModule  # noqa: E402
 from clinfuse.experiments.prognosis import PrognosisPyfunc  # noqa: E402
 from clinfuse.fusion.multimodn import MultiModNFusion  # noqa: E402
 
 
-def _train(root, tmp_path, fusion=None):
+def _train(root, tmp_path, fusion=None, task="survival"):
     torch.manual_seed(0)
     dm = ClinicalDataModule(str(root), batch_size=32, max_patches=32)
-    model = ClinFuseModule(spec=dm.spec, d_model=16, fusion=fusion)
+    model = ClinFuseModule(spec=dm.spec, d_model=16, fusion=fusion, task=task)
     trainer = lightning.Trainer(
         max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
         enable_model_summary=False, limit_train_batches=2, limit_val_batches=0, default_root_dir=tmp_path,
@@ -71,11 +72,16 @@ def raw_record(root, pid):
     return rec
 
 
-def loader_outputs(dm, model, drop=None):
-    """patient id -> model output on the data module's test loader (``drop``: modality made absent)."""
+def loader_outputs(dm, model, drop=None, n=None):
+    """patient id -> model output on the data module's test loader (``drop``: modality made absent;
+    ``n``: only one batch of the first ``n`` test patients)."""
     out = {}
+    batches = dm.test_dataloader()
+    if n is not None:
+        data = ClinicalDataset(dm.cohort, "test")
+        batches = [Collator(dm.cohort.readers)([data[i] for i in range(n)])]
     with torch.no_grad():
-        for batch in dm.test_dataloader():
+        for batch in batches:
             inputs = {m: dict(x) for m, x in batch["inputs"].items()}
             if drop is not None:
                 inputs[drop]["present"] = torch.zeros_like(inputs[drop]["present"])
@@ -105,10 +111,10 @@ def test_raw_records_match_test_loader(trained, test_records):
 
 def test_contributions_match_leave_one_out(trained, test_records):
     dm, prog = trained
-    full = loader_outputs(dm, prog.model)
-    preds = prog.predict(test_records)
+    full = loader_outputs(dm, prog.model, n=6)
+    preds = prog.predict(test_records[:6])
     for m in dm.modality_names:
-        without = loader_outputs(dm, prog.model, drop=m)
+        without = loader_outputs(dm, prog.model, drop=m, n=6)
         for p in preds:
             if m in p["modalities_used"]:
                 pid = p["patient_id"]
@@ -170,18 +176,27 @@ def test_save_load_round_trip(trained, test_records, tmp_path):
     folder = prog.save(tmp_path / "predictor")
     assert {"model.ckpt", "preprocessing.json", "baseline.json", "meta.json"} <= {f.name for f in folder.iterdir()}
     loaded = Prognosis.load(folder)
-    a, b = prog.predict(test_records[:6]), loaded.predict(test_records[:6])
+    a, b = prog.predict(test_records[:4]), loaded.predict(test_records[:4])
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def test_multimodn_trajectory(trained_multimodn, test_records):
     dm, prog = trained_multimodn
-    expected = loader_outputs(dm, prog.model)
+    expected = loader_outputs(dm, prog.model, n=4)
     for p in prog.predict(test_records[:4]):
         assert p["risk"] == pytest.approx(expected[p["patient_id"]], rel=1e-4, abs=1e-5)
         steps = p["trajectory"]
         assert [s["step"] for s in steps] == ["initial", *p["modalities_used"]]
         assert steps[-1]["risk"] == pytest.approx(p["risk"], rel=1e-5, abs=1e-6)
+
+
+def test_binary_task_gives_probabilities(synthetic_cohort, test_records, tmp_path):
+    dm, prog = _train(synthetic_cohort, tmp_path, task="binary")
+    expected = loader_outputs(dm, prog.model, n=3)
+    for p in prog.predict(test_records[:3]):
+        assert p["probability"] == pytest.approx(torch.sigmoid(torch.tensor(expected[p["patient_id"]])).item(), rel=1e-4)
+        assert "survival_curve" not in p and "median_survival" not in p
+    assert not (prog.save(tmp_path / "pred") / "baseline.json").exists()
 
 
 def _wire(records):
@@ -212,3 +227,72 @@ def test_mlflow_pyfunc_matches_predict(trained, test_records, tmp_path):
         assert Prognosis.load(info.model_uri).predict(records)[0]["risk"] == pytest.approx(want[0]["risk"])
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve(trained, test_records, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import mlflow
+    import requests
+
+    _, prog = trained
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("prognosis-serve")
+    try:
+        with mlflow.start_run():
+            info = prog.log_to_mlflow()
+    finally:
+        mlflow.set_tracking_uri(None)
+    port = _free_port()
+    exe = Path(sys.executable).parent / "mlflow"
+    cmd = [str(exe), "models", "serve", "-m", info.model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    # the scoring server execs `uvicorn` from PATH: put this interpreter's scripts first
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "server did not start within 120 s"
+            time.sleep(1)
+        records = [test_records[0], {"patient_id": "tab_only", "tabular": test_records[1]["tabular"]}]
+        wire = [{k: v for k, v in row.items() if isinstance(v, str)} for row in _wire(records).to_dict("records")]
+        body = {"dataframe_records": wire}  # absent modality = key left out
+        resp = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+        rows = resp.json()["predictions"]
+        want = prog.predict(records)
+        assert [r["patient_id"] for r in rows] == ["" + records[0]["patient_id"], "tab_only"]
+        for row, w in zip(rows, want):
+            got = json.loads(row["prediction"])
+            assert got["risk"] == pytest.approx(w["risk"], rel=1e-6)
+            assert got["modalities_used"] == w["modalities_used"]
+        assert json.loads(rows[1]["prediction"])["modalities_used"] == ["tabular"]
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=10)
+        log.close()
