@@ -18,6 +18,7 @@ from clinfuse.experiments import Prognosis  # noqa: E402
 from clinfuse.experiments.module import ClinFuseModule  # noqa: E402
 from clinfuse.experiments.prognosis import PrognosisPyfunc  # noqa: E402
 from clinfuse.fusion.multimodn import MultiModNFusion  # noqa: E402
+from clinfuse.experiments.cohort_records import records_from_cohort  # noqa: E402
 
 
 def _train(root, tmp_path, fusion=None, task="survival"):
@@ -46,30 +47,7 @@ def trained_multimodn(synthetic_cohort, tmp_path_factory):
 
 def raw_record(root, pid):
     """One patient's raw inputs, read straight from the cohort folder's files."""
-    rec = {"patient_id": pid}
-    tab = pd.read_parquet(root / "tabular.parquet").set_index("patient_id")
-    if pid in tab.index:
-        rec["tabular"] = {k: (None if pd.isna(v) else v) for k, v in tab.loc[pid].items()}
-    ts = pd.read_parquet(root / "timeseries.parquet")
-    ts = ts[ts["patient_id"] == pid]
-    if len(ts):
-        rec["timeseries"] = ts[["time", "variable", "value"]].to_dict("records")
-    ecg = pd.read_csv(root / "ecg" / "records.csv", dtype={"patient_id": str, "record": str})
-    ecg = ecg[ecg["patient_id"] == pid].sort_values("time", kind="stable")
-    if len(ecg):
-        rec["ecg"] = str(root / "ecg" / ecg["record"].iloc[-1])
-    notes = pd.read_parquet(root / "notes.parquet")
-    notes = notes[notes["patient_id"] == pid]
-    if len(notes):
-        rec["notes"] = notes[["time", "text"]].to_dict("records")
-    wsi = pd.read_csv(root / "wsi" / "slides.csv", dtype=str)
-    wsi = wsi[wsi["patient_id"] == pid]
-    if len(wsi):
-        rec["wsi"] = [str(root / "wsi" / p) for p in wsi["path"]]
-    gen = pd.read_csv(root / "genomics.csv", dtype={"patient_id": str}).set_index("patient_id")
-    if pid in gen.index:
-        rec["genomics"] = {k: float(v) for k, v in gen.loc[pid].items()}
-    return rec
+    return records_from_cohort(root, [pid])[0]
 
 
 def loader_outputs(dm, model, drop=None, n=None):
