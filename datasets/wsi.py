@@ -16,6 +16,36 @@ from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_table
 
 
+def read_slide_features(path: str | Path, feature_dim: int | None = None, where: str = "") -> np.ndarray:
+    """The ``features`` dataset of one CLAM-style ``.h5`` slide file, validated.
+
+    Args:
+        path: the ``.h5`` file.
+        feature_dim: the expected feature width ``F`` (None: any).
+        where: context for error messages (e.g. the patient).
+
+    Raises:
+        ValueError: naming the file (and ``where``) for an unreadable or corrupt file, a missing
+            ``features`` dataset, a wrong shape, an empty bag or NaN/inf values.
+
+    Shapes:
+        returns ``(P, F)`` float32.
+    """
+    try:
+        with h5py.File(path, "r") as fh:
+            if "features" not in fh:
+                raise ValueError("no 'features' dataset")
+            feats = np.asarray(fh["features"][()], dtype=np.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} {where}: corrupt or unreadable slide file: {err}") from err
+    wrong_width = feature_dim is not None and feats.ndim == 2 and feats.shape[1] != feature_dim
+    if feats.ndim != 2 or feats.shape[0] == 0 or wrong_width:
+        raise ValueError(f"{path} {where}: features must be (P>0, {feature_dim or 'F'}), got {feats.shape}")
+    if not np.isfinite(feats).all():
+        raise ValueError(f"{path} {where}: features contain NaN/inf")
+    return feats
+
+
 class WSIReader(ModalityReader):
     """Keeps only slide paths; ``get`` opens a patient's slides and samples patches.
 
@@ -61,24 +91,8 @@ class WSIReader(ModalityReader):
 
     def _read_bag(self, patient_id: str, feature_dim: int | None = None) -> np.ndarray:
         """All of a patient's patch features, concatenated. Shapes: returns ``(P, F)`` float32."""
-        bags = []
-        for path in self._slides[patient_id]:
-            try:
-                with h5py.File(path, "r") as fh:
-                    if "features" not in fh:
-                        raise ValueError("no 'features' dataset")
-                    feats = np.asarray(fh["features"][()], dtype=np.float32)
-            except (OSError, ValueError, KeyError) as err:
-                raise ValueError(f"{path} (patient {patient_id}): corrupt slide file: {err}") from err
-            wrong_width = feature_dim is not None and feats.ndim == 2 and feats.shape[1] != feature_dim
-            if feats.ndim != 2 or feats.shape[0] == 0 or wrong_width:
-                raise ValueError(
-                    f"{path} (patient {patient_id}): features must be (P>0, {feature_dim or 'F'}), "
-                    f"got {feats.shape}"
-                )
-            if not np.isfinite(feats).all():
-                raise ValueError(f"{path} (patient {patient_id}): features contain NaN/inf")
-            bags.append(feats)
+        where = f"(patient {patient_id})"
+        bags = [read_slide_features(path, feature_dim, where) for path in self._slides[patient_id]]
         return np.concatenate(bags, axis=0)
 
     def config(self) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 
@@ -37,6 +36,7 @@ from clinfuse.datasets.cohort import READERS
 from clinfuse.datasets.ecg import ECGReader
 from clinfuse.datasets.notes import PAD, UNK, tokenize
 from clinfuse.datasets.reader import ModalityReader
+from clinfuse.datasets.wsi import read_slide_features
 
 Item = dict[str, np.ndarray]
 
@@ -165,18 +165,7 @@ def wsi_item(state: dict, raw: Any, patient_id: str) -> Item:
         raise ValueError(f"field 'wsi': expected an .h5 path or a list of paths, got {type(raw).__name__}")
     dim, bags = int(state["fitted"]["feature_dim"]), []
     for path in paths:
-        try:
-            with h5py.File(path, "r") as fh:
-                if "features" not in fh:
-                    raise ValueError("no 'features' dataset")
-                feats = np.asarray(fh["features"][()], dtype=np.float32)
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"field 'wsi': cannot read slide file {path}: {err}") from err
-        if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] != dim:
-            raise ValueError(f"field 'wsi': {path}: features must be (P>0, {dim}), got {feats.shape}")
-        if not np.isfinite(feats).all():
-            raise ValueError(f"field 'wsi': {path}: features contain NaN/inf")
-        bags.append(feats)
+        bags.append(read_slide_features(path, dim, "(field 'wsi')"))
     bag = np.concatenate(bags, axis=0)
     max_patches = int(state["config"]["max_patches"])
     if len(bag) > max_patches:
