@@ -1,0 +1,24 @@
+"""Every notebook in notebooks/ executes top to bottom (small settings)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLINFUSE_NB_PATIENTS", "160")
+    monkeypatch.setenv("CLINFUSE_NB_EPOCHS", "1")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "Traceback" not in outputs
+    if path.name == "quickstart.ipynb":
+        assert "model vs oracle" in outputs and "log-rank p:" in outputs
