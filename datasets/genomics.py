@@ -14,10 +14,8 @@ import torch
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.reader import (
     ModalityReader,
+    read_patient_table,
     check_finite,
-    check_known_ids,
-    check_unique_ids,
-    read_table,
     require_columns,
     to_float,
 )
@@ -49,10 +47,8 @@ class GenomicsReader(ModalityReader):
 
     def __init__(self, root: str | Path, known_ids: Iterable[str] | None = None) -> None:
         super().__init__(root, known_ids)
-        df = read_table(self.path, ["patient_id"])
+        df = read_patient_table(self.path, self.known_ids)
         ids = df["patient_id"].tolist()
-        check_unique_ids(ids, self.path)
-        check_known_ids(ids, self.known_ids, self.path)
         expr_cols = [c for c in df.columns if c.endswith(EXPRESSION_SUFFIX)]
         mut_cols = [c for c in df.columns if c.endswith(MUTATION_SUFFIX)]
         if not expr_cols and not mut_cols:

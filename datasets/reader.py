@@ -181,6 +181,15 @@ def require_columns(columns: Iterable[str], required: Sequence[str], path: Path)
         raise ValueError(f"{path}: missing required column(s) {missing}; found {sorted(have)}")
 
 
+def read_patient_table(path: Path, known: set[str] | None) -> pd.DataFrame:
+    """A one-row-per-patient table: ``patient_id`` required, unique, and known to the labels."""
+    df = read_table(path, ["patient_id"])
+    ids = df["patient_id"].tolist()
+    check_unique_ids(ids, path)
+    check_known_ids(ids, known, path)
+    return df
+
+
 def check_unique_ids(ids: Sequence[str], path: Path) -> None:
     """Raise ``ValueError`` naming the duplicated patient ids of a one-row-per-patient file."""
     s = pd.Series(list(ids))

@@ -14,9 +14,7 @@ import torch
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.reader import (
     ModalityReader,
-    check_known_ids,
-    check_unique_ids,
-    read_table,
+    read_patient_table,
     require_columns,
 )
 
@@ -44,10 +42,8 @@ class TabularReader(ModalityReader):
 
     def __init__(self, root: str | Path, known_ids: Iterable[str] | None = None) -> None:
         super().__init__(root, known_ids)
-        df = read_table(self.path, ["patient_id"])
+        df = read_patient_table(self.path, self.known_ids)
         ids = df["patient_id"].tolist()
-        check_unique_ids(ids, self.path)
-        check_known_ids(ids, self.known_ids, self.path)
         self._raw = df.set_index("patient_id")
         self._columns = {"numeric": [], "categorical": []}
         for col in self._raw.columns:
