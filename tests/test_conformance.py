@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clinfuse.encoders.base import ModalityTokens
-from clinfuse.encoders.registry import ENCODERS
+from clinfuse.encoders.registry import ENCODER_CLASSES, ENCODERS
 from clinfuse.fusion.modality_dropout import ModalityDropout
 from clinfuse.fusion.registry import FUSION_HEADS
 
@@ -24,7 +24,7 @@ CLOSE = {"rtol": 1e-5, "atol": 1e-6}
 
 
 def build_encoder(name: str, train: bool = False):
-    cls = ENCODERS[name]
+    cls = ENCODER_CLASSES[name]
     torch.manual_seed(0)
     return cls(D, cls.example_spec(), **cls.example_kwargs()).train(train)
 
@@ -122,10 +122,10 @@ def assert_tokens_equal(a: ModalityTokens, b: ModalityTokens, **tol) -> None:
 # --------------------------------------------------------------------------- encoders
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_output_is_valid_tokens(name):
-    enc, cls = build_encoder(name), ENCODERS[name]
-    assert cls.modality == name
+    enc, cls = build_encoder(name), ENCODER_CLASSES[name]
+    assert ENCODERS[cls.modality].modality == cls.modality
     x = cls.example_inputs(batch_size=B)
     out = enc(x)
     assert_contract(out, B)
@@ -135,9 +135,9 @@ def test_encoder_output_is_valid_tokens(name):
     assert (out.tokens[out.mask] != 0).any(dim=-1).all(), "a real token came out all zero"
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_example_inputs_are_seeded_with_fixed_shapes(name):
-    cls = ENCODERS[name]
+    cls = ENCODER_CLASSES[name]
     a, b, c = cls.example_inputs(B, seed=0), cls.example_inputs(B, seed=0), cls.example_inputs(B, seed=1)
     assert sorted(a) == sorted(c) and "present" in a
     for k in a:
@@ -146,18 +146,18 @@ def test_encoder_example_inputs_are_seeded_with_fixed_shapes(name):
 
 
 @pytest.mark.parametrize("mode", ["random", "nan"])
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_ignores_padding_content(name, mode):
     enc = build_encoder(name)
-    x = ENCODERS[name].example_inputs(batch_size=B)
+    x = ENCODER_CLASSES[name].example_inputs(batch_size=B)
     ref = enc(x)
     for seed in range(2):
-        assert_tokens_equal(enc(perturb_padding(name, x, seed, mode)), ref, **EXACT)
+        assert_tokens_equal(enc(perturb_padding(ENCODER_CLASSES[name].modality, x, seed, mode)), ref, **EXACT)
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_samples_are_independent(name):
-    enc, cls = build_encoder(name), ENCODERS[name]
+    enc, cls = build_encoder(name), ENCODER_CLASSES[name]
     x = cls.example_inputs(batch_size=B)
     ref = enc(x)
     for i in range(B):
@@ -173,10 +173,10 @@ def test_encoder_samples_are_independent(name):
     assert not torch.allclose(out2.tokens[0], ref.tokens[0]), "patient 0 changed but its tokens did not"
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_every_parameter_gets_a_gradient(name):
     enc = build_encoder(name, train=True)
-    out = enc(ENCODERS[name].example_inputs(batch_size=B))
+    out = enc(ENCODER_CLASSES[name].example_inputs(batch_size=B))
     weight = torch.randn(out.tokens.shape, generator=torch.Generator().manual_seed(0))
     (out.tokens * weight)[out.present].sum().backward()
     for pname, p in enc.named_parameters():
@@ -184,9 +184,9 @@ def test_encoder_every_parameter_gets_a_gradient(name):
         assert torch.isfinite(p.grad).all() and (p.grad != 0).any(), f"{name}: {pname} has a zero/NaN gradient"
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_all_absent_batch_is_finite_and_empty(name):
-    enc, cls = build_encoder(name), ENCODERS[name]
+    enc, cls = build_encoder(name), ENCODER_CLASSES[name]
     for batch in (cls.example_inputs(batch_size=B), cls.example_inputs(batch_size=1)):
         batch = dict(batch, present=torch.zeros_like(batch["present"]))
         out = enc(batch)
@@ -194,18 +194,18 @@ def test_encoder_all_absent_batch_is_finite_and_empty(name):
         assert not out.present.any() and not out.mask.any() and (out.tokens == 0).all()
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_all_padding_input_is_finite(name):
     """Present patients whose every mask is False and every value 0: finite, contract holds."""
     enc = build_encoder(name)
-    x = ENCODERS[name].example_inputs(batch_size=B)
+    x = ENCODER_CLASSES[name].example_inputs(batch_size=B)
     x = {k: v if k == "present" else torch.zeros_like(v) for k, v in x.items()}
     assert_contract(enc(x), B)
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_rejects_bad_spec_and_missing_keys(name):
-    cls = ENCODERS[name]
+    cls = ENCODER_CLASSES[name]
     with pytest.raises(ValueError, match="spec"):
         cls(D, {})
     enc = build_encoder(name)
