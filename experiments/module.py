@@ -16,8 +16,8 @@ from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
 from clinfuse.experiments.survival_metrics import evaluation_times, time_dependent_auc, uno_c_index
 from clinfuse.fusion.base import FusionHead, FusionOutput
 from clinfuse.fusion.late import late_average
-from clinfuse.fusion.losses import cox_ph_loss
 from clinfuse.fusion.modality_dropout import ModalityDropout
+from clinfuse.fusion.survival_objective import SurvivalLoss, SurvivalObjective
 from clinfuse.fusion.task_heads import Task, TaskHead
 
 #: Builds an encoder from ``(d_model, spec)``; in YAML a ``class_path`` + ``init_args`` of the rest.
@@ -53,6 +53,11 @@ class ClinFuseModule(pl.LightningModule):
             predictions after each stage), the task loss of the prediction read from every step is
             averaged and added with this weight.
         cox_ties: handling of tied event times in the Cox partial likelihood (survival task).
+        survival_loss: ``cox`` (default), or a discrete-time loss on quantile bins of the training
+            event times: ``logistic_hazard``, ``pmf`` or ``deephit`` (``SurvivalObjective``).
+        n_time_bins: bins of the discrete-time losses.
+        risk_memory: Cox only: recent (risk, time, event) samples kept to enlarge the risk sets of
+            tiny batches during training (0 = off; see ``CoxRiskMemory``).
     """
 
     def __init__(
@@ -69,6 +74,9 @@ class ClinFuseModule(pl.LightningModule):
         head_dropout: float = 0.1,
         step_loss_weight: float = 1.0,
         cox_ties: Literal["breslow", "efron"] = "breslow",
+        survival_loss: SurvivalLoss = "cox",
+        n_time_bins: int = 16,
+        risk_memory: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -98,7 +106,11 @@ class ClinFuseModule(pl.LightningModule):
         self.encoders = nn.ModuleDict({m: encoders[m](d_model, spec[m]) for m in self.modalities})
         self.fusion = (fusion or TransformerFusion)(d_model, self.modalities)
         self.dropout = ModalityDropout(modality_dropout)
-        self.head = TaskHead(d_model, task, n_classes, dropout=head_dropout)
+        self.objective = (
+            SurvivalObjective(survival_loss, n_time_bins, cox_ties, risk_memory) if task == "survival" else None
+        )
+        n_outputs = self.objective.n_outputs if self.objective is not None else 1
+        self.head = TaskHead(d_model, task, n_classes, dropout=head_dropout, n_outputs=n_outputs)
         self._collected = nn.ModuleDict(
             {f"{s}_preds": nn.ModuleDict({k: CatMetric() for k in ("out", "target", "time", "event")}) for s in STAGES}
         )
@@ -127,6 +139,27 @@ class ClinFuseModule(pl.LightningModule):
             return late_average(self.head, fused, self.fusion.modalities), fused
         return self.head(fused.pooled), fused
 
+    def risk(self, out: torch.Tensor) -> torch.Tensor:
+        """The survival risk score of the task output (identity for other tasks).
+
+        Shapes:
+            out: (B,) or (B, K) -> (B,) for survival; unchanged otherwise.
+        """
+        return self.objective.risk(out) if self.objective is not None else out
+
+    def setup(self, stage: str) -> None:
+        """Discrete-time survival: fit the time bins on the data module's training split."""
+        if self.objective is None or self.objective.fitted:
+            return
+        cohort = getattr(getattr(self._trainer, "datamodule", None), "cohort", None) if self._trainer else None
+        if cohort is None:
+            raise ValueError(
+                f"survival_loss={self.objective.loss_name!r} needs time bins from the training split: fit "
+                f"with a ClinicalDataModule, or call model.objective.fit_bins(train_time, train_event) first"
+            )
+        train = cohort.labels.set_index("patient_id").loc[list(cohort.splits["train"])]
+        self.objective.fit_bins(torch.as_tensor(train["time"].to_numpy(float)), torch.as_tensor(train["event"].to_numpy(float)))
+
     def step_outputs(self, fused: FusionOutput) -> list[torch.Tensor]:
         """The task head read after every step of a sequential head (empty for other heads)."""
         return [self.head(state) for state in (fused.per_step or [])]
@@ -134,14 +167,24 @@ class ClinFuseModule(pl.LightningModule):
     # ------------------------------------------------------------------ loss
     def loss(self, out: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.task == "survival":
-            return cox_ph_loss(out, labels["time"], labels["event"], ties=self.hparams.cox_ties)
+            return self.objective.loss(out, labels["time"], labels["event"], training=self.training)
         if self.task == "binary":
             return nn.functional.binary_cross_entropy_with_logits(out, labels["binary"].float())
         return nn.functional.cross_entropy(out, labels["multiclass"].long())
 
+    def _check_labels(self, labels: Mapping[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` when the batch lacks the labels of this module's task."""
+        need = ("time", "event") if self.task == "survival" else (self.task,)
+        if any(k not in labels for k in need):
+            raise ValueError(
+                f"task {self.task!r} needs label(s) {' and '.join(repr(k) for k in need)}; the cohort's "
+                f"labels.parquet has {sorted(labels)}"
+            )
+
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         out, fused = self(batch["inputs"])
         labels = batch["labels"]
+        self._check_labels(labels)
         loss = self.loss(out, labels)
         steps = self.step_outputs(fused) if self.hparams.step_loss_weight > 0 else []
         if steps:
@@ -153,11 +196,12 @@ class ClinFuseModule(pl.LightningModule):
         bs = out.shape[0]
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs)
         col = self._collected[f"{stage}_preds"]
-        col["out"].update(out.detach().float())
-        target = labels["multiclass"] if self.task == "multiclass" else labels["binary"]
+        col["out"].update(self.risk(out).detach().float())
+        target = labels["event"] if self.task == "survival" else labels[self.task]
         col["target"].update(target.float())
-        col["time"].update(labels["time"].float())
-        col["event"].update(labels["event"].float())
+        if self.task == "survival":  # only survival metrics read time/event; other cohorts may lack them
+            col["time"].update(labels["time"].float())
+            col["event"].update(labels["event"].float())
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -171,7 +215,7 @@ class ClinFuseModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out, _ = self(batch["inputs"])
-        return {"patient_id": batch["patient_id"], "out": out.detach().cpu()}
+        return {"patient_id": batch["patient_id"], "out": self.risk(out).detach().cpu()}
 
     # ------------------------------------------------------------------ epoch metrics
     def _epoch_metrics(self, stage: str) -> None:

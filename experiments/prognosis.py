@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from clinfuse.datasets.cohort import READERS
+from clinfuse.encoders.base import ModalityTokens
 from clinfuse.experiments.prognosis_inputs import collate_shell, raw_to_item
 from clinfuse.experiments.survival_curves import BreslowBaseline
 
@@ -71,7 +72,7 @@ class Prognosis:
         preprocessing = saved.get("preprocessing") or datamodule.preprocessing_state()
         model = ClinFuseModule.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=False).eval()
         baseline = None
-        if model.task == "survival":
+        if model.task == "survival" and not model.objective.discrete:
             cohort = datamodule.cohort
             data = ClinicalDataset(cohort, "train", training=False)
             loader = torch.utils.data.DataLoader(data, batch_size=256, collate_fn=Collator(cohort.readers))
@@ -161,24 +162,46 @@ class Prognosis:
     def _batch(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
         return {m: self._shells[m].collate([it.get(m) for it in items]) for m in self.modalities}
 
-    def _out(self, tokens: dict) -> tuple[torch.Tensor, Any]:
-        """Fusion + task head on already-encoded tokens (``ClinFuseModule.forward`` after
-        ``encode``; encoders are per modality, so leave-one-out reuses the tokens)."""
+    def _outputs(self, tokens: dict[str, ModalityTokens], drop: Sequence[str | None]) -> tuple[torch.Tensor, Any]:
+        """Fusion + task head on already-encoded tokens, once per entry of ``drop`` (None = all
+        modalities, ``m`` = without ``m``), in ONE batched pass: variant ``v`` of patient ``b`` is
+        row ``v * B + b`` with the dropped modality marked absent (contract rule 1: the same as
+        omitting it). Encoders are per modality, so leave-one-out reuses the tokens.
+
+        Shapes:
+            tokens[m].tokens: (B, N_m, D) -> out (V, B) or (V, B, K) with V = len(drop)
+        """
         from clinfuse.fusion.late import late_average
 
-        with torch.no_grad():
-            fused = self.model.fusion(self.model.dropout(tokens))
-            if getattr(self.model.fusion, "late", False):
-                out = late_average(self.model.head, fused, self.model.fusion.modalities)
-            else:
-                out = self.model.head(fused.pooled)
-        return out.float(), fused
+        b = next(iter(tokens.values())).batch_size
+        stacked = {}
+        for m, t in tokens.items():
+            keep = torch.cat([t.present & (d != m) for d in drop])  # (V * B,)
+            rep = len(drop)
+            times = t.times.repeat(rep, 1) if t.times is not None else None
+            stacked[m] = ModalityTokens.from_tokens(t.tokens.repeat(rep, 1, 1), t.mask.repeat(rep, 1), keep, times)
+        fused = self.model.fusion(stacked)
+        if getattr(self.model.fusion, "late", False):
+            out = late_average(self.model.head, fused, self.model.fusion.modalities)
+        else:
+            out = self.model.head(fused.pooled)
+        out = out.float()
+        return out.reshape(len(drop), b, *out.shape[1:]), fused
 
-    def predict(self, records: Sequence[dict], horizons: Sequence[float] = (30, 90, 365)) -> list[dict]:
+    def predict(
+        self, records: Sequence[dict], horizons: Sequence[float] = (30, 90, 365), contributions: bool = True
+    ) -> list[dict]:
         """Predict for raw patient records (any subset of modalities each).
 
+        Args:
+            records: one dict per patient (formats: :mod:`clinfuse.experiments.prognosis_inputs`).
+            horizons: times (the cohort's time unit, days for the built-in cohorts) for ``survival_at``.
+            contributions: compute the leave-one-modality-out contributions (one extra fusion
+                pass per present modality, batched into one call).
+
         Returns one dict per record, in order: ``patient_id``, ``modalities_used``, ``risk``
-        (log-risk / logit; ``probability`` or ``probabilities`` for classification),
+        (log-risk for Cox, minus the expected number of bins survived for discrete-time models,
+        logit for classification; ``probability`` or ``probabilities`` for classification),
         ``contributions`` (modality -> risk with all present modalities minus risk without it),
         ``trajectory`` (sequential heads: ``[{"step", "risk"}]`` from the initial state through
         each present modality) and, for survival, ``survival_curve``, ``median_survival`` (inf
@@ -198,46 +221,63 @@ class Prognosis:
             items.append(its)
         if not good:
             return results
-        with torch.no_grad():
+        used_any = [m for m in self.modalities if any(m in it for it in items)] if contributions else []
+        drop = [None, *used_any]
+        with torch.inference_mode():
             tokens = self.model.encode(self._batch(items))
-        out, fused = self._out(tokens)
-        without = {}
-        for m in self.modalities:
-            if any(m in it for it in items):
-                without[m] = self._out({k: v for k, v in tokens.items() if k != m})[0]
-        traj = None
-        if fused.per_step:
-            from clinfuse.fusion.multimodn import step_predictions
+            raw, fused = self._outputs(tokens, drop)  # (V, B[, K])
+            risk_all = torch.stack([self.model.risk(o) for o in raw])  # (V, B)
+            traj = None
+            if fused.per_step:
+                from clinfuse.fusion.multimodn import step_predictions
 
-            with torch.no_grad():
-                traj = step_predictions(fused, self.model.head).float()  # (B, S, ...)
-            order = list(getattr(self.model.fusion, "last_order", None) or self.modalities)
-        risk = out.numpy()
-        surv = {}
-        if self.baseline is not None:
-            surv["curve"] = self.baseline.survival(risk, self.baseline.event_times)
-            surv["median"] = self.baseline.median_survival(risk)
-            surv["at"] = self.baseline.survival_at(risk, list(horizons))
+                n = raw.shape[1]
+                traj = step_predictions(fused, lambda h: self.model.risk(self.model.head(h)))[:n].float()  # (B, S)
+                order = list(getattr(self.model.fusion, "last_order", None) or self.modalities)
+            surv = self._survival(raw[0], risk_all[0], horizons)
+        out, risk = raw[0], risk_all[0]
         for b, ((i, pid), its) in enumerate(zip(good, items)):
             used = [m for m in self.modalities if m in its]
             res: dict[str, Any] = {"patient_id": pid, "modalities_used": used}
-            res.update(self._readout(out[b]))
-            res["contributions"] = {m: _tolist(out[b] - without[m][b]) for m in used}
+            res.update(self._readout(out[b], risk[b]))
+            if contributions:
+                res["contributions"] = {m: _tolist(risk[b] - risk_all[1 + used_any.index(m), b]) for m in used}
             if traj is not None:
                 steps = [{"step": "initial", "risk": _tolist(traj[b, 0])}]
                 steps += [{"step": m, "risk": _tolist(traj[b, k + 1])} for k, m in enumerate(order) if m in its]
                 res["trajectory"] = steps
             if surv:
-                res["survival_curve"] = {"times": self.baseline.event_times.tolist(), "survival": surv["curve"][b].tolist()}
+                res["survival_curve"] = {"times": surv["times"], "survival": surv["curve"][b].tolist()}
                 res["median_survival"] = float(surv["median"][b])
                 res["survival_at"] = {h: float(s) for h, s in zip(horizons, surv["at"][b])}
             results[i] = res
         return results
 
-    def _readout(self, out: torch.Tensor) -> dict[str, Any]:
+    def _survival(self, out: torch.Tensor, risk: torch.Tensor, horizons: Sequence[float]) -> dict[str, Any]:
+        """Survival curve, median and survival at ``horizons`` (Breslow for Cox, bins otherwise)."""
+        objective = getattr(self.model, "objective", None)
+        if self.baseline is not None:
+            r = risk.numpy()
+            return {
+                "times": self.baseline.event_times.tolist(),
+                "curve": self.baseline.survival(r, self.baseline.event_times),
+                "median": self.baseline.median_survival(r),
+                "at": self.baseline.survival_at(r, list(horizons)),
+            }
+        if objective is not None and objective.discrete:
+            ends = objective.edges[1:-1]  # (K - 1,) finite bin ends
+            return {
+                "times": ends.tolist(),
+                "curve": objective.survival_at_bin_ends(out)[:, :-1].numpy(),
+                "median": objective.median(out).numpy(),
+                "at": objective.survival(out, torch.tensor(list(horizons), dtype=torch.float64)).numpy(),
+            }
+        return {}
+
+    def _readout(self, out: torch.Tensor, risk: torch.Tensor) -> dict[str, Any]:
         task = self.model.task
         if task == "survival":
-            return {"risk": float(out)}
+            return {"risk": float(risk)}
         if task == "binary":
             return {"risk": float(out), "probability": float(torch.sigmoid(out))}
         return {"risk": out.tolist(), "probabilities": torch.softmax(out, -1).tolist()}

@@ -14,7 +14,10 @@ from clinfuse.experiments.survival_plots import calibration_plot, km_by_risk_gro
 
 @torch.no_grad()
 def predict_split(model: Any, datamodule: Any, split: str) -> tuple[list[str], np.ndarray]:
-    """Patient ids and model outputs (log-risk for survival) of one split, in eval mode."""
+    """Patient ids and raw model outputs of one split, in eval mode.
+
+    Outputs: ``(B,)`` Cox log-risk / binary logit, ``(B, K)`` discrete-time or multiclass logits.
+    """
     was_training = model.training
     model.eval()
     ids, outs = [], []
@@ -39,14 +42,22 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path) -> dict[st
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     labels = datamodule.cohort.labels.set_index("patient_id")
-    tr_ids, tr_risk = predict_split(model, datamodule, "train")
-    tr = labels.loc[tr_ids]
-    baseline = BreslowBaseline().fit(tr_risk, tr["time"].to_numpy(float), tr["event"].to_numpy(float))
-    te_ids, te_risk = predict_split(model, datamodule, "test")
+    objective = model.objective
+    baseline = None
+    if not objective.discrete:  # Cox: survival needs a Breslow baseline of the training split
+        tr_ids, tr_risk = predict_split(model, datamodule, "train")
+        tr = labels.loc[tr_ids]
+        baseline = BreslowBaseline().fit(tr_risk, tr["time"].to_numpy(float), tr["event"].to_numpy(float))
+    te_ids, te_out = predict_split(model, datamodule, "test")
+    te_risk = objective.risk(torch.as_tensor(te_out)).numpy()
     te = labels.loc[te_ids]
     time, event = te["time"].to_numpy(float), te["event"].to_numpy(float)
     km_path, cal_path = outdir / "km_risk_groups.png", outdir / "calibration.png"
     _, p_value = km_by_risk_group(te_risk, time, event, n_groups=3, path=km_path)
     horizon = float(np.median(time))
-    calibration_plot(baseline.survival_at(te_risk, horizon), time, event, horizon, path=cal_path)
+    if baseline is not None:
+        surv = baseline.survival_at(te_risk, horizon)
+    else:
+        surv = objective.survival(torch.as_tensor(te_out), torch.tensor([horizon]))[:, 0].numpy()
+    calibration_plot(surv, time, event, horizon, path=cal_path)
     return {"baseline": baseline, "logrank_p": p_value, "horizon": horizon, "paths": [km_path, cal_path]}

@@ -1,0 +1,185 @@
+"""The survival objective of a model: how the task head's output becomes a loss, a risk and S(t).
+
+One object hides the difference between the continuous-time Cox model (one log-risk per patient,
+survival curves from a Breslow baseline fitted after training) and the discrete-time models (one
+logit per time bin; survival read from the outputs directly):
+
+- ``cox``: Cox partial likelihood (Breslow or Efron ties). With ``risk_memory > 0`` the training
+  loss uses :class:`~clinfuse.fusion.risk_memory.CoxRiskMemory` (risk sets enlarged by recent
+  detached samples, for tiny batches such as WSI batch size 1; see that module for why this is an
+  approximation and when gradient accumulation is the exact alternative).
+- ``logistic_hazard``: logistic-hazard NLL on ``n_bins`` quantile bins (MCAT / PORPOISE).
+- ``pmf``: the PMF (softmax) NLL, ``n_bins + 1`` outputs (the last = beyond the last bin).
+- ``deephit``: DeepHit = ``alpha`` PMF NLL + ``(1 - alpha)`` ranking term.
+
+Bin edges are quantiles of the TRAINING split's event times (:meth:`fit_bins`); they are a
+persistent buffer, so a checkpoint restores them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clinfuse.fusion.discrete_time import (
+    deephit_loss,
+    discretize,
+    logistic_hazard_nll,
+    pmf_nll,
+    quantile_bins,
+    survival_from_hazards,
+)
+from clinfuse.fusion.losses import cox_ph_loss
+from clinfuse.fusion.risk_memory import CoxRiskMemory
+
+SurvivalLoss = Literal["cox", "logistic_hazard", "pmf", "deephit"]
+SURVIVAL_LOSSES: tuple[str, ...] = ("cox", "logistic_hazard", "pmf", "deephit")
+
+
+class SurvivalObjective(nn.Module):
+    """Loss, risk score and survival function of one survival parametrisation.
+
+    Args:
+        loss: ``cox``, ``logistic_hazard``, ``pmf`` or ``deephit``.
+        n_bins: time bins of the discrete-time losses.
+        ties: tie handling of the Cox likelihood (``breslow`` or ``efron``).
+        risk_memory: Cox only: size of the memory of recent (risk, time, event) samples added to
+            the risk sets during training; 0 = off (the plain batch likelihood).
+        deephit_alpha: weight of the likelihood in the DeepHit loss.
+        deephit_sigma: scale of the DeepHit ranking term.
+    """
+
+    def __init__(
+        self,
+        loss: SurvivalLoss = "cox",
+        n_bins: int = 16,
+        ties: Literal["breslow", "efron"] = "breslow",
+        risk_memory: int = 0,
+        deephit_alpha: float = 0.5,
+        deephit_sigma: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if loss not in SURVIVAL_LOSSES:
+            raise ValueError(f"unknown survival loss {loss!r}; expected one of {SURVIVAL_LOSSES}")
+        if loss != "cox" and n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1 for the {loss!r} loss, got {n_bins}")
+        if risk_memory and loss != "cox":
+            raise ValueError(f"risk_memory applies to the Cox loss only, not {loss!r}")
+        if risk_memory and ties != "breslow":
+            raise ValueError("risk_memory uses the Breslow likelihood; set ties='breslow'")
+        self.loss_name, self.n_bins, self.ties = loss, int(n_bins), ties
+        self.deephit_alpha, self.deephit_sigma = float(deephit_alpha), float(deephit_sigma)
+        self.memory = CoxRiskMemory(risk_memory) if risk_memory else None
+        # NaN edges = not fitted yet; persistent so checkpoints carry the training bins
+        self.register_buffer("edges", torch.full((self.n_bins + 1,), float("nan")) if self.discrete else torch.empty(0))
+
+    @property
+    def discrete(self) -> bool:
+        return self.loss_name != "cox"
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the task head's output: 1 (Cox log-risk), K hazards or K + 1 PMF logits."""
+        if not self.discrete:
+            return 1
+        return self.n_bins if self.loss_name == "logistic_hazard" else self.n_bins + 1
+
+    @property
+    def fitted(self) -> bool:
+        return not self.discrete or bool(torch.isfinite(self.edges[:-1]).all())
+
+    def fit_bins(self, time: torch.Tensor, event: torch.Tensor) -> "SurvivalObjective":
+        """Place the bin edges at quantiles of the training event times (no-op for Cox)."""
+        if self.discrete:
+            edges = quantile_bins(time.double(), event, self.n_bins)
+            if not (edges[1:] > edges[:-1]).all():
+                raise ValueError(
+                    f"{self.n_bins} time bins give repeated edges {edges.tolist()} (heavily tied event "
+                    f"times); use fewer bins (model.n_time_bins)"
+                )
+            self.edges.copy_(edges.to(self.edges))
+        return self
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise ValueError(
+                "the discrete-time survival bins are not fitted: call fit_bins(train_time, train_event) "
+                "(ClinFuseModule does so in setup() from the data module's training split)"
+            )
+
+    def loss(self, out: torch.Tensor, time: torch.Tensor, event: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """The batch loss.
+
+        Shapes:
+            out: (B,) Cox log-risk or (B, n_outputs) logits; time, event: (B,) -> scalar
+        """
+        if not self.discrete:
+            if self.memory is not None and training:
+                return self.memory.loss(out, time, event.to(out.dtype))
+            return cox_ph_loss(out, time, event, ties=self.ties)
+        self._require_fitted()
+        bins = discretize(time, self.edges)
+        if self.loss_name == "logistic_hazard":
+            return logistic_hazard_nll(out, bins, event)
+        if self.loss_name == "pmf":
+            return pmf_nll(out, bins, event)
+        return deephit_loss(out, bins, event, alpha=self.deephit_alpha, sigma=self.deephit_sigma)
+
+    def survival_at_bin_ends(self, out: torch.Tensor) -> torch.Tensor:
+        """Discrete models: S at the end of each of the K bins.
+
+        Shapes:
+            out: (B, n_outputs) -> (B, K)
+        """
+        if not self.discrete:
+            raise ValueError("a Cox model's survival function needs a Breslow baseline (BreslowBaseline)")
+        if self.loss_name == "logistic_hazard":
+            return survival_from_hazards(out)
+        cdf = torch.cumsum(F.softmax(out, dim=1), dim=1)[:, : self.n_bins]  # (B, K)
+        return (1.0 - cdf).clamp(0.0, 1.0)
+
+    def risk(self, out: torch.Tensor) -> torch.Tensor:
+        """One risk score per patient (higher = earlier event), for C-indices and risk groups.
+
+        Cox: the log-risk itself. Discrete: minus the expected number of bins survived,
+        ``-sum_k S_k`` (a restricted-mean-survival proxy, as MCAT ranks by).
+
+        Shapes:
+            out: (B,) or (B, n_outputs) -> (B,)
+        """
+        if not self.discrete:
+            return out
+        return -self.survival_at_bin_ends(out).sum(1)
+
+    def survival(self, out: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Discrete models: S(t) at ``times`` as a right-continuous step function of the bins.
+
+        S(t) = 1 before the first interior edge; at ``t`` in bin ``k`` (k >= 1) the survival at the
+        end of bin ``k - 1``. (MCAT's convention places the event mass at bin ends.)
+
+        Shapes:
+            out: (B, n_outputs), times: (T,) -> (B, T)
+        """
+        self._require_fitted()
+        s = self.survival_at_bin_ends(out)  # (B, K)
+        s = torch.cat([torch.ones_like(s[:, :1]), s], dim=1)  # (B, K + 1): index k = survival at e_k
+        k = torch.bucketize(times.to(self.edges.dtype), self.edges[1:-1].contiguous(), right=True)  # (T,)
+        return s[:, k.to(s.device)]
+
+    def median(self, out: torch.Tensor) -> torch.Tensor:
+        """Discrete models: the first bin end where S <= 0.5 (inf when it never drops to 0.5).
+
+        Shapes:
+            out: (B, n_outputs) -> (B,)
+        """
+        self._require_fitted()
+        s = self.survival_at_bin_ends(out)  # (B, K)
+        ends = self.edges[1:].to(s.dtype)  # (K,) bin k ends at e_{k+1}; the last end is inf
+        below = s <= 0.5
+        first = torch.where(below.any(1), below.float().argmax(1), torch.full_like(below[:, 0], s.shape[1], dtype=torch.long))
+        padded = torch.cat([ends, ends.new_full((1,), math.inf)])
+        return padded[first]
