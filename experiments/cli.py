@@ -64,16 +64,18 @@ def report_against_oracle(cli: LightningCLI, test_metrics: dict[str, float]) -> 
 
 def log_survival_figures(cli: LightningCLI) -> None:
     """KM curves by predicted-risk group and a calibration plot, saved and logged to MLflow."""
-    from clinfuse.experiments.survival_report import survival_figures
+    from clinfuse.experiments.survival_report import format_report, survival_figures
 
     outdir = Path(cli.trainer.default_root_dir) / "figures"
     figs = survival_figures(cli.model, cli.datamodule, outdir)
+    print(format_report(figs["report"]))
     print(f"test log-rank p (risk tertiles) = {figs['logrank_p']:.3g}; figures in {outdir}")
     for logger in cli.trainer.loggers:
         if isinstance(logger, MLFlowLogger):
             for path in figs["paths"]:
                 logger.experiment.log_artifact(logger.run_id, str(path), "figures")
-            logger.log_metrics({"test/logrank_p": figs["logrank_p"]})
+            report = {f"test/report_{k}": float(v) for k, v in figs["report"].items()}
+            logger.log_metrics({"test/logrank_p": figs["logrank_p"], **report})
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI:

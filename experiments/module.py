@@ -7,13 +7,21 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import CatMetric
 
 from clinfuse.encoders.base import ModalityEncoder, ModalityTokens
 from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
-from clinfuse.experiments.survival_metrics import evaluation_times, time_dependent_auc, uno_c_index
+from clinfuse.experiments.survival_curves import BreslowBaseline
+from clinfuse.experiments.survival_metrics import (
+    d_calibration,
+    evaluation_times,
+    integrated_brier,
+    time_dependent_auc,
+    uno_c_index,
+)
 from clinfuse.fusion.base import FusionHead, FusionOutput
 from clinfuse.fusion.late import late_average
 from clinfuse.fusion.modality_dropout import ModalityDropout
@@ -112,7 +120,7 @@ class ClinFuseModule(pl.LightningModule):
         n_outputs = self.objective.n_outputs if self.objective is not None else 1
         self.head = TaskHead(d_model, task, n_classes, dropout=head_dropout, n_outputs=n_outputs)
         self._collected = nn.ModuleDict(
-            {f"{s}_preds": nn.ModuleDict({k: CatMetric() for k in ("out", "target", "time", "event")}) for s in STAGES}
+            {f"{s}_preds": nn.ModuleDict({k: CatMetric() for k in ("out", "target", "time", "event", "raw")}) for s in STAGES}
         )
 
     # ------------------------------------------------------------------ forward
@@ -197,6 +205,8 @@ class ClinFuseModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs)
         col = self._collected[f"{stage}_preds"]
         col["out"].update(self.risk(out).detach().float())
+        if self.objective is not None and self.objective.discrete:  # for survival curves at epoch end
+            col["raw"].update(out.detach().float())
         target = labels["event"] if self.task == "survival" else labels[self.task]
         col["target"].update(target.float())
         if self.task == "survival":  # only survival metrics read time/event; other cohorts may lack them
@@ -228,7 +238,7 @@ class ClinFuseModule(pl.LightningModule):
             risk, time, event = (x.cpu().numpy() for x in (out, col["time"].compute(), col["event"].compute()))
             metrics = {"c_index": harrell_c_index(risk, time, event)}
             if stage != "train":
-                metrics.update(self._ipcw_metrics(risk, time, event))
+                metrics.update(self._ipcw_metrics(stage, risk, time, event))
         else:
             if self.task == "multiclass":
                 out = out.reshape(-1, self.n_classes)
@@ -238,11 +248,17 @@ class ClinFuseModule(pl.LightningModule):
         for m in col.values():
             m.reset()
 
-    def _ipcw_metrics(self, risk, time, event) -> dict[str, float]:
-        """Uno's C-index and mean time-dependent AUC, with the censoring model of the train split.
+    def _ipcw_metrics(self, stage: str, risk, time, event) -> dict[str, float]:
+        """Uno's C-index, mean time-dependent AUC, integrated Brier score and the D-calibration
+        p-value, with the censoring model of the train split (grid: ``evaluation_times``, clipped
+        to the follow-up of both splits).
 
         Needs the training labels, read from the trainer's data module when it has a cohort; empty
-        otherwise, or when the metric is undefined on this split (e.g. no event inside the grid).
+        otherwise, or when a metric is undefined on this split (e.g. no event inside the grid).
+        The curve metrics (``ibs``, ``d_calibration_p``) need S(t | x): discrete-time models read
+        it from their bins; Cox models use a Breslow baseline fitted on this epoch's TRAINING
+        outputs (train mode, so an approximation; available at validation during ``fit`` only;
+        the after-fit report recomputes them on the test split with an eval-mode baseline).
         """
         cohort = getattr(getattr(self._trainer, "datamodule", None), "cohort", None) if self._trainer else None
         if cohort is None:
@@ -251,13 +267,35 @@ class ClinFuseModule(pl.LightningModule):
         train = (labels["time"].to_numpy(float), labels["event"].to_numpy(float))
         try:
             times = evaluation_times(*train, time, event)
-            return {
+            metrics = {
                 "uno_c_index": uno_c_index(train, (time, event), risk, tau=float(times[-1])),
                 "td_auc": time_dependent_auc(train, (time, event), risk, times)[1],
             }
         except ValueError as err:  # undefined on this split (e.g. a sanity-check batch without events)
             rank_zero_warn(f"Uno C-index / time-dependent AUC not computed: {err}")
             return {}
+        surv_fn = self._survival_function(stage, risk)
+        if surv_fn is not None:
+            uniq, inv = np.unique(time, return_inverse=True)
+            own = np.clip(surv_fn(uniq)[np.arange(len(time)), inv.ravel()], 0.0, 1.0)
+            metrics["d_calibration_p"] = d_calibration(own, event)["p_value"]
+            if len(times) >= 2:
+                metrics["ibs"] = integrated_brier(train, (time, event), surv_fn(times), times)
+        return metrics
+
+    def _survival_function(self, stage: str, risk: np.ndarray):
+        """``times (T,) -> (n, T)`` survival of this epoch's ``stage`` patients, or None."""
+        if self.objective.discrete:
+            raw = self._collected[f"{stage}_preds"]["raw"].compute().reshape(-1, self.objective.n_outputs).cpu()
+            return lambda t: self.objective.survival(raw, torch.as_tensor(t)).numpy()
+        col = self._collected["train_preds"]
+        if stage != "val" or col["out"].update_count == 0:
+            return None
+        tr = [col[k].compute().cpu().numpy() for k in ("out", "time", "event")]
+        if tr[2].sum() == 0:
+            return None
+        baseline = BreslowBaseline().fit(*tr)
+        return lambda t: baseline.survival(risk, t)
 
     def on_train_epoch_end(self) -> None:
         self._epoch_metrics("train")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from clinfuse.experiments.survival_curves import BreslowBaseline
+from clinfuse.experiments.survival_metrics import survival_report
 from clinfuse.experiments.survival_plots import calibration_plot, km_by_risk_group
 
 
@@ -29,15 +30,19 @@ def predict_split(model: Any, datamodule: Any, split: str) -> tuple[list[str], n
     return ids, torch.cat(outs).numpy()
 
 
-def survival_figures(model: Any, datamodule: Any, outdir: str | Path) -> dict[str, Any]:
+def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: int = 200) -> dict[str, Any]:
     """Fit the Breslow baseline on the train split, then plot the test split.
 
     Writes ``km_risk_groups.png`` (Kaplan-Meier curves of predicted-risk tertiles with the
     log-rank p-value) and ``calibration.png`` (predicted vs Kaplan-Meier survival at the median
     test follow-up) into ``outdir``.
 
+    Also computes the full test report (:func:`survival_report`: Harrell and Uno C with bootstrap
+    intervals over ``n_boot`` resamples, mean time-dependent AUC, IBS, D-calibration).
+
     Returns:
-        The baseline, the log-rank p-value, the horizon and the PNG paths.
+        The baseline (None for discrete-time models), the log-rank p-value, the horizon, the PNG
+        paths and the report dict.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -60,4 +65,26 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path) -> dict[st
     else:
         surv = objective.survival(torch.as_tensor(te_out), torch.tensor([horizon]))[:, 0].numpy()
     calibration_plot(surv, time, event, horizon, path=cal_path)
-    return {"baseline": baseline, "logrank_p": p_value, "horizon": horizon, "paths": [km_path, cal_path]}
+    tr_all = labels.loc[list(datamodule.cohort.splits["train"])]
+
+    def surv_fn(times: np.ndarray) -> np.ndarray:
+        if baseline is not None:
+            return baseline.survival(te_risk, times)
+        return objective.survival(torch.as_tensor(te_out), torch.as_tensor(times)).numpy()
+
+    report = survival_report(
+        tr_all["time"].to_numpy(float), tr_all["event"].to_numpy(float), time, event, te_risk, surv_fn, n_boot=n_boot
+    )
+    return {"baseline": baseline, "logrank_p": p_value, "horizon": horizon, "paths": [km_path, cal_path], "report": report}
+
+
+def format_report(report: dict[str, float]) -> str:
+    """The test-split survival report as a small markdown table (95% bootstrap intervals)."""
+    rows = [
+        ("Harrell C-index", f"{report['harrell']:.4f} [{report['harrell_low']:.4f}, {report['harrell_high']:.4f}]"),
+        ("Uno C-index", f"{report['uno']:.4f} [{report['uno_low']:.4f}, {report['uno_high']:.4f}]"),
+        ("mean time-dependent AUC", f"{report['mean_td_auc']:.4f}"),
+        ("integrated Brier score", f"{report['ibs']:.4f}"),
+        ("D-calibration p-value", f"{report['d_calibration_p']:.3g}"),
+    ]
+    return "\n".join(["| test metric | value [95% bootstrap CI] |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
