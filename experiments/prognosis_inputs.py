@@ -10,7 +10,8 @@ Raw formats (one patient):
 
 - ``tabular``: ``{column: value}``; a missing key or ``None`` = value missing. Numeric NaN/inf is an
   error; an unknown categorical level maps to index 1 ("unseen") with a warning, as in training.
-- ``timeseries``: a list of ``{"time", "variable", "value"}`` or a DataFrame with those columns;
+- ``timeseries``: a list of ``{"time", "variable", "value"}``, a DataFrame with those columns, or a
+  dict of three equal-length lists ``{"time": [...], "variable": [...], "value": [...]}`` (fastest);
   variables never seen in training are dropped with a warning.
 - ``ecg``: a WFDB record path without extension (``.hea``/``.dat`` next to it).
 - ``notes``: a list of ``{"time", "text"}`` or a DataFrame with those columns.
@@ -98,16 +99,60 @@ def tabular_item(state: dict, raw: Any) -> Item:
     return {"numeric": np.where(observed, z, 0.0).astype(np.float32), "numeric_observed": observed, "categorical": codes}
 
 
+def _columns(raw: Any, columns: Sequence[str], field: str) -> dict[str, np.ndarray]:
+    """Records (list of dicts), a DataFrame or a dict of equal-length lists -> one array per column."""
+    if isinstance(raw, Mapping) and all(c in raw for c in columns):
+        cols = {c: np.asarray(raw[c], dtype=object if c == "variable" else None) for c in columns}
+        lengths = {c: cols[c].shape for c in columns}
+        if any(a.ndim != 1 for a in cols.values()) or len({a.shape[0] for a in cols.values()}) != 1:
+            raise ValueError(f"field '{field}': columns {list(columns)} must be 1-D lists of one length, got {lengths}")
+        if not len(cols[columns[0]]):
+            raise ValueError(f"field '{field}': empty (omit the modality instead)")
+        return cols
+    if isinstance(raw, pd.DataFrame):
+        missing = [c for c in columns if c not in raw.columns]
+        if missing:
+            raise ValueError(f"field '{field}': missing column(s) {missing}")
+        if raw.empty:
+            raise ValueError(f"field '{field}': empty (omit the modality instead)")
+        return {c: raw[c].to_numpy() for c in columns}
+    rows = _rows(raw, columns, field)
+    return {c: np.array([r[c] for r in rows], dtype=object) for c in columns}
+
+
+def _finite_floats(values: np.ndarray, field: str) -> np.ndarray:
+    """A numeric 1-D array as float64; ValueError naming the first bad index (non-number, NaN, inf)."""
+    try:
+        if values.dtype == object and any(isinstance(v, (bool, str, np.bool_)) or v is None for v in values):
+            raise TypeError
+        x = values.astype(np.float64)
+    except (TypeError, ValueError):
+        bad = next(i for i, v in enumerate(values) if isinstance(v, (bool, str, np.bool_)) or not _is_number(v))
+        raise ValueError(f"field '{field}[{bad}]': expected a number, got {values[bad]!r}") from None
+    bad = np.flatnonzero(~np.isfinite(x))
+    if len(bad):
+        raise ValueError(f"field '{field}[{bad[0]}]': value must be finite, got {x[bad[0]]}")
+    return x
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
 def timeseries_item(state: dict, raw: Any) -> Item | None:
-    """Events -> ``times``, ``variables``, ``values`` (TimeseriesReader); None if none is kept."""
+    """Events -> ``times``, ``variables``, ``values`` (TimeseriesReader); None if none is kept.
+
+    ``raw``: a list of ``{"time", "variable", "value"}``, a DataFrame with those columns, or a dict
+    of three equal-length lists (the fastest form: validated and mapped with numpy, no per-event
+    Python).
+    """
     s, max_events = state["fitted"], int(state["config"]["max_events"])
-    rows = _rows(raw, ("time", "variable", "value"), "timeseries")
-    lookup = {v: i for i, v in enumerate(s["variables"])}
-    times = np.array([_float(r["time"], f"timeseries[{i}].time") for i, r in enumerate(rows)])
-    values = np.array([_float(r["value"], f"timeseries[{i}].value") for i, r in enumerate(rows)])
-    var = np.array([lookup.get(str(r["variable"]), -1) for r in rows], dtype=np.int64)
+    cols = _columns(raw, ("time", "variable", "value"), "timeseries")
+    times = _finite_floats(cols["time"], "timeseries.time")
+    values = _finite_floats(cols["value"], "timeseries.value")
+    var = pd.Index(s["variables"]).get_indexer(pd.Index(cols["variable"]).astype(str))
     if (var < 0).any():
-        unseen = sorted({str(r["variable"]) for r, v in zip(rows, var) if v < 0})
+        unseen = sorted({str(v) for v in cols["variable"][var < 0]})
         warnings.warn(f"field 'timeseries': dropping events of variables unseen in training: {unseen[:10]}", stacklevel=3)
     order = np.argsort(times, kind="stable")
     order = order[var[order] >= 0][-max_events:]  # keep the most recent events
@@ -115,7 +160,7 @@ def timeseries_item(state: dict, raw: Any) -> Item | None:
         return None
     v = var[order]
     z = (values[order] - np.asarray(s["mean"])[v]) / np.asarray(s["std"])[v]
-    return {"times": times[order].astype(np.float32), "variables": v, "values": z.astype(np.float32)}
+    return {"times": times[order].astype(np.float32), "variables": v.astype(np.int64), "values": z.astype(np.float32)}
 
 
 def ecg_item(state: dict, raw: Any, patient_id: str) -> Item:
