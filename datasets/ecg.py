@@ -1,4 +1,4 @@
-"""ECG modality: one WFDB record per patient listed in ``ecg/records.csv``, resampled and cached."""
+"""ECG modality: one WFDB record per patient listed in ``ecg/records.csv``, resampled, cached, memory-mapped."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -22,23 +22,33 @@ from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_table
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CACHE_DIR = ".clinfuse_cache"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
+#: unit (lower case) -> factor to millivolts; channels in other units are not ECG leads.
+_TO_MV = {"mv": 1.0, "uv": 1e-3, "\u00b5v": 1e-3, "v": 1e3, "millivolts": 1.0}
 
 
 class ECGReader(ModalityReader):
-    """Reads every patient's ECG into one ``(N, L, S)`` float32 array at ``fs`` Hz.
+    """Reads one WFDB record per patient, resampled to ``fs`` Hz and cached on disk, memory-mapped.
 
-    Each record is read with ``wfdb.rdrecord`` (physical units, usually mV). Leads are selected by
-    name, case-insensitively, in the order of ``leads``; a lead a record lacks, or whose samples
-    are all NaN, gets ``lead_mask`` False and zeros. Signals are resampled with
-    ``scipy.signal.resample_poly`` and cropped (the first ``seconds`` kept) or zero-padded at the
-    end to ``seconds``. A patient with several records keeps the most recent (largest ``time``).
-    Signals are not normalised (the spec does not ask for it), so ``fit`` learns nothing.
+    Each record is read with ``wfdb.rdrecord`` (any WFDB signal format: 16, 212, ``.mat``, several
+    signal files). Leads are selected by name, case-insensitively, in the order of ``leads``; a
+    channel is renamed first through ``lead_aliases`` (e.g. ``{"MLII": "II"}`` to take MIT-BIH's
+    modified limb lead II as lead II; no alias by default because MLII is recorded from torso
+    electrodes and is not identical to the limb lead II). Only channels in a voltage unit (V, mV,
+    uV; converted to mV) count as leads, so a non-ECG channel (PLETH, ABP, RESP) is never taken as
+    one. A lead a record lacks, or whose samples are all NaN, gets ``lead_mask`` False (its signal
+    row is padding zeros, which encoders ignore). Signals are resampled with
+    ``scipy.signal.resample_poly`` (360/500/1000/... Hz to ``fs``) and cropped (the first
+    ``seconds`` kept) or zero-padded at the end to ``seconds``. A patient with several records
+    keeps the most recent (largest ``time``). Signals are not normalised, so ``fit`` learns nothing.
 
-    The preprocessed array is cached as ``<root>/.clinfuse_cache/ecg_<hash>.npy`` (+ ``.json``);
-    the hash covers ``records.csv``'s rows, the size and mtime of every file of each record, ``fs``,
-    ``seconds`` and ``leads``, so editing any record invalidates it. An unwritable root only
-    disables the cache (with a warning).
+    Memory: the preprocessed signals are written record by record into
+    ``<root>/.clinfuse_cache/ecg_<hash>.npy`` (+ ``.json``) and read back with
+    ``np.load(mmap_mode="r")``, so a big cohort is never held in RAM; ``get`` copies one patient's
+    ``(L, S)`` rows. The hash covers ``records.csv``'s rows, the size and mtime of every file of
+    each record, ``fs``, ``seconds``, ``leads`` and ``lead_aliases``, so editing any record
+    invalidates it. With ``cache=False`` or an unwritable root (a warning), every record is read
+    once here to validate it and again on each ``get``.
 
     Args:
         root: the cohort folder.
@@ -46,11 +56,12 @@ class ECGReader(ModalityReader):
         fs: the output sampling rate in Hz.
         seconds: the output duration.
         leads: lead names in output order.
-        cache: whether to read/write the cache.
+        cache: whether to read/write the memory-mapped cache.
+        lead_aliases: record channel name -> lead name (case-insensitive), applied before selection.
 
     Raises:
-        ValueError: a missing column, unknown patients, an unreadable/missing/truncated record or a
-            record with partially-NaN leads, naming the record file and the patient.
+        ValueError: a missing column, unknown patients, an unreadable/missing/truncated record, a
+            record with partially-NaN leads or none of ``leads``, naming the record file and patient.
     """
 
     name = "ecg"
@@ -64,11 +75,13 @@ class ECGReader(ModalityReader):
         seconds: float = 10.0,
         leads: Sequence[str] = STANDARD_LEADS,
         cache: bool = True,
+        lead_aliases: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(root, known_ids)
         if fs <= 0 or seconds <= 0:
             raise ValueError(f"ECG fs and seconds must be > 0, got fs={fs}, seconds={seconds}")
         self.fs, self.seconds, self.leads, self.cache = float(fs), float(seconds), list(leads), cache
+        self.lead_aliases = {str(k): str(v) for k, v in (lead_aliases or {}).items()}
         self.n_samples = int(round(self.fs * self.seconds))
         df = read_table(self.path, ["patient_id", "record", "time"], str_columns=["record"])
         check_known_ids(df["patient_id"], self.known_ids, self.path)
@@ -77,24 +90,52 @@ class ECGReader(ModalityReader):
         df = df.sort_values("time", kind="stable").drop_duplicates("patient_id", keep="last")
         df = df.sort_values("patient_id", kind="stable").reset_index(drop=True)
         self._records = df
-        self._signal, self._lead_mask = self._load(df)
+        self._mmap: np.ndarray | None = None
+        self._cache_file, self._lead_mask = self._load(df)
         self._index = {pid: i for i, pid in enumerate(df["patient_id"])}
 
     # ------------------------------------------------------------------ reading + cache
-    def _load(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        key = self._cache_key(df)
-        cache = self.root / CACHE_DIR / f"ecg_{key}"
-        if self.cache and cache.with_suffix(".npy").exists() and cache.with_suffix(".json").exists():
-            meta = json.loads(cache.with_suffix(".json").read_text())
+    def _load(self, df: pd.DataFrame) -> tuple[Path | None, np.ndarray]:
+        """Validate every record; return the cache file (None = read per patient) and lead masks."""
+        cache = self.root / CACHE_DIR / f"ecg_{self._cache_key(df)}"
+        npy, meta_path = cache.with_suffix(".npy"), cache.with_suffix(".json")
+        if self.cache and npy.exists() and meta_path.exists():
+            meta = json.loads(meta_path.read_text())
             if meta.get("patient_ids") == df["patient_id"].tolist():
-                return np.load(cache.with_suffix(".npy")), np.asarray(meta["lead_mask"], dtype=bool)
-        signal = np.zeros((len(df), len(self.leads), self.n_samples), dtype=np.float32)
+                return npy, np.asarray(meta["lead_mask"], dtype=bool).reshape(len(df), len(self.leads))
+        if self.cache:
+            try:
+                return npy, self._write_cache(cache, df)
+            except OSError as err:
+                warnings.warn(
+                    f"{cache.parent}: cannot write the ECG cache ({err}); records will be read on "
+                    f"every access", stacklevel=2,
+                )
         lead_mask = np.zeros((len(df), len(self.leads)), dtype=bool)
         for i, (pid, rec) in enumerate(zip(df["patient_id"], df["record"])):
-            signal[i], lead_mask[i] = self._read_record(self.root / "ecg" / rec, pid)
-        if self.cache:
-            self._write_cache(cache, signal, lead_mask, df)
-        return signal, lead_mask
+            lead_mask[i] = self._read_record(self.root / "ecg" / rec, pid)[1]
+        return None, lead_mask
+
+    def _write_cache(self, cache: Path, df: pd.DataFrame) -> np.ndarray:
+        """Fill a ``(N, L, S)`` float32 ``.npy`` record by record (memory-mapped), then publish it."""
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.parent / f"{cache.name}.{os.getpid()}.tmp"
+        shape = (len(df), len(self.leads), self.n_samples)
+        lead_mask = np.zeros(shape[:2], dtype=bool)
+        try:
+            out = np.lib.format.open_memmap(tmp.with_suffix(".npy"), mode="w+", dtype=np.float32, shape=shape)
+            for i, (pid, rec) in enumerate(zip(df["patient_id"], df["record"])):
+                out[i], lead_mask[i] = self._read_record(self.root / "ecg" / rec, pid)
+            out.flush()
+            del out
+            meta = {"patient_ids": df["patient_id"].tolist(), "lead_mask": lead_mask.tolist()}
+            tmp.with_suffix(".json").write_text(json.dumps(meta))
+            os.replace(tmp.with_suffix(".npy"), cache.with_suffix(".npy"))
+            os.replace(tmp.with_suffix(".json"), cache.with_suffix(".json"))
+        finally:
+            for leftover in (tmp.with_suffix(".npy"), tmp.with_suffix(".json")):
+                leftover.unlink(missing_ok=True)
+        return lead_mask
 
     def _read_record(self, path: Path, patient_id: str) -> tuple[np.ndarray, np.ndarray]:
         """One record as ``(L, S)`` float32 at ``fs`` and its ``(L,)`` lead mask."""
@@ -108,29 +149,11 @@ class ECGReader(ModalityReader):
                 f"{path}.hea/.dat (patient {patient_id}): cannot read WFDB record: "
                 f"{type(err).__name__}: {err}"
             ) from err
-        names = {str(n).lower(): j for j, n in enumerate(record.sig_name)}
-        out = np.zeros((len(self.leads), self.n_samples), dtype=np.float32)
-        mask = np.zeros(len(self.leads), dtype=bool)
-        ratio = Fraction(self.fs / float(record.fs)).limit_denominator(1000)
-        for k, lead in enumerate(self.leads):
-            j = names.get(lead.lower())
-            if j is None or np.isnan(data[:, j]).all():
-                continue
-            if np.isnan(data[:, j]).any():
-                raise ValueError(f"{path} (patient {patient_id}): lead {lead} has NaN samples")
-            mask[k] = True
-        if not mask.any():
-            raise ValueError(
-                f"{path} (patient {patient_id}): none of the leads {self.leads} found; "
-                f"the record has {list(record.sig_name)}"
-            )
-        columns = [names[lead.lower()] for lead, keep in zip(self.leads, mask) if keep]
-        x = data[:, columns].astype(np.float32)  # (S_in, L_kept)
-        if ratio != 1:
-            x = resample_poly(x, ratio.numerator, ratio.denominator, axis=0)  # one filter for all leads
-        n = min(len(x), self.n_samples)
-        out[mask, :n] = x[:n].T
-        return out, mask
+        units = record.units or [""] * len(record.sig_name)
+        return select_leads(
+            data, record.sig_name, units, float(record.fs), self.leads, self.fs, self.n_samples,
+            self.lead_aliases, where=f"{path} (patient {patient_id})",
+        )
 
     def _cache_key(self, df: pd.DataFrame) -> str:
         """Hash of the record list, every record file's size+mtime, and the output settings."""
@@ -156,27 +179,22 @@ class ECGReader(ModalityReader):
             "fs": self.fs,
             "seconds": self.seconds,
             "leads": self.leads,
+            "lead_aliases": sorted(self.lead_aliases.items()),
         }
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
 
-    def _write_cache(self, cache: Path, signal: np.ndarray, lead_mask: np.ndarray, df: pd.DataFrame) -> None:
-        meta = {"patient_ids": df["patient_id"].tolist(), "lead_mask": lead_mask.tolist()}
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.parent / f"{cache.name}.{os.getpid()}.tmp"
-            with open(tmp.with_suffix(".npy"), "wb") as fh:
-                np.save(fh, signal)
-            tmp.with_suffix(".json").write_text(json.dumps(meta))
-            os.replace(tmp.with_suffix(".npy"), cache.with_suffix(".npy"))
-            os.replace(tmp.with_suffix(".json"), cache.with_suffix(".json"))
-        except OSError as err:
-            warnings.warn(
-                f"{cache.parent}: cannot write the ECG cache ({err}); continuing without it", stacklevel=2
-            )
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the memory map (DataLoader workers reopen it instead of copying it)."""
+        state = self.__dict__.copy()
+        state["_mmap"] = None
+        return state
 
     # ------------------------------------------------------------------ preprocessing + access
     def config(self) -> dict[str, Any]:
-        return {"fs": self.fs, "seconds": self.seconds, "leads": list(self.leads), "cache": self.cache}
+        return {
+            "fs": self.fs, "seconds": self.seconds, "leads": list(self.leads), "cache": self.cache,
+            "lead_aliases": dict(self.lead_aliases),
+        }
 
     def _fit(self, train_ids: list[str]) -> dict[str, Any]:
         return {"leads": list(self.leads), "fs": self.fs, "n_samples": self.n_samples}
@@ -191,7 +209,14 @@ class ECGReader(ModalityReader):
 
     def _get(self, patient_id: str, training: bool) -> dict[str, np.ndarray]:
         i = self._index[patient_id]
-        return {"signal": self._signal[i], "lead_mask": self._lead_mask[i]}
+        if self._cache_file is None:
+            rec = self._records["record"].iloc[i]
+            signal = self._read_record(self.root / "ecg" / rec, patient_id)[0]
+        else:
+            if self._mmap is None:  # opened on first use, in each DataLoader worker
+                self._mmap = np.load(self._cache_file, mmap_mode="r")
+            signal = np.array(self._mmap[i])  # copy one (L, S) row out of the map
+        return {"signal": signal, "lead_mask": self._lead_mask[i].copy()}
 
     def collate(self, items: Sequence[dict[str, np.ndarray] | None]) -> dict[str, torch.Tensor]:
         """Stack ECGs.
@@ -205,3 +230,79 @@ class ECGReader(ModalityReader):
             "lead_mask": pad_stack(pick(items, "lead_mask"), (n_leads,), np.bool_, "ecg.lead_mask"),
             "present": present_mask(items),
         }
+
+
+def _channels(names: Sequence[str], units: Sequence[str], lead_aliases: Mapping[str, str]) -> dict[str, tuple[int, float]]:
+    """Lower-case lead name -> (channel index, factor to mV) of the voltage channels."""
+    aliases = {k.lower(): v.lower() for k, v in lead_aliases.items()}
+    exact: dict[str, tuple[int, float]] = {}
+    aliased: dict[str, tuple[int, float]] = {}
+    for j, (name, unit) in enumerate(zip(names, units)):
+        factor = _TO_MV.get(str(unit).strip().lower())
+        if factor is None:  # not a voltage: a pleth/pressure/respiration channel, never a lead
+            continue
+        key = str(name).strip().lower()
+        exact.setdefault(key, (j, factor))
+        if key in aliases:
+            aliased.setdefault(aliases[key], (j, factor))
+    return {**aliased, **exact}  # a channel named exactly like the lead wins over an alias
+
+
+def select_leads(
+    data: np.ndarray,
+    names: Sequence[str],
+    units: Sequence[str],
+    fs_in: float,
+    leads: Sequence[str],
+    fs: float,
+    n_samples: int,
+    lead_aliases: Mapping[str, str] | None = None,
+    where: str = "ECG",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pick ``leads`` by name from a multi-channel signal, convert to mV and resample to ``fs``.
+
+    Used for WFDB records and for in-memory signals (the prognosis API). A lead the signal lacks,
+    or whose samples are all NaN, gets ``mask`` False and zeros; channels in non-voltage units are
+    never leads; the output is cropped / zero-padded to ``n_samples``.
+
+    Args:
+        data: ``(S_in, C)`` samples, channel-last as ``wfdb`` returns them.
+        names, units: per channel.
+        fs_in: the input sampling rate (Hz).
+        leads, fs, n_samples: the output lead order, rate and length.
+        lead_aliases: channel name -> lead name, case-insensitive.
+        where: names the record and patient in errors.
+
+    Returns:
+        ``(L, n_samples)`` float32 signal and ``(L,)`` bool lead mask.
+
+    Raises:
+        ValueError: partially-NaN leads, or none of ``leads`` present.
+    """
+    if data.ndim != 2 or data.shape[1] != len(names) or len(units) != len(names):
+        raise ValueError(f"{where}: signal of shape {data.shape} does not match {len(names)} channel names / units")
+    if fs_in <= 0:
+        raise ValueError(f"{where}: sampling rate must be > 0, got {fs_in}")
+    lead_aliases = dict(lead_aliases or {})
+    channels = _channels(names, units, lead_aliases)
+    out = np.zeros((len(leads), n_samples), dtype=np.float32)
+    mask = np.zeros(len(leads), dtype=bool)
+    for k, lead in enumerate(leads):
+        j = channels.get(lead.lower(), (None, 1.0))[0]
+        if j is None or np.isnan(data[:, j]).all():
+            continue
+        if np.isnan(data[:, j]).any():
+            raise ValueError(f"{where}: lead {lead} has NaN samples")
+        mask[k] = True
+    if not mask.any():
+        raise ValueError(
+            f"{where}: none of the leads {list(leads)} found; the signal has {list(names)} (lead_aliases: {lead_aliases})"
+        )
+    picked = [channels[lead.lower()] for lead, keep in zip(leads, mask) if keep]
+    x = data[:, [j for j, _ in picked]] * np.array([f for _, f in picked])  # (S_in, L_kept) in mV
+    ratio = Fraction(float(fs) / float(fs_in)).limit_denominator(1000)
+    if ratio != 1:
+        x = resample_poly(x, ratio.numerator, ratio.denominator, axis=0)  # one filter for all leads
+    n = min(len(x), n_samples)
+    out[mask, :n] = x[:n].T
+    return out, mask

@@ -13,7 +13,8 @@ Raw formats (one patient):
 - ``timeseries``: a list of ``{"time", "variable", "value"}``, a DataFrame with those columns, or a
   dict of three equal-length lists ``{"time": [...], "variable": [...], "value": [...]}`` (fastest);
   variables never seen in training are dropped with a warning.
-- ``ecg``: a WFDB record path without extension (``.hea``/``.dat`` next to it).
+- ``ecg``: a WFDB record path without extension (``.hea``/``.dat`` next to it), or an in-memory
+  ``{"signal": (L, S) lists in mV, "fs": Hz, "leads": [names]}``.
 - ``notes``: a list of ``{"time", "text"}`` or a DataFrame with those columns.
 - ``wsi``: a CLAM ``.h5`` path (dataset ``features (P, F)``), or a list of such paths.
 - ``genomics``: ``{"<gene>_rnaseq": float, "<gene>_mut": 0/1}``, every training gene required.
@@ -32,9 +33,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import wfdb
 
 from clinfuse.datasets.cohort import READERS
-from clinfuse.datasets.ecg import ECGReader
+from clinfuse.datasets.ecg import select_leads
 from clinfuse.datasets.notes import PAD, UNK, tokenize
 from clinfuse.datasets.reader import ModalityReader
 from clinfuse.datasets.wsi import read_slide_features
@@ -164,18 +166,45 @@ def timeseries_item(state: dict, raw: Any) -> Item | None:
 
 
 def ecg_item(state: dict, raw: Any, patient_id: str) -> Item:
-    """A WFDB record path -> ``signal``, ``lead_mask`` (the ECG reader's own lead selection and resampling)."""
-    if not isinstance(raw, (str, Path)):
-        raise ValueError(f"field 'ecg': expected a WFDB record path, got {type(raw).__name__}")
+    """A WFDB record path, or an in-memory ``{"signal", "fs", "leads"}`` -> ``signal``, ``lead_mask``.
+
+    Both go through the ECG reader's own lead selection and resampling (:func:`select_leads`). The
+    in-memory form (what a REST client sends) is ``signal``: ``(L, S)`` nested lists in mV,
+    ``fs``: its rate in Hz, ``leads``: its ``L`` lead names (any order, any subset).
+    """
     cfg = state["config"]
-    shell = ECGReader.__new__(ECGReader)  # reuse _read_record without reading a cohort folder
-    shell.fs, shell.leads = float(cfg["fs"]), list(cfg["leads"])
-    shell.n_samples = int(state["fitted"]["n_samples"])
+    leads, fs, n = list(cfg["leads"]), float(cfg["fs"]), int(state["fitted"]["n_samples"])
+    aliases = cfg.get("lead_aliases") or {}
+    if isinstance(raw, Mapping):
+        missing = [k for k in ("signal", "fs", "leads") if k not in raw]
+        if missing:
+            raise ValueError(f"field 'ecg': an in-memory ECG needs keys signal, fs, leads; missing {missing}")
+        names = raw["leads"]
+        if not isinstance(names, (list, tuple)) or not all(isinstance(x, str) for x in names):
+            raise ValueError("field 'ecg.leads': expected a list of lead names")
+        try:
+            signal = np.asarray(raw["signal"], dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"field 'ecg.signal': not a numeric (L, S) array: {err}") from None
+        if signal.ndim != 2 or signal.shape[0] != len(names):
+            raise ValueError(f"field 'ecg.signal': expected shape (L, S) with L = {len(names)} leads, got {signal.shape}")
+        if np.isinf(signal).any():
+            raise ValueError("field 'ecg.signal': infinite samples")
+        return dict(zip(("signal", "lead_mask"), select_leads(
+            signal.T, names, ["mV"] * len(names), _float(raw["fs"], "ecg.fs"), leads, fs, n, aliases, where="field 'ecg'"
+        )))
+    if not isinstance(raw, (str, Path)):
+        raise ValueError(f"field 'ecg': expected a WFDB record path or {{signal, fs, leads}}, got {type(raw).__name__}")
     path = Path(str(raw)).with_suffix("") if str(raw).endswith((".hea", ".dat")) else Path(str(raw))
     try:
-        signal, mask = shell._read_record(path, patient_id)
-    except ValueError as err:
-        raise ValueError(f"field 'ecg': {err}") from err
+        record = wfdb.rdrecord(str(path))
+        data = record.p_signal
+        if data is None or data.ndim != 2:
+            raise ValueError(f"no physical signal read (shape {getattr(data, 'shape', None)})")
+    except Exception as err:  # wfdb raises OSError/ValueError/IndexError on bad files
+        raise ValueError(f"field 'ecg': {path}: cannot read WFDB record: {type(err).__name__}: {err}") from err
+    units = record.units or [""] * len(record.sig_name)
+    signal, mask = select_leads(data, record.sig_name, units, float(record.fs), leads, fs, n, aliases, where=f"field 'ecg' ({path})")
     return {"signal": signal, "lead_mask": mask}
 
 

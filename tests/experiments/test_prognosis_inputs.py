@@ -50,3 +50,46 @@ def test_unseen_variables_are_dropped_with_a_warning():
 def test_bad_events_name_the_field_and_position(raw, match):
     with pytest.raises(ValueError, match=match):
         timeseries_item(STATE, raw)
+
+
+# --------------------------------------------------------------------------- ecg
+ECG_STATE = {"config": {"leads": ["I", "II", "V1"], "fs": 100.0}, "fitted": {"n_samples": 500}}
+
+
+def _record(tmp_path):
+    import wfdb
+
+    rng = np.random.default_rng(0)
+    sig = rng.normal(size=(2500, 2)).cumsum(0) * 0.01  # 5 s at 500 Hz, leads II and V1 only
+    wfdb.wrsamp("r1", fs=500, units=["mV", "mV"], sig_name=["II", "V1"], p_signal=sig, fmt=["16", "16"], write_dir=str(tmp_path))
+    return tmp_path / "r1", wfdb.rdrecord(str(tmp_path / "r1")).p_signal
+
+
+def test_in_memory_ecg_equals_the_same_record_read_from_disk(tmp_path):
+    from clinfuse.experiments.prognosis_inputs import ecg_item
+
+    path, signal = _record(tmp_path)
+    on_disk = ecg_item(ECG_STATE, str(path), "p1")
+    in_memory = ecg_item(ECG_STATE, {"signal": signal.T.tolist(), "fs": 500, "leads": ["V1", "II"][::-1]}, "p1")
+    np.testing.assert_array_equal(on_disk["lead_mask"], [False, True, True])  # lead I is masked, not zeroed-and-kept
+    np.testing.assert_array_equal(in_memory["lead_mask"], on_disk["lead_mask"])
+    np.testing.assert_allclose(in_memory["signal"], on_disk["signal"], rtol=1e-6, atol=1e-7)
+    # 500 Hz -> 100 Hz: 5 s = 500 samples, the first 500 of the output
+    assert on_disk["signal"].shape == (3, 500) and np.abs(on_disk["signal"][1]).max() > 0
+
+
+@pytest.mark.parametrize(
+    "raw,match",
+    [
+        ({"signal": [[0.0] * 10], "fs": 500}, "missing"),
+        ({"signal": [[0.0] * 10], "fs": 500, "leads": ["II", "V1"]}, "shape"),
+        ({"signal": [[0.0] * 10], "fs": float("nan"), "leads": ["II"]}, "ecg.fs"),
+        ({"signal": [[0.0] * 10], "fs": 500, "leads": ["PLETH"]}, "none of the leads"),
+        ("/nonexistent/record", "cannot read WFDB record"),
+    ],
+)
+def test_bad_ecg_inputs_name_the_field(raw, match):
+    from clinfuse.experiments.prognosis_inputs import ecg_item
+
+    with pytest.raises(ValueError, match=match):
+        ecg_item(ECG_STATE, raw, "p1")
