@@ -2,6 +2,7 @@
 
     clinfuse synth --out data/synthetic --patients 2000 --seed 0
     clinfuse fit --config experiments/quickstart.yaml
+    clinfuse sweep --config experiments/quickstart.yaml --sweep experiments/sweeps/quickstart.yaml --n-trials 20
 
 ``fit`` trains, then tests the best checkpoint and prints the test metrics next to the cohort's
 oracle metrics (when the cohort has an oracle, as synthetic cohorts do).
@@ -123,5 +124,10 @@ def main() -> None:
     argv = sys.argv[1:]
     if argv and argv[0] == "synth":
         synth_main(argv[1:])
+        return
+    if argv and argv[0] == "sweep":
+        from clinfuse.experiments.sweep import sweep_main
+
+        sweep_main(argv[1:])
         return
     cli_main()

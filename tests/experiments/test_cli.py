@@ -14,7 +14,8 @@ from clinfuse.experiments.module import ClinFuseModule
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
-CONFIGS = sorted((REPO / "experiments").rglob("*.yaml"))
+# every fit config; sweep files are not fit configs (tests/experiments/test_sweep.py runs each one)
+CONFIGS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if "sweeps" not in p.parts)
 
 
 def _base(cohort: Path, *configs: Path) -> list[str]:
