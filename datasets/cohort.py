@@ -31,6 +31,8 @@ READERS: dict[str, type[ModalityReader]] = {
     for cls in (TabularReader, TimeseriesReader, ECGReader, NotesReader, WSIReader, GenomicsReader)
 }
 SPLITS = ("train", "val", "test")
+#: Every known label column; ``labels.parquet`` needs ``patient_id`` plus at least one label (``time``
+#: and ``event`` come together). Further columns (e.g. ``label_<name>`` floats) are kept as they are.
 LABEL_COLUMNS = ("patient_id", "binary", "multiclass", "time", "event")
 
 
@@ -41,7 +43,9 @@ class Cohort:
     Attributes:
         root: the cohort folder.
         patient_ids: every patient, in ``labels.parquet`` order.
-        labels: ``patient_id, binary, multiclass, time, event`` (validated).
+        labels: ``patient_id`` and the label columns the cohort has: any of ``binary``,
+            ``multiclass``, ``time`` + ``event`` (validated), plus extra columns such as
+            ``label_<name>`` kept as stored.
         splits: ``train``/``val``/``test`` -> patient ids (disjoint, covering every patient).
         readers: modality -> reader, in canonical modality order.
         oracle: ``oracle.parquet`` when present, else None.
@@ -117,9 +121,18 @@ class Cohort:
         return list(self.readers)
 
     @property
+    def label_names(self) -> list[str]:
+        """The label columns of ``labels.parquet`` (every column but ``patient_id``), in file order."""
+        return [c for c in self.labels.columns if c != "patient_id"]
+
+    @property
     def n_classes(self) -> int:
-        """Classes of the ``multiclass`` label (``cohort.json`` ``n_classes``, else max + 1)."""
-        return int(self.info.get("n_classes", int(self.labels["multiclass"].max()) + 1))
+        """Classes of the ``multiclass`` label (``cohort.json`` ``n_classes``, else max + 1; 0 without it)."""
+        if "n_classes" in self.info:
+            return int(self.info["n_classes"])
+        if "multiclass" not in self.labels.columns:
+            return 0
+        return int(self.labels["multiclass"].max()) + 1
 
     def fit(self) -> "Cohort":
         """Fit every reader's preprocessing on the train split only."""
@@ -156,34 +169,54 @@ class Cohort:
 
 
 def _read_labels(path: Path, n_classes: int | None) -> pd.DataFrame:
-    """Read and validate ``labels.parquet``."""
+    """Read and validate ``labels.parquet``: ``patient_id`` and at least one label column.
+
+    Known label columns that are present are checked strictly: ``binary`` 0/1, ``multiclass`` an
+    integer in ``[0, n_classes)``, ``time`` > 0 with ``event`` 0/1 (the two come together). Extra
+    columns (e.g. ``label_<name>``) are kept unchanged.
+    """
     if not path.exists():
         raise ValueError(f"{path} does not exist: every cohort needs labels")
-    df = read_table(path, LABEL_COLUMNS)[list(LABEL_COLUMNS)].copy()
+    df = read_table(path, ["patient_id"]).copy()
+    has = [c for c in LABEL_COLUMNS[1:] if c in df.columns]
+    if ("time" in has) != ("event" in has):
+        found, lacking = ("time", "event") if "time" in has else ("event", "time")
+        raise ValueError(
+            f"{path}: survival labels 'time' and 'event' come together; found '{found}' without '{lacking}'"
+        )
+    if len(df.columns) < 2:
+        raise ValueError(
+            f"{path}: no label column; expected at least one of {list(LABEL_COLUMNS[1:])} "
+            f"(or extra columns such as 'label_<name>'), found {list(df.columns)}"
+        )
     ids = df["patient_id"].tolist()
     check_unique_ids(ids, path)
-    for col in LABEL_COLUMNS[1:]:
+    for col in has:
         df[col] = to_float(df[col], path, col, ids)
         check_finite(df[col].to_numpy(), ids, path, col)
     for col in ("binary", "event"):
+        if col not in has:
+            continue
         bad = ~df[col].isin([0.0, 1.0])
         if bad.any():
             who = df.loc[bad, "patient_id"][:10].tolist()
             raise ValueError(f"{path}: column '{col}' must be 0/1; patient(s) {who}")
-    mc = df["multiclass"]
-    bad = (mc != np.round(mc)) | (mc < 0) | ((mc >= n_classes) if n_classes is not None else False)
-    if bad.any():
-        raise ValueError(
-            f"{path}: column 'multiclass' must be an integer in [0, {n_classes}); "
-            f"patient(s) {df.loc[bad, 'patient_id'][:10].tolist()}"
-        )
-    bad = df["time"] <= 0
-    if bad.any():
-        who = df.loc[bad, "patient_id"][:10].tolist()
-        raise ValueError(f"{path}: column 'time' must be > 0; patient(s) {who}")
-    df["binary"] = df["binary"].astype(np.int64)
-    df["multiclass"] = df["multiclass"].astype(np.int64)
-    df["event"] = df["event"].astype(np.int64)
+    if "multiclass" in has:
+        mc = df["multiclass"]
+        bad = (mc != np.round(mc)) | (mc < 0) | ((mc >= n_classes) if n_classes is not None else False)
+        if bad.any():
+            raise ValueError(
+                f"{path}: column 'multiclass' must be an integer in [0, {n_classes}); "
+                f"patient(s) {df.loc[bad, 'patient_id'][:10].tolist()}"
+            )
+    if "time" in has:
+        bad = df["time"] <= 0
+        if bad.any():
+            who = df.loc[bad, "patient_id"][:10].tolist()
+            raise ValueError(f"{path}: column 'time' must be > 0; patient(s) {who}")
+    for col in ("binary", "multiclass", "event"):
+        if col in has:
+            df[col] = df[col].astype(np.int64)
     return df.reset_index(drop=True)
 
 

@@ -23,7 +23,8 @@ class ClinicalDataModule(pl.LightningDataModule):
     Batches follow ``docs/formats.md`` section 2.
 
     Args:
-        root: the cohort folder.
+        root: the cohort folder, or ``"builtin:<name>"`` for a built-in cohort (``BUILTIN_COHORTS``
+            of ``clinfuse.datasets.builtin_tabular``: written to a cache folder on first use).
         modalities: modalities to load; ``None`` = every available one.
         batch_size: patients per batch.
         num_workers: DataLoader worker processes.
@@ -33,6 +34,12 @@ class ClinicalDataModule(pl.LightningDataModule):
         max_events: time-series events per patient at most (most recent kept).
         max_notes: notes per patient at most (most recent kept).
         max_words: tokens per note at most.
+        notes_tokenizer: ``words`` (vocabulary of whole words) or ``bpe`` (a subword tokenizer
+            trained on the train split's notes).
+        notes_vocab_size: words or subwords in the notes vocabulary (without pad/unknown); None =
+            the reader default (5000 words, 4000 subwords).
+        notes_pretrained: a local HuggingFace model directory; when set, every note becomes one
+            frozen embedding (cached under ``<root>/.clinfuse_cache/``) instead of token ids.
         synth_if_missing: generate a synthetic cohort at ``root`` if the folder does not exist.
         synth_patients: patients of that synthetic cohort.
         synth_seed: seed of that synthetic cohort.
@@ -51,6 +58,9 @@ class ClinicalDataModule(pl.LightningDataModule):
         max_events: int = 512,
         max_notes: int = 8,
         max_words: int = 128,
+        notes_tokenizer: str = "words",
+        notes_vocab_size: int | None = None,
+        notes_pretrained: str | None = None,
         synth_if_missing: bool = False,
         synth_patients: int = 2000,
         synth_seed: int = 0,
@@ -68,6 +78,9 @@ class ClinicalDataModule(pl.LightningDataModule):
         self.max_events = max_events
         self.max_notes = max_notes
         self.max_words = max_words
+        self.notes_tokenizer = notes_tokenizer
+        self.notes_vocab_size = notes_vocab_size
+        self.notes_pretrained = notes_pretrained
         self.synth_if_missing = synth_if_missing
         self.synth_patients = synth_patients
         self.synth_seed = synth_seed
@@ -77,7 +90,7 @@ class ClinicalDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ loading
     def _synthesize_if_missing(self) -> None:
-        if self.synth_if_missing and not Path(self.root).exists():
+        if self.synth_if_missing and not str(self.root).startswith("builtin:") and not Path(self.root).exists():
             from clinfuse.datasets.synthetic import generate_cohort  # lazy: heavy and optional
 
             generate_cohort(self.root, n_patients=self.synth_patients, seed=self.synth_seed)
@@ -86,7 +99,8 @@ class ClinicalDataModule(pl.LightningDataModule):
         return {
             "timeseries": {"max_events": self.max_events},
             "ecg": {"fs": self.ecg_fs, "seconds": self.ecg_seconds},
-            "notes": {"max_notes": self.max_notes, "max_words": self.max_words},
+            "notes": {"max_notes": self.max_notes, "max_words": self.max_words, "tokenizer": self.notes_tokenizer,
+                      "vocab_size": self.notes_vocab_size, "pretrained": self.notes_pretrained},
             "wsi": {"max_patches": self.max_patches},
         }
 
@@ -95,7 +109,10 @@ class ClinicalDataModule(pl.LightningDataModule):
         """The loaded cohort with preprocessing fitted on the train split (loaded on first use)."""
         if self._cohort is None:
             self._synthesize_if_missing()
-            self._cohort = Cohort.load(self.root, self.modalities, **self._reader_kwargs()).fit()
+            from clinfuse.datasets.builtin_tabular import resolve_root  # lazy: "builtin:<name>" needs sksurv
+
+            root = resolve_root(self.root)  # "builtin:<name>" -> that built-in cohort's cache folder
+            self._cohort = Cohort.load(root, self.modalities, **self._reader_kwargs()).fit()
         return self._cohort
 
     def prepare_data(self) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -13,14 +14,28 @@ from clinfuse.datasets.cohort import Cohort
 from clinfuse.datasets.reader import ModalityReader
 
 Item = dict[str, Any]
+#: numpy dtype of each known label in an item; every other (extra, numeric) label is float32.
+LABEL_DTYPES = {"binary": np.float32, "multiclass": np.int64, "time": np.float32, "event": np.float32}
+
+
+def batch_label_names(labels: pd.DataFrame) -> list[str]:
+    """The label columns that reach the batch: every numeric or bool column but ``patient_id``.
+
+    Non-numeric extra columns (e.g. free-text annotations) stay in ``Cohort.labels`` only.
+    """
+    return [
+        c for c in labels.columns
+        if c != "patient_id" and (pd.api.types.is_numeric_dtype(labels[c]) or pd.api.types.is_bool_dtype(labels[c]))
+    ]
 
 
 class ClinicalDataset(Dataset):
     """The patients of one split; item ``i`` is one patient's unpadded inputs and labels.
 
     An item is ``{"patient_id": str, "inputs": {modality: dict[str, ndarray] | None},
-    "labels": {"binary", "multiclass", "time", "event": numpy scalar}}`` where ``None`` marks a
-    modality the patient lacks. Use :class:`Collator` to batch items.
+    "labels": {label: numpy scalar}}`` where ``None`` marks a modality the patient lacks and the
+    labels are those the cohort has (see :func:`batch_label_names`). Use :class:`Collator` to batch
+    items.
 
     Args:
         cohort: a loaded cohort whose readers are fitted.
@@ -36,10 +51,10 @@ class ClinicalDataset(Dataset):
         self.readers = dict(cohort.readers)
         self.patient_ids = list(cohort.splits[split])
         labels = cohort.labels.set_index("patient_id").loc[self.patient_ids]
-        self._binary = labels["binary"].to_numpy(np.float32)
-        self._multiclass = labels["multiclass"].to_numpy(np.int64)
-        self._time = labels["time"].to_numpy(np.float32)
-        self._event = labels["event"].to_numpy(np.float32)
+        self._labels = {
+            name: labels[name].to_numpy(np.dtype(LABEL_DTYPES.get(name, np.float32)))
+            for name in batch_label_names(cohort.labels)
+        }
 
     def __len__(self) -> int:
         return len(self.patient_ids)
@@ -49,12 +64,7 @@ class ClinicalDataset(Dataset):
         return {
             "patient_id": pid,
             "inputs": {m: r.get(pid, training=self.training) for m, r in self.readers.items()},
-            "labels": {
-                "binary": self._binary[i],
-                "multiclass": self._multiclass[i],
-                "time": self._time[i],
-                "event": self._event[i],
-            },
+            "labels": {name: values[i] for name, values in self._labels.items()},
         }
 
 
@@ -76,12 +86,19 @@ class Collator:
         """Collate a list of items.
 
         Shapes:
-            labels: binary ``(B,)`` float, multiclass ``(B,)`` long, time ``(B,)`` float,
-            event ``(B,)`` float; inputs: see each reader's ``collate``.
+            labels: only those the items carry: binary ``(B,)`` float, multiclass ``(B,)`` long,
+            time ``(B,)`` float, event ``(B,)`` float, extra numeric labels ``(B,)`` float;
+            inputs: see each reader's ``collate``.
         """
         if not items:
             raise ValueError("cannot collate an empty list of items")
+        keys = list(items[0]["labels"])
         for item in items:
+            if set(item["labels"]) != set(keys):
+                raise ValueError(
+                    f"patient {item['patient_id']}: item has labels {sorted(item['labels'])}, "
+                    f"the batch's first item has {sorted(keys)}"
+                )
             extra = set(item["inputs"]) - set(self.readers)
             if extra:
                 raise ValueError(
@@ -94,10 +111,8 @@ class Collator:
             "patient_id": [item["patient_id"] for item in items],
             "inputs": inputs,
             "labels": {
-                "binary": _stack_labels(items, "binary", torch.float32),
-                "multiclass": _stack_labels(items, "multiclass", torch.long),
-                "time": _stack_labels(items, "time", torch.float32),
-                "event": _stack_labels(items, "event", torch.float32),
+                key: _stack_labels(items, key, torch.long if key == "multiclass" else torch.float32)
+                for key in keys
             },
         }
 

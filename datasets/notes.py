@@ -7,15 +7,20 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from clinfuse.datasets.ecg import CACHE_DIR
+from clinfuse.datasets.note_embeddings import CACHE_SUBDIR, PretrainedNoteEmbedder, check_model_dir
+from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe, train_bpe
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.reader import ModalityReader, check_finite, check_known_ids, read_table, to_float
 
 PAD, UNK = 0, 1
+TOKENIZERS = ("words", "bpe")
+DEFAULT_VOCAB_SIZE = {"words": 5000, "bpe": 4000}
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
@@ -25,23 +30,37 @@ def tokenize(text: str) -> list[str]:
 
 
 class NotesReader(ModalityReader):
-    """Reads notes, keeps each patient's most recent ``max_notes`` and tokenizes them.
+    """Reads notes, keeps each patient's most recent ``max_notes`` and tokenizes or embeds them.
 
-    ``fit`` builds the vocabulary of the ``vocab_size`` most frequent training words (ties broken
-    alphabetically); ids are 0 = padding, 1 = unknown word, 2.. = vocabulary. Each note keeps its
-    first ``max_words`` tokens. A note with no token at all is dropped with a warning (it would be
-    an all-padding note); a patient left with no note is absent.
+    ``tokenizer="words"``: ``fit`` builds the vocabulary of the ``vocab_size`` most frequent
+    training words (ties broken alphabetically). ``tokenizer="bpe"``: ``fit`` trains a byte-pair
+    subword tokenizer (HuggingFace ``tokenizers``) of ``vocab_size`` subwords on the training
+    patients' note texts only; its JSON travels in ``state_dict()``. Either way ids are
+    0 = padding, 1 = unknown, 2.. = vocabulary, and each note keeps its first ``max_words`` tokens.
+    A note with no ``[a-z0-9]`` word is dropped with a warning (it would be an all-padding note);
+    a patient left with no note is absent.
+
+    ``pretrained`` (a local HuggingFace model directory) replaces token ids by one frozen
+    embedding per note (``datasets/note_embeddings.py``: computed once, cached under
+    ``<root>/.clinfuse_cache/note_embeddings/``; ``max_words`` and the tokenizer do not apply).
+    The batch then holds ``embeddings (B, K, E)`` instead of ``token_ids``/``token_mask`` and the
+    spec is ``{"embedding_dim": E}``.
 
     Args:
         root: the cohort folder.
         known_ids: patient ids of ``labels.parquet`` (``None`` skips the check).
         max_notes: notes kept per patient (the most recent).
         max_words: tokens kept per note (the first).
-        vocab_size: words kept in the vocabulary, without the two special ids.
+        vocab_size: words (``words``) or subwords (``bpe``) in the vocabulary, without the two
+            special ids; ``None`` = 5000 words or 4000 subwords.
+        tokenizer: ``words`` (lowercase ``[a-z0-9]`` runs) or ``bpe``.
+        pretrained: a local model directory to embed notes with, or ``None`` for token ids.
+        cache: whether to read/write the embedding cache (``pretrained`` only).
 
     Raises:
         ValueError: a missing column, unknown patients, null text, or a non-numeric/NaN/inf time,
-            naming the file, column and patients.
+            naming the file, column and patients; an unknown tokenizer; a ``pretrained`` path
+            that is not a model directory, naming it.
     """
 
     name = "notes"
@@ -53,14 +72,23 @@ class NotesReader(ModalityReader):
         known_ids: Iterable[str] | None = None,
         max_notes: int = 8,
         max_words: int = 128,
-        vocab_size: int = 5000,
+        vocab_size: int | None = None,
+        tokenizer: Literal["words", "bpe"] = "words",
+        pretrained: str | None = None,
+        cache: bool = True,
     ) -> None:
         super().__init__(root, known_ids)
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"{self.path}: unknown notes tokenizer {tokenizer!r}; expected one of {TOKENIZERS}")
+        vocab_size = DEFAULT_VOCAB_SIZE[tokenizer] if vocab_size is None else vocab_size
         if min(max_notes, max_words, vocab_size) < 1:
             raise ValueError(
                 f"max_notes, max_words, vocab_size must be >= 1, got {max_notes}, {max_words}, {vocab_size}"
             )
         self.max_notes, self.max_words, self.vocab_size = int(max_notes), int(max_words), int(vocab_size)
+        self.tokenizer, self.pretrained, self.cache = tokenizer, pretrained, bool(cache)
+        if pretrained is not None:
+            check_model_dir(pretrained)  # fail early, naming the path
         df = read_table(self.path, ["patient_id", "time", "text"])
         ids = df["patient_id"].tolist()
         check_known_ids(ids, self.known_ids, self.path)
@@ -76,16 +104,31 @@ class NotesReader(ModalityReader):
             df = df[~empty]
         df = df.sort_values(["patient_id", "time"], kind="stable")
         self._notes: dict[str, tuple[np.ndarray, list[list[str]]]] = {}
+        self._texts: dict[str, list[str]] = {}
         for pid, group in df.groupby("patient_id", sort=False):
             group = group.iloc[-self.max_notes :]
             tokens = [t[: self.max_words] for t in group["tokens"]]
             self._notes[pid] = (group["time"].to_numpy(dtype=np.float32), tokens)
+            self._texts[pid] = [str(t) for t in group["text"]]
         self._index = {pid: i for i, pid in enumerate(self._notes)}
 
     def config(self) -> dict[str, Any]:
-        return {"max_notes": self.max_notes, "max_words": self.max_words, "vocab_size": self.vocab_size}
+        return {"max_notes": self.max_notes, "max_words": self.max_words, "vocab_size": self.vocab_size,
+                "tokenizer": self.tokenizer, "pretrained": self.pretrained, "cache": self.cache}
+
+    def _embedder(self) -> PretrainedNoteEmbedder:
+        """The (lazily built) embedder of ``pretrained``; it hashes the model files only once."""
+        if getattr(self, "_embedder_cache", None) is None:
+            cache = self.root / CACHE_DIR / CACHE_SUBDIR if self.cache else None
+            self._embedder_cache = PretrainedNoteEmbedder(self.pretrained, cache)
+        return self._embedder_cache
 
     def _fit(self, train_ids: list[str]) -> dict[str, Any]:
+        if self.pretrained is not None:  # a frozen model: nothing to learn, remember which one
+            return {"model": self._embedder().identity}
+        if self.tokenizer == "bpe":
+            texts = [text for pid in train_ids for text in self._texts[pid]]
+            return {"tokenizer_json": train_bpe(texts, self.vocab_size).to_str()}
         counts: Counter[str] = Counter()
         for pid in train_ids:
             for tokens in self._notes[pid][1]:
@@ -94,19 +137,55 @@ class NotesReader(ModalityReader):
         return {"vocab": [w for w, _ in ranked]}
 
     def _apply(self) -> None:
-        lookup = {w: i + 2 for i, w in enumerate(self._state["vocab"])}
+        if self.pretrained is not None:
+            self._apply_pretrained()
+            return
+        pids = list(self._notes)
+        if self.tokenizer == "bpe":
+            bpe = load_bpe(self._state["tokenizer_json"])
+            self._vocab_len = bpe.get_vocab_size()
+            flat = encode_bpe(bpe, [text for pid in pids for text in self._texts[pid]], self.max_words)
+        else:
+            lookup = {w: i + 2 for i, w in enumerate(self._state["vocab"])}
+            self._vocab_len = len(lookup) + 2
+            flat = [[lookup.get(w, UNK) for w in tokens] for pid in pids for tokens in self._notes[pid][1]]
         self._encoded: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for pid, (times, notes) in self._notes.items():
-            width = max(len(t) for t in notes)
-            ids = np.zeros((len(notes), width), dtype=np.int64)
-            for k, tokens in enumerate(notes):
-                ids[k, : len(tokens)] = [lookup.get(w, UNK) for w in tokens]
+        start = 0
+        for pid in pids:
+            times = self._notes[pid][0]
+            rows, start = flat[start : start + len(times)], start + len(times)
+            ids = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
+            for k, row in enumerate(rows):
+                ids[k, : len(row)] = row
             self._encoded[pid] = (ids, ids != PAD, times)
 
+    def _apply_pretrained(self) -> None:
+        """Embed every kept note once (cache first); check the model is the one fitted with."""
+        embedder = self._embedder()
+        if embedder.identity != self._state.get("model"):
+            raise ValueError(
+                f"{self.path}: the notes model at {self.pretrained} differs from the one this preprocessing "
+                f"was fitted with (model id {embedder.identity[:12]} != {str(self._state.get('model'))[:12]})"
+            )
+        pids = list(self._notes)
+        vectors = embedder.embed([text for pid in pids for text in self._texts[pid]])  # (n_notes, E)
+        self._embedding_dim = int(vectors.shape[1])
+        self._embedded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        start = 0
+        for pid in pids:
+            times = self._notes[pid][0]
+            self._embedded[pid] = (vectors[start : start + len(times)], times)
+            start += len(times)
+
     def _spec(self) -> dict[str, Any]:
-        return {"vocab_size": len(self._state["vocab"]) + 2, "max_words": self.max_words}
+        if self.pretrained is not None:
+            return {"embedding_dim": self._embedding_dim}
+        return {"vocab_size": self._vocab_len, "max_words": self.max_words}
 
     def _get(self, patient_id: str, training: bool) -> dict[str, np.ndarray]:
+        if self.pretrained is not None:
+            vectors, times = self._embedded[patient_id]
+            return {"embeddings": vectors, "note_times": times}
         ids, mask, times = self._encoded[patient_id]
         return {"token_ids": ids, "token_mask": mask, "note_times": times}
 
@@ -114,10 +193,20 @@ class NotesReader(ModalityReader):
         """Pad notes to the batch's most notes and longest note.
 
         Shapes:
-            token_ids ``(B, K, W)`` long, token_mask ``(B, K, W)`` bool, note_times ``(B, K)``
-            float, note_mask ``(B, K)`` bool, present ``(B,)`` bool.
+            token_ids ``(B, K, W)`` long, token_mask ``(B, K, W)`` bool (or, with ``pretrained``,
+            embeddings ``(B, K, E)`` float), note_times ``(B, K)`` float, note_mask ``(B, K)``
+            bool, present ``(B,)`` bool.
         """
         note_mask = [None if it is None else np.ones(len(it["note_times"]), dtype=bool) for it in items]
+        if self.pretrained is not None:
+            self._require_fitted()
+            return {
+                "embeddings": pad_stack(pick(items, "embeddings"), (None, self._embedding_dim), np.float32,
+                                        "notes.embeddings"),
+                "note_times": pad_stack(pick(items, "note_times"), (None,), np.float32, "notes.note_times"),
+                "note_mask": pad_stack(note_mask, (None,), np.bool_, "notes.note_mask"),
+                "present": present_mask(items),
+            }
         return {
             "token_ids": pad_stack(pick(items, "token_ids"), (None, None), np.int64, "notes.token_ids"),
             "token_mask": pad_stack(pick(items, "token_mask"), (None, None), np.bool_, "notes.token_mask"),

@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.reader import ModalityReader, check_known_ids, require_columns
 
 _COLUMNS = ("patient_id", "time", "variable", "value")
+_BATCH_ROWS = 1 << 20  # rows per streamed record batch: bounds the transient memory of reading
 
 
 class TimeseriesReader(ModalityReader):
     """Reads the event table into per-patient arrays sorted by time.
 
-    The file is scanned with polars, validated, sorted by ``(patient_id, time)`` (ties keep file
-    order) and held as three flat arrays plus per-patient offsets. ``fit`` learns the variable list
-    (the variables seen in training, sorted; ids ``0..V-1``) and each variable's training mean and
+    The file is streamed in record batches with pyarrow (string columns read as dictionaries, so
+    no per-row Python or Arrow string is built), validated, and held as flat arrays sorted by
+    ``(patient_id, time)`` (ties keep file order) plus per-patient offsets; a file already in that
+    order (what the converters write) is not re-sorted. ``fit`` learns the variable list (the
+    variables seen in training, sorted; ids ``0..V-1``) and each variable's training mean and
     population std. Events of a variable never seen in training are dropped with a warning (an
     encoder has no embedding for them); a patient left with no event is then absent.
+
+    Memory: 20 bytes per event once fitted (float64 raw value, float32 time and normalised value,
+    int32 variable id); 24 bytes per event plus one batch while reading (8 more when the file needs
+    sorting). ``benchmarks/bench_meds.py`` measured a peak of about 50-65 bytes per event over the
+    RSS after imports, allocator slack included.
 
     Note:
         Each patient keeps at most ``max_events`` events, the MOST RECENT ones: the input of a
@@ -58,68 +69,54 @@ class TimeseriesReader(ModalityReader):
             raise ValueError(f"max_events must be >= 1, got {max_events}")
         self.max_events = int(max_events)
         self.horizon_hours = horizon_hours
-        try:
-            lazy = pl.scan_parquet(self.path)
-            schema = lazy.collect_schema()
-        except Exception as err:  # polars raises several error types; name the file
-            raise ValueError(f"{self.path}: cannot read parquet: {err}") from err
-        require_columns(schema.names(), _COLUMNS, self.path)
-        df = lazy.select(
-            pl.col("patient_id").cast(pl.Utf8),
-            pl.col("time"),
-            pl.col("variable").cast(pl.Utf8),
-            pl.col("value"),
-        ).collect()
-        for col in ("patient_id", "variable"):
-            if df[col].null_count():
-                who = df.filter(pl.col(col).is_null())["patient_id"].unique().to_list()[:10]
-                raise ValueError(f"{self.path}: column '{col}' is null (patient(s) {who})")
-        df = df.with_columns(self._finite_float(df, "time"), self._finite_float(df, "value"))
-        ids = df["patient_id"].unique(maintain_order=True).to_list()
-        check_known_ids(ids, self.known_ids, self.path)
-
-        df = df.sort(["patient_id", "time"], maintain_order=True)
-        self._raw_variables = df["variable"].unique().sort().to_list()
-        codes = df["variable"].cast(pl.Enum(self._raw_variables)).to_physical()
-        self._time = df["time"].to_numpy().astype(np.float64)
-        self._value = df["value"].to_numpy().astype(np.float64)
-        self._code = codes.to_numpy().astype(np.int64)
-        counts = df.group_by("patient_id", maintain_order=True).len()
-        self._raw_ids = counts["patient_id"].to_list()
-        self._raw_starts = np.concatenate([[0], np.cumsum(counts["len"].to_numpy(), dtype=np.int64)])
-        self._index = {pid: i for i, pid in enumerate(self._raw_ids)}
-        self._patient_of_event = np.repeat(np.arange(len(self._raw_ids)), np.diff(self._raw_starts))
-
-    def _finite_float(self, df: pl.DataFrame, col: str) -> pl.Series:
-        """``df[col]`` as Float64; ValueError naming the patients of non-numeric/null/NaN/inf rows."""
-        raw = df[col]
-        num = raw.cast(pl.Float64, strict=False)
-        unparsable = num.is_null() & raw.is_not_null()
-        if unparsable.any():
-            who = df.filter(unparsable)["patient_id"].unique(maintain_order=True).to_list()[:10]
-            raise ValueError(f"{self.path}: column '{col}' has non-numeric values for patient(s) {who}")
-        bad = num.is_null() | ~num.fill_null(0.0).is_finite()
-        if bad.any():
-            who = df.filter(bad)["patient_id"].unique(maintain_order=True).to_list()[:10]
-            raise ValueError(f"{self.path}: column '{col}' has null/NaN/inf values for patient(s) {who}")
-        return num
+        pid, code, time, value, pid_names, var_names = _read_events(self.path)
+        check_known_ids(pid_names, self.known_ids, self.path)
+        # ids in sorted-string order (patients, then variables), as a sort by string would give
+        pid = _to_sorted_ranks(pid, pid_names)
+        code = _to_sorted_ranks(code, var_names)
+        order = _sort_order(pid, time)
+        if order is not None:  # the file is not in (patient, time) order
+            pid, code, time, value = pid[order], code[order], time[order], value[order]
+            del order
+        counts = np.bincount(pid, minlength=len(pid_names))
+        del pid
+        self._raw_ids = sorted(pid_names)
+        self._raw_variables = sorted(var_names)
+        self._raw_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        # per-patient latest time: all that fit() needs of float64 times (the horizon)
+        self._max_time = np.maximum.reduceat(time, self._raw_starts[:-1]) if len(time) else np.zeros(0)
+        self._time = time.astype(np.float32)
+        del time
+        self._value = value
+        self._code = code
+        self._index = {p: i for i, p in enumerate(self._raw_ids)}
 
     def config(self) -> dict[str, Any]:
         return {"max_events": self.max_events, "horizon_hours": self.horizon_hours}
 
     def _fit(self, train_ids: list[str]) -> dict[str, Any]:
-        rows = np.isin(self._patient_of_event, [self._index[p] for p in train_ids])
-        codes, values = self._code[rows], self._value[rows]
+        patients = np.array([self._index[p] for p in train_ids], dtype=np.int64)
+        in_train = np.zeros(len(self._raw_ids), dtype=bool)
+        in_train[patients] = True
+        rows = np.repeat(in_train, np.diff(self._raw_starts))
         n_raw = len(self._raw_variables)
-        count = np.bincount(codes, minlength=n_raw).astype(np.float64)
+        # two passes (mean, then squared deviations), chunked so temporaries stay small
+        count, total, sq = np.zeros(n_raw), np.zeros(n_raw), np.zeros(n_raw)
+        for sl in _chunks(len(rows)):
+            codes, values = self._code[sl][rows[sl]], self._value[sl][rows[sl]]
+            count += np.bincount(codes, minlength=n_raw)
+            total += np.bincount(codes, values, minlength=n_raw)
         seen = np.flatnonzero(count > 0)
-        mean = np.bincount(codes, values, minlength=n_raw)[seen] / count[seen]
-        sq = np.bincount(codes, (values - mean[np.searchsorted(seen, codes)]) ** 2, minlength=n_raw)
+        mean_all = total / np.maximum(count, 1.0)
+        for sl in _chunks(len(rows)):
+            codes, values = self._code[sl][rows[sl]], self._value[sl][rows[sl]]
+            sq += np.bincount(codes, (values - mean_all[codes]) ** 2, minlength=n_raw)
+        mean = mean_all[seen]
         std = np.sqrt(sq[seen] / count[seen])
         std = np.where(std > 0, std, 1.0)
         horizon = self.horizon_hours
         if horizon is None:
-            horizon = float(math.ceil(self._time[rows].max()))
+            horizon = float(math.ceil(self._max_time[patients].max()))
         return {
             "variables": [self._raw_variables[c] for c in seen],
             "mean": mean.tolist(),
@@ -130,24 +127,29 @@ class TimeseriesReader(ModalityReader):
     def _apply(self) -> None:
         s = self._state
         lookup = {v: i for i, v in enumerate(s["variables"])}
-        raw_to_var = np.array([lookup.get(v, -1) for v in self._raw_variables], dtype=np.int64)
-        var = raw_to_var[self._code] if len(self._code) else self._code
+        raw_to_var = np.array([lookup.get(v, -1) for v in self._raw_variables], dtype=np.int32)
+        identity = np.array_equal(raw_to_var, np.arange(len(raw_to_var)))
+        var = self._code if identity else raw_to_var[self._code]  # no copy when every variable is known
         keep = var >= 0
-        if not keep.all():
+        counts = np.diff(self._raw_starts)
+        if keep.all():
+            self._times, self._variables, value = self._time, var, self._value
+        else:
             unseen = sorted({self._raw_variables[c] for c in np.unique(self._code[~keep])})
             warnings.warn(
                 f"{self.path}: dropping {int((~keep).sum())} events of variables not seen in training: "
                 f"{unseen[:10]}",
                 stacklevel=2,
             )
+            counts = np.add.reduceat(keep.astype(np.int64), self._raw_starts[:-1])
+            self._times, self._variables, value = self._time[keep], var[keep], self._value[keep]
         mean, std = np.asarray(s["mean"]), np.asarray(s["std"])
-        var = var[keep]
-        self._times = self._time[keep].astype(np.float32)
-        self._variables = var
-        self._values = ((self._value[keep] - mean[var]) / std[var]).astype(np.float32)
-        counts = np.bincount(self._patient_of_event[keep], minlength=len(self._raw_ids))
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        self._bounds = {pid: (int(starts[i]), int(starts[i + 1])) for i, pid in enumerate(self._raw_ids)}
+        self._values = np.empty(len(value), dtype=np.float32)
+        for sl in _chunks(len(value)):  # chunked: no full-length float64 temporaries
+            v = self._variables[sl]
+            self._values[sl] = (value[sl] - mean[v]) / std[v]
+        starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        self._bounds = {pid: (starts[i], starts[i + 1]) for i, pid in enumerate(self._raw_ids)}
         self._index = {pid: i for i, pid in enumerate(self._raw_ids) if counts[i] > 0}
 
     def _spec(self) -> dict[str, Any]:
@@ -158,7 +160,7 @@ class TimeseriesReader(ModalityReader):
         start = max(start, end - self.max_events)  # keep the most recent events
         return {
             "times": self._times[start:end],
-            "variables": self._variables[start:end],
+            "variables": self._variables[start:end].astype(np.int64),
             "values": self._values[start:end],
         }
 
@@ -177,3 +179,105 @@ class TimeseriesReader(ModalityReader):
             "mask": pad_stack(lengths, (None,), np.bool_, "timeseries.mask"),
             "present": present_mask(items),
         }
+
+
+# ---------------------------------------------------------------------- streaming read
+def _read_events(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """Stream ``path`` batch by batch into flat arrays.
+
+    Returns:
+        patient codes (int32, into the patient names), variable codes (int32, into the variable
+        names), times and values (float64) in file order, then the patient and variable names in
+        order of first appearance.
+    """
+    try:
+        pf = pq.ParquetFile(path, read_dictionary=["patient_id", "variable"])
+        names = pf.schema_arrow.names
+    except Exception as err:  # pyarrow raises several error types; name the file
+        raise ValueError(f"{path}: cannot read parquet: {err}") from err
+    require_columns(names, _COLUMNS, path)
+    n = pf.metadata.num_rows
+    pid, code = np.empty(n, np.int32), np.empty(n, np.int32)
+    time, value = np.empty(n, np.float64), np.empty(n, np.float64)
+    pid_names: dict[str, int] = {}
+    var_names: dict[str, int] = {}
+    at = 0
+    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=list(_COLUMNS)):
+        k = batch.num_rows
+        rows = slice(at, at + k)
+        pid[rows], labels = _codes(batch.column("patient_id"), pid_names, path, "patient_id", None)
+        code[rows], _ = _codes(batch.column("variable"), var_names, path, "variable", labels)
+        time[rows] = _finite_float(batch.column("time"), labels, path, "time")
+        value[rows] = _finite_float(batch.column("value"), labels, path, "value")
+        at += k
+    return pid, code, time, value, list(pid_names), list(var_names)
+
+
+def _codes(col: pa.Array, names: dict[str, int], path: Path, column: str, pids: pa.Array | None) -> tuple[np.ndarray, pa.Array]:
+    """Codes of a string column into the growing ``names`` (name -> code); also the row labels.
+
+    A non-string column (e.g. integer ids) is read as its string form, like ``astype(str)``.
+    """
+    if not pa.types.is_dictionary(col.type):
+        col = pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
+        col = pc.dictionary_encode(col)
+    if col.null_count:
+        bad = pc.is_null(col)
+        who = pc.unique(pc.filter(pids if pids is not None else col, bad)).to_pylist()[:10]
+        raise ValueError(f"{path}: column '{column}' is null (patient(s) {who})")
+    local = [str(v) for v in col.dictionary.to_pylist()]
+    remap = np.array([names.setdefault(v, len(names)) for v in local], dtype=np.int32)
+    indices = col.indices.to_numpy(zero_copy_only=False)
+    return remap[indices] if len(indices) else indices.astype(np.int32), (pids if pids is not None else col)
+
+
+def _finite_float(col: pa.Array, pids: pa.Array, path: Path, column: str) -> np.ndarray:
+    """``col`` as float64; ValueError naming the patients of non-numeric/null/NaN/inf rows."""
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+        raw = pl.from_arrow(col)  # strings of numbers are accepted, like a lenient cast
+        num = raw.cast(pl.Float64, strict=False)
+        bad = (num.is_null() & raw.is_not_null()).to_numpy()
+        if bad.any():
+            who = pd_unique(pids, bad)
+            raise ValueError(f"{path}: column '{column}' has non-numeric values for patient(s) {who}")
+        values = num.to_numpy()
+    else:
+        values = col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(f"{path}: column '{column}' has null/NaN/inf values for patient(s) {pd_unique(pids, bad)}")
+    return values
+
+
+def pd_unique(pids: pa.Array, rows: np.ndarray) -> list[str]:
+    """The first ten distinct patient ids of the ``rows`` mask, in row order."""
+    return pl.from_arrow(pc.filter(pids, pa.array(rows))).cast(pl.Utf8).unique(maintain_order=True).to_list()[:10]
+
+
+def _to_sorted_ranks(codes: np.ndarray, names: list[str]) -> np.ndarray:
+    """Replace codes into ``names`` by ranks in ``sorted(names)``, in place."""
+    rank = np.empty(len(names), dtype=np.int32)
+    rank[np.argsort(np.array(names, dtype=object), kind="stable")] = np.arange(len(names), dtype=np.int32)
+    return np.take(rank, codes, out=codes) if len(codes) else codes
+
+
+def _sort_order(pid: np.ndarray, time: np.ndarray) -> np.ndarray | None:
+    """The stable ``(patient, time)`` order, or None when the rows are already in it."""
+    if len(pid) < 2:
+        return None
+    in_order = True
+    for sl in _chunks(len(pid) - 1):  # compare row i with row i + 1, chunk by chunk
+        nxt = slice(sl.start + 1, sl.stop + 1)
+        step = pid[nxt].astype(np.int64) - pid[sl]
+        if (step < 0).any() or ((step == 0) & (time[nxt] < time[sl])).any():
+            in_order = False
+            break
+    if in_order:
+        return None
+    # polars' multi-column sort is multi-threaded; maintain_order keeps ties in file order
+    return pl.DataFrame({"p": pid, "t": time}).select(pl.arg_sort_by(["p", "t"], maintain_order=True)).to_series().to_numpy()
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    """Consecutive slices of ``_BATCH_ROWS`` covering ``range(n)``."""
+    return (slice(i, min(i + _BATCH_ROWS, n)) for i in range(0, n, _BATCH_ROWS))

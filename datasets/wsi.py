@@ -1,4 +1,4 @@
-"""Whole-slide-image modality: CLAM-style patch-feature bags in ``wsi/<slide>.h5`` (read lazily)."""
+"""Whole-slide-image modality: patch-feature bags, CLAM ``.h5`` or torch ``.pt`` per slide (read lazily)."""
 
 from __future__ import annotations
 
@@ -17,27 +17,35 @@ from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_table
 
 
 def read_slide_features(path: str | Path, feature_dim: int | None = None, where: str = "") -> np.ndarray:
-    """The ``features`` dataset of one CLAM-style ``.h5`` slide file, validated.
+    """The patch features of one slide file, validated: CLAM ``.h5`` or a torch ``.pt`` tensor.
+
+    ``.h5`` files hold a ``features`` dataset (CLAM's ``h5_files``); ``.pt``/``.pth`` files hold
+    one 2-D floating-point tensor (CLAM's ``pt_files``, as MCAT/PORPOISE/SurvPath read them),
+    loaded with ``torch.load(weights_only=True)`` so no pickled code runs.
 
     Args:
-        path: the ``.h5`` file.
+        path: the ``.h5`` or ``.pt``/``.pth`` file.
         feature_dim: the expected feature width ``F`` (None: any).
         where: context for error messages (e.g. the patient).
 
     Raises:
         ValueError: naming the file (and ``where``) for an unreadable or corrupt file, a missing
-            ``features`` dataset, a wrong shape, an empty bag or NaN/inf values.
+            ``features`` dataset, a ``.pt`` file that is not one floating-point tensor, a wrong
+            shape, an empty bag or NaN/inf values.
 
     Shapes:
         returns ``(P, F)`` float32.
     """
-    try:
-        with h5py.File(path, "r") as fh:
-            if "features" not in fh:
-                raise ValueError("no 'features' dataset")
-            feats = np.asarray(fh["features"][()], dtype=np.float32)
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{path} {where}: corrupt or unreadable slide file: {err}") from err
+    if Path(path).suffix.lower() in (".pt", ".pth"):
+        feats = _read_torch_features(path, where)
+    else:
+        try:
+            with h5py.File(path, "r") as fh:
+                if "features" not in fh:
+                    raise ValueError("no 'features' dataset")
+                feats = np.asarray(fh["features"][()], dtype=np.float32)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{path} {where}: corrupt or unreadable slide file: {err}") from err
     wrong_width = feature_dim is not None and feats.ndim == 2 and feats.shape[1] != feature_dim
     if feats.ndim != 2 or feats.shape[0] == 0 or wrong_width:
         raise ValueError(f"{path} {where}: features must be (P>0, {feature_dim or 'F'}), got {feats.shape}")
@@ -46,11 +54,25 @@ def read_slide_features(path: str | Path, feature_dim: int | None = None, where:
     return feats
 
 
+def _read_torch_features(path: str | Path, where: str) -> np.ndarray:
+    """One ``.pt`` tensor as float32 numpy (shape checked by the caller)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types (RuntimeError, UnpicklingError...): name the file
+        raise ValueError(f"{path} {where}: corrupt or unreadable slide file: {err}") from err
+    if not isinstance(obj, torch.Tensor):
+        raise ValueError(f"{path} {where}: a .pt slide file must hold one tensor, got {type(obj).__name__}")
+    if not obj.is_floating_point():
+        raise ValueError(f"{path} {where}: features must be floating point, got {obj.dtype}")
+    return obj.detach().to(torch.float32).numpy()
+
+
 class WSIReader(ModalityReader):
     """Keeps only slide paths; ``get`` opens a patient's slides and samples patches.
 
-    A patient's bag is the concatenation of the ``features`` of all their slides (in
-    ``slides.csv`` order). At most ``max_patches`` patches are returned: a uniform random subset in
+    A patient's bag is the concatenation of the features of all their slides (in ``slides.csv``
+    order; each a CLAM ``.h5`` or a torch ``.pt``, see ``read_slide_features``). At most
+    ``max_patches`` patches are returned: a uniform random subset in
     training mode (drawn from torch's RNG, so ``seed_everything`` and per-worker seeding apply), and
     in eval mode a fixed subset seeded by the patient id (the same patches every epoch). Subsets
     keep the bag's patch order. Features are not normalised (they are pre-extracted embeddings).

@@ -53,7 +53,7 @@ class Prognosis:
         self.modalities = list(model.modalities)
         self.baseline = baseline
         self.checkpoint_path = Path(checkpoint_path)
-        self._shells = {m: collate_shell(self.states[m]) for m in self.modalities}
+        self._shells = {m: collate_shell(self.states[m], model.hparams.spec.get(m)) for m in self.modalities}
 
     # ------------------------------------------------------------------ construction
     @classmethod

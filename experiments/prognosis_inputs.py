@@ -24,6 +24,7 @@ Every function raises ``ValueError`` naming the offending field; the caller adds
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import zlib
@@ -37,6 +38,7 @@ import wfdb
 
 from clinfuse.datasets.cohort import READERS
 from clinfuse.datasets.ecg import select_leads
+from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, tokenize
 from clinfuse.datasets.reader import ModalityReader
 from clinfuse.datasets.wsi import read_slide_features
@@ -209,27 +211,53 @@ def ecg_item(state: dict, raw: Any, patient_id: str) -> Item:
 
 
 def notes_item(state: dict, raw: Any) -> Item | None:
-    """Notes -> ``token_ids``, ``token_mask``, ``note_times`` (NotesReader); None if all are empty."""
-    cfg, vocab = state["config"], state["fitted"]["vocab"]
+    """Notes -> the NotesReader's item: ``token_ids``/``token_mask`` (word or BPE vocabulary) or,
+    for a frozen pretrained model, ``embeddings``; plus ``note_times``. None if all are empty.
+
+    A pretrained-notes predictor embeds with the model directory recorded at training time (it must
+    exist where the predictor runs, and is checked to be the same model).
+    """
+    cfg, fitted = state["config"], state["fitted"]
     rows = _rows(raw, ("time", "text"), "notes")
     notes = []
     for i, r in enumerate(rows):
         if not isinstance(r["text"], str):
             raise ValueError(f"field 'notes[{i}].text': expected a string, got {type(r['text']).__name__}")
-        tokens = tokenize(r["text"])
         t = _float(r["time"], f"notes[{i}].time")
-        if tokens:
-            notes.append((t, tokens))
+        if tokenize(r["text"]):  # the reader drops notes without any word too
+            notes.append((t, r["text"]))
     if not notes:
         return None
     notes = sorted(notes, key=lambda n: n[0])[-int(cfg["max_notes"]) :]  # stable: ties keep input order
-    tokens = [t[: int(cfg["max_words"])] for _, t in notes]
-    lookup = {w: i + 2 for i, w in enumerate(vocab)}
-    ids = np.zeros((len(tokens), max(len(t) for t in tokens)), dtype=np.int64)
-    for k, words in enumerate(tokens):
-        ids[k, : len(words)] = [lookup.get(w, UNK) for w in words]
+    texts = [text for _, text in notes]
     times = np.array([t for t, _ in notes], dtype=np.float64).astype(np.float32)
+    if cfg.get("pretrained"):
+        embedder = _note_embedder(str(cfg["pretrained"]))
+        if embedder.identity != fitted.get("model"):
+            raise ValueError(f"field 'notes': the model at {cfg['pretrained']} is not the one the predictor was trained with")
+        return {"embeddings": embedder.embed(texts).astype(np.float32), "note_times": times}
+    max_words = int(cfg["max_words"])
+    if cfg.get("tokenizer") == "bpe":
+        rows_ids = encode_bpe(_bpe(fitted["tokenizer_json"]), texts, max_words)
+    else:
+        lookup = {w: i + 2 for i, w in enumerate(fitted["vocab"])}
+        rows_ids = [[lookup.get(w, UNK) for w in tokenize(text)[:max_words]] for text in texts]
+    ids = np.zeros((len(rows_ids), max(len(r) for r in rows_ids)), dtype=np.int64)
+    for k, row in enumerate(rows_ids):
+        ids[k, : len(row)] = row
     return {"token_ids": ids, "token_mask": ids != PAD, "note_times": times}
+
+
+@functools.lru_cache(maxsize=4)
+def _bpe(tokenizer_json: str):
+    return load_bpe(tokenizer_json)
+
+
+@functools.lru_cache(maxsize=2)
+def _note_embedder(model_dir: str):
+    from clinfuse.datasets.note_embeddings import PretrainedNoteEmbedder
+
+    return PretrainedNoteEmbedder(model_dir, cache_dir=None, show_progress=False)
 
 
 def wsi_item(state: dict, raw: Any, patient_id: str) -> Item:
@@ -287,13 +315,17 @@ def raw_to_item(modality: str, state: dict, raw: Any, patient_id: str) -> Item |
     raise ValueError(f"unknown modality {modality!r}")
 
 
-def collate_shell(state: dict) -> ModalityReader:
-    """A reader object holding only what its ``collate`` reads (no cohort folder needed)."""
+def collate_shell(state: dict, spec: dict | None = None) -> ModalityReader:
+    """A reader object holding only what its ``collate`` reads (no cohort folder needed);
+    ``spec`` is the model's spec of this modality (the notes embedding width)."""
     cls = READERS[state["modality"]]
     shell = cls.__new__(cls)
     shell._state = state["fitted"]
     if cls.name == "ecg":
         shell.leads, shell.n_samples = list(state["config"]["leads"]), int(state["fitted"]["n_samples"])
+    if cls.name == "notes":
+        shell.pretrained = state["config"].get("pretrained")
+        shell._embedding_dim = int((spec or {}).get("embedding_dim", 0))
     if cls.name == "genomics":
         shell.genes, shell.mutations = list(state["fitted"]["genes"]), list(state["fitted"]["mutations"])
     return shell

@@ -95,13 +95,16 @@ class SweepSpace:
         return configs, values
 
     def resolve(self, config: str) -> str:
-        """A config path as given if it exists, else relative to the sweep file's repository."""
-        if Path(config).exists() or self.path is None:
+        """A config path as given if it exists, else relative to a folder above the sweep file, else
+        relative to the clinfuse checkout (``experiments/configs/...`` of an editable install)."""
+        if Path(config).exists():
             return config
-        for parent in self.path.resolve().parents:
+        above = list(self.path.resolve().parents) if self.path is not None else []
+        for parent in [*above, Path(__file__).resolve().parents[1]]:
             if (parent / config).exists():
                 return str(parent / config)
-        raise ValueError(f"{self.path}: config file {config!r} not found")
+        raise ValueError(f"{self.path}: config file {config!r} not found (relative to the working directory or "
+                         f"any folder above the sweep file)")
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         name, seed = self.sampler.get("name", "tpe"), self.sampler.get("seed")

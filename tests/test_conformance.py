@@ -69,6 +69,8 @@ def _pad_positions(modality: str, x: dict[str, torch.Tensor]) -> dict[str, torch
         return {"signal": ~x["lead_mask"]}
     if modality == "notes":
         pad_note = ~x["note_mask"]
+        if "embeddings" in x:  # frozen pretrained note embeddings instead of token ids
+            return {"embeddings": pad_note, "note_times": pad_note}
         return {
             "token_ids": ~x["token_mask"] | pad_note[..., None],
             "token_mask": pad_note,

@@ -1,0 +1,42 @@
+"""The LightningModule names the missing label when a cohort lacks its task's labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clinfuse.datasets.cohort import Cohort
+from clinfuse.datasets.dataset import ClinicalDataset, Collator
+from clinfuse.experiments.module import ClinFuseModule
+
+
+def _binary_only_batch(tmp_path):
+    ids = [f"p{i}" for i in range(6)]
+    root = tmp_path / "c"
+    root.mkdir()
+    pd.DataFrame({"patient_id": ids, "binary": [0, 1] * 3}).to_parquet(root / "labels.parquet", index=False)
+    pd.DataFrame({"patient_id": ids, "split": ["train"] * 4 + ["val", "test"]}).to_csv(root / "splits.csv", index=False)
+    pd.DataFrame({"patient_id": ids, "age": np.arange(6.0)}).to_parquet(root / "tabular.parquet", index=False)
+    cohort = Cohort.load(root).fit()
+    ds = ClinicalDataset(cohort, "train")
+    return cohort, Collator(cohort.readers)([ds[i] for i in range(len(ds))])
+
+
+@pytest.mark.parametrize("task, match", [("survival", r"'survival' needs label\(s\) 'time' and 'event'.*\['binary'\]"),
+                                         ("multiclass", r"'multiclass' needs label\(s\) 'multiclass'.*\['binary'\]")])
+def test_missing_task_label_is_named(tmp_path, task, match):
+    cohort, batch = _binary_only_batch(tmp_path)
+    model = ClinFuseModule(spec=cohort.spec(), d_model=8, task=task, n_classes=3)
+    with pytest.raises(ValueError, match=match):
+        model.training_step(batch, 0)
+
+
+def test_binary_task_trains_on_binary_only_cohort(tmp_path):
+    cohort, batch = _binary_only_batch(tmp_path)
+    model = ClinFuseModule(spec=cohort.spec(), d_model=8, task="binary")
+    out, _ = model(batch["inputs"])
+    loss = model.loss(out, batch["labels"])
+    ref = torch.nn.functional.binary_cross_entropy(torch.sigmoid(out), batch["labels"]["binary"])
+    assert torch.isfinite(loss) and torch.allclose(loss, ref, atol=1e-6)

@@ -1,0 +1,179 @@
+"""``clinfuse sweep``: sweep files, trials as nested MLflow runs, shared storage, resumable studies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from clinfuse.experiments.cli import cli_main
+from clinfuse.experiments.sweep import make_storage, run_sweep
+from clinfuse.experiments.sweep_space import SweepSpace
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+CLINFUSE = Path(sys.executable).with_name("clinfuse")
+
+
+def _fast_args(cohort: Path) -> list[str]:
+    return [f"--data.root={cohort}", "--data.synth_if_missing=false", "--data.modalities=[tabular,genomics]",
+            "--data.batch_size=32", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false"]
+
+
+def _sweep_file(tmp_path: Path, name: str = "tiny", epochs: int = 2) -> Path:
+    doc = {
+        "study_name": name, "metric": "val/c_index", "direction": "maximize",
+        "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"},
+        "fixed": {"trainer.max_epochs": epochs},
+        "space": {
+            "model.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "model.d_model": {"type": "categorical", "choices": [16, 32]},
+            "fusion": {"type": "config", "choices": ["experiments/configs/fusion/masked_mean.yaml",
+                                                     "experiments/configs/fusion/late.yaml"]},
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    "doc,match",
+    [
+        ({"metric": "val/c_index"}, "missing key 'space'"),
+        ({"metric": "m", "space": {"model.lr": {"type": "float", "low": 1, "high": 0.1}}}, "low must be < high"),
+        ({"metric": "m", "space": {"model.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, "log scale"),
+        ({"metric": "m", "space": {"model.lr": {"type": "gauss"}}}, "space.model.lr needs 'type'"),
+        ({"metric": "m", "space": {"x": {"type": "categorical", "choices": [{"a": 1}]}}}, "type: config"),
+        ({"metric": "m", "direction": "up", "space": {"x": {"type": "categorical", "choices": [1]}}}, "direction"),
+        ({"metric": "m", "spaces": {}}, r"unknown key\(s\) \['spaces'\]"),
+    ],
+)
+def test_bad_sweep_files_are_rejected_naming_the_key(tmp_path, doc, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=match):
+        SweepSpace.load(path)
+
+
+def test_every_shipped_sweep_file_parses_and_its_configs_exist():
+    files = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
+    assert files
+    for path in files:
+        space = SweepSpace.load(path)
+        study = optuna.create_study(direction=space.direction)
+        configs, values = space.suggest(study.ask())
+        assert all(Path(c).is_file() for c in configs)
+        assert set(space.fixed) <= set(values)
+
+
+def test_sweep_trials_are_nested_mlflow_runs_and_best_config_fits(synthetic_cohort, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = SweepSpace.load(_sweep_file(tmp_path))
+    study = run_sweep(space, [str(QUICKSTART)], n_trials=2, extra=_fast_args(synthetic_cohort))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and (tmp_path / "optuna.db").exists()
+    assert 0.0 <= study.best_value <= 1.0
+    # MLflow: one parent run for the study, each trial a child run carrying its sampled params
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("clinfuse").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("clinfuse.sweep") == "parent")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["optuna.trial"] for r in children) == ["0", "1"]
+    best_child = next(r for r in children if r.info.run_id == parent.data.tags["best_run_id"])
+    assert float(best_child.data.params["lr"]) == pytest.approx(study.best_params["model.lr"])
+    assert "val/c_index" in best_child.data.metrics
+    # the best config: written to disk and to the parent run, and ready for `clinfuse fit`
+    best = tmp_path / "sweeps" / "tiny" / "best_config.yaml"
+    assert best.exists() and "best_config.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    cfg = yaml.safe_load(best.read_text())
+    assert cfg["model"]["lr"] == pytest.approx(study.best_params["model.lr"])
+    cli = cli_main(["fit", "--config", str(best), "--trainer.fast_dev_run=1", "--trainer.logger=false"])
+    assert cli.trainer.state.finished and cli.model.hparams.lr == pytest.approx(study.best_params["model.lr"])
+
+
+def _worker(tmp_path: Path, cohort: Path, sweep: Path, storage: str, n_trials: int, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = [str(CLINFUSE), "sweep", "--config", str(QUICKSTART), "--sweep", str(sweep), "--n-trials", str(n_trials),
+            "--storage", storage, *extra, *_fast_args(cohort)]
+    return subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _run_two_workers(tmp_path: Path, cohort: Path, storage: str) -> optuna.Study:
+    sweep = _sweep_file(tmp_path, "shared")
+    workers = [_worker(tmp_path, cohort, sweep, storage, 1) for _ in range(2)]
+    for w in workers:
+        out, _ = w.communicate(timeout=600)
+        assert w.returncode == 0, out[-3000:]
+    return optuna.load_study(study_name="shared", storage=storage)
+
+
+def test_two_worker_processes_share_one_study(synthetic_cohort, tmp_path):
+    study = _run_two_workers(tmp_path, synthetic_cohort, f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sorted(t.number for t in study.trials) == [0, 1]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_a_killed_worker_leaves_a_resumable_study(synthetic_cohort, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep = _sweep_file(tmp_path, "killed", epochs=50)  # long enough to be killed mid-trial
+    victim = _worker(tmp_path, synthetic_cohort, sweep, storage, 1, "--heartbeat", "1")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            trials = optuna.load_study(study_name="killed", storage=storage).trials
+        except KeyError:  # the study does not exist yet
+            trials = []
+        if trials and trials[0].state == optuna.trial.TrialState.RUNNING:
+            break
+        time.sleep(1)
+    else:
+        victim.kill()
+        pytest.fail("the worker never started a trial")
+    time.sleep(3)  # a few heartbeats
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    time.sleep(5)  # the heartbeat goes stale (grace = 4 heartbeats)
+    # resuming: the next worker marks the stale trial FAIL and re-queues its parameters
+    storage_obj = make_storage(storage, heartbeat=1)
+    study = optuna.load_study(study_name="killed", storage=storage_obj)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert len(trials) == 2 and trials[1].state == optuna.trial.TrialState.WAITING
+    assert trials[1].params == trials[0].params  # the retry keeps the killed trial's parameters
+
+
+@pytest.mark.slow
+def test_two_workers_against_a_real_postgresql_server(synthetic_cohort, tmp_path):
+    pytest.importorskip("psycopg2")
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed (Debian: apt install postgresql)")
+    data = tmp_path / "pg"
+    subprocess.run([initdb, "-D", str(data), "-U", "clinfuse", "--auth=trust"], check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    opts = f"-p {port} -k {tmp_path} -h 127.0.0.1"
+    subprocess.run([pg_ctl, "-D", str(data), "-o", opts, "-l", str(tmp_path / "pg.log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "clinfuse", "optuna"], check=True, capture_output=True)
+        study = _run_two_workers(tmp_path, synthetic_cohort, f"postgresql://clinfuse@127.0.0.1:{port}/optuna")
+        assert sorted(t.number for t in study.trials) == [0, 1]
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    finally:
+        subprocess.run([pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
