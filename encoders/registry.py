@@ -11,12 +11,17 @@ from clinfuse.encoders.tabular import TabularMLPEncoder
 from clinfuse.encoders.timeseries import TimeSeriesTripletEncoder
 from clinfuse.encoders.wsi import WSIMeanEncoder
 
-# -- imports: tabular family
-# -- imports: timeseries family
-# -- imports: ecg family
-# -- imports: notes family
-# -- imports: wsi family
-# -- imports: genomics family
+from clinfuse.encoders.ft_tabular import FTTransformerEncoder
+from clinfuse.encoders.strats import STraTSEncoder
+from clinfuse.encoders.utde import UTDEEncoder
+from clinfuse.encoders.inception1d import Inception1dEncoder
+from clinfuse.encoders.xresnet1d import XResNet1dEncoder
+from clinfuse.encoders.notes_pretrained import NotesPretrainedEncoder
+from clinfuse.encoders.notes_transformer import NotesTransformerEncoder
+from clinfuse.encoders.abmil import ABMILEncoder
+from clinfuse.encoders.transmil import TransMILEncoder
+from clinfuse.encoders.genomics_groups import GenomicsGroupEncoder
+from clinfuse.encoders.genomics_snn import GenomicsSNNEncoder
 
 #: modality name -> default encoder class, built as ``cls(d_model, spec[modality], **kwargs)``
 ENCODERS: dict[str, type[ModalityEncoder]] = {
@@ -34,11 +39,16 @@ ENCODER_CLASSES: dict[str, type[ModalityEncoder]] = {
     cls.__name__: cls
     for cls in [
         *ENCODERS.values(),
-        # -- classes: tabular family
-        # -- classes: timeseries family
-        # -- classes: ecg family
-        # -- classes: notes family
-        # -- classes: wsi family
-        # -- classes: genomics family
+        FTTransformerEncoder,
+        STraTSEncoder,
+        UTDEEncoder,
+        XResNet1dEncoder,
+        Inception1dEncoder,
+        NotesTransformerEncoder,
+        NotesPretrainedEncoder,
+        ABMILEncoder,
+        TransMILEncoder,
+        GenomicsSNNEncoder,
+        GenomicsGroupEncoder,
     ]
 }

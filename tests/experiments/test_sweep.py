@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -159,21 +160,35 @@ def test_a_killed_worker_leaves_a_resumable_study(synthetic_cohort, tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_against_a_real_postgresql_server(synthetic_cohort, tmp_path):
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed (Debian: apt install postgresql)")
-    data = tmp_path / "pg"
-    subprocess.run([initdb, "-D", str(data), "-U", "clinfuse", "--auth=trust"], check=True, capture_output=True)
+    # the server refuses to run as root: then run it as the Debian package's postgres user
+    as_user: list[str] = []
+    pg_dir = Path(tempfile.mkdtemp(prefix="clinfuse-pg-"))  # outside pytest's 0700 tmp root
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        os.chown(pg_dir, pw.pw_uid, pw.pw_gid)
+    data = pg_dir / "data"
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "clinfuse", "--auth=trust"], check=True, capture_output=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    opts = f"-p {port} -k {tmp_path} -h 127.0.0.1"
-    subprocess.run([pg_ctl, "-D", str(data), "-o", opts, "-l", str(tmp_path / "pg.log"), "-w", "start"], check=True, capture_output=True)
+    opts = f"-p {port} -k {pg_dir} -h 127.0.0.1"
+    pg_ctl = [*as_user, pg_ctl]
+    subprocess.run([*pg_ctl, "-D", str(data), "-o", opts, "-l", str(pg_dir / "pg.log"), "-w", "start"], check=True, capture_output=True)
     try:
         subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "clinfuse", "optuna"], check=True, capture_output=True)
         study = _run_two_workers(tmp_path, synthetic_cohort, f"postgresql://clinfuse@127.0.0.1:{port}/optuna")
         assert sorted(t.number for t in study.trials) == [0, 1]
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     finally:
-        subprocess.run([pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        subprocess.run([*pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(pg_dir, ignore_errors=True)
