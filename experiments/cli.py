@@ -3,6 +3,8 @@
     clinfuse synth --out data/synthetic --patients 2000 --seed 0
     clinfuse fit --config experiments/quickstart.yaml
     clinfuse sweep --config experiments/quickstart.yaml --sweep experiments/sweeps/quickstart.yaml --n-trials 20
+    clinfuse convert ptbxl --src /data/ptb-xl --out data/ptbxl     (also meds, mimic_iv, tcga, builtin)
+    clinfuse robustness --config experiments/quickstart.yaml --heads masked_mean,transformer --epochs 6
 
 ``fit`` trains, then tests the best checkpoint and prints the test metrics next to the cohort's
 oracle metrics (when the cohort has an oracle, as synthetic cohorts do).
@@ -125,9 +127,19 @@ def main() -> None:
     if argv and argv[0] == "synth":
         synth_main(argv[1:])
         return
+    if argv and argv[0] == "convert":
+        from clinfuse.experiments.convert import convert_main
+
+        convert_main(argv[1:])
+        return
     if argv and argv[0] == "sweep":
         from clinfuse.experiments.sweep import sweep_main
 
         sweep_main(argv[1:])
+        return
+    if argv and argv[0] == "robustness":
+        from clinfuse.experiments.robustness import robustness_main
+
+        robustness_main(argv[1:])
         return
     cli_main()
