@@ -197,12 +197,13 @@ class ClinFuseModule(pl.LightningModule):
         steps = self.step_outputs(fused) if self.hparams.step_loss_weight > 0 else []
         if steps:
             step_loss = torch.stack([self.loss(o, labels) for o in steps]).mean()
-            self.log(f"{stage}/step_loss", step_loss, on_step=False, on_epoch=True, batch_size=out.shape[0])
+            self.log(f"{stage}/step_loss", step_loss, on_step=False, on_epoch=True, batch_size=out.shape[0], sync_dist=True)
             loss = loss + self.hparams.step_loss_weight * step_loss
         if fused.aux_loss is not None:
             loss = loss + fused.aux_loss
         bs = out.shape[0]
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs)
+        # sync_dist: under DDP the epoch mean covers every rank's batches (one all-reduce per epoch)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs, sync_dist=True)
         col = self._collected[f"{stage}_preds"]
         col["out"].update(self.risk(out).detach().float())
         if self.objective is not None and self.objective.discrete:  # for survival curves at epoch end

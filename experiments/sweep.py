@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,20 +38,26 @@ HEARTBEAT_S = 30
 def make_storage(url: str | None, heartbeat: int = HEARTBEAT_S, grace: int | None = None) -> RDBStorage:
     """An RDB storage with heartbeats (default: ``sqlite:///optuna.db`` in the working directory)."""
     url = url or f"sqlite:///{Path.cwd() / 'optuna.db'}"
-    for attempt in range(5):
-        try:
-            return RDBStorage(
-                url,
-                heartbeat_interval=heartbeat,
-                grace_period=grace or 4 * heartbeat,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-                engine_kwargs={"pool_pre_ping": True},
-            )
-        except Exception:  # noqa: BLE001 - workers racing to create a fresh schema: retry, then raise
-            if attempt == 4:
-                raise
-            time.sleep(0.5 + random.random() * 2)
-    raise AssertionError("unreachable")
+    with local_store_lock(url):  # workers starting together on a fresh sqlite file race to create it
+        return RDBStorage(
+            url,
+            heartbeat_interval=heartbeat,
+            grace_period=grace or 4 * heartbeat,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+            engine_kwargs={"pool_pre_ping": True},
+        )
+
+
+def local_store_lock(url: str):
+    """A file lock next to a ``sqlite:///`` store (schema creation is not safe to run twice at
+    once: a half-migrated file stays broken); a no-op for server databases."""
+    from contextlib import nullcontext
+
+    from filelock import FileLock
+
+    if url.startswith("sqlite:///"):
+        return FileLock(url[len("sqlite:///"):] + ".lock", timeout=600)
+    return nullcontext()
 
 
 class Objective:
@@ -124,17 +128,13 @@ def _cli_value(v: Any) -> str:
 def _parent_run(space: SweepSpace, study: optuna.Study) -> str | None:
     """The study's MLflow parent run (created by the first worker, found by tag by the others).
 
-    Workers starting together on a fresh local sqlite MLflow store race to create its schema; the
-    loser retries after a short random wait.
+    Held under a file lock for a local sqlite MLflow store: workers starting together would race to
+    create its schema (and two parent runs).
     """
-    for attempt in range(5):
-        try:
-            return _find_or_create_parent(space, study)
-        except Exception:  # noqa: BLE001 - schema-creation race on a fresh store: retry, then raise
-            if attempt == 4:
-                raise
-            time.sleep(1.0 + random.random() * 3)
-    raise AssertionError("unreachable")
+    from clinfuse.experiments.tracking import default_tracking_uri
+
+    with local_store_lock(default_tracking_uri()):
+        return _find_or_create_parent(space, study)
 
 
 def _find_or_create_parent(space: SweepSpace, study: optuna.Study) -> str | None:

@@ -74,8 +74,9 @@ class SurvivalObjective(nn.Module):
         self.loss_name, self.n_bins, self.ties = loss, int(n_bins), ties
         self.deephit_alpha, self.deephit_sigma = float(deephit_alpha), float(deephit_sigma)
         self.memory = CoxRiskMemory(risk_memory) if risk_memory else None
-        # NaN edges = not fitted yet; persistent so checkpoints carry the training bins
-        self.register_buffer("edges", torch.full((self.n_bins + 1,), float("nan")) if self.discrete else torch.empty(0))
+        # NaN edges = not fitted yet; persistent so checkpoints carry the training bins (Cox: None, so a
+        # Cox model's state dict is unchanged)
+        self.register_buffer("edges", torch.full((self.n_bins + 1,), float("nan")) if self.discrete else None)
 
     @property
     def discrete(self) -> bool:

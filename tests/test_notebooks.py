@@ -22,3 +22,6 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert "Traceback" not in outputs
     if path.name == "quickstart.ipynb":
         assert "model vs oracle" in outputs and "log-rank p:" in outputs
+    if path.name == "survival_prognosis.ipynb":
+        assert "log-rank p (predicted-risk tertiles" in outputs and "Harrell C-index" in outputs
+        assert "contributions {" in outputs and "tabular only" in outputs
