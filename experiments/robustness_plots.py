@@ -1,0 +1,137 @@
+"""Figures and the printed table of the robustness study (``clinfuse robustness``).
+
+Each function reads the tidy results of :func:`clinfuse.experiments.robustness.run_study`
+(columns ``head, trained_on, kind, condition, metric, value, oracle, n_patients, n_with_data``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def model_label(head: str, trained_on: str) -> str:
+    """``transformer`` for a model trained on the cohort, ``transformer [mnar_shift]`` otherwise."""
+    return head if trained_on == "cohort" else f"{head} [{trained_on}]"
+
+
+def _labelled(results: pd.DataFrame) -> pd.DataFrame:
+    out = results.copy()
+    out["model"] = [model_label(h, t) for h, t in zip(out["head"], out["trained_on"])]
+    return out
+
+
+def _ordered(values: pd.Series) -> list:
+    return list(dict.fromkeys(values))  # first-appearance order (pandas pivots would sort)
+
+
+def plot_subset_heatmap(results: pd.DataFrame, path: Path) -> Path:
+    """Heatmap of the metric per modality subset (rows) x head (columns), cohort-trained models."""
+    r = results[(results["kind"] == "subset") & (results["trained_on"] == "cohort")]
+    heads, subsets = _ordered(r["head"]), _ordered(r["condition"])
+    grid = r.pivot(index="condition", columns="head", values="value").loc[subsets, heads].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(3.2 + 1.3 * len(heads), 1.4 + 0.28 * len(subsets)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    mid = np.nanmean(grid) if np.isfinite(grid).any() else 0.0
+    ax.set_xticks(range(len(heads)), heads, rotation=30, ha="right")
+    ax.set_yticks(range(len(subsets)), subsets, fontsize=7)
+    if grid.size <= 400:
+        for (i, j), v in np.ndenumerate(grid):
+            colour = "k" if not math.isnan(v) and v > mid else "w"  # readable on both ends of viridis
+            ax.text(j, i, "nan" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6, color=colour)
+    fig.colorbar(im, ax=ax, label=r["metric"].iloc[0])
+    ax.set_title("test metric with only these modalities")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_mcar_lines(results: pd.DataFrame, path: Path) -> Path:
+    """Metric vs MCAR missing rate, one line per head; the oracle dashed where known."""
+    r = results[(results["kind"] == "mcar") & (results["trained_on"] == "cohort")].copy()
+    r["rate"] = r["condition"].astype(float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for head in _ordered(r["head"]):
+        h = r[r["head"] == head].sort_values("rate")
+        ax.plot(h["rate"], h["value"], marker="o", label=head)
+    o = r.drop_duplicates("rate").sort_values("rate")
+    if o["oracle"].notna().any():
+        ax.plot(o["rate"], o["oracle"], "k--", marker="x", label="oracle")
+    ax.set_xlabel("test-time MCAR missing rate per modality")
+    ax.set_ylabel(r["metric"].iloc[0] if len(r) else "metric")
+    ax.set_title("robustness to random test-time missingness")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def oracle_gaps(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean ``oracle - value`` per model (rows) and group (columns: ``all modalities``, ``smaller
+    subsets`` (mean), ``mcar`` (mean over rates), ``mar``, ``mnar``), where the oracle is known."""
+    r = _labelled(results)
+    full = r.loc[r["kind"] == "subset", "condition"].map(lambda c: c.count("+")).max()
+    is_full = (r["kind"] == "subset") & (r["condition"].str.count(r"\+") == full)
+    group = r["kind"].where(r["kind"] != "subset", "smaller subsets").where(~is_full, "all modalities")
+    r = r.assign(group=group, gap=r["oracle"] - r["value"]).dropna(subset=["gap"])
+    order = [g for g in ("all modalities", "smaller subsets", "mcar", "mar", "mnar") if g in set(r["group"])]
+    return r.groupby(["model", "group"], sort=False)["gap"].mean().unstack("group").reindex(columns=order)
+
+
+def plot_oracle_gap(results: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars: gap to the oracle per model (x) and evaluation kind (bar colour)."""
+    gaps = oracle_gaps(results)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.4 * max(len(gaps), 1), 4))
+    if gaps.empty:
+        ax.text(0.5, 0.5, "the cohort has no oracle", ha="center", va="center", transform=ax.transAxes)
+    else:
+        width = 0.8 / len(gaps.columns)
+        for k, kind in enumerate(gaps.columns):
+            ax.bar(np.arange(len(gaps)) + (k - (len(gaps.columns) - 1) / 2) * width, gaps[kind], width, label=kind)
+        ax.set_xticks(range(len(gaps)), gaps.index, rotation=30, ha="right")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.legend(fontsize=8)
+    ax.set_ylabel(f"oracle - model ({results['metric'].iloc[0]})")
+    ax.set_title("gap to the oracle (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_plots(results: pd.DataFrame, out: Path) -> list[Path]:
+    """Write the three PNGs into ``out`` and return their paths."""
+    out = Path(out)
+    return [
+        plot_subset_heatmap(results, out / "subset_heatmap.png"),
+        plot_mcar_lines(results, out / "mcar_lines.png"),
+        plot_oracle_gap(results, out / "oracle_gap.png"),
+    ]
+
+
+def markdown_table(results: pd.DataFrame) -> str:
+    """A markdown table: one row per evaluation, one column per model, then the oracle."""
+    r = _labelled(results)
+    r["evaluation"] = r["kind"] + ": " + r["condition"]
+    models, evals = _ordered(r["model"]), _ordered(r["evaluation"])
+    values = r.pivot(index="evaluation", columns="model", values="value").reindex(index=evals, columns=models)
+    oracle = r.drop_duplicates("evaluation").set_index("evaluation")["oracle"].reindex(evals)
+    n = r.drop_duplicates("evaluation").set_index("evaluation")["n_with_data"].reindex(evals)
+    fmt = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    head = ["evaluation", *models, "oracle", "n with data"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in evals:
+        cells = [e, *(fmt(values.at[e, m]) for m in models), fmt(oracle[e]), str(int(n[e]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([f"\n{results['metric'].iloc[0]} on the test split ({int(results['n_patients'].iloc[0])} patients)",
+                      *lines, ""])
