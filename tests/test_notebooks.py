@@ -25,3 +25,6 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     if path.name == "survival_prognosis.ipynb":
         assert "log-rank p (predicted-risk tertiles" in outputs and "Harrell C-index" in outputs
         assert "contributions {" in outputs and "tabular only" in outputs
+    if path.name == "robustness.ipynb":
+        assert "C-index by MCAR rate" in outputs and "gap to the oracle" in outputs
+        assert "smallest mean gap to the oracle:" in outputs
