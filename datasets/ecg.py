@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 import wfdb
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_table, to_float
@@ -248,6 +249,16 @@ def _channels(names: Sequence[str], units: Sequence[str], lead_aliases: Mapping[
     return {**aliased, **exact}  # a channel named exactly like the lead wins over an alias
 
 
+@lru_cache(maxsize=32)
+def _lowpass(up: int, down: int) -> np.ndarray:
+    """``resample_poly``'s own default anti-aliasing filter (Kaiser, beta 5), cached: designing it
+    took a sixth of the time of resampling one 10 s record in the prognosis path."""
+    max_rate = max(up, down)
+    h = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
+    h.flags.writeable = False  # shared between calls; resample_poly copies it
+    return h
+
+
 def select_leads(
     data: np.ndarray,
     names: Sequence[str],
@@ -301,8 +312,9 @@ def select_leads(
     picked = [channels[lead.lower()] for lead, keep in zip(leads, mask) if keep]
     x = data[:, [j for j, _ in picked]] * np.array([f for _, f in picked])  # (S_in, L_kept) in mV
     ratio = Fraction(float(fs) / float(fs_in)).limit_denominator(1000)
-    if ratio != 1:
-        x = resample_poly(x, ratio.numerator, ratio.denominator, axis=0)  # one filter for all leads
+    if ratio != 1:  # one filter for all leads, designed once per rate pair; float32 halves the work
+        up, down = ratio.numerator, ratio.denominator
+        x = resample_poly(x.astype(np.float32), up, down, axis=0, window=_lowpass(up, down))
     n = min(len(x), n_samples)
     out[mask, :n] = x[:n].T
     return out, mask

@@ -83,10 +83,15 @@ def log_survival_figures(cli: LightningCLI) -> None:
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI:
     """Build (and with ``run`` execute) the Lightning CLI; importable for tests and sweeps."""
+    from clinfuse.experiments.config_stack import stack_encoder_configs
+
+    if args is None:  # the command line, rewritten: handing it over as ``args`` is intended here
+        warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
+    args = stack_encoder_configs(sys.argv[1:] if args is None else args)
     return ClinFuseCLI(
         ClinFuseModule,
         ClinicalDataModule,
-        args=list(args) if args is not None else None,
+        args=args,
         run=run,
         save_config_callback=MLflowSaveConfigCallback,
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},

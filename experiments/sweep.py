@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,8 @@ def sweep_main(argv: Sequence[str]) -> None:
     p.add_argument("--out", default="sweeps", help="folder for trial configs and best_config.yaml")
     p.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, help="seconds between trial heartbeats")
     a, extra = p.parse_known_args(list(argv))
+    # each trial hands LightningCLI its arguments in-process, as intended; its sys.argv warning is noise
+    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
     if a.n_trials < 1:
         p.error("--n-trials must be >= 1")
     run_sweep(SweepSpace.load(a.sweep), a.config, a.n_trials, a.storage, a.out, extra, a.heartbeat)
