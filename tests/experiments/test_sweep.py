@@ -130,7 +130,7 @@ def test_two_worker_processes_share_one_study(synthetic_cohort, tmp_path):
 
 def test_a_killed_worker_leaves_a_resumable_study(synthetic_cohort, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    sweep = _sweep_file(tmp_path, "killed", epochs=50)  # long enough to be killed mid-trial
+    sweep = _sweep_file(tmp_path, "killed", epochs=100_000)  # never finishes before it is killed
     victim = _worker(tmp_path, synthetic_cohort, sweep, storage, 1, "--heartbeat", "1")
     deadline = time.time() + 300
     while time.time() < deadline:
