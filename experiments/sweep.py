@@ -97,7 +97,10 @@ class Objective:
                 trial.set_user_attr("mlflow_run_id", logger.run_id)
                 logger.experiment.log_text(logger.run_id, config_text, "config.yaml")
         cli.trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.space.metric))
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        try:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        finally:  # pruned trials too: the run's last epoch value is not what the sweep compares
+            _log_trial_best(cli.trainer, self.space.metric)
         score = cli.trainer.checkpoint_callback.best_model_score if cli.trainer.checkpoint_callback else None
         if score is None:
             score = cli.trainer.callback_metrics.get(self.space.metric)
@@ -105,6 +108,19 @@ class Objective:
             raise ValueError(f"trial {trial.number}: the metric {self.space.metric!r} was never logged; logged: "
                              f"{sorted(cli.trainer.callback_metrics)}")
         return float(score)
+
+
+def _log_trial_best(trainer, metric: str) -> None:  # noqa: ANN001 - a Trainer
+    """Log the trial's best value of the sweep metric (what Optuna records) as ``best/<metric>``
+    to its MLflow run, so runs can be ranked in MLflow by what the sweep optimised."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    ckpt = trainer.checkpoint_callback
+    if ckpt is None or ckpt.best_model_score is None:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.log_metric(logger.run_id, f"best/{metric}", float(ckpt.best_model_score))
 
 
 def _monitor_sweep_metric(trainer, metric: str, direction: str) -> None:  # noqa: ANN001 - a Trainer

@@ -96,6 +96,10 @@ def test_sweep_trials_are_nested_mlflow_runs_and_best_config_fits(synthetic_coho
     best_child = next(r for r in children if r.info.run_id == parent.data.tags["best_run_id"])
     assert float(best_child.data.params["lr"]) == pytest.approx(study.best_params["model.lr"])
     assert "val/c_index" in best_child.data.metrics
+    # each run carries the value Optuna compared (the best epoch's), so MLflow ranks runs like the sweep
+    for r in children:
+        trial = study.trials[int(r.data.tags["optuna.trial"])]
+        assert r.data.metrics["best/val/c_index"] == pytest.approx(trial.value)
     # the best config: written to disk and to the parent run, and ready for `clinfuse fit`
     best = tmp_path / "sweeps" / "tiny" / "best_config.yaml"
     assert best.exists() and "best_config.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
