@@ -50,6 +50,8 @@ class ClinFuseCLI(LightningCLI):
         report_against_oracle(self, results[0] if results else {})
         if self.model.task == "survival" and self.trainer.is_global_zero:
             log_survival_figures(self)
+        if self.trainer.is_global_zero and ckpt:
+            log_prognosis_model(self)
 
     def after_test(self) -> None:
         report_against_oracle(self, {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})
@@ -79,6 +81,30 @@ def log_survival_figures(cli: LightningCLI) -> None:
                 logger.experiment.log_artifact(logger.run_id, str(path), "figures")
             report = {f"test/report_{k}": float(v) for k, v in figs["report"].items()}
             logger.log_metrics({"test/logrank_p": figs["logrank_p"], **report})
+
+
+def log_prognosis_model(cli: LightningCLI) -> None:
+    """The best checkpoint as a ``Prognosis`` MLflow pyfunc model named ``prognosis`` in each MLflow
+    run; its URI is the run's tag ``clinfuse.prognosis_model_uri``: ``mlflow models serve -m <uri>``
+    serves it, ``mlflow.register_model(<uri>, name)`` puts it in the model registry."""
+    import mlflow
+
+    from clinfuse.experiments.prognosis import Prognosis
+
+    loggers = [lg for lg in cli.trainer.loggers if isinstance(lg, MLFlowLogger)]
+    if not loggers:
+        return
+    prognosis = Prognosis.from_training(cli.trainer.checkpoint_callback.best_model_path, cli.datamodule)
+    previous = mlflow.get_tracking_uri()
+    try:
+        for logger in loggers:
+            mlflow.set_tracking_uri(logger._tracking_uri)
+            with mlflow.start_run(run_id=logger.run_id):
+                info = prognosis.log_to_mlflow("prognosis")
+                mlflow.set_tag("clinfuse.prognosis_model_uri", info.model_uri)  # MLflow 3: a models:/<id> URI
+            print(f"prediction model logged: {info.model_uri} (serve: mlflow models serve -m {info.model_uri} --env-manager local)")
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI:

@@ -57,6 +57,24 @@ def test_fit_trains_tests_and_records_everything_in_mlflow(synthetic_cohort, tmp
     assert 0.0 <= run.data.metrics["test/logrank_p"] <= 1.0
     config_text = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
     assert str(synthetic_cohort) in config_text and "TransformerFusion" in config_text
+    # the prediction model (pyfunc), registered in the model registry and loaded back from it
+    uri = run.data.tags["clinfuse.prognosis_model_uri"]
+    assert f"prediction model logged: {uri}" in out
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        version = mlflow.register_model(uri, "clinfuse-quickstart")
+        from clinfuse.experiments import Prognosis
+        from clinfuse.experiments.cohort_records import records_from_cohort
+
+        prog = Prognosis.load(f"models:/clinfuse-quickstart/{version.version}")
+        record = records_from_cohort(synthetic_cohort, [next(iter(cli.datamodule.cohort.splits["test"]))])[0]
+        (pred,) = prog.predict([record])
+        assert math.isfinite(pred["risk"]) and pred["modalities_used"]
+        # the registered model is the best checkpoint the CLI tested
+        best = Prognosis.from_training(cli.trainer.checkpoint_callback.best_model_path, cli.datamodule)
+        assert best.predict([record])[0]["risk"] == pytest.approx(pred["risk"], rel=1e-5)
+    finally:
+        mlflow.set_tracking_uri(None)
 
     # the best checkpoint rebuilds the whole model (encoders + head) and predicts identically
     best = cli.trainer.checkpoint_callback.best_model_path
