@@ -15,7 +15,7 @@ Storage: sqlite in the working directory by default; any SQLAlchemy URL (e.g.
 ``postgresql://user@host/db``) lets workers on several machines share one study: start the same
 command on each. Trials heartbeat to the storage; a worker killed mid-trial leaves a RUNNING trial
 that the next worker marks FAIL once the heartbeat is ``grace`` seconds old and re-queues with the
-same parameters (Optuna's ``RetryFailedTrialCallback``), so a killed sweep resumes by re-running
+same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``), so a killed sweep resumes by re-running
 the command.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from clinfuse.experiments.sweep_space import SweepSpace
 
@@ -39,12 +39,14 @@ HEARTBEAT_S = 30
 def make_storage(url: str | None, heartbeat: int = HEARTBEAT_S, grace: int | None = None) -> RDBStorage:
     """An RDB storage with heartbeats (default: ``sqlite:///optuna.db`` in the working directory)."""
     url = url or f"sqlite:///{Path.cwd() / 'optuna.db'}"
-    with local_store_lock(url):  # workers starting together on a fresh sqlite file race to create it
+    with local_store_lock(url), warnings.catch_warnings():  # workers starting together on a fresh sqlite file race to create it
+        # heartbeats are "experimental" in Optuna since 2.8; they are the documented way to recover killed workers
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RDBStorage(
             url,
             heartbeat_interval=heartbeat,
             grace_period=grace or 4 * heartbeat,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
             engine_kwargs={"pool_pre_ping": True},
         )
 
