@@ -193,6 +193,8 @@ def run_sweep(
     """Run ``n_trials`` trials of ``space`` in this process (more workers may share ``storage``)."""
     import mlflow
 
+    from clinfuse.experiments.tracking import default_tracking_uri
+
     study = optuna.create_study(
         study_name=space.study_name, storage=make_storage(storage, heartbeat, grace), direction=space.direction,
         sampler=space.make_sampler(), pruner=space.make_pruner(), load_if_exists=True,
@@ -204,8 +206,9 @@ def run_sweep(
 
     def record_best(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if done:
-            client.log_metric(parent, f"best/{space.metric}", study.best_value, step=trial.number)
+        if done:  # the parent run is shared by every worker: serialised like write_best's writes
+            with local_store_lock(default_tracking_uri()):
+                _retry(lambda: client.log_metric(parent, f"best/{space.metric}", study.best_value, step=trial.number))
 
     study.optimize(Objective(space, configs, extra, outdir, parent), n_trials=n_trials, callbacks=[record_best],
                    catch=(ValueError, RuntimeError), gc_after_trial=True)
@@ -215,25 +218,53 @@ def run_sweep(
 
 def write_best(study: optuna.Study, outdir: Path, parent_run: str | None = None) -> Path | None:
     """Write the best COMPLETE trial's resolved config to ``outdir/best_config.yaml`` (and MLflow)."""
-    import mlflow
-
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         print(f"study {study.study_name}: no completed trial yet")
         return None
+    from filelock import FileLock
+
+    from clinfuse.experiments.tracking import default_tracking_uri
+
     best = study.best_trial
     path = outdir / "best_config.yaml"
-    path.write_text(f"# best trial {best.number} of study {study.study_name}: value {best.value}\n"
-                    f"# params {best.params}\n" + best.user_attrs["config"])
-    if parent_run:
-        client = mlflow.MlflowClient()
-        client.log_artifact(parent_run, str(path))
-        client.set_tag(parent_run, "best_trial", str(best.number))
-        if best.user_attrs.get("mlflow_run_id"):
-            client.set_tag(parent_run, "best_run_id", best.user_attrs["mlflow_run_id"])
+    # workers finishing together write the same file and the same parent-run tags: one at a time
+    # (a local sqlite MLflow store rejects two concurrent upserts of one tag)
+    with FileLock(str(outdir / ".best_config.lock"), timeout=600), local_store_lock(default_tracking_uri()):
+        path.write_text(f"# best trial {best.number} of study {study.study_name}: value {best.value}\n"
+                        f"# params {best.params}\n" + best.user_attrs["config"])
+        if parent_run:
+            tags = {"best_trial": str(best.number)}
+            if best.user_attrs.get("mlflow_run_id"):
+                tags["best_run_id"] = best.user_attrs["mlflow_run_id"]
+            _retry(lambda: _write_parent(parent_run, path, tags))
     counts = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
     print(f"study {study.study_name}: best trial {best.number}, value {best.value:.4f}, params {best.params}")
     print(f"trials: { {k: v for k, v in counts.items() if v} }; best config: {path}")
     return path
+
+
+def _write_parent(run_id: str, path: Path, tags: dict[str, str]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.log_artifact(run_id, str(path))
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+
+
+def _retry(fn, attempts: int = 5) -> None:  # noqa: ANN001 - a callable
+    """Call ``fn``, retrying a tracking-server write that lost a race with another worker."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for i in range(attempts):
+        try:
+            return fn()
+        except MlflowException:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
 
 
 def sweep_main(argv: Sequence[str]) -> None:
