@@ -40,6 +40,8 @@ class ClinicalDataModule(pl.LightningDataModule):
             the reader default (5000 words, 4000 subwords).
         notes_pretrained: a local HuggingFace model directory; when set, every note becomes one
             frozen embedding (cached under ``<root>/.clinfuse_cache/``) instead of token ids.
+        notes_min_patients: a word is learned by the notes tokenizer only if the notes of at least
+            this many training patients contain it (keeps one patient's names out of the saved model).
         synth_if_missing: generate a synthetic cohort at ``root`` if the folder does not exist.
         synth_patients: patients of that synthetic cohort.
         synth_seed: seed of that synthetic cohort.
@@ -61,6 +63,7 @@ class ClinicalDataModule(pl.LightningDataModule):
         notes_tokenizer: str = "words",
         notes_vocab_size: int | None = None,
         notes_pretrained: str | None = None,
+        notes_min_patients: int = 5,
         synth_if_missing: bool = False,
         synth_patients: int = 2000,
         synth_seed: int = 0,
@@ -81,6 +84,7 @@ class ClinicalDataModule(pl.LightningDataModule):
         self.notes_tokenizer = notes_tokenizer
         self.notes_vocab_size = notes_vocab_size
         self.notes_pretrained = notes_pretrained
+        self.notes_min_patients = notes_min_patients
         self.synth_if_missing = synth_if_missing
         self.synth_patients = synth_patients
         self.synth_seed = synth_seed
@@ -100,7 +104,8 @@ class ClinicalDataModule(pl.LightningDataModule):
             "timeseries": {"max_events": self.max_events},
             "ecg": {"fs": self.ecg_fs, "seconds": self.ecg_seconds},
             "notes": {"max_notes": self.max_notes, "max_words": self.max_words, "tokenizer": self.notes_tokenizer,
-                      "vocab_size": self.notes_vocab_size, "pretrained": self.notes_pretrained},
+                      "vocab_size": self.notes_vocab_size, "pretrained": self.notes_pretrained,
+                      "min_patients": self.notes_min_patients},
             "wsi": {"max_patches": self.max_patches},
         }
 

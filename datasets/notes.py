@@ -35,7 +35,10 @@ class NotesReader(ModalityReader):
     ``tokenizer="words"``: ``fit`` builds the vocabulary of the ``vocab_size`` most frequent
     training words (ties broken alphabetically). ``tokenizer="bpe"``: ``fit`` trains a byte-pair
     subword tokenizer (HuggingFace ``tokenizers``) of ``vocab_size`` subwords on the training
-    patients' note texts only; its JSON travels in ``state_dict()``. Either way ids are
+    patients' note texts only; its JSON travels in ``state_dict()``. Either way only words found in
+    the notes of at least ``min_patients`` training patients are learned (the BPE tokenizer is
+    trained on the notes with the rarer words removed): the vocabulary is saved with the model and
+    logged to MLflow, and a name or record number seen in one patient's notes must not be in it. Either way ids are
     0 = padding, 1 = unknown, 2.. = vocabulary, and each note keeps its first ``max_words`` tokens.
     A note with no ``[a-z0-9]`` word is dropped with a warning (it would be an all-padding note);
     a patient left with no note is absent.
@@ -54,6 +57,8 @@ class NotesReader(ModalityReader):
         vocab_size: words (``words``) or subwords (``bpe``) in the vocabulary, without the two
             special ids; ``None`` = 5000 words or 4000 subwords.
         tokenizer: ``words`` (lowercase ``[a-z0-9]`` runs) or ``bpe``.
+        min_patients: a word enters the vocabulary (or the BPE training text) only if the notes of
+            at least this many training patients contain it.
         pretrained: a local model directory to embed notes with, or ``None`` for token ids.
         cache: whether to read/write the embedding cache (``pretrained`` only).
 
@@ -76,6 +81,7 @@ class NotesReader(ModalityReader):
         tokenizer: Literal["words", "bpe"] = "words",
         pretrained: str | None = None,
         cache: bool = True,
+        min_patients: int = 5,
     ) -> None:
         super().__init__(root, known_ids)
         if tokenizer not in TOKENIZERS:
@@ -85,7 +91,10 @@ class NotesReader(ModalityReader):
             raise ValueError(
                 f"max_notes, max_words, vocab_size must be >= 1, got {max_notes}, {max_words}, {vocab_size}"
             )
+        if min_patients < 1:
+            raise ValueError(f"{self.path}: min_patients must be >= 1, got {min_patients}")
         self.max_notes, self.max_words, self.vocab_size = int(max_notes), int(max_words), int(vocab_size)
+        self.min_patients = int(min_patients)
         self.tokenizer, self.pretrained, self.cache = tokenizer, pretrained, bool(cache)
         if pretrained is not None:
             check_model_dir(pretrained)  # fail early, naming the path
@@ -114,7 +123,8 @@ class NotesReader(ModalityReader):
 
     def config(self) -> dict[str, Any]:
         return {"max_notes": self.max_notes, "max_words": self.max_words, "vocab_size": self.vocab_size,
-                "tokenizer": self.tokenizer, "pretrained": self.pretrained, "cache": self.cache}
+                "tokenizer": self.tokenizer, "pretrained": self.pretrained, "cache": self.cache,
+                "min_patients": self.min_patients}
 
     def _embedder(self) -> PretrainedNoteEmbedder:
         """The (lazily built) embedder of ``pretrained``; it hashes the model files only once."""
@@ -126,13 +136,21 @@ class NotesReader(ModalityReader):
     def _fit(self, train_ids: list[str]) -> dict[str, Any]:
         if self.pretrained is not None:  # a frozen model: nothing to learn, remember which one
             return {"model": self._embedder().identity}
+        patients: Counter[str] = Counter()  # word -> training patients whose notes contain it
+        for pid in train_ids:
+            patients.update({w for text in self._texts.get(pid, []) for w in tokenize(text)})
+        shared = {w for w, n in patients.items() if n >= self.min_patients}
         if self.tokenizer == "bpe":
-            texts = [text for pid in train_ids for text in self._texts[pid]]
+            def keep_shared(m: re.Match) -> str:
+                return m.group(0) if m.group(0) in shared else ""
+
+            # the notes as they are (punctuation included: BPE learns it), less the rare words
+            texts = [_TOKEN.sub(keep_shared, text.lower()) for pid in train_ids for text in self._texts.get(pid, [])]
             return {"tokenizer_json": train_bpe(texts, self.vocab_size).to_str()}
         counts: Counter[str] = Counter()
         for pid in train_ids:
-            for tokens in self._notes[pid][1]:
-                counts.update(tokens)
+            for tokens in self._notes.get(pid, (None, []))[1]:
+                counts.update(w for w in tokens if w in shared)
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.vocab_size]
         return {"vocab": [w for w, _ in ranked]}
 

@@ -15,6 +15,7 @@ from clinfuse.datasets.notes import NotesReader
 
 
 def fitted(tiny, **kwargs) -> NotesReader:
+    kwargs.setdefault("min_patients", 1)  # the tiny cohort has 8 train patients; the threshold has its own tests
     return Cohort.load(tiny.root, ["notes"], notes=kwargs).fit().readers["notes"]
 
 
