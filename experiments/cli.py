@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -96,6 +97,8 @@ def log_prognosis_model(cli: LightningCLI) -> None:
         return
     prognosis = Prognosis.from_training(cli.trainer.checkpoint_callback.best_model_path, cli.datamodule)
     previous = mlflow.get_tracking_uri()
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # log_model re-reads its artifacts: no bars
     try:
         for logger in loggers:
             mlflow.set_tracking_uri(logger._tracking_uri)
@@ -105,6 +108,10 @@ def log_prognosis_model(cli: LightningCLI) -> None:
             print(f"prediction model logged: {info.model_uri} (serve: mlflow models serve -m {info.model_uri} --env-manager local)")
     finally:
         mlflow.set_tracking_uri(previous)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI:
