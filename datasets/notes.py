@@ -35,11 +35,11 @@ class NotesReader(ModalityReader):
     ``tokenizer="words"``: ``fit`` builds the vocabulary of the ``vocab_size`` most frequent
     training words (ties broken alphabetically). ``tokenizer="bpe"``: ``fit`` trains a byte-pair
     subword tokenizer (HuggingFace ``tokenizers``) of ``vocab_size`` subwords on the training
-    patients' note texts only; its JSON travels in ``state_dict()``. Either way only words found in
-    the notes of at least ``min_patients`` training patients are learned (the BPE tokenizer is
-    trained on the notes with the rarer words removed): the vocabulary is saved with the model and
-    logged to MLflow, and a name or record number seen in one patient's notes must not be in it. Either way ids are
-    0 = padding, 1 = unknown, 2.. = vocabulary, and each note keeps its first ``max_words`` tokens.
+    patients' note texts only; its JSON travels in ``state_dict()``. Both learn only the words found
+    in the notes of at least ``min_patients`` training patients (BPE trains on the notes with the
+    rarer words removed): the vocabulary is saved with the model and logged to MLflow, and a name or
+    record number seen in one patient's notes must not be in it. Either way ids are 0 = padding,
+    1 = unknown, 2.. = vocabulary, and each note keeps its first ``max_words`` tokens.
     A note with no ``[a-z0-9]`` word is dropped with a warning (it would be an all-padding note);
     a patient left with no note is absent.
 

@@ -207,20 +207,9 @@ def test_mlflow_pyfunc_matches_predict(trained, test_records, tmp_path):
         mlflow.set_tracking_uri(None)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_mlflow_models_serve(trained, test_records, tmp_path):
-    import os
-    import subprocess
+def test_mlflow_models_serve(trained, test_records, tmp_path, serve):
     import sys
-    import time
     from pathlib import Path
 
     import mlflow
@@ -235,42 +224,20 @@ def test_mlflow_models_serve(trained, test_records, tmp_path):
             info = prog.log_to_mlflow()
     finally:
         mlflow.set_tracking_uri(None)
-    port = _free_port()
     exe = Path(sys.executable).parent / "mlflow"
-    cmd = [str(exe), "models", "serve", "-m", info.model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    # the scoring server execs `uvicorn` from PATH: put this interpreter's scripts first
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "server did not start within 120 s"
-            time.sleep(1)
-        records = [test_records[0], {"patient_id": "tab_only", "tabular": test_records[1]["tabular"]}]
-        wire = [{k: v for k, v in row.items() if isinstance(v, str)} for row in _wire(records).to_dict("records")]
-        body = {"dataframe_records": wire}  # absent modality = key left out
-        resp = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
-        assert resp.status_code == 200, resp.text
-        rows = resp.json()["predictions"]
-        want = prog.predict(records)
-        assert [r["patient_id"] for r in rows] == ["" + records[0]["patient_id"], "tab_only"]
-        for row, w in zip(rows, want):
-            got = json.loads(row["prediction"])
-            assert got["risk"] == pytest.approx(w["risk"], rel=1e-6)
-            assert got["modalities_used"] == w["modalities_used"]
-        assert json.loads(rows[1]["prediction"])["modalities_used"] == ["tabular"]
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=10)
-        log.close()
+    # the scoring server execs `uvicorn` from PATH: the fixture puts this interpreter's scripts first
+    base = serve(lambda port: [str(exe), "models", "serve", "-m", info.model_uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], "/ping", env={"MLFLOW_TRACKING_URI": uri})
+    records = [test_records[0], {"patient_id": "tab_only", "tabular": test_records[1]["tabular"]}]
+    wire = [{k: v for k, v in row.items() if isinstance(v, str)} for row in _wire(records).to_dict("records")]
+    body = {"dataframe_records": wire}  # absent modality = key left out
+    resp = requests.post(f"{base}/invocations", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text
+    rows = resp.json()["predictions"]
+    want = prog.predict(records)
+    assert [r["patient_id"] for r in rows] == ["" + records[0]["patient_id"], "tab_only"]
+    for row, w in zip(rows, want):
+        got = json.loads(row["prediction"])
+        assert got["risk"] == pytest.approx(w["risk"], rel=1e-6)
+        assert got["modalities_used"] == w["modalities_used"]
+    assert json.loads(rows[1]["prediction"])["modalities_used"] == ["tabular"]

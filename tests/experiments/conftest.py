@@ -1,0 +1,64 @@
+"""Fixtures of the experiments tests: a local HTTP server started as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve(tmp_path) -> Iterator[Callable[..., str]]:
+    """``serve(command, ready_path, env=None, cwd=tmp_path) -> base URL``: start ``command(port)`` on a
+    free port (in its own process group, this interpreter's scripts first on PATH), wait until
+    ``base URL + ready_path`` answers 200 (120 s at most; fails with the server's log if it exits),
+    and stop it when the test ends."""
+    import requests
+
+    procs: list[tuple[subprocess.Popen, object]] = []
+
+    def start(command: Callable[[int], Sequence[str]], ready_path: str, env: dict | None = None,
+              cwd: Path | None = None) -> str:
+        port = _free_port()
+        base, cmd = f"http://127.0.0.1:{port}", list(command(port))
+        ready_url = base + ready_path
+        scripts = Path(sys.executable).parent
+        env = {**os.environ, **(env or {}), "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"}
+        log_path = tmp_path / f"server-{len(procs)}.log"
+        log = open(log_path, "w")
+        proc = subprocess.Popen(cmd, cwd=cwd or tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        procs.append((proc, log))
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if requests.get(ready_url, timeout=2).status_code == 200:
+                    return base
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"{cmd[0]} did not answer {ready_url} within 120 s"
+            time.sleep(1)
+
+    yield start
+    for proc, log in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
