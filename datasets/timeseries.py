@@ -181,7 +181,7 @@ class TimeseriesReader(ModalityReader):
         i = self._index[patient_id]
         start, end = int(self._starts[i]), int(self._starts[i + 1])
         start = max(start, end - self.max_events)  # keep the most recent events
-        buf = os.pread(self._descriptor(), (end - start) * _EVENT.itemsize, start * _EVENT.itemsize)
+        buf = _pread(self._descriptor(), (end - start) * _EVENT.itemsize, start * _EVENT.itemsize)
         rec = np.frombuffer(buf, dtype=_EVENT)
         return {
             "times": rec["time"].copy(),
@@ -192,7 +192,7 @@ class TimeseriesReader(ModalityReader):
     def _descriptor(self) -> int:
         """This process's read-only descriptor of the fitted events (a forked worker opens its own)."""
         if self._fd is None or self._fd[0] != os.getpid():
-            self._fd = (os.getpid(), os.open(self._events, os.O_RDONLY))
+            self._fd = (os.getpid(), os.open(self._events, os.O_RDONLY | getattr(os, "O_BINARY", 0)))
         return self._fd[1]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -224,3 +224,12 @@ class TimeseriesReader(ModalityReader):
             "mask": pad_stack(lengths, (None,), np.bool_, "timeseries.mask"),
             "present": present_mask(items),
         }
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes at ``offset``: ``os.pread`` (no shared file position), or seek + read where
+    the platform lacks it (Windows)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
