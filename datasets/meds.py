@@ -18,16 +18,26 @@ subject's events at or before ``prediction_time``:
 
 Event times are hours from the sample's index time: ``prediction_time - max_hours_before`` when a
 lookback is given, else the sample's earliest timeseries/notes event; so times are >= 0.
+
+The shards are read once, one record batch at a time, and the event tables are sorted in passes
+of bounded memory through a disk spill (``datasets/meds_events.py``), so peak memory does not grow
+with the dataset (``memory_mb``).
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
 
 from clinfuse.datasets.conversion import fingerprint, is_current, write_cohort_info
+from clinfuse.datasets.arrow_memory import arrow_system_pool
+from clinfuse.datasets.meds_events import BIRTH_CODE  # noqa: F401  (re-exported: meds.BIRTH_CODE)
+from clinfuse.datasets.meds_events import (
+    _PASS_FACTOR, US_PER_HOUR, Samples, plan_buckets, scan_shards, write_events,
+)
 from clinfuse.datasets.meds_labels import SPLIT_NAMES, read_labels, read_subject_splits
 
 FORMAT = "meds"
@@ -40,10 +50,9 @@ _DATA_DTYPES = {
 }
 _REQUIRED = ("subject_id", "time", "code", "numeric_value")
 _OWNED = ("labels.parquet", "splits.csv", "tabular.parquet", "timeseries.parquet", "notes.parquet")
-BIRTH_CODE = "MEDS_BIRTH"
-_US_PER_HOUR = 3_600_000_000.0
-#: shards may mix int32/int64 ids and float32/float64 values
-_CAST = pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast")
+_US_PER_HOUR = US_PER_HOUR
+#: default memory budget of the event sort (MiB), see ``memory_mb``
+DEFAULT_MEMORY_MB = 16.0
 
 
 def convert_meds(
@@ -55,6 +64,7 @@ def convert_meds(
     tabular_codes: Sequence[str] | None = None,
     max_hours_before: float | None = None,
     overwrite: bool = False,
+    memory_mb: float = DEFAULT_MEMORY_MB,
 ) -> Path:
     """Convert a MEDS dataset and one label file (or folder of label shards) to a cohort folder.
 
@@ -72,6 +82,9 @@ def convert_meds(
             prediction_time]``; times then count from ``prediction_time - max_hours_before``.
         overwrite: rewrite ``out`` even when it holds a current conversion, or when it is a
             non-empty folder that is not a cohort.
+        memory_mb: about how much memory (MiB) one sorting pass over the event rows may take; a
+            smaller budget means more, smaller passes (the output is the same). Needs about 25
+            bytes per kept event (plus note text) of temporary disk space next to ``out``.
 
     Returns:
         ``out`` as a Path.
@@ -82,6 +95,8 @@ def convert_meds(
     src, out, labels = Path(src), Path(out), Path(labels)
     if max_hours_before is not None and not max_hours_before > 0:
         raise ValueError(f"max_hours_before must be > 0 hours; got {max_hours_before}")
+    if not memory_mb > 0:
+        raise ValueError(f"memory_mb must be > 0; got {memory_mb}")
     shards = sorted((src / "data").rglob("*.parquet"))
     if not shards:
         raise ValueError(f"{src / 'data'}: no parquet shard found (MEDS layout: data/**/*.parquet)")
@@ -97,25 +112,34 @@ def convert_meds(
     has_text = _check_shards(shards)
     lab, label_info = read_labels(label_files)
     split_of = read_subject_splits(splits_path, lab["subject_id"].unique())
-    _prepare_out(out, overwrite)
-    ids = lab["patient_id"].to_list()
-    lab.select("patient_id", *label_info["columns"]).write_parquet(out / "labels.parquet")
-    lab.select("patient_id", pl.col("subject_id").replace_strict(split_of).alias("split")).write_csv(out / "splits.csv")
-
-    data = pl.scan_parquet(shards, include_file_paths="_file", cast_options=_CAST)
-    # an Enum in sorted-string order: the event tables are written sorted as the readers sort them,
-    # without a string per event in memory
-    keys = lab.lazy().select("subject_id", "prediction_time", pl.col("patient_id").cast(pl.Enum(sorted(ids))))
+    splits = lab.select("patient_id", pl.col("subject_id").replace_strict(split_of).alias("split"))
+    del split_of  # a dict over every subject of the splits file
+    samples = Samples.from_labels(lab)
+    lookback_us = None if max_hours_before is None else int(round(max_hours_before * _US_PER_HOUR))
+    pass_bytes = memory_mb * 2**20 / _PASS_FACTOR
+    n_buckets = plan_buckets(shards, len(lab), len(samples.subjects), has_text, pass_bytes)
+    _check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-spill-", dir=out.parent) as spill, arrow_system_pool():
+        # the one read of the shards; it validates them before anything in `out` is touched
+        scan = scan_shards(shards, samples, has_text, lookback_us, Path(spill), n_buckets)
+        _prepare_out(out, overwrite)
+        n_ts, n_notes = write_events(scan, samples, lookback_us, out, pass_bytes)
+    # the small tables after the events, so that their polars work does not add to the sort's peak
+    tabular = _tabular(scan.static, scan.birth, lab, tabular_codes, shards)
+    scan.static = scan.birth = None
     modalities = []
-    tabular = _tabular(data, keys, tabular_codes, shards)
     if tabular is not None:
         tabular.write_parquet(out / "tabular.parquet")
         modalities.append("tabular")
-    n_ts, n_notes, n_unused = _events(data, keys, has_text, max_hours_before, out)
+        del tabular
+    lab.select("patient_id", *label_info["columns"]).write_parquet(out / "labels.parquet")
+    splits.write_csv(out / "splits.csv")
+    n_unused = scan.n_unused
     modalities += [m for m, n in (("timeseries", n_ts), ("notes", n_notes)) if n]
 
     write_cohort_info(
-        out, FORMAT, fp, name=task or labels.stem, task=task or labels.stem, n_patients=len(ids),
+        out, FORMAT, fp, name=task or labels.stem, task=task or labels.stem, n_patients=len(lab),
         n_subjects=int(lab["subject_id"].n_unique()), modalities=modalities, missingness={},
         time_unit="hours from the index time (docs/sources/meds.md); survival time in days from prediction_time",
         index_time="prediction_time - max_hours_before" if max_hours_before else "first timeseries/notes event",
@@ -127,7 +151,8 @@ def convert_meds(
 
 # ---------------------------------------------------------------------- data shards
 def _check_shards(shards: list[Path]) -> bool:
-    """Validate every shard's columns and dtypes and the finiteness of ``numeric_value``.
+    """Validate every shard's columns and dtypes (from the parquet schema; the values, null
+    ``subject_id`` / ``code`` and NaN/inf ``numeric_value``, are checked during the one scan).
 
     Returns:
         whether the shards carry ``text_value`` (all or none of them must).
@@ -152,75 +177,17 @@ def _check_shards(shards: list[Path]) -> bool:
     if any(with_text) and not all(with_text):
         lacking = [str(p) for p, t in zip(shards, with_text) if not t][:5]
         raise ValueError(f"shard(s) {lacking} lack column 'text_value' that other shards have")
-    scan = pl.scan_parquet(shards, include_file_paths="_file", cast_options=_CAST)
-    value = pl.col("numeric_value")
-    non_finite = value.is_nan() | value.is_infinite()
-    counts = scan.select(pl.col("subject_id").null_count(), pl.col("code").null_count(), non_finite.sum()).collect()
-    for col in ("subject_id", "code"):
-        if counts[col][0]:
-            bad = scan.filter(pl.col(col).is_null()).select("_file", "subject_id").head(10).collect()
-            who = "" if col == "subject_id" else f" (subject(s) {bad['subject_id'].unique().to_list()})"
-            raise ValueError(f"{bad['_file'][0]}: column '{col}' is null in {counts[col][0]} row(s){who}")
-    if counts["numeric_value"][0]:
-        bad = scan.filter(non_finite).select("_file", "subject_id", "code").head(10).collect()
-        raise ValueError(
-            f"{bad['_file'][0]}: column 'numeric_value' is NaN/inf for subject(s) "
-            f"{bad['subject_id'].unique(maintain_order=True).to_list()} (codes {bad['code'].unique().to_list()[:5]})"
-        )
     return all(with_text)
 
 
-def _events(data: pl.LazyFrame, keys: pl.LazyFrame, has_text: bool, lookback: float | None, out: Path) -> tuple[int, int, int]:
-    """Write ``timeseries.parquet`` and ``notes.parquet``; return their row counts and the number of
-    timed rows (whole dataset, ``MEDS_BIRTH`` aside) that have neither a numeric nor a text value."""
-    cols = [pl.col("subject_id"), pl.col("time"), pl.col("code").cast(pl.String), pl.col("numeric_value")]
-    if has_text:
-        cols.append(pl.col("text_value"))
-    rows = data.filter(pl.col("time").is_not_null() & pl.col("code").cast(pl.String).ne(BIRTH_CODE)).select(cols)
-    kinds = pl.col("numeric_value").is_not_null()
-    if has_text:
-        kinds = kinds | pl.col("text_value").is_not_null()
-    unused = rows.filter(~kinds).select(pl.len())
-    rows = rows.filter(kinds).join(keys, on="subject_id", how="inner", maintain_order="left").filter(pl.col("time") <= pl.col("prediction_time"))
-    if lookback is not None:
-        start = pl.col("prediction_time") - pl.duration(microseconds=int(round(lookback * _US_PER_HOUR)))
-        rows = rows.filter(pl.col("time") >= start).with_columns(start.alias("_index"))
-    else:
-        rows = rows.with_columns(pl.col("time").min().over("patient_id").alias("_index"))
-    hours = ((pl.col("time") - pl.col("_index")).dt.total_microseconds() / _US_PER_HOUR).alias("time")
-    # one sort serves both tables (filters keep order); ties keep the shards' row order
-    rows = rows.sort("patient_id", "time", maintain_order=True).with_columns(hours)
-    n_unused, rows = pl.collect_all([unused, rows])  # one query plan: the shards are scanned once
-    ts = rows.filter(pl.col("numeric_value").is_not_null()).select(
-        "patient_id", "time", pl.col("code").alias("variable"), pl.col("numeric_value").cast(pl.Float64).alias("value")
-    )
-    notes = None
-    if has_text:
-        notes = rows.filter(pl.col("text_value").is_not_null()).select("patient_id", "time", pl.col("text_value").alias("text"))
-    del rows
-    if len(ts):
-        _write(ts, out / "timeseries.parquet")
-    n_notes = 0 if notes is None else len(notes)
-    if n_notes:
-        _write(notes, out / "notes.parquet")
-    return len(ts), n_notes, int(n_unused.item())
-
-
-def _write(df: pl.DataFrame, path: Path) -> None:
-    """Write ``df`` with ``patient_id`` as a dictionary-encoded string column.
-
-    Cast from Enum to Categorical first: polars would store an Enum's whole category list in the
-    parquet schema; a Categorical reads back as strings (pandas: category) everywhere.
-    """
-    df.with_columns(pl.col("patient_id").cast(pl.Categorical)).write_parquet(path)
-
-
 # ---------------------------------------------------------------------- static -> tabular
-def _tabular(data: pl.LazyFrame, keys: pl.LazyFrame, select: Sequence[str] | None, shards: list[Path]) -> pl.DataFrame | None:
-    """One row per sample: static codes (numeric / categorical / indicator) and age at prediction."""
-    static = data.filter(pl.col("time").is_null()).select(
-        "_file", "subject_id", pl.col("code").cast(pl.String), "numeric_value"
-    ).collect()
+def _tabular(static: pl.DataFrame, birth: pl.DataFrame, lab: pl.DataFrame, select: Sequence[str] | None,
+             shards: list[Path]) -> pl.DataFrame | None:
+    """One row per sample: static codes (numeric / categorical / indicator) and age at prediction.
+
+    ``static``: every null-time row (``_file, subject_id, code, numeric_value``); ``birth``: the
+    earliest ``MEDS_BIRTH`` time per subject (``subject_id, _birth``); both from the one scan.
+    """
     if select is not None:
         chosen = pl.lit(False)
         for entry in select:
@@ -247,12 +214,9 @@ def _tabular(data: pl.LazyFrame, keys: pl.LazyFrame, select: Sequence[str] | Non
     if len(flags):
         frames.append(flags.with_columns(pl.lit(1.0).alias("_v")).pivot(on="code", index="subject_id", values="_v")
                       .with_columns(pl.exclude("subject_id").fill_null(0.0)))
-    samples = keys.collect()
-    birth = (data.filter(pl.col("code").cast(pl.String) == BIRTH_CODE).select("subject_id", pl.col("time").alias("_birth"))
-             .group_by("subject_id").agg(pl.col("_birth").min()).collect())
     if not frames and not len(birth):
         return None
-    table = samples
+    table = lab.select(pl.col("subject_id").cast(pl.Int64), "prediction_time", "patient_id")
     for frame in frames:
         dup = set(frame.columns) & set(table.columns) - {"subject_id"}
         if dup:
@@ -278,10 +242,15 @@ def _no_conflicts(df: pl.DataFrame, key: list[str], value: str) -> None:
         )
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Create ``out``; clear the files a previous conversion wrote (cohort.json first)."""
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse to write into a non-empty folder that is not a cohort (unless ``overwrite``)."""
     if out.exists() and any(out.iterdir()) and not overwrite and not (out / "cohort.json").exists():
         raise ValueError(f"{out} is a non-empty folder that is not a cohort; pass overwrite=True to write into it")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Create ``out``; clear the files a previous conversion wrote (cohort.json first)."""
+    _check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cohort.json").unlink(missing_ok=True)  # an interrupted rewrite is never taken as current
     for name in _OWNED:

@@ -22,7 +22,7 @@ class PatientIndex(Mapping[str, int]):
     def __init__(self, ids: Sequence[str] | np.ndarray, positions: np.ndarray | None = None) -> None:
         raw = np.asarray(ids)
         if raw.dtype.kind != "S":
-            raw = np.array([str(p).encode() for p in ids], dtype=bytes)
+            raw = _utf8(ids)
         raw = raw.astype(f"S{max(raw.dtype.itemsize, 1)}", copy=False)
         pos = np.arange(len(raw), dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
         order = np.argsort(raw, kind="stable")
@@ -61,7 +61,7 @@ class PatientIndex(Mapping[str, int]):
 
     def unknown(self, known: Iterable[str]) -> list[str]:
         """Ids not in ``known`` (sorted), without building a Python string per patient."""
-        known = np.sort(np.array([str(p).encode() for p in known], dtype=bytes))
+        known = np.sort(_utf8(known))
         if not len(known):
             return list(self)
         width = max(self._ids.dtype.itemsize, known.dtype.itemsize)
@@ -70,3 +70,13 @@ class PatientIndex(Mapping[str, int]):
         at = np.minimum(np.searchsorted(known, ids), len(known) - 1)
         missing = known[at] != ids
         return [b.decode() for b in self._ids[missing]]
+
+
+def _utf8(ids: Iterable) -> np.ndarray:
+    """Ids as a fixed-width UTF-8 bytes array; ASCII ids are converted inside numpy (no Python
+    bytes object per id, which would fragment the small-object heap of a long-lived process)."""
+    ids = [p if isinstance(p, str) else str(p) for p in ids]
+    try:
+        return np.array(ids, dtype="S") if ids else np.zeros(0, dtype="S1")
+    except UnicodeEncodeError:
+        return np.array([p.encode() for p in ids], dtype=bytes)

@@ -17,7 +17,7 @@ import torch
 from clinfuse.datasets.event_store import EventStore, open_store
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.patient_index import PatientIndex
-from clinfuse.datasets.reader import ModalityReader, check_known_ids
+from clinfuse.datasets.reader import ModalityReader
 
 _BATCH_ROWS = 1 << 16  # rows per streamed record batch: bounds the transient memory of reading
 #: one fitted event on disk: time (hours), variable id, normalised value
@@ -69,15 +69,17 @@ class TimeseriesReader(ModalityReader):
         max_events: int = 512,
         horizon_hours: float | None = None,
     ) -> None:
-        super().__init__(root, known_ids)
+        super().__init__(root, None)  # known ids are checked here without keeping a set of them
         if max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {max_events}")
         self.max_events = int(max_events)
         self.horizon_hours = horizon_hours
         self._store: EventStore = open_store(self.path, _BATCH_ROWS)
         self._all = PatientIndex(self._store.patients)  # patient -> store position; compact for big cohorts
-        if self.known_ids is not None:
-            check_known_ids(self._all.unknown(self.known_ids), self.known_ids, self.path)
+        if known_ids is not None:
+            unknown = self._all.unknown(known_ids if isinstance(known_ids, (list, tuple, set)) else list(known_ids))
+            if unknown:  # the message of reader.check_known_ids
+                raise ValueError(f"{self.path}: patient_id(s) {unknown[:10]} are not in labels.parquet")
         self._index = self._all
         self._starts: np.ndarray | None = None  # fitted event offsets per store position
         self._events: Path | None = None
