@@ -19,7 +19,7 @@ from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.patient_index import PatientIndex
 from clinfuse.datasets.reader import ModalityReader
 
-_BATCH_ROWS = 1 << 16  # rows per streamed record batch: bounds the transient memory of reading
+_BATCH_ROWS = 1 << 14  # rows per streamed record batch: bounds the transient memory of reading
 #: one fitted event on disk: time (hours), variable id, normalised value
 _EVENT = np.dtype([("time", "<f4"), ("variable", "<i4"), ("value", "<f4")])
 
