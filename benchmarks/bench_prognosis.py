@@ -7,6 +7,16 @@ cohort, builds the predictor, then times ``predict`` on raw records, with and wi
 contributions, for two input forms: files (WFDB records and .h5 bags read inside the call) and the
 form a REST client sends (the ECG as an in-memory signal, the time series as columns; WSI bags are
 still files): one patient (p50/p90 over repeats; all six modalities) and batches of 256.
+
+Measured (2 CPU cores shared with another job, load average 0.8-1.5; two runs each, alternating
+with the code before packed fusion and batched ECG resampling):
+
+| inputs | contributions | one patient p50 (ms) | batch 256 (patients/s) | before: p50 (ms) | before: batch |
+|---|---|---|---|---|---|
+| from files | yes | 8.3-8.7 | 272-274 | 13.0-13.9 | 63-66 |
+| from files | no | 6.6-6.9 | 384-398 | 8.2-8.7 | 206-213 |
+| in-memory ECG, columnar series | yes | 6.6 | 403-407 | 10.8-11.4 | 68-71 |
+| in-memory ECG, columnar series | no | 4.9 | 757-762 | 6.4-6.8 | 272-274 |
 """
 
 from __future__ import annotations

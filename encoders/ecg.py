@@ -95,9 +95,14 @@ class ECGConvEncoder(ModalityEncoder):
         signal = torch.where(lead_mask[..., None], signal, torch.zeros_like(signal))  # (B, L, S)
         missing = (~lead_mask).to(signal.dtype)[..., None].expand_as(signal)  # (B, L, S)
         x = torch.cat([signal, missing], dim=1)  # (B, 2L, S)
-        h = self.pool(self.cnn(x))  # (B, C, N)
-        tokens = self.proj(h.transpose(1, 2))  # (B, N, D)
         has_ecg = lead_mask.any(1)  # (B,)
+        if self.training or bool(has_ecg.all()):
+            h = self.pool(self.cnn(x))  # (B, C, N)
+        else:  # inference: absent patients' tokens are masked anyway, skip their convolutions
+            rows = has_ecg.nonzero()[:, 0]  # (B_present,)
+            h = x.new_zeros(b, self.cnn[-1][0].out_channels, self.n_tokens)  # (B, C, N)
+            h[rows] = self.pool(self.cnn(x[rows]))  # GroupNorm is per sample: rows do not mix
+        tokens = self.proj(h.transpose(1, 2))  # (B, N, D)
         mask = has_ecg[:, None].expand(b, self.n_tokens)  # (B, N)
         return ModalityTokens.from_tokens(tokens, mask, has_ecg)
 

@@ -58,12 +58,30 @@ class WSIMeanEncoder(ModalityEncoder):
         self.check_shape("features", inputs["features"], (b, None, self.feature_dim))
         self.check_shape("mask", inputs["mask"], (b, inputs["features"].shape[1]))
         mask = inputs["mask"].bool() & present[:, None]  # (B, P)
-        feats = torch.where(mask[..., None], inputs["features"], torch.zeros_like(inputs["features"]))
-        h = self.patch_mlp(feats) * mask[..., None].to(feats.dtype)  # (B, P, D)
-        count = mask.sum(1, keepdim=True).clamp(min=1).to(h.dtype)  # (B, 1)
-        pooled = self.norm(h.sum(1) / count)  # (B, D)
+        if self.training:
+            feats = torch.where(mask[..., None], inputs["features"], torch.zeros_like(inputs["features"]))
+            h = self.patch_mlp(feats) * mask[..., None].to(feats.dtype)  # (B, P, D)
+            count = mask.sum(1, keepdim=True).clamp(min=1).to(h.dtype)  # (B, 1)
+            pooled = self.norm(h.sum(1) / count)  # (B, D)
+        else:
+            pooled = self.norm(self._mean_eval(inputs["features"], mask))  # (B, D)
         has_wsi = mask.any(1)  # (B,)
         return ModalityTokens.from_tokens(pooled[:, None, :], has_wsi[:, None], has_wsi)  # (B, 1, D)
+
+    def _mean_eval(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The masked mean of ``patch_mlp`` over real patches, computed the cheap way (eval only):
+        only real patches go through the first layer, and the last layer (linear, after an
+        identity dropout) is applied once to the mean instead of to every patch.
+
+        Shapes:
+            features: ``(B, P, F)``, mask: ``(B, P)`` -> ``(B, D)``
+        """
+        first, act, last = self.patch_mlp[0], self.patch_mlp[1], self.patch_mlp[3]
+        rows = mask.nonzero()[:, 0]  # (P_real,) patient of each real patch
+        hidden = act(first(features[mask]))  # (P_real, hidden)
+        sums = hidden.new_zeros(mask.shape[0], hidden.shape[1]).index_add_(0, rows, hidden)  # (B, hidden)
+        count = mask.sum(1, keepdim=True).clamp(min=1).to(sums.dtype)  # (B, 1)
+        return last(sums / count)  # (B, D); absent patients are masked by the caller
 
     @classmethod
     def example_spec(cls) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 
 from clinfuse.datasets.cohort import READERS
 from clinfuse.encoders.base import ModalityTokens
-from clinfuse.experiments.prognosis_inputs import collate_shell, raw_to_item
+from clinfuse.experiments.prognosis_inputs import collate_shell, finish_items, raw_to_item
 from clinfuse.experiments.survival_curves import BreslowBaseline
 
 FORMAT_VERSION = 1
@@ -173,17 +173,22 @@ class Prognosis:
         """
         from clinfuse.fusion.late import late_average
 
-        b = next(iter(tokens.values())).batch_size
+        b, rep = next(iter(tokens.values())).batch_size, len(drop)
         stacked = {}
         for m, t in tokens.items():
-            keep = torch.cat([t.present & (d != m) for d in drop])  # (V * B,)
-            rep = len(drop)
+            tok, mask = t.tokens.repeat(rep, 1, 1), t.mask.repeat(rep, 1)  # (V * B, N, D), (V * B, N)
             times = t.times.repeat(rep, 1) if t.times is not None else None
-            stacked[m] = ModalityTokens.from_tokens(t.tokens.repeat(rep, 1, 1), t.mask.repeat(rep, 1), keep, times)
-        fused = self.model.fusion(stacked)
+            for v in (v for v, d in enumerate(drop) if d == m):  # variant v drops m: absent there
+                tok[v * b : (v + 1) * b] = 0
+                mask[v * b : (v + 1) * b] = False
+                if times is not None:
+                    times[v * b : (v + 1) * b] = 0
+            stacked[m] = ModalityTokens(tok, mask, mask.any(1), times)
         if getattr(self.model.fusion, "late", False):
+            fused = self.model.fusion(stacked)
             out = late_average(self.model.head, fused, self.model.fusion.modalities)
         else:
+            fused = self.model.fusion.pooled_output(stacked)  # the head reads pooled only
             out = self.model.head(fused.pooled)
         out = out.float()
         return out.reshape(len(drop), b, *out.shape[1:]), fused
@@ -221,6 +226,7 @@ class Prognosis:
             items.append(its)
         if not good:
             return results
+        finish_items(self.states, items)  # resample all ECGs in one batch
         used_any = [m for m in self.modalities if any(m in it for it in items)] if contributions else []
         drop = [None, *used_any]
         with torch.inference_mode():

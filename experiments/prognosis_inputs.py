@@ -37,7 +37,7 @@ import pandas as pd
 import wfdb
 
 from clinfuse.datasets.cohort import READERS
-from clinfuse.datasets.ecg import select_leads
+from clinfuse.datasets.ecg import PickedLeads, pick_leads, resample_picked
 from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, tokenize
 from clinfuse.datasets.reader import ModalityReader
@@ -53,6 +53,19 @@ def _float(value: Any, field: str) -> float:
     if not math.isfinite(x):
         raise ValueError(f"field '{field}': value must be finite, got {x}")
     return x
+
+
+_PLAIN_NUMBERS = frozenset({float, int, np.float64, np.float32, np.int64, np.int32})
+
+
+def _floats(values: Sequence[Any], fields: Sequence[str]) -> np.ndarray:
+    """Many numbers -> float64 array with :func:`_float`'s checks and errors (the first bad field
+    is named); plain numbers take one vectorised check instead of one call each."""
+    if all(type(v) in _PLAIN_NUMBERS for v in values):  # type(True) is bool: never plain
+        x = np.array(values, dtype=np.float64)
+        if np.isfinite(x).all():
+            return x
+    return np.array([_float(v, f) for v, f in zip(values, fields)], dtype=np.float64)
 
 
 def _rows(raw: Any, columns: Sequence[str], field: str) -> list[dict[str, Any]]:
@@ -83,10 +96,9 @@ def tabular_item(state: dict, raw: Any) -> Item:
     if unknown:
         raise ValueError(f"field 'tabular': unknown column(s) {unknown}")
     x = np.full(len(s["numeric_features"]), np.nan)
-    for j, col in enumerate(s["numeric_features"]):
-        value = raw.get(col)
-        if value is not None:
-            x[j] = _float(value, f"tabular.{col}")
+    given = [(j, col) for j, col in enumerate(s["numeric_features"]) if raw.get(col) is not None]
+    if given:
+        x[[j for j, _ in given]] = _floats([raw[col] for _, col in given], [f"tabular.{col}" for _, col in given])
     observed = ~np.isnan(x)
     z = (x - np.asarray(s["mean"])) / np.asarray(s["std"])
     codes = np.zeros(len(s["categorical_features"]), dtype=np.int64)
@@ -147,14 +159,16 @@ def timeseries_item(state: dict, raw: Any) -> Item | None:
     """Events -> ``times``, ``variables``, ``values`` (TimeseriesReader); None if none is kept.
 
     ``raw``: a list of ``{"time", "variable", "value"}``, a DataFrame with those columns, or a dict
-    of three equal-length lists (the fastest form: validated and mapped with numpy, no per-event
-    Python).
+    of three equal-length lists (the fastest form: validated with numpy; variables mapped by one
+    dict lookup per event).
     """
     s, max_events = state["fitted"], int(state["config"]["max_events"])
     cols = _columns(raw, ("time", "variable", "value"), "timeseries")
     times = _finite_floats(cols["time"], "timeseries.time")
     values = _finite_floats(cols["value"], "timeseries.value")
-    var = pd.Index(s["variables"]).get_indexer(pd.Index(cols["variable"]).astype(str))
+    lookup = _variable_index(tuple(s["variables"]))
+    # str(v): the reader's variable names are strings; a dict is ~10x faster than pd.Index here
+    var = np.fromiter((lookup.get(str(v), -1) for v in cols["variable"]), dtype=np.int64, count=len(cols["variable"]))
     if (var < 0).any():
         unseen = sorted({str(v) for v in cols["variable"][var < 0]})
         warnings.warn(f"field 'timeseries': dropping events of variables unseen in training: {unseen[:10]}", stacklevel=3)
@@ -167,16 +181,26 @@ def timeseries_item(state: dict, raw: Any) -> Item | None:
     return {"times": times[order].astype(np.float32), "variables": v.astype(np.int64), "values": z.astype(np.float32)}
 
 
+@functools.lru_cache(maxsize=8)
+def _variable_index(variables: tuple[str, ...]) -> dict[str, int]:
+    return {v: i for i, v in enumerate(variables)}
+
+
 def ecg_item(state: dict, raw: Any, patient_id: str) -> Item:
     """A WFDB record path, or an in-memory ``{"signal", "fs", "leads"}`` -> ``signal``, ``lead_mask``.
 
-    Both go through the ECG reader's own lead selection and resampling (:func:`select_leads`). The
-    in-memory form (what a REST client sends) is ``signal``: ``(L, S)`` nested lists in mV,
-    ``fs``: its rate in Hz, ``leads``: its ``L`` lead names (any order, any subset).
+    Both go through the ECG reader's own lead selection and resampling (:func:`pick_leads`,
+    :func:`resample_picked`). The in-memory form (what a REST client sends) is ``signal``: ``(L, S)``
+    nested lists in mV, ``fs``: its rate in Hz, ``leads``: its ``L`` lead names (any order, any
+    subset). For many patients, :func:`ecg_leads` + :func:`finish_items` resample them together.
     """
-    cfg = state["config"]
-    leads, fs, n = list(cfg["leads"]), float(cfg["fs"]), int(state["fitted"]["n_samples"])
-    aliases = cfg.get("lead_aliases") or {}
+    return _resolve_ecg(state, [ecg_leads(state, raw, patient_id)])[0]
+
+
+def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
+    """Read and validate one patient's ECG and pick its leads; resampling is left to
+    :func:`finish_items` (batched over patients). Raw formats and errors as :func:`ecg_item`."""
+    leads, aliases = list(state["config"]["leads"]), state["config"].get("lead_aliases") or {}
     if isinstance(raw, Mapping):
         missing = [k for k in ("signal", "fs", "leads") if k not in raw]
         if missing:
@@ -192,9 +216,8 @@ def ecg_item(state: dict, raw: Any, patient_id: str) -> Item:
             raise ValueError(f"field 'ecg.signal': expected shape (L, S) with L = {len(names)} leads, got {signal.shape}")
         if np.isinf(signal).any():
             raise ValueError("field 'ecg.signal': infinite samples")
-        return dict(zip(("signal", "lead_mask"), select_leads(
-            signal.T, names, ["mV"] * len(names), _float(raw["fs"], "ecg.fs"), leads, fs, n, aliases, where="field 'ecg'"
-        )))
+        fs_in = _float(raw["fs"], "ecg.fs")
+        return pick_leads(signal.T, names, ["mV"] * len(names), fs_in, leads, aliases, where="field 'ecg'")
     if not isinstance(raw, (str, Path)):
         raise ValueError(f"field 'ecg': expected a WFDB record path or {{signal, fs, leads}}, got {type(raw).__name__}")
     path = Path(str(raw)).with_suffix("") if str(raw).endswith((".hea", ".dat")) else Path(str(raw))
@@ -206,8 +229,22 @@ def ecg_item(state: dict, raw: Any, patient_id: str) -> Item:
     except Exception as err:  # wfdb raises OSError/ValueError/IndexError on bad files
         raise ValueError(f"field 'ecg': {path}: cannot read WFDB record: {type(err).__name__}: {err}") from err
     units = record.units or [""] * len(record.sig_name)
-    signal, mask = select_leads(data, record.sig_name, units, float(record.fs), leads, fs, n, aliases, where=f"field 'ecg' ({path})")
-    return {"signal": signal, "lead_mask": mask}
+    return pick_leads(data, record.sig_name, units, float(record.fs), leads, aliases, where=f"field 'ecg' ({path})")
+
+
+def _resolve_ecg(state: dict, picked: Sequence[PickedLeads]) -> list[Item]:
+    fs, n = float(state["config"]["fs"]), int(state["fitted"]["n_samples"])
+    return [{"signal": s, "lead_mask": m} for s, m in resample_picked(picked, fs, n)]
+
+
+def finish_items(states: Mapping[str, dict], items: Sequence[dict[str, Any]]) -> None:
+    """Complete deferred items in place: every :class:`PickedLeads` (from :func:`raw_to_item`)
+    becomes its ECG item, all resampled together."""
+    where = [(k, m) for k, its in enumerate(items) for m, it in its.items() if isinstance(it, PickedLeads)]
+    for m in {m for _, m in where}:
+        mine = [k for k, mm in where if mm == m]
+        for k, item in zip(mine, _resolve_ecg(states[m], [items[k][m] for k in mine])):
+            items[k][m] = item
 
 
 def notes_item(state: dict, raw: Any) -> Item | None:
@@ -224,13 +261,14 @@ def notes_item(state: dict, raw: Any) -> Item | None:
         if not isinstance(r["text"], str):
             raise ValueError(f"field 'notes[{i}].text': expected a string, got {type(r['text']).__name__}")
         t = _float(r["time"], f"notes[{i}].time")
-        if tokenize(r["text"]):  # the reader drops notes without any word too
-            notes.append((t, r["text"]))
+        words = tokenize(r["text"])
+        if words:  # the reader drops notes without any word too
+            notes.append((t, r["text"], words))
     if not notes:
         return None
     notes = sorted(notes, key=lambda n: n[0])[-int(cfg["max_notes"]) :]  # stable: ties keep input order
-    texts = [text for _, text in notes]
-    times = np.array([t for t, _ in notes], dtype=np.float64).astype(np.float32)
+    texts = [text for _, text, _ in notes]
+    times = np.array([t for t, _, _ in notes], dtype=np.float64).astype(np.float32)
     if cfg.get("pretrained"):
         embedder = _note_embedder(str(cfg["pretrained"]))
         if embedder.identity != fitted.get("model"):
@@ -240,12 +278,26 @@ def notes_item(state: dict, raw: Any) -> Item | None:
     if cfg.get("tokenizer") == "bpe":
         rows_ids = encode_bpe(_bpe(fitted["tokenizer_json"]), texts, max_words)
     else:
-        lookup = {w: i + 2 for i, w in enumerate(fitted["vocab"])}
-        rows_ids = [[lookup.get(w, UNK) for w in tokenize(text)[:max_words]] for text in texts]
+        lookup = _vocab_lookup(fitted["vocab"])
+        rows_ids = [[lookup.get(w, UNK) for w in words[:max_words]] for _, _, words in notes]
     ids = np.zeros((len(rows_ids), max(len(r) for r in rows_ids)), dtype=np.int64)
     for k, row in enumerate(rows_ids):
         ids[k, : len(row)] = row
     return {"token_ids": ids, "token_mask": ids != PAD, "note_times": times}
+
+
+_VOCABS: dict[int, tuple[list, dict[str, int]]] = {}
+
+
+def _vocab_lookup(vocab: list[str]) -> dict[str, int]:
+    """word -> id (vocabulary position + 2, as the reader numbers them), built once per vocabulary
+    list (a real vocabulary has tens of thousands of words; rebuilding it per patient dominated)."""
+    entry = _VOCABS.get(id(vocab))
+    if entry is None or entry[0] is not vocab:  # the entry holds the list, so its id stays unique
+        if len(_VOCABS) >= 8:
+            _VOCABS.clear()
+        entry = _VOCABS[id(vocab)] = (vocab, {w: i + 2 for i, w in enumerate(vocab)})
+    return entry[1]
 
 
 @functools.lru_cache(maxsize=4)
@@ -289,8 +341,8 @@ def genomics_item(state: dict, raw: Any) -> Item:
     missing = [c for c in expr_cols + mut_cols if raw.get(c) is None]
     if missing:
         raise ValueError(f"field 'genomics': missing column(s) {missing[:10]} (no missing-value mask)")
-    x = np.array([_float(raw[c], f"genomics.{c}") for c in expr_cols])
-    mut = np.array([_float(raw[c], f"genomics.{c}") for c in mut_cols], dtype=np.float32)
+    x = _floats([raw[c] for c in expr_cols], [f"genomics.{c}" for c in expr_cols])
+    mut = _floats([raw[c] for c in mut_cols], [f"genomics.{c}" for c in mut_cols]).astype(np.float32)
     bad = [c for c, m in zip(mut_cols, mut) if m not in (0.0, 1.0)]
     if bad:
         raise ValueError(f"field 'genomics.{bad[0]}': mutations must be 0/1")
@@ -298,14 +350,18 @@ def genomics_item(state: dict, raw: Any) -> Item:
     return {"expression": z, "mutations": mut}
 
 
-def raw_to_item(modality: str, state: dict, raw: Any, patient_id: str) -> Item | None:
-    """Dispatch one modality's raw value to its transform (None = nothing usable: absent)."""
+def raw_to_item(modality: str, state: dict, raw: Any, patient_id: str) -> Item | PickedLeads | None:
+    """Dispatch one modality's raw value to its transform (None = nothing usable: absent).
+
+    The ECG comes back validated but not yet resampled (a :class:`PickedLeads`): call
+    :func:`finish_items` on the batch's items once all patients are parsed.
+    """
     if modality == "tabular":
         return tabular_item(state, raw)
     if modality == "timeseries":
         return timeseries_item(state, raw)
     if modality == "ecg":
-        return ecg_item(state, raw, patient_id)
+        return ecg_leads(state, raw, patient_id)
     if modality == "notes":
         return notes_item(state, raw)
     if modality == "wsi":

@@ -148,3 +148,11 @@ class FusionHead(nn.Module):
 
     def forward(self, inputs: Mapping[str, ModalityTokens]) -> FusionOutput:  # pragma: no cover
         raise NotImplementedError
+
+    def pooled_output(self, inputs: Mapping[str, ModalityTokens]) -> FusionOutput:
+        """The output for callers that read ``pooled`` (and ``per_step``) only, e.g. prediction.
+
+        Default: :meth:`forward`. A head may override it to skip work (``per_modality``) when that
+        saves time; ``pooled`` must stay the same.
+        """
+        return self(inputs)

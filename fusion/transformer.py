@@ -9,6 +9,7 @@ from torch import nn
 
 from clinfuse.encoders.base import ModalityTokens
 from clinfuse.fusion.base import FusionHead, FusionOutput
+from clinfuse.fusion.packed_encoder import check_supported, encode_packed, packed_pays
 
 
 def keep_last_tokens(toks: ModalityTokens, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,9 +82,14 @@ class TransformerFusion(FusionHead):
         self.encoder = nn.TransformerEncoder(
             layer, n_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
         )
+        check_supported(self.encoder)
 
     def forward(self, inputs: Mapping[str, ModalityTokens]) -> FusionOutput:
         """Fuse by self-attention over the concatenated tokens.
+
+        In eval mode on CPU the encoder runs on packed, length-bucketed tokens
+        (:mod:`clinfuse.fusion.packed_encoder`): the same outputs, several times faster there. On an
+        accelerator one padded pass is kept (chunking would multiply kernel launches).
 
         Args:
             inputs: modality -> tokens; absent modalities may be omitted or have ``present=False``.
@@ -97,6 +103,42 @@ class TransformerFusion(FusionHead):
         """
         b = self.check_inputs(inputs)
         ref = self.reference(inputs)
+        x, mask, spans = self._sequence(inputs, b, ref.device)
+        if self.training or not packed_pays(x):
+            # torch wants True = PAD in src_key_padding_mask; our mask is True = real token
+            out = self.encoder(x, src_key_padding_mask=~mask)  # (B, 1 + sum N_m, D)
+        else:
+            out = encode_packed(self.encoder, x, mask)  # (B, 1 + sum N_m, D)
+        per_modality = {}
+        for name in self.modalities:
+            if name not in spans:
+                per_modality[name] = ref.new_zeros(b, self.d_model)
+                continue
+            lo, hi = spans[name]
+            m = mask[:, lo:hi]  # (B, N_m)
+            h = torch.where(m[..., None], out[:, lo:hi], torch.zeros_like(out[:, lo:hi]))  # (B, N_m, D)
+            per_modality[name] = h.sum(1) / m.sum(1, keepdim=True).clamp(min=1).to(h.dtype)  # (B, D)
+        return FusionOutput(pooled=out[:, 0], per_modality=per_modality)
+
+    def pooled_output(self, inputs: Mapping[str, ModalityTokens]) -> FusionOutput:
+        """``pooled`` only (no ``per_modality``); in eval mode the last layer then computes the CLS
+        token's output alone, which is all the task head reads.
+
+        Shapes:
+            - inputs[m].tokens: ``(B, N_m, D)`` -> pooled ``(B, D)``
+        """
+        b = self.check_inputs(inputs)
+        x, mask, _ = self._sequence(inputs, b, self.reference(inputs).device)
+        if self.training or not packed_pays(x):
+            return FusionOutput(pooled=self(inputs).pooled)
+        return FusionOutput(pooled=encode_packed(self.encoder, x, mask, first_only=True))
+
+    def _sequence(self, inputs: Mapping[str, ModalityTokens], b: int, device: torch.device):
+        """CLS + every modality's tokens (type embedding added, padding zeroed) in canonical order.
+
+        Returns ``x (B, 1 + sum N_m, D)``, ``mask (B, 1 + sum N_m)`` (True = real) and each
+        modality's ``(start, end)`` span.
+        """
         seqs, masks, spans = [], [], {}
         start = 1  # position 0 is CLS
         for name, toks in self.ordered(inputs):
@@ -110,16 +152,5 @@ class TransformerFusion(FusionHead):
             start += mask.shape[1]
         cls = self.cls.expand(b, 1, -1)  # (B, 1, D)
         x = torch.cat([cls, *seqs], dim=1)  # (B, 1 + sum N_m, D)
-        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=ref.device), *masks], dim=1)  # (B, 1 + sum N_m)
-        # torch wants True = PAD in src_key_padding_mask; our mask is True = real token
-        out = self.encoder(x, src_key_padding_mask=~mask)  # (B, 1 + sum N_m, D)
-        per_modality = {}
-        for name in self.modalities:
-            if name not in spans:
-                per_modality[name] = ref.new_zeros(b, self.d_model)
-                continue
-            lo, hi = spans[name]
-            m = mask[:, lo:hi]  # (B, N_m)
-            h = torch.where(m[..., None], out[:, lo:hi], torch.zeros_like(out[:, lo:hi]))  # (B, N_m, D)
-            per_modality[name] = h.sum(1) / m.sum(1, keepdim=True).clamp(min=1).to(h.dtype)  # (B, D)
-        return FusionOutput(pooled=out[:, 0], per_modality=per_modality)
+        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=device), *masks], dim=1)  # (B, 1 + sum N_m)
+        return x, mask, spans

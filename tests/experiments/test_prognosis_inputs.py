@@ -93,3 +93,68 @@ def test_bad_ecg_inputs_name_the_field(raw, match):
 
     with pytest.raises(ValueError, match=match):
         ecg_item(ECG_STATE, raw, "p1")
+
+
+def test_ecgs_resampled_together_equal_one_at_a_time(tmp_path):
+    from clinfuse.experiments.prognosis_inputs import ecg_item, finish_items, raw_to_item
+
+    path, signal = _record(tmp_path)
+    raws = [  # two rates and two lengths: several resampling groups in one call
+        str(path),
+        {"signal": signal.T, "fs": 500, "leads": ["II", "V1"]},
+        {"signal": signal[:1000, :1].T, "fs": 500, "leads": ["V1"]},
+        {"signal": signal[::5].T, "fs": 100, "leads": ["I", "V1"]},
+    ]
+    items = [{"ecg": raw_to_item("ecg", ECG_STATE, raw, f"p{k}")} for k, raw in enumerate(raws)]
+    finish_items({"ecg": ECG_STATE}, items)
+    for raw, item in zip(raws, items):
+        alone = ecg_item(ECG_STATE, raw, "p")
+        np.testing.assert_array_equal(item["ecg"]["lead_mask"], alone["lead_mask"])
+        np.testing.assert_allclose(item["ecg"]["signal"], alone["signal"], rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- numbers
+TAB_STATE = {"fitted": {"numeric_features": ["age", "bmi"], "categorical_features": [], "levels": {},
+                        "mean": [60.0, 25.0], "std": [10.0, 5.0]}}
+GEN_STATE = {"fitted": {"genes": ["TP53", "EGFR"], "mutations": ["TP53"], "mean": [1.0, 2.0], "std": [2.0, 4.0]}}
+
+
+def test_numbers_of_any_plain_type_by_hand():
+    from clinfuse.experiments.prognosis_inputs import genomics_item, tabular_item
+
+    tab = tabular_item(TAB_STATE, {"age": np.int64(70), "bmi": None})
+    np.testing.assert_allclose(tab["numeric"], [1.0, 0.0])
+    np.testing.assert_array_equal(tab["numeric_observed"], [True, False])
+    gen = genomics_item(GEN_STATE, {"TP53_rnaseq": 3, "EGFR_rnaseq": np.float32(0.0), "TP53_mut": 1})
+    np.testing.assert_allclose(gen["expression"], [1.0, -0.5])
+    np.testing.assert_array_equal(gen["mutations"], [1.0])
+
+
+@pytest.mark.parametrize("value, match", [(True, "expected a number"), ("7", "expected a number"),
+                                          (float("nan"), "finite"), (float("inf"), "finite")])
+def test_bad_numbers_name_their_field(value, match):
+    from clinfuse.experiments.prognosis_inputs import genomics_item, tabular_item
+
+    with pytest.raises(ValueError, match=rf"'tabular\.bmi'.*{match}"):
+        tabular_item(TAB_STATE, {"age": 70.0, "bmi": value})
+    with pytest.raises(ValueError, match=rf"'genomics\.EGFR_rnaseq'.*{match}"):
+        genomics_item(GEN_STATE, {"TP53_rnaseq": 1.0, "EGFR_rnaseq": value, "TP53_mut": 0})
+
+
+# --------------------------------------------------------------------------- notes
+def _notes_state(vocab: list[str]) -> dict:
+    return {"config": {"max_notes": 2, "max_words": 3}, "fitted": {"vocab": vocab}}
+
+
+def test_notes_word_ids_by_hand_and_per_vocabulary():
+    from clinfuse.experiments.prognosis_inputs import notes_item
+
+    raw = [{"time": 5.0, "text": "Dyspnea worse, dyspnea!"}, {"time": 1.0, "text": "..."},
+           {"time": 2.0, "text": "stable today no pain"}, {"time": 0.5, "text": "oldest note"}]
+    item = notes_item(_notes_state(["dyspnea", "stable", "pain"]), raw)
+    # the wordless note is dropped, the two most recent kept (time order), 3 words at most
+    np.testing.assert_array_equal(item["note_times"], [2.0, 5.0])
+    np.testing.assert_array_equal(item["token_ids"], [[3, 1, 1], [2, 1, 2]])  # id = vocab index + 2, UNK = 1
+    np.testing.assert_array_equal(item["token_mask"], item["token_ids"] != 0)
+    other = notes_item(_notes_state(["worse", "dyspnea"]), raw)  # another vocabulary: its own ids
+    np.testing.assert_array_equal(other["token_ids"], [[1, 1, 1], [3, 2, 3]])
