@@ -144,3 +144,31 @@ def test_open_store_names_the_file_for_bad_rows(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=rf"timeseries\.parquet.*'time'.*{df.loc[40, 'patient_id']}"):
         open_store(tmp_path / "timeseries.parquet", batch_rows=16)
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / CACHE_DIR).iterdir())  # no leftovers
+
+
+class _Items(__import__("torch").utils.data.Dataset):
+    def __init__(self, reader, ids):
+        self.reader, self.ids = reader, ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return self.reader.get(self.ids[i])
+
+
+def test_forked_dataloader_workers_read_the_same_events(tmp_path):
+    """Workers forked after the reader opened its descriptor open their own and read the same."""
+    import torch
+
+    _events().to_parquet(tmp_path / "timeseries.parquet", index=False)
+    reader = TimeseriesReader(tmp_path).fit([f"p{i}" for i in range(15)])
+    ids = reader.patient_ids
+    want = [reader.get(p) for p in ids]  # opens the descriptor in this process first
+    loader = torch.utils.data.DataLoader(_Items(reader, ids), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork")
+    got = list(loader)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for k in ("times", "variables", "values"):
+            np.testing.assert_array_equal(np.asarray(g[k]), w[k])
