@@ -93,3 +93,23 @@ def test_transformer_fusion_eval_path_equals_the_training_path_without_dropout()
     pooled = head.pooled_output(inputs)
     torch.testing.assert_close(pooled.pooled, train.pooled, rtol=1e-5, atol=1e-5)
     assert pooled.per_modality is None
+
+
+def test_packed_path_only_where_it_pays(monkeypatch):
+    """On CPU eval runs the packed path; where ``packed_pays`` says no (accelerators) the head keeps
+    torch's padded forward, with the same outputs."""
+    import clinfuse.fusion.transformer as transformer_module
+
+    calls = []
+    real = transformer_module.encode_packed
+    monkeypatch.setattr(transformer_module, "encode_packed", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    torch.manual_seed(0)
+    head = TransformerFusion(D, ["a", "b"], n_heads=4, dropout=0.0).eval()
+    inputs = _fusion_inputs()
+    packed = head(inputs).pooled
+    assert len(calls) == 1
+    monkeypatch.setattr(transformer_module, "packed_pays", lambda x: False)
+    padded, pooled_only = head(inputs).pooled, head.pooled_output(inputs).pooled
+    assert len(calls) == 1  # neither call used the packed path
+    torch.testing.assert_close(padded, packed, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pooled_only, packed, rtol=1e-5, atol=1e-5)
