@@ -236,6 +236,9 @@ def main() -> None:
     p.add_argument("--cohort-dir", default=None, help="write (or reuse, if it has a cohort.json) the cohort here")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
+    p.add_argument("--wsi-patches", type=int, nargs=2, default=list(WSI_PATCHES), metavar=("LOW", "HIGH"),
+                   help="patches per slide written by the generator (small values save disk and time when "
+                        "wsi is not benchmarked)")
     p.add_argument("--table-from", default=None, help="print the tables of an --out CSV (with --cohort-dir); no training")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -261,7 +264,7 @@ def main() -> None:
         t0 = time.perf_counter()
         generate_cohort(root, n_patients=a.patients, seed=a.cohort_seed,
                         missingness={m: {"mechanism": "mcar", "rate": 0.0} for m in MODALITIES},
-                        ecg_fs=int(DATA_CAPS["ecg_fs"]), wsi_patches=WSI_PATCHES, show_progress=False)
+                        ecg_fs=int(DATA_CAPS["ecg_fs"]), wsi_patches=tuple(a.wsi_patches), show_progress=False)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     n_patients = json.loads((root / "cohort.json").read_text())["n_patients"]  # a reused cohort's own size
     oracle = oracle_c_index(root, a.modalities)
@@ -294,8 +297,8 @@ def main() -> None:
     print(f"\nSingle-modality survival models: {n_patients} patients (every modality present for everyone), "
           f"cohort seed {a.cohort_seed}, training seeds {seeds}, {a.epochs} epochs, batch size {a.batch_size}, "
           f"d_model 64, TransformerFusion, "
-          f"Cox loss, AdamW lr 1e-3, best val/c_index checkpoint; data caps: {caps}; WSI {WSI_PATCHES[0]}-"
-          f"{WSI_PATCHES[1]} patches per slide in the files; {a.threads} torch threads; total "
+          f"Cox loss, AdamW lr 1e-3, best val/c_index checkpoint; data caps: {caps}; WSI {a.wsi_patches[0]}-"
+          f"{a.wsi_patches[1]} patches per slide in the files; {a.threads} torch threads; total "
           f"{time.perf_counter() - t_all:.0f} s.")
     print("Oracle test C-index: " + ", ".join(f"{k} {v:.4f}" for k, v in oracle.items()) + "\n")
     print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}))
