@@ -180,8 +180,10 @@ def _stream(path: Path, out: Path, batch_rows: int) -> tuple[list[str], list[str
     order = _OrderCheck()
     handles = {n: open(out / f"{n}.{_suffix(n)}", "wb") for n in _FILES}
     try:
+        row = 0  # file row of the batch's first row, for error messages
         for batch in _batches(batches, path):
-            pid, labels = patients.codes(batch.column("patient_id"), path)
+            pid, labels = patients.codes(batch.column("patient_id"), path, row)
+            row += batch.num_rows
             code, _ = _codes(batch.column("variable"), var_names, path, "variable", labels)
             time = _finite_float(batch.column("time"), labels, path, "time")
             value = _finite_float(batch.column("value"), labels, path, "value")
@@ -210,12 +212,14 @@ class _PatientCoder:
         self._last: bytes | None = None  # the patient of the last row read, and its code
         self._last_code = -1
 
-    def codes(self, col: pa.Array, path: Path) -> tuple[np.ndarray, pa.Array]:
-        """Codes of a batch's ``patient_id`` column, and the column (row labels for errors)."""
+    def codes(self, col: pa.Array, path: Path, first_row: int = 0) -> tuple[np.ndarray, pa.Array]:
+        """Codes of a batch's ``patient_id`` column, and the column (row labels for errors);
+        ``first_row`` is the file row of the batch's first row."""
         if not pa.types.is_dictionary(col.type):
             col = pc.dictionary_encode(pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col)
         if col.null_count:
-            raise ValueError(f"{path}: column 'patient_id' is null in {col.null_count} row(s)")
+            rows = (np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False)) + first_row)[:10].tolist()
+            raise ValueError(f"{path}: column 'patient_id' is null in row(s) {rows} (0-based file rows)")
         indices = col.indices.to_numpy(zero_copy_only=False)
         if not len(indices):
             return indices.astype(np.int32), col

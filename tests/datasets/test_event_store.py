@@ -172,3 +172,12 @@ def test_forked_dataloader_workers_read_the_same_events(tmp_path):
     for g, w in zip(got, want):
         for k in ("times", "variables", "values"):
             np.testing.assert_array_equal(np.asarray(g[k]), w[k])
+
+
+def test_null_patient_id_names_its_file_rows(tmp_path):
+    df = _events()
+    df["patient_id"] = df["patient_id"].astype(object)
+    df.loc[[37, 40], "patient_id"] = None
+    df.to_parquet(tmp_path / "timeseries.parquet", index=False)
+    with pytest.raises(ValueError, match=r"timeseries\.parquet: column 'patient_id' is null in row\(s\) \[37, 40\]"):
+        open_store(tmp_path / "timeseries.parquet", batch_rows=16)  # rows of the third batch: offset counted
