@@ -5,6 +5,7 @@
     clinfuse sweep --config experiments/quickstart.yaml --sweep experiments/sweeps/quickstart.yaml --n-trials 20
     clinfuse convert ptbxl --src /data/ptb-xl --out data/ptbxl     (also meds, mimic_iv, tcga, builtin)
     clinfuse robustness --config experiments/quickstart.yaml --heads masked_mean,transformer --epochs 6
+    clinfuse score --model <predictor dir or MLflow URI> --root <cohort folder> --out predictions.csv
 
 ``fit`` trains, then tests the best checkpoint and prints the test metrics next to the cohort's
 oracle metrics (when the cohort has an oracle, as synthetic cohorts do).
@@ -174,6 +175,11 @@ def main() -> None:
         from clinfuse.experiments.sweep import sweep_main
 
         sweep_main(argv[1:])
+        return
+    if argv and argv[0] == "score":
+        from clinfuse.experiments.prognosis_cohort import score_main
+
+        score_main(argv[1:])
         return
     if argv and argv[0] == "robustness":
         from clinfuse.experiments.robustness import robustness_main

@@ -227,10 +227,33 @@ class Prognosis:
         if not good:
             return results
         finish_items(self.states, items)  # resample all ECGs in one batch
-        used_any = [m for m in self.modalities if any(m in it for it in items)] if contributions else []
+        used = [[m for m in self.modalities if m in its] for its in items]
+        rows = self._predict_batch(self._batch(items), used, horizons, contributions)
+        for (i, pid), row in zip(good, rows):
+            results[i] = {"patient_id": pid, **row}
+        return results
+
+    def predict_cohort(self, root: str | Path, **kwargs: Any) -> pd.DataFrame:
+        """Score the patients of a cohort folder (``docs/formats.md``): one row per patient.
+
+        See :func:`clinfuse.experiments.prognosis_cohort.predict_cohort` for the arguments.
+        """
+        from clinfuse.experiments.prognosis_cohort import predict_cohort
+
+        return predict_cohort(self, root, **kwargs)
+
+    def _predict_batch(
+        self, batch: dict[str, dict[str, torch.Tensor]], used: Sequence[Sequence[str]],
+        horizons: Sequence[float], contributions: bool,
+    ) -> list[dict[str, Any]]:
+        """Predictions for one collated batch; ``used[b]`` = patient ``b``'s present modalities.
+
+        Returns one dict per patient: everything :meth:`predict` returns but ``patient_id``.
+        """
+        used_any = [m for m in self.modalities if any(m in u for u in used)] if contributions else []
         drop = [None, *used_any]
         with torch.inference_mode():
-            tokens = self.model.encode(self._batch(items))
+            tokens = self.model.encode(batch)
             raw, fused = self._outputs(tokens, drop)  # (V, B[, K])
             risk_all = torch.stack([self.model.risk(o) for o in raw])  # (V, B)
             traj = None
@@ -242,22 +265,22 @@ class Prognosis:
                 order = list(getattr(self.model.fusion, "last_order", None) or self.modalities)
             surv = self._survival(raw[0], risk_all[0], horizons)
         out, risk = raw[0], risk_all[0]
-        for b, ((i, pid), its) in enumerate(zip(good, items)):
-            used = [m for m in self.modalities if m in its]
-            res: dict[str, Any] = {"patient_id": pid, "modalities_used": used}
+        rows = []
+        for b, present in enumerate(used):
+            res: dict[str, Any] = {"modalities_used": list(present)}
             res.update(self._readout(out[b], risk[b]))
             if contributions:
-                res["contributions"] = {m: _tolist(risk[b] - risk_all[1 + used_any.index(m), b]) for m in used}
+                res["contributions"] = {m: _tolist(risk[b] - risk_all[1 + used_any.index(m), b]) for m in present}
             if traj is not None:
                 steps = [{"step": "initial", "risk": _tolist(traj[b, 0])}]
-                steps += [{"step": m, "risk": _tolist(traj[b, k + 1])} for k, m in enumerate(order) if m in its]
+                steps += [{"step": m, "risk": _tolist(traj[b, k + 1])} for k, m in enumerate(order) if m in present]
                 res["trajectory"] = steps
             if surv:
                 res["survival_curve"] = {"times": surv["times"], "survival": surv["curve"][b].tolist()}
                 res["median_survival"] = float(surv["median"][b])
                 res["survival_at"] = {h: float(s) for h, s in zip(horizons, surv["at"][b])}
-            results[i] = res
-        return results
+            rows.append(res)
+        return rows
 
     def _survival(self, out: torch.Tensor, risk: torch.Tensor, horizons: Sequence[float]) -> dict[str, Any]:
         """Survival curve, median and survival at ``horizons`` (Breslow for Cox, bins otherwise)."""

@@ -1,0 +1,182 @@
+"""Scoring a whole cohort folder with a ``Prognosis`` predictor (batch scoring, external validation).
+
+:meth:`Prognosis.predict` parses one raw record per patient in Python, which caps its throughput;
+a cohort folder (``docs/formats.md``, e.g. written by ``clinfuse convert``) is read instead by the
+modality readers restored from the predictor's saved preprocessing (no refit, vectorised, with
+their on-disk caches), so the same model scores many patients at a time. Labels and splits are
+optional: a folder of new, unlabelled patients can be scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from clinfuse.datasets.cohort import READERS
+from clinfuse.datasets.reader import ModalityReader
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clinfuse.experiments.prognosis import Prognosis
+
+
+def predict_cohort(
+    prognosis: "Prognosis",
+    root: str | Path,
+    patient_ids: Sequence[str] | None = None,
+    split: str | None = None,
+    horizons: Sequence[float] = (30, 90, 365),
+    contributions: bool = False,
+    batch_size: int = 256,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """One row of predictions per patient of the cohort folder ``root``.
+
+    Each modality the model uses and ``root`` holds is read by its reader restored from the
+    predictor's preprocessing (``ModalityReader.from_state``: the training statistics and
+    vocabularies, never refitted on these patients); a modality the folder lacks is absent for
+    everyone. Predictions equal :meth:`Prognosis.predict` on the same patients' raw records.
+
+    Args:
+        prognosis: the predictor.
+        root: the cohort folder.
+        patient_ids: the patients to score; default: ``split``'s patients if given, else every
+            patient of ``labels.parquet`` if the folder has one, else every patient with any
+            modality (sorted).
+        split: ``train``/``val``/``test`` of ``splits.csv`` (e.g. the held-out patients).
+        horizons: times (the cohort's time unit) for the ``survival_at_<h>`` columns.
+        contributions: add ``contribution_<modality>`` columns (leave-one-modality-out).
+        batch_size: patients per forward pass.
+        show_progress: a progress bar over the batches.
+
+    Returns:
+        ``patient_id``, ``modalities_used`` (comma-separated), ``risk`` (and ``probability``
+        for binary models), ``median_survival`` and ``survival_at_<h>`` for survival models, the
+        contributions if asked, and the folder's label columns (``time``, ``event``, ...) when
+        ``labels.parquet`` has them, for external validation. Survival curves are not in the
+        frame; :meth:`Prognosis.predict` returns them per patient.
+
+    Raises:
+        ValueError: no modality of the model in ``root``, unknown patients, an unknown split,
+            or invalid files (naming file, column and patients).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"cohort folder {root} does not exist")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    labels = pd.read_parquet(root / "labels.parquet") if (root / "labels.parquet").exists() else None
+    known = None if labels is None else labels["patient_id"].astype(str).tolist()
+    readers: dict[str, ModalityReader] = {
+        m: READERS[m].from_state(root, prognosis.states[m], known)
+        for m in prognosis.modalities
+        if READERS[m].available(root)
+    }
+    if not readers:
+        raise ValueError(
+            f"{root}: holds none of the model's modalities {prognosis.modalities} "
+            f"(files: {[READERS[m].filename for m in prognosis.modalities]})"
+        )
+    ids = _patients(root, patient_ids, split, known, readers)
+    rows: list[dict[str, Any]] = []
+    starts = range(0, len(ids), batch_size)
+    for start in tqdm(starts, desc="scoring", unit="batch", disable=not show_progress or len(starts) < 2):
+        chunk = ids[start : start + batch_size]
+        batch, used = {}, [[] for _ in chunk]
+        for m in prognosis.modalities:
+            if m in readers:
+                items = [readers[m].get(p) for p in chunk]
+                batch[m] = readers[m].collate(items)
+                for u, it in zip(used, items):
+                    if it is not None:
+                        u.append(m)
+            else:
+                batch[m] = prognosis._shells[m].collate([None] * len(chunk))
+        for pid, res in zip(chunk, prognosis._predict_batch(batch, used, horizons, contributions)):
+            rows.append(_flat(pid, res, prognosis.modalities))
+    frame = pd.DataFrame(rows)
+    if labels is not None:
+        extra = labels.assign(patient_id=labels["patient_id"].astype(str))
+        frame = frame.merge(extra, on="patient_id", how="left", validate="one_to_one")
+    return frame
+
+
+def _patients(root: Path, patient_ids: Sequence[str] | None, split: str | None, known: list[str] | None,
+              readers: dict[str, ModalityReader]) -> list[str]:
+    """The patients to score, checked against the folder."""
+    if patient_ids is not None and split is not None:
+        raise ValueError("pass patient_ids or split, not both")
+    if split is not None:
+        path = root / "splits.csv"
+        if not path.exists():
+            raise ValueError(f"{path} does not exist: split={split!r} needs the cohort's splits")
+        splits = pd.read_csv(path, dtype={"patient_id": str, "split": str})
+        if split not in set(splits["split"]):
+            raise ValueError(f"{path}: no patient in split {split!r}; splits: {sorted(set(splits['split']))}")
+        return splits.loc[splits["split"] == split, "patient_id"].tolist()
+    if patient_ids is not None:
+        ids = [str(p) for p in patient_ids]
+        allowed = set(known) if known is not None else set().union(*(r.patient_ids for r in readers.values()))
+        unknown = [p for p in ids if p not in allowed]
+        if unknown:
+            where = "labels.parquet" if known is not None else "any modality file"
+            raise ValueError(f"{root}: patient(s) {unknown[:10]} are not in {where}")
+        return ids
+    if known is not None:
+        return list(known)
+    return sorted(set().union(*(r.patient_ids for r in readers.values())))
+
+
+def _flat(pid: str, res: dict[str, Any], modalities: Sequence[str]) -> dict[str, Any]:
+    """One ``_predict_batch`` result as a flat table row."""
+    row: dict[str, Any] = {"patient_id": pid, "modalities_used": ",".join(res["modalities_used"])}
+    for key in ("risk", "probability"):
+        if key in res and not isinstance(res[key], list):
+            row[key] = res[key]
+    if "probabilities" in res:
+        row.update({f"probability_{k}": p for k, p in enumerate(res["probabilities"])})
+    if "median_survival" in res:
+        row["median_survival"] = res["median_survival"]
+        row.update({f"survival_at_{h:g}": s for h, s in res["survival_at"].items()})
+    for m in modalities if "contributions" in res else ():
+        row[f"contribution_{m}"] = res["contributions"].get(m, np.nan)
+    return row
+
+
+def score_main(argv: Sequence[str]) -> None:
+    """``clinfuse score``: write a cohort folder's predictions to a CSV or parquet file."""
+    import argparse
+
+    from clinfuse.experiments.metrics import harrell_c_index
+    from clinfuse.experiments.prognosis import Prognosis
+
+    p = argparse.ArgumentParser(
+        prog="clinfuse score",
+        description="Score every patient of a cohort folder with a saved predictor (a folder written by "
+                    "Prognosis.save or an MLflow model URI such as the run tag clinfuse.prognosis_model_uri).",
+    )
+    p.add_argument("--model", required=True, help="predictor folder or MLflow model URI (runs:/..., models:/...)")
+    p.add_argument("--root", required=True, help="the cohort folder to score (docs/formats.md)")
+    p.add_argument("--out", required=True, help="predictions file: .csv or .parquet")
+    p.add_argument("--split", default=None, help="score only this split of splits.csv (train/val/test)")
+    p.add_argument("--horizons", type=float, nargs="+", default=[30.0, 90.0, 365.0],
+                   help="times (the cohort's unit) for the survival_at_<h> columns")
+    p.add_argument("--contributions", action="store_true", help="add leave-one-modality-out contribution columns")
+    p.add_argument("--batch-size", type=int, default=256)
+    a = p.parse_args(list(argv))
+    out = Path(a.out)
+    if out.suffix not in (".csv", ".parquet"):
+        p.error(f"--out must end in .csv or .parquet, got {out.name}")
+    frame = Prognosis.load(a.model).predict_cohort(
+        a.root, split=a.split, horizons=a.horizons, contributions=a.contributions, batch_size=a.batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
+    line = f"scored {len(frame)} patients -> {out}"
+    if {"time", "event", "risk"} <= set(frame.columns):
+        c = harrell_c_index(frame["risk"].to_numpy(), frame["time"].to_numpy(), frame["event"].to_numpy())
+        line += f"; Harrell C-index against the folder's labels: {c:.4f}"
+    print(line)

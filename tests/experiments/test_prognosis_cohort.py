@@ -1,0 +1,92 @@
+"""Prognosis.predict_cohort: scoring a cohort folder equals predict() on the raw records."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("lightning")
+
+from clinfuse.experiments.cohort_records import records_from_cohort  # noqa: E402
+
+from .test_prognosis import trained  # noqa: E402,F401 - the module-scoped trained predictor
+
+
+def test_equals_predict_on_raw_records_with_contributions(trained, synthetic_cohort):
+    dm, prog = trained
+    ids = list(dm.cohort.splits["test"])
+    frame = prog.predict_cohort(synthetic_cohort, split="test", horizons=(30, 365), contributions=True,
+                                batch_size=7, show_progress=False)
+    assert frame["patient_id"].tolist() == ids
+    want = {r["patient_id"]: r for r in prog.predict(records_from_cohort(synthetic_cohort, ids), horizons=(30, 365))}
+    for row in frame.to_dict("records"):
+        w = want[row["patient_id"]]
+        assert row["modalities_used"] == ",".join(w["modalities_used"])
+        assert row["risk"] == pytest.approx(w["risk"], abs=1e-5)
+        assert row["median_survival"] == pytest.approx(w["median_survival"], rel=1e-5)
+        assert row["survival_at_30"] == pytest.approx(w["survival_at"][30], abs=1e-6)
+        assert row["survival_at_365"] == pytest.approx(w["survival_at"][365], abs=1e-6)
+        for m in prog.modalities:
+            got = row[f"contribution_{m}"]
+            assert (np.isnan(got) if m not in w["contributions"] else got == pytest.approx(w["contributions"][m], abs=1e-5))
+    # the folder's labels ride along for external validation
+    labels = pd.read_parquet(synthetic_cohort / "labels.parquet").set_index("patient_id").loc[ids]
+    np.testing.assert_allclose(frame["time"].to_numpy(), labels["time"].to_numpy())
+
+
+def test_unlabelled_folder_without_some_modalities(trained, synthetic_cohort, tmp_path):
+    """New patients: no labels, no splits, no slides. Every patient with any modality is scored;
+    the missing modality is absent for all (not zero-filled), as predict() without that field."""
+    dm, prog = trained
+    new = tmp_path / "new"
+    shutil.copytree(synthetic_cohort, new, ignore=shutil.ignore_patterns(".clinfuse_cache", "wsi"))
+    for name in ("labels.parquet", "splits.csv", "oracle.parquet"):
+        (new / name).unlink(missing_ok=True)
+    frame = prog.predict_cohort(new, show_progress=False)
+    assert not frame["modalities_used"].str.contains("wsi").any()
+    assert "time" not in frame.columns and frame["patient_id"].is_monotonic_increasing
+    pick = frame["patient_id"].tolist()[:5]
+    recs = [{k: v for k, v in r.items() if k != "wsi"} for r in records_from_cohort(synthetic_cohort, pick)]
+    want = prog.predict(recs, contributions=False)
+    np.testing.assert_allclose(frame["risk"].to_numpy()[:5], [w["risk"] for w in want], atol=1e-5)
+
+
+def test_bad_arguments_are_named(trained, synthetic_cohort, tmp_path):
+    _, prog = trained
+    with pytest.raises(ValueError, match="does not exist"):
+        prog.predict_cohort(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"holds none of the model's modalities"):
+        prog.predict_cohort(tmp_path)
+    with pytest.raises(ValueError, match=r"not in labels\.parquet.*|patient\(s\) \['ghost'\]"):
+        prog.predict_cohort(synthetic_cohort, patient_ids=["ghost"])
+    with pytest.raises(ValueError, match=r"no patient in split 'holdout'"):
+        prog.predict_cohort(synthetic_cohort, split="holdout")
+    with pytest.raises(ValueError, match="patient_ids or split"):
+        prog.predict_cohort(synthetic_cohort, split="test", patient_ids=["x"])
+
+
+def test_clinfuse_score_writes_the_frame_and_the_c_index(trained, synthetic_cohort, tmp_path, capsys):
+    from clinfuse.experiments.cli import main
+    from clinfuse.experiments.metrics import harrell_c_index
+
+    _, prog = trained
+    model = prog.save(tmp_path / "predictor")
+    import sys
+
+    argv = ["clinfuse", "score", "--model", str(model), "--root", str(synthetic_cohort), "--split", "test",
+            "--out", str(tmp_path / "out" / "preds.parquet"), "--horizons", "30", "--batch-size", "16"]
+    old, sys.argv = sys.argv, argv
+    try:
+        main()
+    finally:
+        sys.argv = old
+    got = pd.read_parquet(tmp_path / "out" / "preds.parquet")
+    want = prog.predict_cohort(synthetic_cohort, split="test", horizons=(30,), show_progress=False)
+    pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6)
+    c = harrell_c_index(want["risk"].to_numpy(), want["time"].to_numpy(), want["event"].to_numpy())
+    printed = capsys.readouterr().out
+    assert f"scored {len(want)} patients" in printed
+    assert f"Harrell C-index against the folder's labels: {c:.4f}" in printed
