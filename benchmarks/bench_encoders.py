@@ -120,6 +120,8 @@ def train_one(
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # progress lines stay readable
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Lightning 2.6 on torch 2.13 warns about its own pytree use on every batch (as the CLI filters)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     row = {"modality": modality, "encoder": encoder, "seed": seed}
     try:
         torch.set_num_threads(threads)
