@@ -38,17 +38,32 @@ HEARTBEAT_S = 30
 
 def make_storage(url: str | None, heartbeat: int = HEARTBEAT_S, grace: int | None = None) -> RDBStorage:
     """An RDB storage with heartbeats (default: ``sqlite:///optuna.db`` in the working directory)."""
+    import random
+    import time
+
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     url = url or f"sqlite:///{Path.cwd() / 'optuna.db'}"
-    with local_store_lock(url), warnings.catch_warnings():  # workers starting together on a fresh sqlite file race to create it
-        # heartbeats are "experimental" in Optuna since 2.8; they are the documented way to recover killed workers
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url,
-            heartbeat_interval=heartbeat,
-            grace_period=grace or 4 * heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            engine_kwargs={"pool_pre_ping": True},
-        )
+    for attempt in range(5):
+        try:
+            with local_store_lock(url), warnings.catch_warnings():  # workers starting together on a fresh sqlite file race to create it
+                # heartbeats are "experimental" in Optuna since 2.8; they are the documented way to recover killed workers
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    heartbeat_interval=heartbeat,
+                    grace_period=grace or 4 * heartbeat,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                    engine_kwargs={"pool_pre_ping": True},
+                )
+        except (IntegrityError, ProgrammingError):
+            # a server database (PostgreSQL, MySQL): workers starting together on a fresh database
+            # race to create Optuna's tables and the loser gets a unique-violation; by the retry the
+            # tables exist and creation is skipped
+            if attempt == 4:
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def local_store_lock(url: str):

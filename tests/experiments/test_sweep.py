@@ -196,3 +196,29 @@ def test_two_workers_against_a_real_postgresql_server(synthetic_cohort, tmp_path
     finally:
         subprocess.run([*pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def test_storage_creation_race_on_a_server_database_is_retried(monkeypatch):
+    """Two workers creating Optuna's tables at once on a fresh PostgreSQL: the loser's unique
+    violation (seen in CI) is retried, not fatal; a persistent error still surfaces."""
+    import clinfuse.experiments.sweep as sweep_module
+    from sqlalchemy.exc import IntegrityError
+
+    calls = []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value violates unique constraint"))
+        return "storage"
+
+    monkeypatch.setattr(sweep_module, "RDBStorage", racing)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    assert make_storage("postgresql://u@h/db") == "storage" and len(calls) == 2
+
+    def always(url, **kwargs):
+        raise IntegrityError("CREATE TABLE studies", {}, Exception("broken"))
+
+    monkeypatch.setattr(sweep_module, "RDBStorage", always)
+    with pytest.raises(IntegrityError):
+        make_storage("postgresql://u@h/db")
