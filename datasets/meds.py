@@ -50,7 +50,6 @@ _DATA_DTYPES = {
 }
 _REQUIRED = ("subject_id", "time", "code", "numeric_value")
 _OWNED = ("labels.parquet", "splits.csv", "tabular.parquet", "timeseries.parquet", "notes.parquet")
-_US_PER_HOUR = US_PER_HOUR
 #: default memory budget of the event sort (MiB), see ``memory_mb``
 DEFAULT_MEMORY_MB = 16.0
 
@@ -115,7 +114,7 @@ def convert_meds(
     splits = lab.select("patient_id", pl.col("subject_id").replace_strict(split_of).alias("split"))
     del split_of  # a dict over every subject of the splits file
     samples = Samples.from_labels(lab)
-    lookback_us = None if max_hours_before is None else int(round(max_hours_before * _US_PER_HOUR))
+    lookback_us = None if max_hours_before is None else int(round(max_hours_before * US_PER_HOUR))
     pass_bytes = memory_mb * 2**20 / _PASS_FACTOR
     n_buckets = plan_buckets(shards, len(lab), len(samples.subjects), has_text, pass_bytes)
     _check_out(out, overwrite)
@@ -223,7 +222,7 @@ def _tabular(static: pl.DataFrame, birth: pl.DataFrame, lab: pl.DataFrame, selec
             raise ValueError(f"{shards[0].parent}: static codes give clashing tabular column(s) {sorted(dup)}")
         table = table.join(frame, on="subject_id", how="left")
     if len(birth):
-        age = (pl.col("prediction_time") - pl.col("_birth")).dt.total_microseconds() / (_US_PER_HOUR * 24 * 365.25)
+        age = (pl.col("prediction_time") - pl.col("_birth")).dt.total_microseconds() / (US_PER_HOUR * 24 * 365.25)
         table = table.join(birth, on="subject_id", how="left").with_columns(age.alias("age_years")).drop("_birth")
     known = [c for c in table.columns if c not in ("subject_id", "prediction_time", "patient_id")]
     has_any = pl.any_horizontal([pl.col(c).is_not_null() for c in known])

@@ -30,7 +30,6 @@ note text, on disk next to the output folder, and is deleted as it is consumed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clinfuse.datasets.cohort import READERS
 from clinfuse.encoders.base import ModalityTokens
 from clinfuse.experiments.prognosis_inputs import collate_shell, finish_items, raw_to_item
 from clinfuse.experiments.survival_curves import BreslowBaseline

@@ -118,17 +118,16 @@ def _patients(root: Path, patient_ids: Sequence[str] | None, split: str | None, 
         if split not in set(splits["split"]):
             raise ValueError(f"{path}: no patient in split {split!r}; splits: {sorted(set(splits['split']))}")
         return splits.loc[splits["split"] == split, "patient_id"].tolist()
+    with_data = None if known is not None else set().union(*(r.patient_ids for r in readers.values()))
     if patient_ids is not None:
         ids = [str(p) for p in patient_ids]
-        allowed = set(known) if known is not None else set().union(*(r.patient_ids for r in readers.values()))
+        allowed = set(known) if known is not None else with_data
         unknown = [p for p in ids if p not in allowed]
         if unknown:
             where = "labels.parquet" if known is not None else "any modality file"
             raise ValueError(f"{root}: patient(s) {unknown[:10]} are not in {where}")
         return ids
-    if known is not None:
-        return list(known)
-    return sorted(set().union(*(r.patient_ids for r in readers.values())))
+    return list(known) if known is not None else sorted(with_data)
 
 
 def _flat(pid: str, res: dict[str, Any], modalities: Sequence[str]) -> dict[str, Any]:
