@@ -8,10 +8,13 @@ from typing import Any
 import lightning.pytorch as pl
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from clinfuse.datasets.cohort import Cohort
 from clinfuse.datasets.dataset import ClinicalDataset, Collator
+
+
+PREDICT_SPLITS = ("train", "val", "test", "all")
 
 
 class ClinicalDataModule(pl.LightningDataModule):
@@ -46,6 +49,8 @@ class ClinicalDataModule(pl.LightningDataModule):
         synth_patients: patients of that synthetic cohort.
         synth_seed: seed of that synthetic cohort.
         seed: seed of the training loader's shuffling generator.
+        predict_split: the patients ``trainer.predict`` (``clinfuse predict``) scores: ``train``,
+            ``val``, ``test`` or ``all`` (the three in that order); always read in eval mode.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class ClinicalDataModule(pl.LightningDataModule):
         synth_patients: int = 2000,
         synth_seed: int = 0,
         seed: int = 0,
+        predict_split: str = "test",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -89,6 +95,9 @@ class ClinicalDataModule(pl.LightningDataModule):
         self.synth_patients = synth_patients
         self.synth_seed = synth_seed
         self.seed = seed
+        if predict_split not in PREDICT_SPLITS:
+            raise ValueError(f"predict_split={predict_split!r}: expected one of {list(PREDICT_SPLITS)}")
+        self.predict_split = predict_split
         self._cohort: Cohort | None = None
         self._datasets: dict[str, ClinicalDataset] = {}
 
@@ -188,8 +197,16 @@ class ClinicalDataModule(pl.LightningDataModule):
         return self._loader(split, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split, for ``trainer.predict``."""
-        return self._loader("test", shuffle=False)
+        """``predict_split``'s patients in split order (eval mode: fixed WSI patches), for ``trainer.predict``."""
+        splits = ("train", "val", "test") if self.predict_split == "all" else (self.predict_split,)
+        data = ConcatDataset([ClinicalDataset(self.cohort, s, training=False) for s in splits])
+        return DataLoader(data, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=Collator(self.cohort.readers))
+
+    def predict_patient_splits(self) -> dict[str, str]:
+        """Patient id -> split of every patient :meth:`predict_dataloader` serves."""
+        splits = ("train", "val", "test") if self.predict_split == "all" else (self.predict_split,)
+        return {pid: s for s in splits for pid in self.cohort.splits[s]}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

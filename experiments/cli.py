@@ -7,7 +7,8 @@
     clinfuse robustness --config experiments/quickstart.yaml --heads masked_mean,transformer --epochs 6
     clinfuse score --model <predictor dir or MLflow URI> --root <cohort folder> --out predictions.csv
 
-``fit`` trains, then tests the best checkpoint and prints the test metrics next to the cohort's
+``predict --ckpt_path <ckpt> [--data.predict_split all]`` writes
+``<trainer.default_root_dir>/predictions_<split>.csv``. ``fit`` trains, then tests the best checkpoint and prints the test metrics next to the cohort's
 oracle metrics (when the cohort has an oracle, as synthetic cohorts do).
 """
 
@@ -54,6 +55,12 @@ class ClinFuseCLI(LightningCLI):
             log_survival_figures(self)
         if self.trainer.is_global_zero and ckpt:
             log_prognosis_model(self)
+
+    def after_predict(self) -> None:
+        """Write ``predictions_<split>.csv`` (patient id, split, risk or probabilities)."""
+        from clinfuse.experiments.predictions_table import write_predictions
+
+        write_predictions(self)
 
     def after_test(self) -> None:
         report_against_oracle(self, {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})

@@ -6,10 +6,14 @@ import math
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from clinfuse.datasets.datamodule import ClinicalDataModule
 from clinfuse.experiments.cli import cli_main
+from clinfuse.experiments.predictions_table import predictions_frame
 from clinfuse.experiments.module import ClinFuseModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,3 +132,44 @@ def _setup(dm):
     dm.prepare_data()
     dm.setup("test")
     return dm
+
+
+def test_predict_writes_every_patient_of_the_chosen_split(synthetic_cohort, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    fit = cli_main(["fit", *_base(synthetic_cohort), "--trainer.max_epochs=1", "--trainer.logger=false",
+                    "--trainer.enable_progress_bar=false", "--trainer.default_root_dir", str(tmp_path / "run")])
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    cli = cli_main(["predict", *_base(synthetic_cohort), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                    "--trainer.default_root_dir", str(tmp_path / "run"), "--data.predict_split", "all",
+                    "--ckpt_path", ckpt])
+    path = tmp_path / "run" / "predictions_all.csv"
+    assert f"written to {path}" in capsys.readouterr().out
+    table = pd.read_csv(path, dtype={"patient_id": str})
+    splits = cli.datamodule.cohort.splits
+    assert list(table["patient_id"]) == [*splits["train"], *splits["val"], *splits["test"]]  # every patient, once
+    assert (table.set_index("patient_id").loc[list(splits["val"]), "split"] == "val").all()
+    # the risks are the checkpoint's own outputs on the test loader (eval mode: train patients too)
+    model = ClinFuseModule.load_from_checkpoint(ckpt).eval()
+    batch = next(iter(_setup(cli.datamodule).test_dataloader()))
+    with torch.no_grad():
+        expected = model(batch["inputs"])[0].numpy()
+    got = table.set_index("patient_id").loc[batch["patient_id"], "risk"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_predict_split_is_refused(synthetic_cohort):
+    with pytest.raises(ValueError, match="predict_split='holdout'"):
+        ClinicalDataModule(str(synthetic_cohort), predict_split="holdout")
+
+
+def test_predictions_frame_by_task():
+    batches = [{"patient_id": ["a", "b"], "out": torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])}]
+    table = predictions_frame(batches, "multiclass", {"a": "test"})
+    assert list(table.columns) == ["patient_id", "split", "probability_0", "probability_1", "probability_2"]
+    assert table.loc[0, "probability_1"] == pytest.approx(1 / 3)
+    assert table.loc[1, "probability_0"] == pytest.approx(np.exp(2) / (np.exp(2) + 2))
+    assert table.loc[1, "split"] == "" or pd.isna(table.loc[1, "split"])
+    binary = predictions_frame([{"patient_id": ["a"], "out": torch.tensor([0.0])}], "binary", {})
+    assert binary.loc[0, "probability"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no patient"):
+        predictions_frame([], "survival", {})
