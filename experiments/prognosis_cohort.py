@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from clinfuse.datasets.cohort import READERS
-from clinfuse.datasets.reader import ModalityReader
+from clinfuse.datasets.cohort import READERS, SPLITS
+from clinfuse.datasets.reader import ModalityReader, check_unique_ids, read_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from clinfuse.experiments.prognosis import Prognosis
@@ -114,7 +114,10 @@ def _patients(root: Path, patient_ids: Sequence[str] | None, split: str | None, 
         path = root / "splits.csv"
         if not path.exists():
             raise ValueError(f"{path} does not exist: split={split!r} needs the cohort's splits")
-        splits = pd.read_csv(path, dtype={"patient_id": str, "split": str})
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}: expected one of {list(SPLITS)}")
+        splits = read_table(path, ["patient_id", "split"], str_columns=["split"])  # the cohort loader's checks
+        check_unique_ids(splits["patient_id"].tolist(), path)
         if split not in set(splits["split"]):
             raise ValueError(f"{path}: no patient in split {split!r}; splits: {sorted(set(splits['split']))}")
         return splits.loc[splits["split"] == split, "patient_id"].tolist()

@@ -62,8 +62,17 @@ def test_bad_arguments_are_named(trained, synthetic_cohort, tmp_path):
         prog.predict_cohort(tmp_path)
     with pytest.raises(ValueError, match=r"not in labels\.parquet.*|patient\(s\) \['ghost'\]"):
         prog.predict_cohort(synthetic_cohort, patient_ids=["ghost"])
-    with pytest.raises(ValueError, match=r"no patient in split 'holdout'"):
+    with pytest.raises(ValueError, match=r"split='holdout': expected one of"):
         prog.predict_cohort(synthetic_cohort, split="holdout")
+    # a splits file the cohort loader would refuse is refused here too, naming the file and patient
+    import shutil
+
+    copy = tmp_path / "dup"
+    shutil.copytree(synthetic_cohort, copy, ignore=shutil.ignore_patterns("ecg", "wsi", ".clinfuse_cache"))
+    splits = pd.read_csv(copy / "splits.csv", dtype=str)
+    pd.concat([splits, splits.iloc[:1]]).to_csv(copy / "splits.csv", index=False)
+    with pytest.raises(ValueError, match=rf"splits\.csv.*{splits['patient_id'][0]}"):
+        prog.predict_cohort(copy, split="test")
     with pytest.raises(ValueError, match="patient_ids or split"):
         prog.predict_cohort(synthetic_cohort, split="test", patient_ids=["x"])
 
