@@ -21,6 +21,14 @@ with the code before packed fusion and batched ECG resampling):
 
 Later, on an otherwise idle machine: 7.9 / 6.6 / 6.1 / 4.8 ms and 287 / 417 / 429 / 769 patients/s
 (rows in the same order); ``predict_cohort``: 1,164 patients/s without contributions, 512 with.
+
+Where an in-memory batch of 256 goes (same machine, 2026-12-01, third session): parsing and
+validating the raw inputs 177 ms; collating + running the model on the parsed batch 134 ms without
+contributions (1,916 patients/s for that part alone) and 428 ms with them (598 patients/s). So on 2
+cores the model part by itself is below 2,000 patients/s; the target cannot be met here whatever
+the parsing costs. Overlapping the parsing of the next 32-128 patients with the model on the
+current ones in a thread was tried and was slower (292 ms -> 343-435 ms: the GIL), as were
+DataLoader worker processes for ``predict_cohort``.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from clinfuse.datasets.synthetic import generate_cohort
 from clinfuse.experiments.cohort_records import records_from_cohort
 from clinfuse.experiments.module import ClinFuseModule
 from clinfuse.experiments.prognosis import Prognosis
+from clinfuse.experiments.prognosis_inputs import finish_items
 
 
 def _times(fn, reps: int) -> np.ndarray:
@@ -80,6 +89,17 @@ def main() -> None:
             b = _times(lambda: prog.predict(recs[:256], contributions=contrib), 3)
             rows.append((label, "yes" if contrib else "no", f"{1000 * np.median(t1):.1f}",
                          f"{1000 * np.quantile(t1, 0.9):.1f}", f"{256 / np.median(b):.0f}"))
+    # where the in-memory batch's time goes: parsing + validating the raw inputs vs the model on
+    # the already-collated batch (encoders, fusion, head, survival curves)
+    batch = memory[:256]
+    split = {}
+    for contrib in (False, True):
+        items = [prog._items(r)[1] for r in batch]
+        finish_items(prog.states, items)
+        used = [[m for m in prog.modalities if m in its] for its in items]
+        parse = np.median(_times(lambda: finish_items(prog.states, [prog._items(r)[1] for r in batch]), 3))
+        model_s = np.median(_times(lambda: prog._predict_batch(prog._batch(items), used, (30, 90, 365), contrib), 3))
+        split[contrib] = (parse, model_s)
     n_all = len(ids)
     prog.predict_cohort(root, show_progress=False)  # warm-up: readers' caches exist from training
     cohort_rate = {c: n_all / np.median(_times(lambda c=c: prog.predict_cohort(root, contributions=c, show_progress=False), 3))
@@ -92,6 +112,10 @@ def main() -> None:
     for r in rows:
         print("| " + " | ".join(r) + " |")
     print(f"\none patient, tabular only, contributions: p50 {1000 * np.median(tab):.1f} ms")
+    for contrib, (parse, model_s) in split.items():
+        print(f"in-memory batch of 256, contributions {'yes' if contrib else 'no'}: parsing + validation "
+              f"{1000 * parse:.0f} ms, collate + model {1000 * model_s:.0f} ms ({256 / model_s:.0f} patients/s "
+              f"for the model part alone)")
     print(f"cohort folder scored by the readers (Prognosis.predict_cohort, batches of 256, all {n_all} patients): "
           f"{cohort_rate[False]:.0f} patients/s without contributions, {cohort_rate[True]:.0f} with")
 

@@ -7,9 +7,6 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from fractions import Fraction
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 import wfdb
-from scipy.signal import firwin
 
-from clinfuse.datasets.ecg_resample import resample_poly_rows
+from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked, select_leads  # noqa: F401 (re-exported)
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_table, to_float
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CACHE_DIR = ".clinfuse_cache"
 _CACHE_VERSION = 2
-#: unit (lower case) -> factor to millivolts; channels in other units are not ECG leads.
-_TO_MV = {"mv": 1.0, "uv": 1e-3, "\u00b5v": 1e-3, "v": 1e3, "millivolts": 1.0}
 
 
 class ECGReader(ModalityReader):
@@ -234,165 +228,3 @@ class ECGReader(ModalityReader):
             "lead_mask": pad_stack(pick(items, "lead_mask"), (n_leads,), np.bool_, "ecg.lead_mask"),
             "present": present_mask(items),
         }
-
-
-def _channels(names: Sequence[str], units: Sequence[str], lead_aliases: Mapping[str, str]) -> dict[str, tuple[int, float]]:
-    """Lower-case lead name -> (channel index, factor to mV) of the voltage channels."""
-    aliases = {k.lower(): v.lower() for k, v in lead_aliases.items()}
-    exact: dict[str, tuple[int, float]] = {}
-    aliased: dict[str, tuple[int, float]] = {}
-    for j, (name, unit) in enumerate(zip(names, units)):
-        factor = _TO_MV.get(str(unit).strip().lower())
-        if factor is None:  # not a voltage: a pleth/pressure/respiration channel, never a lead
-            continue
-        key = str(name).strip().lower()
-        exact.setdefault(key, (j, factor))
-        if key in aliases:
-            aliased.setdefault(aliases[key], (j, factor))
-    return {**aliased, **exact}  # a channel named exactly like the lead wins over an alias
-
-
-@lru_cache(maxsize=32)
-def _lowpass(up: int, down: int) -> np.ndarray:
-    """``resample_poly``'s own default anti-aliasing filter (Kaiser, beta 5), cached: designing it
-    took a sixth of the time of resampling one 10 s record in the prognosis path."""
-    max_rate = max(up, down)
-    h = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
-    h.flags.writeable = False  # shared between calls; resample_poly_rows copies it
-    return h
-
-
-@dataclass
-class PickedLeads:
-    """One signal's leads, picked and in mV but not yet resampled (:func:`resample_picked`).
-
-    Attributes:
-        signal: ``(L_kept, S_in)`` float32, the kept leads in output order.
-        mask: ``(L,)`` bool, which of the output leads are kept.
-        fs_in: the signal's sampling rate (Hz).
-    """
-
-    signal: np.ndarray
-    mask: np.ndarray
-    fs_in: float
-
-
-def pick_leads(
-    data: np.ndarray,
-    names: Sequence[str],
-    units: Sequence[str],
-    fs_in: float,
-    leads: Sequence[str],
-    lead_aliases: Mapping[str, str] | None = None,
-    where: str = "ECG",
-) -> PickedLeads:
-    """Pick ``leads`` by name from a multi-channel signal and convert them to mV (the validating
-    half of :func:`select_leads`; arguments and errors as there)."""
-    if data.ndim != 2 or data.shape[1] != len(names) or len(units) != len(names):
-        raise ValueError(f"{where}: signal of shape {data.shape} does not match {len(names)} channel names / units")
-    if fs_in <= 0:
-        raise ValueError(f"{where}: sampling rate must be > 0, got {fs_in}")
-    lead_aliases = dict(lead_aliases or {})
-    channels = _channels(names, units, lead_aliases)
-    wanted = [channels.get(lead.lower(), (None, 1.0)) for lead in leads]
-    found = [k for k, (j, _) in enumerate(wanted) if j is not None]
-    x = data.T[[wanted[k][0] for k in found]]  # (L_found, S_in), one row gather
-    nan = np.isnan(x)
-    all_nan, any_nan = nan.all(1), nan.any(1)
-    mask = np.zeros(len(leads), dtype=bool)
-    for row, k in enumerate(found):
-        if all_nan[row]:
-            continue
-        if any_nan[row]:
-            raise ValueError(f"{where}: lead {leads[k]} has NaN samples")
-        mask[k] = True
-    if not mask.any():
-        raise ValueError(
-            f"{where}: none of the leads {list(leads)} found; the signal has {list(names)} (lead_aliases: {lead_aliases})"
-        )
-    keep = ~all_nan
-    x = x if keep.all() else x[keep]  # (L_kept, S_in)
-    factors = np.array([wanted[k][1] for k in np.flatnonzero(mask)])
-    x = x * factors[:, None] if (factors != 1).any() else x  # in mV
-    return PickedLeads(x.astype(np.float32), mask, float(fs_in))
-
-
-def resample_picked(picked: Sequence[PickedLeads], fs: float, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Resample picked signals to ``fs`` and crop / zero-pad them to ``n_samples``.
-
-    Signals with the same rate and length are resampled together, about ``_RESAMPLE_ROWS`` leads
-    per call of :func:`~clinfuse.datasets.ecg_resample.resample_poly_rows` (``resample_poly``
-    with its default Kaiser filter, computed as matrix products): a few products instead of one
-    filter loop per record. Not all at once: past a few hundred rows the stacked copy leaves the
-    CPU caches and costs more than it saves (measured: 8-16 twelve-lead records per call is twice
-    as fast as 181 in one).
-
-    Returns:
-        One ``((L, n_samples) float32 signal, (L,) bool mask)`` per input, in order.
-    """
-    out = [(np.zeros((len(p.mask), n_samples), dtype=np.float32), p.mask) for p in picked]
-    open_batch: dict[tuple[float, int], tuple[list[int], list[int]]] = {}  # key -> (members, [rows])
-    for i, p in enumerate(picked):
-        key = (p.fs_in, p.signal.shape[1])
-        members, rows = open_batch.setdefault(key, ([], [0]))
-        members.append(i)
-        rows[0] += len(p.signal)
-        if rows[0] >= _RESAMPLE_ROWS:
-            _resample_into(out, picked, open_batch.pop(key)[0], p.fs_in, fs, n_samples)
-    for (fs_in, _), (members, _) in open_batch.items():
-        _resample_into(out, picked, members, fs_in, fs, n_samples)
-    return out
-
-
-#: leads resampled per call in :func:`resample_picked`
-_RESAMPLE_ROWS = 128
-
-
-def _resample_into(out: list, picked: Sequence[PickedLeads], members: list[int], fs_in: float, fs: float, n_samples: int) -> None:
-    """Resample ``picked[members]`` (same rate and length) in one call and write them into ``out``."""
-    x = np.concatenate([picked[i].signal for i in members]) if len(members) > 1 else picked[members[0]].signal
-    ratio = Fraction(float(fs) / float(fs_in)).limit_denominator(1000)
-    if ratio != 1:  # one filter for all leads, designed once per rate pair; float32 halves the work
-        up, down = ratio.numerator, ratio.denominator
-        x = resample_poly_rows(torch.from_numpy(x), up, down, _lowpass(up, down), n_keep=n_samples).numpy()
-    n = min(x.shape[1], n_samples)
-    start = 0
-    for i in members:
-        signal, mask = out[i]
-        rows = int(mask.sum())
-        signal[mask, :n] = x[start : start + rows, :n]
-        start += rows
-
-
-def select_leads(
-    data: np.ndarray,
-    names: Sequence[str],
-    units: Sequence[str],
-    fs_in: float,
-    leads: Sequence[str],
-    fs: float,
-    n_samples: int,
-    lead_aliases: Mapping[str, str] | None = None,
-    where: str = "ECG",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pick ``leads`` by name from a multi-channel signal, convert to mV and resample to ``fs``.
-
-    Used for WFDB records and for in-memory signals (the prognosis API). A lead the signal lacks,
-    or whose samples are all NaN, gets ``mask`` False and zeros; channels in non-voltage units are
-    never leads; the output is cropped / zero-padded to ``n_samples``.
-
-    Args:
-        data: ``(S_in, C)`` samples, channel-last as ``wfdb`` returns them.
-        names, units: per channel.
-        fs_in: the input sampling rate (Hz).
-        leads, fs, n_samples: the output lead order, rate and length.
-        lead_aliases: channel name -> lead name, case-insensitive.
-        where: names the record and patient in errors.
-
-    Returns:
-        ``(L, n_samples)`` float32 signal and ``(L,)`` bool lead mask.
-
-    Raises:
-        ValueError: partially-NaN leads, or none of ``leads`` present.
-    """
-    return resample_picked([pick_leads(data, names, units, fs_in, leads, lead_aliases, where)], fs, n_samples)[0]

@@ -37,7 +37,7 @@ import pandas as pd
 import wfdb
 
 from clinfuse.datasets.cohort import READERS
-from clinfuse.datasets.ecg import PickedLeads, pick_leads, resample_picked
+from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked
 from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, tokenize
 from clinfuse.datasets.reader import ModalityReader

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.signal import firwin, resample_poly
 
-from clinfuse.datasets.ecg import _lowpass, pick_leads, resample_picked, select_leads
+from clinfuse.datasets.ecg_leads import _lowpass, pick_leads, resample_picked, select_leads
 from clinfuse.datasets.ecg_resample import resample_poly_rows
 
 RATES = [(1, 5), (5, 18), (1, 10), (2, 5), (100, 257), (2, 1), (3, 2), (7, 7)]
@@ -42,7 +42,7 @@ def _ecg(rng: np.random.Generator, fs: int, seconds: float, names: list[str]) ->
 
 @pytest.mark.parametrize("rows_per_call", [1, 4, 128])
 def test_resample_picked_batches_equal_one_by_one_and_scipy(rows_per_call, monkeypatch):
-    monkeypatch.setattr("clinfuse.datasets.ecg._RESAMPLE_ROWS", rows_per_call)
+    monkeypatch.setattr("clinfuse.datasets.ecg_leads._RESAMPLE_ROWS", rows_per_call)
     rng = np.random.default_rng(1)
     leads = ["I", "II", "V1"]
     inputs = [  # mixed rates, lengths and lead subsets
