@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from clinfuse.datasets.synthetic import generate_cohort
-from clinfuse.datasets.synthetic.parallel import n_workers
+from clinfuse.datasets.parallel import n_workers
 
 
 def disk_usage(root: Path) -> tuple[float, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +18,7 @@ import wfdb
 
 from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked, select_leads  # noqa: F401 (re-exported)
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
+from clinfuse.datasets.parallel import run_chunks
 from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_table, to_float
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -109,23 +111,19 @@ class ECGReader(ModalityReader):
                     f"{cache.parent}: cannot write the ECG cache ({err}); records will be read on "
                     f"every access", stacklevel=2,
                 )
-        lead_mask = np.zeros((len(df), len(self.leads)), dtype=bool)
-        for i, (pid, rec) in enumerate(zip(df["patient_id"], df["record"])):
-            lead_mask[i] = self._read_record(self.root / "ecg" / rec, pid)[1]
-        return None, lead_mask
+        return None, self._read_all(df, None)
 
     def _write_cache(self, cache: Path, df: pd.DataFrame) -> np.ndarray:
-        """Fill a ``(N, L, S)`` float32 ``.npy`` record by record (memory-mapped), then publish it."""
+        """Fill a ``(N, L, S)`` float32 ``.npy`` (memory-mapped) in chunks of records, in worker
+        processes when there are enough records (:mod:`clinfuse.datasets.parallel`; a progress bar
+        from ``PROGRESS_MIN_RECORDS`` records), then publish it."""
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.parent / f"{cache.name}.{os.getpid()}.tmp"
         shape = (len(df), len(self.leads), self.n_samples)
-        lead_mask = np.zeros(shape[:2], dtype=bool)
         try:
             out = np.lib.format.open_memmap(tmp.with_suffix(".npy"), mode="w+", dtype=np.float32, shape=shape)
-            for i, (pid, rec) in enumerate(zip(df["patient_id"], df["record"])):
-                out[i], lead_mask[i] = self._read_record(self.root / "ecg" / rec, pid)
-            out.flush()
-            del out
+            del out  # the chunks open it themselves (in this process or in workers)
+            lead_mask = self._read_all(df, tmp.with_suffix(".npy"))
             meta = {"patient_ids": df["patient_id"].tolist(), "lead_mask": lead_mask.tolist()}
             tmp.with_suffix(".json").write_text(json.dumps(meta))
             os.replace(tmp.with_suffix(".npy"), cache.with_suffix(".npy"))
@@ -135,23 +133,22 @@ class ECGReader(ModalityReader):
                 leftover.unlink(missing_ok=True)
         return lead_mask
 
+    def _read_all(self, df: pd.DataFrame, npy: Path | None) -> np.ndarray:
+        """Read and validate every record (into rows of ``npy`` when given); the ``(N, L)`` lead masks."""
+        settings = {"leads": self.leads, "fs": self.fs, "n_samples": self.n_samples, "lead_aliases": self.lead_aliases}
+        paths = [str(self.root / "ecg" / rec) for rec in df["record"]]
+        ids = df["patient_id"].tolist()
+        tasks = [
+            {"start": i, "paths": paths[i : i + CACHE_CHUNK], "ids": ids[i : i + CACHE_CHUNK], "npy": npy and str(npy), **settings}
+            for i in range(0, len(df), CACHE_CHUNK)
+        ]
+        masks = run_chunks(_read_chunk, tasks, [len(t["paths"]) for t in tasks], "ECG cache",
+                           show_progress=len(df) >= PROGRESS_MIN_RECORDS)
+        return np.concatenate(masks) if masks else np.zeros((0, len(self.leads)), dtype=bool)
+
     def _read_record(self, path: Path, patient_id: str) -> tuple[np.ndarray, np.ndarray]:
         """One record as ``(L, S)`` float32 at ``fs`` and its ``(L,)`` lead mask."""
-        try:
-            record = wfdb.rdrecord(str(path))
-            data = record.p_signal
-            if data is None or data.ndim != 2 or data.shape[0] != record.sig_len:
-                raise ValueError(f"expected {record.sig_len} samples, read {getattr(data, 'shape', None)}")
-        except Exception as err:  # wfdb raises OSError/ValueError/IndexError on bad files
-            raise ValueError(
-                f"{path}.hea/.dat (patient {patient_id}): cannot read WFDB record: "
-                f"{type(err).__name__}: {err}"
-            ) from err
-        units = record.units or [""] * len(record.sig_name)
-        return select_leads(
-            data, record.sig_name, units, float(record.fs), self.leads, self.fs, self.n_samples,
-            self.lead_aliases, where=f"{path} (patient {patient_id})",
-        )
+        return read_ecg_record(path, patient_id, self.leads, self.fs, self.n_samples, self.lead_aliases)
 
     def _cache_key(self, df: pd.DataFrame) -> str:
         """Hash of the record list, every record file's size+mtime, and the output settings."""
@@ -228,3 +225,47 @@ class ECGReader(ModalityReader):
             "lead_mask": pad_stack(pick(items, "lead_mask"), (n_leads,), np.bool_, "ecg.lead_mask"),
             "present": present_mask(items),
         }
+
+
+#: records per chunk of the cache build (one task for a worker process)
+CACHE_CHUNK = 64
+#: a cache build of at least this many records shows a progress bar
+PROGRESS_MIN_RECORDS = 500
+
+
+def read_ecg_record(
+    path: str | Path, patient_id: str, leads: Sequence[str], fs: float, n_samples: int, lead_aliases: Mapping[str, str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One WFDB record (path without extension) as ``(L, n_samples)`` float32 at ``fs`` and its
+    ``(L,)`` lead mask; ValueError naming the files and the patient when it cannot be read."""
+    try:
+        record = wfdb.rdrecord(str(path))
+        data = record.p_signal
+        if data is None or data.ndim != 2 or data.shape[0] != record.sig_len:
+            raise ValueError(f"expected {record.sig_len} samples, read {getattr(data, 'shape', None)}")
+    except Exception as err:  # wfdb raises OSError/ValueError/IndexError on bad files
+        raise ValueError(
+            f"{path}.hea/.dat (patient {patient_id}): cannot read WFDB record: {type(err).__name__}: {err}"
+        ) from err
+    units = record.units or [""] * len(record.sig_name)
+    return select_leads(
+        data, record.sig_name, units, float(record.fs), leads, fs, n_samples, lead_aliases,
+        where=f"{path} (patient {patient_id})",
+    )
+
+
+def _read_chunk(task: dict[str, Any]) -> np.ndarray:
+    """Read one chunk of records (runs in a worker): write them to their rows of ``task["npy"]``
+    (when given) and return their ``(n, L)`` lead masks."""
+    if multiprocessing.parent_process() is not None:  # a worker: one torch thread each, no oversubscription
+        torch.set_num_threads(1)
+    out = np.load(task["npy"], mmap_mode="r+") if task["npy"] else None
+    masks = np.zeros((len(task["paths"]), len(task["leads"])), dtype=bool)
+    for k, (path, pid) in enumerate(zip(task["paths"], task["ids"])):
+        signal, masks[k] = read_ecg_record(path, pid, task["leads"], task["fs"], task["n_samples"], task["lead_aliases"])
+        if out is not None:
+            out[task["start"] + k] = signal
+    if out is not None:
+        out.flush()
+        del out
+    return masks

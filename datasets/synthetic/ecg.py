@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import wfdb
 
-from clinfuse.datasets.synthetic.parallel import run_chunks
+from clinfuse.datasets.parallel import run_chunks
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CHUNK = 32

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from clinfuse.datasets.synthetic.parallel import run_chunks
+from clinfuse.datasets.parallel import run_chunks
 
 CHUNK = 32
 PATCH_PIXELS = 256

@@ -128,3 +128,37 @@ def test_state_round_trip_keeps_aliases(root):
     restored = ECGReader.from_state(root, r.state_dict())
     assert restored.lead_aliases == {"MLII": "II"}
     assert torch.equal(r.collate([r.get("c")])["signal"], restored.collate([restored.get("c")])["signal"])
+
+
+@pytest.fixture
+def many(tmp_path):
+    """60 records (more than one chunk, enough for worker processes), patient p07 with 2 leads only."""
+    (tmp_path / "ecg").mkdir()
+    ids = [f"p{i:02d}" for i in range(60)]
+    for i, pid in enumerate(ids):
+        write(tmp_path / "ecg", pid, 250 + 50 * (i % 3), ["I", "V2"] if pid == "p07" else LEADS, seconds=2.0)
+    pd.DataFrame({"patient_id": ids, "record": ids, "time": [0.0] * 60}).to_csv(tmp_path / "ecg" / "records.csv", index=False)
+    return tmp_path, ids
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cache_build_in_chunks_and_workers_equals_one_record_at_a_time(many, monkeypatch, workers):
+    root, ids = many
+    monkeypatch.setenv("CLINFUSE_WORKERS", workers)
+    monkeypatch.setattr(ecg_module, "CACHE_CHUNK", 16)  # 4 chunks
+    r = ECGReader(root, None, fs=100.0, seconds=2.0).fit(ids)
+    for i, pid in enumerate(ids):  # every row holds its own patient's record
+        want, mask = ecg_module.read_ecg_record(root / "ecg" / pid, pid, LEADS, 100.0, 200, {})
+        item = r.get(pid)
+        np.testing.assert_array_equal(item["signal"], want)
+        np.testing.assert_array_equal(item["lead_mask"], mask)
+    assert r.get("p07")["lead_mask"].sum() == 2 and r.get("p08")["lead_mask"].all()
+
+
+def test_a_bad_record_in_a_worker_names_file_and_patient(many, monkeypatch):
+    root, ids = many
+    monkeypatch.setenv("CLINFUSE_WORKERS", "2")
+    (root / "ecg" / "p41.dat").write_bytes(b"\x00" * 10)  # truncated signal file
+    with pytest.raises(ValueError, match=r"p41\.hea/\.dat \(patient p41\): cannot read WFDB record"):
+        ECGReader(root, None, fs=100.0, seconds=2.0)
+    assert not list((root / ".clinfuse_cache").glob("*.tmp.*"))  # the half-written cache is gone

@@ -1,9 +1,11 @@
-"""Run the slow per-file writers (ECG, WSI) in chunks, in worker processes when that pays off.
+"""Run slow per-file work in chunks, in worker processes when that pays off: the synthetic
+cohort's ECG and WSI writers, and the ECG reader's first-time cache build.
 
-Every chunk carries its own ``numpy.random.SeedSequence``, so the files do not depend on the number
-of workers or on the order in which chunks finish. The number of workers is the number of usable
-CPU cores (at most ``MAX_WORKERS``); set the environment variable ``CLINFUSE_SYNTH_WORKERS`` to
-override it (``1`` runs everything in the calling process). Worker processes use the platform's
+Results do not depend on the number of workers or on the order in which chunks finish (the
+synthetic writers give every chunk its own ``numpy.random.SeedSequence``; the ECG cache writes
+each record to its own rows). The number of workers is the number of usable CPU cores (at most
+``MAX_WORKERS``); set the environment variable ``CLINFUSE_WORKERS`` to override it (``1`` runs
+everything in the calling process; the older name ``CLINFUSE_SYNTH_WORKERS`` is still read). Worker processes use the platform's
 default start method; with ``spawn``/``forkserver`` a calling script needs the usual
 ``if __name__ == "__main__":`` guard.
 """
@@ -16,15 +18,17 @@ from tqdm.auto import tqdm
 
 MAX_WORKERS = 8
 MIN_ITEMS_FOR_POOL = 48  # below this, starting processes costs more than it saves
-WORKERS_ENV = "CLINFUSE_SYNTH_WORKERS"
+WORKERS_ENV = "CLINFUSE_WORKERS"
+_OLD_WORKERS_ENV = "CLINFUSE_SYNTH_WORKERS"
 
 
 def n_workers() -> int:
     """Number of worker processes to use (see the module docstring)."""
-    env = os.environ.get(WORKERS_ENV)
+    name = WORKERS_ENV if os.environ.get(WORKERS_ENV) else _OLD_WORKERS_ENV
+    env = os.environ.get(name)
     if env:
         if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"{WORKERS_ENV} must be a positive integer, got {env!r}")
+            raise ValueError(f"{name} must be a positive integer, got {env!r}")
         return int(env)
     try:
         cpus = len(os.sched_getaffinity(0))
