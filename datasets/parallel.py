@@ -10,6 +10,7 @@ default start method; with ``spawn``/``forkserver`` a calling script needs the u
 ``if __name__ == "__main__":`` guard.
 """
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Sequence
@@ -53,7 +54,8 @@ def run_chunks(fn: Callable, tasks: Sequence, sizes: Sequence[int], desc: str, s
     workers = min(n_workers(), len(tasks))
     results = [None] * len(tasks)
     with tqdm(total=int(sum(sizes)), desc=desc, unit="file", disable=not show_progress) as bar:
-        if workers <= 1 or sum(sizes) < MIN_ITEMS_FOR_POOL:
+        # a daemonic process (a multiprocessing.Pool or DataLoader worker) may not start children
+        if workers <= 1 or sum(sizes) < MIN_ITEMS_FOR_POOL or multiprocessing.current_process().daemon:
             for i, task in enumerate(tasks):
                 results[i] = fn(task)
                 bar.update(sizes[i])
