@@ -6,7 +6,7 @@ sets into a one-modality (``tabular``) cohort folder; ``SOURCES`` holds the per-
 writes (or reuses) any built-in cohort, breast cancer included, in a cache folder, so a config can
 say ``data.root: builtin:whas500``.
 
-Labels: ``time`` in days (all four sets count days already; ``days_per_unit`` converts otherwise),
+Labels: ``time`` in days (``days_per_unit`` converts: cgvhd counts years),
 ``event`` 1 = event observed. ``binary`` is written only where it is fully determined: "event
 within the horizon" needs every patient censored before the horizon to be absent, which holds only
 for whas500 (first censoring at day 368, horizon 365 days); elsewhere early censoring makes it
@@ -32,7 +32,7 @@ import pandas as pd
 from clinfuse.datasets.builtin import _check_fold, _survival_fields, cv_splits, write_breast_cancer_cohort
 from clinfuse.datasets.conversion import fingerprint, is_current, write_cohort_info
 
-BUILTIN_COHORTS = ("breast_cancer", "whas500", "gbsg2", "veterans", "flchain")
+BUILTIN_COHORTS = ("breast_cancer", "whas500", "gbsg2", "veterans", "flchain", "cgvhd")
 BUILTIN_PREFIX = "builtin:"
 
 
@@ -50,6 +50,8 @@ class TabularSurvivalSource:
         dropped: loader columns left out (each must have a reason in ``SOURCES``' comments).
         binary_horizon_days: ``binary`` = event within this many days, or None (no ``binary``).
         description: what ``time``/``event`` mean.
+        causes: competing risks: the names of the causes ``1..R`` of the integer ``status`` field
+            (written as the ``cause`` label); empty for single-event data sets.
     """
 
     loader: str
@@ -61,6 +63,7 @@ class TabularSurvivalSource:
     dropped: tuple[str, ...] = ()
     binary_horizon_days: float | None = None
     description: str = ""
+    causes: tuple[str, ...] = ()
 
 
 SOURCES: dict[str, TabularSurvivalSource] = {
@@ -99,6 +102,14 @@ SOURCES: dict[str, TabularSurvivalSource] = {
         dropped=("chapter",),
         description="days from the blood sample to death or last contact (futime) / death observed (death)",
     ),
+    # Chronic graft-versus-host disease after allogeneic bone-marrow transplant (Pintilie 2006):
+    # 100 patients, three competing events. ftime is in years (0.057-2.776).
+    "cgvhd": TabularSurvivalSource(
+        loader="load_cgvhd", data_file="cgvhd.arff", prefix="cgvhd", days_per_unit=365.25,
+        numeric=("age",), categorical=("dx", "tx", "extent"),
+        description="days from transplant to the first of cGvHD, relapse or death, or to censoring (ftime) / any of them observed",
+        causes=("cGvHD", "relapse", "death"),
+    ),
 }
 ZERO_TIME_DAYS = 0.5
 
@@ -127,13 +138,21 @@ def load_tabular_survival(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
             table[col] = x[col].astype(np.float64)
         elif col in src.categorical:
             table[col] = x[col].astype("string")
-    event_field, time_field = _survival_fields(y)
-    time = np.asarray(y[time_field], dtype=np.float64) * src.days_per_unit
-    event = np.asarray(y[event_field], dtype=bool)
+    if src.causes:  # competing risks: an integer status, 0 = censored, r = cause r
+        status = np.asarray(y["status"], dtype=np.int64)
+        if status.min() < 0 or status.max() > len(src.causes):
+            raise ValueError(f"sksurv.datasets.{src.loader}: status outside [0, {len(src.causes)}]")
+        time, event = np.asarray(y["ftime"], dtype=np.float64) * src.days_per_unit, status > 0
+    else:
+        event_field, time_field = _survival_fields(y)
+        time = np.asarray(y[time_field], dtype=np.float64) * src.days_per_unit
+        event = np.asarray(y[event_field], dtype=bool)
     if (time < 0).any() or ((time == 0) & ~event).any():
         raise ValueError(f"sksurv.datasets.{src.loader}: negative times or censoring at time 0")
     time = np.where(time == 0, ZERO_TIME_DAYS, time)  # death on day 0 (see SOURCES)
     labels = pd.DataFrame({"time": time, "event": event.astype(np.int64)}, index=ids)
+    if src.causes:
+        labels["cause"] = status
     if src.binary_horizon_days is not None:
         undetermined = ~event & (time < src.binary_horizon_days)
         if undetermined.any():
@@ -173,6 +192,8 @@ def write_tabular_survival_cohort(
     pd.DataFrame({"patient_id": labels.index, "split": split}).to_csv(out / "splits.csv", index=False)
     table.reset_index().to_parquet(out / "tabular.parquet", index=False)
     label_doc = {"time/event": src.description}
+    if src.causes:
+        label_doc["cause"] = "0 censored, " + ", ".join(f"{r} {c}" for r, c in enumerate(src.causes, 1))
     if src.binary_horizon_days is not None:
         label_doc["binary"] = f"event within {src.binary_horizon_days:g} days (no patient censored before)"
     write_cohort_info(

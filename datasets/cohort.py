@@ -33,7 +33,7 @@ READERS: dict[str, type[ModalityReader]] = {
 SPLITS = ("train", "val", "test")
 #: Every known label column; ``labels.parquet`` needs ``patient_id`` plus at least one label (``time``
 #: and ``event`` come together). Further columns (e.g. ``label_<name>`` floats) are kept as they are.
-LABEL_COLUMNS = ("patient_id", "binary", "multiclass", "time", "event")
+LABEL_COLUMNS = ("patient_id", "binary", "multiclass", "time", "event", "cause")
 
 
 @dataclass
@@ -214,7 +214,17 @@ def _read_labels(path: Path, n_classes: int | None) -> pd.DataFrame:
         if bad.any():
             who = df.loc[bad, "patient_id"][:10].tolist()
             raise ValueError(f"{path}: column 'time' must be > 0; patient(s) {who}")
-    for col in ("binary", "multiclass", "event"):
+    if "cause" in has:  # competing risks: 0 = censored, 1..R = the event's cause
+        if "event" not in has:
+            raise ValueError(f"{path}: column 'cause' (competing risks) needs the survival labels 'time' and 'event'")
+        c = df["cause"]
+        bad = (c != np.round(c)) | (c < 0) | ((c > 0) != (df["event"] > 0))
+        if bad.any():
+            raise ValueError(
+                f"{path}: column 'cause' must be 0 where event is 0 and an integer >= 1 (the cause) where "
+                f"event is 1; patient(s) {df.loc[bad, 'patient_id'][:10].tolist()}"
+            )
+    for col in ("binary", "multiclass", "event", "cause"):
         if col in has:
             df[col] = df[col].astype(np.int64)
     return df.reset_index(drop=True)

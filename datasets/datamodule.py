@@ -156,6 +156,12 @@ class ClinicalDataModule(pl.LightningDataModule):
         return self.cohort.n_classes
 
     @property
+    def n_causes(self) -> int:
+        """Competing causes: the largest ``cause`` label (1 when the labels have no ``cause``)."""
+        labels = self.cohort.labels
+        return max(1, int(labels["cause"].max())) if "cause" in labels.columns else 1
+
+    @property
     def oracle(self) -> pd.DataFrame | None:
         """The cohort's ``oracle.parquet`` (synthetic cohorts) or None."""
         return self.cohort.oracle

@@ -15,7 +15,7 @@ from clinfuse.datasets.reader import ModalityReader
 
 Item = dict[str, Any]
 #: numpy dtype of each known label in an item; every other (extra, numeric) label is float32.
-LABEL_DTYPES = {"binary": np.float32, "multiclass": np.int64, "time": np.float32, "event": np.float32}
+LABEL_DTYPES = {"binary": np.float32, "multiclass": np.int64, "time": np.float32, "event": np.float32, "cause": np.int64}
 
 
 def batch_label_names(labels: pd.DataFrame) -> list[str]:

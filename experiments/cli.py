@@ -38,6 +38,7 @@ class ClinFuseCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         parser.link_arguments("data.spec", "model.spec", apply_on="instantiate")
         parser.link_arguments("data.n_classes", "model.n_classes", apply_on="instantiate")
+        parser.link_arguments("data.n_causes", "model.n_causes", apply_on="instantiate")
         # One checkpoint callback owned by the trainer for the whole run (a callback returned by
         # LightningModule.configure_callbacks is replaced at test time, which breaks MLFlowLogger).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

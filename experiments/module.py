@@ -62,10 +62,13 @@ class ClinFuseModule(pl.LightningModule):
             averaged and added with this weight.
         cox_ties: handling of tied event times in the Cox partial likelihood (survival task).
         survival_loss: ``cox`` (default), or a discrete-time loss on quantile bins of the training
-            event times: ``logistic_hazard``, ``pmf`` or ``deephit`` (``SurvivalObjective``).
+            event times: ``logistic_hazard``, ``pmf`` or ``deephit`` (``SurvivalObjective``), or with
+            competing causes (label ``cause``: 0 censored, 1..R) ``pmf_cr`` or ``deephit_cr``.
         n_time_bins: bins of the discrete-time losses.
         risk_memory: Cox only: recent (risk, time, event) samples kept to enlarge the risk sets of
             tiny batches during training (0 = off; see ``CoxRiskMemory``).
+        n_causes: competing causes of the ``*_cr`` losses (linked from the data module's largest
+            ``cause`` label by the CLI).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class ClinFuseModule(pl.LightningModule):
         survival_loss: SurvivalLoss = "cox",
         n_time_bins: int = 16,
         risk_memory: int = 0,
+        n_causes: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -115,12 +119,13 @@ class ClinFuseModule(pl.LightningModule):
         self.fusion = (fusion or TransformerFusion)(d_model, self.modalities)
         self.dropout = ModalityDropout(modality_dropout)
         self.objective = (
-            SurvivalObjective(survival_loss, n_time_bins, cox_ties, risk_memory) if task == "survival" else None
+            SurvivalObjective(survival_loss, n_time_bins, cox_ties, risk_memory, n_causes=n_causes)
+            if task == "survival" else None
         )
         n_outputs = self.objective.n_outputs if self.objective is not None else 1
         self.head = TaskHead(d_model, task, n_classes, dropout=head_dropout, n_outputs=n_outputs)
         self._collected = nn.ModuleDict(
-            {f"{s}_preds": nn.ModuleDict({k: CatMetric() for k in ("out", "target", "time", "event", "raw")}) for s in STAGES}
+            {f"{s}_preds": nn.ModuleDict({k: CatMetric() for k in ("out", "target", "time", "event", "raw", "cause")}) for s in STAGES}
         )
 
     # ------------------------------------------------------------------ forward
@@ -165,6 +170,11 @@ class ClinFuseModule(pl.LightningModule):
                 f"survival_loss={self.objective.loss_name!r} needs time bins from the training split: fit "
                 f"with a ClinicalDataModule, or call model.objective.fit_bins(train_time, train_event) first"
             )
+        if self.objective.competing and "cause" not in cohort.labels.columns:
+            raise ValueError(
+                f"survival_loss={self.objective.loss_name!r} needs label(s) 'time' and 'event' and 'cause' "
+                f"(0 = censored, 1..R); the cohort's labels.parquet has {sorted(cohort.labels.columns)}"
+            )
         train = cohort.labels.set_index("patient_id").loc[list(cohort.splits["train"])]
         self.objective.fit_bins(torch.as_tensor(train["time"].to_numpy(float)), torch.as_tensor(train["event"].to_numpy(float)))
 
@@ -175,7 +185,7 @@ class ClinFuseModule(pl.LightningModule):
     # ------------------------------------------------------------------ loss
     def loss(self, out: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.task == "survival":
-            return self.objective.loss(out, labels["time"], labels["event"], training=self.training)
+            return self.objective.loss(out, labels["time"], labels["event"], training=self.training, cause=labels.get("cause"))
         if self.task == "binary":
             return nn.functional.binary_cross_entropy_with_logits(out, labels["binary"].float())
         return nn.functional.cross_entropy(out, labels["multiclass"].long())
@@ -183,6 +193,8 @@ class ClinFuseModule(pl.LightningModule):
     def _check_labels(self, labels: Mapping[str, torch.Tensor]) -> None:
         """Raise ``ValueError`` when the batch lacks the labels of this module's task."""
         need = ("time", "event") if self.task == "survival" else (self.task,)
+        if self.objective is not None and self.objective.competing:
+            need = (*need, "cause")
         if any(k not in labels for k in need):
             raise ValueError(
                 f"task {self.task!r} needs label(s) {' and '.join(repr(k) for k in need)}; the cohort's "
@@ -213,6 +225,8 @@ class ClinFuseModule(pl.LightningModule):
         if self.task == "survival":  # only survival metrics read time/event; other cohorts may lack them
             col["time"].update(labels["time"].float())
             col["event"].update(labels["event"].float())
+            if self.objective.competing:
+                col["cause"].update(labels["cause"].float())
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -238,6 +252,8 @@ class ClinFuseModule(pl.LightningModule):
         if self.task == "survival":
             risk, time, event = (x.cpu().numpy() for x in (out, col["time"].compute(), col["event"].compute()))
             metrics = {"c_index": harrell_c_index(risk, time, event)}
+            if self.objective.competing:
+                metrics.update(self._cause_c_indices(stage, time))
             if stage != "train":
                 metrics.update(self._ipcw_metrics(stage, risk, time, event))
         else:
@@ -248,6 +264,16 @@ class ClinFuseModule(pl.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=stage == "val", sync_dist=False)
         for m in col.values():
             m.reset()
+
+    def _cause_c_indices(self, stage: str, time: np.ndarray) -> dict[str, float]:
+        """Cause-specific Harrell C (events of other causes count as censored): ``c_index_cause<r>``,
+        ranking by the expected number of bins lost to cause ``r``, ``sum_k CIF_r(k)``."""
+        col = self._collected[f"{stage}_preds"]
+        raw = col["raw"].compute().reshape(-1, self.objective.n_outputs).cpu()
+        cause = col["cause"].compute().cpu().numpy()
+        cif = self.objective.cumulative_incidence(raw).sum(-1).numpy()  # (n, R)
+        return {f"c_index_cause{r}": harrell_c_index(cif[:, r - 1], time, cause == r)
+                for r in range(1, self.objective.n_causes + 1)}
 
     def _ipcw_metrics(self, stage: str, risk, time, event) -> dict[str, float]:
         """Uno's C-index, mean time-dependent AUC, integrated Brier score and the D-calibration

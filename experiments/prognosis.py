@@ -209,7 +209,9 @@ class Prognosis:
         ``contributions`` (modality -> risk with all present modalities minus risk without it),
         ``trajectory`` (sequential heads: ``[{"step", "risk"}]`` from the initial state through
         each present modality) and, for survival, ``survival_curve``, ``median_survival`` (inf
-        when the curve stays above 0.5) and ``survival_at``. A bad record gives
+        when the curve stays above 0.5) and ``survival_at`` (all-cause); competing-risks models
+        add ``cumulative_incidence`` (``times`` + ``cause_<r>`` lists) and ``incidence_at``
+        (``cause_<r>`` -> horizon -> CIF). A bad record gives
         ``{"patient_id", "error"}`` instead and does not affect the others.
         """
         results: list[dict] = [{} for _ in records]
@@ -278,6 +280,12 @@ class Prognosis:
                 res["survival_curve"] = {"times": surv["times"], "survival": surv["curve"][b].tolist()}
                 res["median_survival"] = float(surv["median"][b])
                 res["survival_at"] = {h: float(s) for h, s in zip(horizons, surv["at"][b])}
+                if "cif" in surv:  # competing risks: each cause's cumulative incidence
+                    causes = [f"cause_{r}" for r in range(1, surv["cif"].shape[1] + 1)]
+                    res["cumulative_incidence"] = {"times": surv["times"],
+                                                   **{c: surv["cif"][b, r].tolist() for r, c in enumerate(causes)}}
+                    res["incidence_at"] = {c: {h: float(v) for h, v in zip(horizons, surv["cif_at"][b, r])}
+                                           for r, c in enumerate(causes)}
             rows.append(res)
         return rows
 
@@ -294,12 +302,17 @@ class Prognosis:
             }
         if objective is not None and objective.discrete:
             ends = objective.edges[1:-1]  # (K - 1,) finite bin ends
-            return {
+            h = torch.tensor(list(horizons), dtype=torch.float64)
+            surv = {
                 "times": ends.tolist(),
                 "curve": objective.survival_at_bin_ends(out)[:, :-1].numpy(),
                 "median": objective.median(out).numpy(),
-                "at": objective.survival(out, torch.tensor(list(horizons), dtype=torch.float64)).numpy(),
+                "at": objective.survival(out, h).numpy(),
             }
+            if objective.competing:  # (B, R, K - 1) and (B, R, H)
+                surv["cif"] = objective.cumulative_incidence(out)[..., :-1].numpy()
+                surv["cif_at"] = objective.cumulative_incidence_at(out, h).numpy()
+            return surv
         return {}
 
     def _readout(self, out: torch.Tensor, risk: torch.Tensor) -> dict[str, Any]:

@@ -11,6 +11,10 @@ logit per time bin; survival read from the outputs directly):
 - ``logistic_hazard``: logistic-hazard NLL on ``n_bins`` quantile bins (MCAT / PORPOISE).
 - ``pmf``: the PMF (softmax) NLL, ``n_bins + 1`` outputs (the last = beyond the last bin).
 - ``deephit``: DeepHit = ``alpha`` PMF NLL + ``(1 - alpha)`` ranking term.
+- ``pmf_cr``, ``deephit_cr``: the same with ``n_causes`` competing causes (labels ``cause``: 0 =
+  censored, 1..R): one softmax over (cause, bin) cells, ``n_causes * n_bins + 1`` outputs
+  (:mod:`clinfuse.fusion.competing_risks`). Survival, risk and median are all-cause; the
+  cause-specific cumulative incidence comes from :meth:`SurvivalObjective.cumulative_incidence`.
 
 Bin edges are quantiles of the TRAINING split's event times (:meth:`fit_bins`); they are a
 persistent buffer, so a checkpoint restores them.
@@ -25,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clinfuse.fusion.competing_risks import cr_deephit_loss, cr_pmf_nll
+from clinfuse.fusion.competing_risks import cumulative_incidence as _cumulative_incidence
 from clinfuse.fusion.discrete_time import (
     deephit_loss,
     discretize,
@@ -36,21 +42,24 @@ from clinfuse.fusion.discrete_time import (
 from clinfuse.fusion.losses import cox_ph_loss
 from clinfuse.fusion.risk_memory import CoxRiskMemory
 
-SurvivalLoss = Literal["cox", "logistic_hazard", "pmf", "deephit"]
-SURVIVAL_LOSSES: tuple[str, ...] = ("cox", "logistic_hazard", "pmf", "deephit")
+SurvivalLoss = Literal["cox", "logistic_hazard", "pmf", "deephit", "pmf_cr", "deephit_cr"]
+SURVIVAL_LOSSES: tuple[str, ...] = ("cox", "logistic_hazard", "pmf", "deephit", "pmf_cr", "deephit_cr")
+COMPETING_LOSSES: tuple[str, ...] = ("pmf_cr", "deephit_cr")
 
 
 class SurvivalObjective(nn.Module):
     """Loss, risk score and survival function of one survival parametrisation.
 
     Args:
-        loss: ``cox``, ``logistic_hazard``, ``pmf`` or ``deephit``.
+        loss: ``cox``, ``logistic_hazard``, ``pmf``, ``deephit``, or with competing causes
+            ``pmf_cr`` / ``deephit_cr``.
         n_bins: time bins of the discrete-time losses.
         ties: tie handling of the Cox likelihood (``breslow`` or ``efron``).
         risk_memory: Cox only: size of the memory of recent (risk, time, event) samples added to
             the risk sets during training; 0 = off (the plain batch likelihood).
         deephit_alpha: weight of the likelihood in the DeepHit loss.
         deephit_sigma: scale of the DeepHit ranking term.
+        n_causes: competing causes ``R`` of the ``*_cr`` losses (ignored by the others).
     """
 
     def __init__(
@@ -61,6 +70,7 @@ class SurvivalObjective(nn.Module):
         risk_memory: int = 0,
         deephit_alpha: float = 0.5,
         deephit_sigma: float = 0.1,
+        n_causes: int = 1,
     ) -> None:
         super().__init__()
         if loss not in SURVIVAL_LOSSES:
@@ -69,10 +79,13 @@ class SurvivalObjective(nn.Module):
             raise ValueError(f"n_bins must be >= 1 for the {loss!r} loss, got {n_bins}")
         if risk_memory and loss != "cox":
             raise ValueError(f"risk_memory applies to the Cox loss only, not {loss!r}")
+        if loss in COMPETING_LOSSES and int(n_causes) < 1:
+            raise ValueError(f"the {loss!r} loss needs n_causes >= 1 (the data's largest 'cause' label), got {n_causes}")
         if risk_memory and ties != "breslow":
             raise ValueError("risk_memory uses the Breslow likelihood; set ties='breslow'")
         self.loss_name, self.n_bins, self.ties = loss, int(n_bins), ties
         self.deephit_alpha, self.deephit_sigma = float(deephit_alpha), float(deephit_sigma)
+        self.n_causes = int(n_causes) if loss in COMPETING_LOSSES else 1
         self.memory = CoxRiskMemory(risk_memory) if risk_memory else None
         # NaN edges = not fitted yet; persistent so checkpoints carry the training bins (Cox: None, so a
         # Cox model's state dict is unchanged)
@@ -83,10 +96,18 @@ class SurvivalObjective(nn.Module):
         return self.loss_name != "cox"
 
     @property
+    def competing(self) -> bool:
+        """Whether the loss models competing causes (needs the ``cause`` label)."""
+        return self.loss_name in COMPETING_LOSSES
+
+    @property
     def n_outputs(self) -> int:
-        """Width of the task head's output: 1 (Cox log-risk), K hazards or K + 1 PMF logits."""
+        """Width of the task head's output: 1 (Cox log-risk), K hazards, K + 1 PMF logits or
+        R * K + 1 competing-risks logits."""
         if not self.discrete:
             return 1
+        if self.competing:
+            return self.n_causes * self.n_bins + 1
         return self.n_bins if self.loss_name == "logistic_hazard" else self.n_bins + 1
 
     @property
@@ -112,11 +133,14 @@ class SurvivalObjective(nn.Module):
                 "(ClinFuseModule does so in setup() from the data module's training split)"
             )
 
-    def loss(self, out: torch.Tensor, time: torch.Tensor, event: torch.Tensor, training: bool = False) -> torch.Tensor:
-        """The batch loss.
+    def loss(
+        self, out: torch.Tensor, time: torch.Tensor, event: torch.Tensor, training: bool = False,
+        cause: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The batch loss; ``cause`` (0 = censored, 1..R) is required by the competing-risks losses.
 
         Shapes:
-            out: (B,) Cox log-risk or (B, n_outputs) logits; time, event: (B,) -> scalar
+            out: (B,) Cox log-risk or (B, n_outputs) logits; time, event, cause: (B,) -> scalar
         """
         if not self.discrete:
             if self.memory is not None and training:
@@ -124,6 +148,14 @@ class SurvivalObjective(nn.Module):
             return cox_ph_loss(out, time, event, ties=self.ties)
         self._require_fitted()
         bins = discretize(time, self.edges)
+        if self.competing:
+            if cause is None:
+                raise ValueError(f"the {self.loss_name!r} loss needs the 'cause' label (0 = censored, 1..R)")
+            if ((cause > 0) != (event > 0)).any():
+                raise ValueError("labels 'cause' and 'event' disagree: cause must be 0 exactly where event is 0")
+            if self.loss_name == "pmf_cr":
+                return cr_pmf_nll(out, bins, cause, self.n_causes)
+            return cr_deephit_loss(out, bins, cause, self.n_causes, alpha=self.deephit_alpha, sigma=self.deephit_sigma)
         if self.loss_name == "logistic_hazard":
             return logistic_hazard_nll(out, bins, event)
         if self.loss_name == "pmf":
@@ -140,8 +172,32 @@ class SurvivalObjective(nn.Module):
             raise ValueError("a Cox model's survival function needs a Breslow baseline (BreslowBaseline)")
         if self.loss_name == "logistic_hazard":
             return survival_from_hazards(out)
+        if self.competing:
+            return (1.0 - self.cumulative_incidence(out).sum(1)).clamp(0.0, 1.0)
         cdf = torch.cumsum(F.softmax(out, dim=1), dim=1)[:, : self.n_bins]  # (B, K)
         return (1.0 - cdf).clamp(0.0, 1.0)
+
+    def cumulative_incidence(self, out: torch.Tensor) -> torch.Tensor:
+        """Competing-risks models: each cause's cumulative incidence at the end of each bin.
+
+        Shapes:
+            out: (B, n_outputs) -> (B, R, K)
+        """
+        if not self.competing:
+            raise ValueError(f"cumulative incidence needs a competing-risks loss, not {self.loss_name!r}")
+        return _cumulative_incidence(out, self.n_causes)
+
+    def cumulative_incidence_at(self, out: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Competing-risks models: ``CIF_r(t)`` at ``times``, the step function of :meth:`survival`.
+
+        Shapes:
+            out: (B, n_outputs), times: (T,) -> (B, R, T)
+        """
+        self._require_fitted()
+        cif = self.cumulative_incidence(out)  # (B, R, K)
+        cif = torch.cat([torch.zeros_like(cif[..., :1]), cif], dim=2)  # index k = CIF at e_k
+        k = torch.bucketize(times.to(self.edges.dtype), self.edges[1:-1].contiguous(), right=True)  # (T,)
+        return cif[..., k.to(cif.device)]
 
     def risk(self, out: torch.Tensor) -> torch.Tensor:
         """One risk score per patient (higher = earlier event), for C-indices and risk groups.

@@ -114,9 +114,25 @@ def test_builtin_breast_cancer_by_name(tmp_path):
 
 
 def test_unknown_builtin_name_lists_the_cohorts():
-    with pytest.raises(ValueError, match="whas500.*gbsg2.*veterans.*flchain"):
+    with pytest.raises(ValueError, match="whas500.*gbsg2.*veterans.*flchain.*cgvhd"):
         builtin_cohort("whas501")
-    assert set(BUILTIN_COHORTS) == {"breast_cancer", *EXPECTED}
+    assert set(BUILTIN_COHORTS) == {"breast_cancer", *EXPECTED, "cgvhd"}
+
+
+def test_cgvhd_competing_risks_labels_match_sksurv(tmp_path):
+    out = write_tabular_survival_cohort("cgvhd", tmp_path / "cgvhd", fold=0, n_folds=5, seed=0)
+    x, y = sksurv.datasets.load_cgvhd()
+    labels = pd.read_parquet(out / "labels.parquet")
+    np.testing.assert_array_equal(labels["cause"], y["status"])  # 0 censored, 1 cGvHD, 2 relapse, 3 death
+    np.testing.assert_array_equal(labels["event"], (y["status"] > 0).astype(int))
+    np.testing.assert_allclose(labels["time"], y["ftime"] * 365.25)  # years -> days
+    table = pd.read_parquet(out / "tabular.parquet")
+    assert sorted(table.columns) == ["age", "dx", "extent", "patient_id", "tx"] and len(table) == len(x) == 100
+    info = pd.read_json(out / "cohort.json", typ="series")
+    assert info["labels"]["cause"] == "0 censored, 1 cGvHD, 2 relapse, 3 death"
+    from clinfuse.datasets.cohort import Cohort
+
+    assert Cohort.load(out, ["tabular"]).labels["cause"].max() == 3  # loads with the cause checks
 
 
 def test_datamodule_accepts_builtin_root(tmp_path, monkeypatch):

@@ -30,11 +30,13 @@ def _base(cohort: Path, *configs: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "experiments")))
-def test_every_config_runs_one_batch(config, synthetic_cohort, tmp_path, monkeypatch):
+def test_every_config_runs_one_batch(config, synthetic_cohort, request, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(["fit", *_base(synthetic_cohort, config), "--trainer.fast_dev_run=1", "--trainer.logger=false"])
+    # a competing-risks config needs the 'cause' label: the same cohort with causes added
+    cohort = request.getfixturevalue("competing_cohort") if "competing" in config.name else synthetic_cohort
+    cli = cli_main(["fit", *_base(cohort, config), "--trainer.fast_dev_run=1", "--trainer.logger=false"])
     assert cli.trainer.state.finished
-    assert cli.datamodule.root == str(synthetic_cohort)  # the test cohort, not a freshly generated one
+    assert cli.datamodule.root == str(cohort)  # the test cohort, not a freshly generated one
 
 
 def test_fit_trains_tests_and_records_everything_in_mlflow(synthetic_cohort, tmp_path, monkeypatch, capsys):

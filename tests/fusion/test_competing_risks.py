@@ -108,3 +108,64 @@ def test_covariate_free_fit_equals_aalen_johansen_on_real_data():
     at = np.searchsorted(x, np.arange(1, k + 1), side="right") - 1  # the AJ step at each bin end
     np.testing.assert_allclose(cif, aj[1:, at], atol=2e-6)
     assert 0.5 < cif[0, -1] < 1.0  # cGvHD, the dominant cause (86 of 100)
+
+
+def _objective(loss, n_causes=1, k=4):
+    from clinfuse.fusion.survival_objective import SurvivalObjective
+
+    obj = SurvivalObjective(loss, n_bins=k, n_causes=n_causes)
+    obj.edges.copy_(torch.tensor([0.0, 10.0, 20.0, 40.0, math.inf]))
+    return obj
+
+
+def test_objective_with_one_cause_equals_pmf():
+    logits, bins, cause = _data(n=10, k=4, r=1, seed=4)
+    cr, pmf = _objective("pmf_cr", 1), _objective("pmf")
+    assert cr.n_outputs == pmf.n_outputs == 5
+    time = torch.tensor([5.0, 15.0, 25.0, 45.0, 9.0, 11.0, 39.0, 41.0, 1.0, 100.0], dtype=torch.float64)
+    assert cr.loss(logits, time, (cause > 0).double(), cause=cause).item() == pytest.approx(
+        pmf.loss(logits, time, (cause > 0).double()).item(), abs=1e-12)
+    t = torch.tensor([0.0, 9.9, 10.0, 30.0, 1e6], dtype=torch.float64)
+    torch.testing.assert_close(cr.survival(logits, t), pmf.survival(logits, t))
+    torch.testing.assert_close(cr.risk(logits), pmf.risk(logits))
+    torch.testing.assert_close(cr.median(logits), pmf.median(logits))
+
+
+def test_objective_cumulative_incidence_steps_and_sums_to_one_minus_survival():
+    obj = _objective("deephit_cr", 3)
+    logits, *_ = _data(n=6, k=4, r=3, seed=5)
+    assert obj.competing and obj.n_outputs == 13
+    t = torch.tensor([0.0, 5.0, 10.0, 25.0, 40.0, 1e9], dtype=torch.float64)
+    cif = obj.cumulative_incidence_at(logits, t)  # (B, 3, T)
+    assert cif.shape == (6, 3, 6)
+    torch.testing.assert_close(cif[..., 0], torch.zeros(6, 3, dtype=torch.float64))  # nothing before the first end
+    torch.testing.assert_close(cif[..., 2], obj.cumulative_incidence(logits)[..., 0])  # t = 10: end of bin 0
+    torch.testing.assert_close(obj.survival(logits, t) + cif.sum(1), torch.ones(6, 6, dtype=torch.float64))
+
+
+def test_objective_errors():
+    from clinfuse.fusion.survival_objective import SurvivalObjective
+
+    with pytest.raises(ValueError, match="n_causes >= 1"):
+        SurvivalObjective("pmf_cr", n_bins=4, n_causes=0)
+    obj = _objective("pmf_cr", 2)
+    logits, bins, cause = _data(n=4, k=4, r=2, seed=6)
+    time = torch.tensor([5.0, 15.0, 25.0, 45.0])
+    with pytest.raises(ValueError, match="needs the 'cause' label"):
+        obj.loss(logits, time, torch.ones(4))
+    with pytest.raises(ValueError, match="cause must be 0 exactly where event is 0"):
+        obj.loss(logits, time, torch.zeros(4), cause=torch.tensor([0, 1, 0, 0]))
+    with pytest.raises(ValueError, match="competing-risks loss"):
+        _objective("pmf").cumulative_incidence(logits[:, :5])
+
+
+def test_early_events_of_any_cause_rank_higher():
+    obj = _objective("pmf_cr", 2)
+    logits = torch.full((3, 9), -10.0, dtype=torch.float64)
+    logits[0, 0] = 5.0  # cause 1, first bin
+    logits[1, 4 + 1] = 5.0  # cause 2, second bin
+    logits[2, 8] = 5.0  # nothing by the end of the last bin
+    risk = obj.risk(logits)
+    assert risk[0] > risk[1] > risk[2]
+    cif = obj.cumulative_incidence(logits)
+    assert cif[0, 0, 0] > 0.99 and cif[1, 1, 1] > 0.99 and cif[2].sum(0)[-1] < 0.01
