@@ -144,6 +144,8 @@ def _flat(pid: str, res: dict[str, Any], modalities: Sequence[str]) -> dict[str,
     if "median_survival" in res:
         row["median_survival"] = res["median_survival"]
         row.update({f"survival_at_{h:g}": s for h, s in res["survival_at"].items()})
+    for cause, at in res.get("incidence_at", {}).items():  # competing risks: CIF per cause and horizon
+        row.update({f"incidence_{cause}_at_{h:g}": v for h, v in at.items()})
     for m in modalities if "contributions" in res else ():
         row[f"contribution_{m}"] = res["contributions"].get(m, np.nan)
     return row

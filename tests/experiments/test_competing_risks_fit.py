@@ -55,6 +55,13 @@ def test_fit_logs_cause_specific_c_and_predicts_cumulative_incidence(competing_c
         cif_at = np.array([[p["incidence_at"][c][h] for h in (30, 365, 3000)] for c in ("cause_1", "cause_2")])
         np.testing.assert_allclose(s_at + cif_at.sum(0), 1.0, atol=1e-5)
 
+    # scoring the folder gives the same incidences as columns
+    frame = prog.predict_cohort(competing_cohort, patient_ids=ids, horizons=(30, 365, 3000), show_progress=False)
+    for p in preds:
+        row = frame.set_index("patient_id").loc[p["patient_id"]]
+        for c in ("cause_1", "cause_2"):
+            assert row[f"incidence_{c}_at_365"] == pytest.approx(p["incidence_at"][c][365], abs=1e-6)
+
 
 def test_a_competing_loss_without_cause_labels_is_refused(synthetic_cohort, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
