@@ -35,7 +35,8 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: in
 
     Writes ``km_risk_groups.png`` (Kaplan-Meier curves of predicted-risk tertiles with the
     log-rank p-value) and ``calibration.png`` (predicted vs Kaplan-Meier survival at the median
-    test follow-up) into ``outdir``.
+    test follow-up) into ``outdir``; competing-risks models also ``cumulative_incidence.png``
+    (mean predicted CIF per cause vs Aalen-Johansen).
 
     Also computes the full test report (:func:`survival_report`: Harrell and Uno C with bootstrap
     intervals over ``n_boot`` resamples, mean time-dependent AUC, IBS, D-calibration).
@@ -75,7 +76,29 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: in
     report = survival_report(
         tr_all["time"].to_numpy(float), tr_all["event"].to_numpy(float), time, event, te_risk, surv_fn, n_boot=n_boot
     )
-    return {"baseline": baseline, "logrank_p": p_value, "horizon": horizon, "paths": [km_path, cal_path], "report": report}
+    paths = [km_path, cal_path]
+    if objective.competing:
+        path = _incidence_figure(objective, te_out, time, te["cause"].to_numpy(), outdir)
+        paths += [path] if path is not None else []
+    return {"baseline": baseline, "logrank_p": p_value, "horizon": horizon, "paths": paths, "report": report}
+
+
+def _incidence_figure(objective: Any, out: np.ndarray, time: np.ndarray, cause: np.ndarray, outdir: Path) -> Path | None:
+    """``cumulative_incidence.png``: mean predicted CIF per cause vs Aalen-Johansen on the test
+    split (over 0..the last test time); None, with a warning, when a cause has no test event."""
+    import warnings
+
+    from clinfuse.experiments.competing_plots import incidence_plot
+
+    grid = np.linspace(0.0, float(time.max()), 60)
+    pred = objective.cumulative_incidence_at(torch.as_tensor(out), torch.as_tensor(grid)).numpy()  # (n, R, T)
+    path = outdir / "cumulative_incidence.png"
+    try:
+        incidence_plot(pred, grid, time, cause, path=path)
+    except ValueError as err:
+        warnings.warn(f"cumulative incidence plot skipped: {err}", stacklevel=2)
+        return None
+    return path
 
 
 def format_report(report: dict[str, float]) -> str:
