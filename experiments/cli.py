@@ -20,6 +20,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from types import MethodType
 from collections.abc import Sequence
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -44,6 +45,24 @@ class ClinFuseCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.mode": "max", "checkpoint.filename": "best-{epoch}"})
         parser.link_arguments("model.task", "checkpoint.monitor", compute_fn=monitor_for)
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """``--lr_scheduler`` alone schedules the model's own AdamW (``model.lr``,
+        ``model.weight_decay``). LightningCLI uses a scheduler only together with ``--optimizer``
+        and would silently drop it here; with ``--optimizer`` its own handling applies."""
+        super()._add_configure_optimizers_method_to_model(subcommand)
+        scheduler = self._get(self.config_init, "lr_scheduler")
+        if not scheduler or self._get(self.config_init, "optimizer"):
+            return
+        from lightning.pytorch.cli import instantiate_class
+
+        own = type(self.model).configure_optimizers  # the class's method: AdamW from the hyperparameters
+
+        def configure_optimizers(model):  # noqa: ANN001, ANN202 - bound below
+            optimizer = own(model)
+            return LightningCLI.configure_optimizers(model, optimizer, instantiate_class(optimizer, scheduler))
+
+        self.model.configure_optimizers = MethodType(configure_optimizers, self.model)
 
     def after_fit(self) -> None:
         """Test the best checkpoint and compare with the oracle."""

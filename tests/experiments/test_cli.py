@@ -175,3 +175,15 @@ def test_predictions_frame_by_task():
     assert binary.loc[0, "probability"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no patient"):
         predictions_frame([], "survival", {})
+
+
+def test_lr_scheduler_alone_schedules_the_models_adamw(synthetic_cohort, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", *_base(synthetic_cohort), "--data.modalities=[tabular, genomics]", "--trainer.max_epochs=2",
+                    "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                    "--lr_scheduler", "StepLR", "--lr_scheduler.step_size=1", "--lr_scheduler.gamma=0.1"])
+    (optimizer,) = cli.trainer.optimizers
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-4)  # the model's own settings
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1**2)  # stepped after each of 2 epochs
+    assert isinstance(cli.trainer.lr_scheduler_configs[0].scheduler, torch.optim.lr_scheduler.StepLR)
