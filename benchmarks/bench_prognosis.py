@@ -29,24 +29,31 @@ cores the model part by itself is below 2,000 patients/s; the target cannot be m
 the parsing costs. Overlapping the parsing of the next 32-128 patients with the model on the
 current ones in a thread was tried and was slower (292 ms -> 343-435 ms: the GIL), as were
 DataLoader worker processes for ``predict_cohort``.
+
+The REST path (the same run): ``PrognosisPyfunc.predict`` on the wire DataFrame of 256 in-memory
+records with contributions: 147 patients/s with the ECG as JSON lists (75.7 MB of JSON, most of
+the time in ``json.loads``), 309 patients/s with the ECG as base64 float32
+(``clinfuse.experiments.encode_ecg``; 55.6 MB).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import lightning
 import numpy as np
+import pandas as pd
 import torch
 
 from clinfuse.datasets.datamodule import ClinicalDataModule
 from clinfuse.datasets.synthetic import generate_cohort
 from clinfuse.experiments.cohort_records import records_from_cohort
 from clinfuse.experiments.module import ClinFuseModule
-from clinfuse.experiments.prognosis import Prognosis
+from clinfuse.experiments.prognosis import Prognosis, PrognosisPyfunc
 from clinfuse.experiments.prognosis_inputs import finish_items
 
 
@@ -100,6 +107,15 @@ def main() -> None:
         parse = np.median(_times(lambda: finish_items(prog.states, [prog._items(r)[1] for r in batch]), 3))
         model_s = np.median(_times(lambda: prog._predict_batch(prog._batch(items), used, (30, 90, 365), contrib), 3))
         split[contrib] = (parse, model_s)
+    # the REST path: MLflow's wire DataFrame (one JSON string per modality), ECG as JSON lists vs base64
+    wire_rate = {}
+    py = PrognosisPyfunc()
+    py.prognosis = prog
+    for form in ("lists", "base64"):
+        frame = wire_frame(memory[:256], prog.modalities, form)
+        megabytes = sum(frame[c].dropna().str.len().sum() for c in frame.columns if c != "patient_id") / 1e6
+        t = np.median(_times(lambda: py.predict(None, frame), 3))
+        wire_rate[form] = (256 / t, megabytes)
     n_all = len(ids)
     prog.predict_cohort(root, show_progress=False)  # warm-up: readers' caches exist from training
     cohort_rate = {c: n_all / np.median(_times(lambda c=c: prog.predict_cohort(root, contributions=c, show_progress=False), 3))
@@ -116,8 +132,23 @@ def main() -> None:
         print(f"in-memory batch of 256, contributions {'yes' if contrib else 'no'}: parsing + validation "
               f"{1000 * parse:.0f} ms, collate + model {1000 * model_s:.0f} ms ({256 / model_s:.0f} patients/s "
               f"for the model part alone)")
+    for form, (rate, megabytes) in wire_rate.items():
+        print(f"MLflow pyfunc on the wire DataFrame (JSON strings, as `mlflow models serve` receives them), ECG as "
+              f"{form}: {rate:.0f} patients/s at batch 256, with contributions ({megabytes:.1f} MB of JSON)")
     print(f"cohort folder scored by the readers (Prognosis.predict_cohort, batches of 256, all {n_all} patients): "
           f"{cohort_rate[False]:.0f} patients/s without contributions, {cohort_rate[True]:.0f} with")
+
+
+def wire_frame(records: list[dict], modalities: list[str], ecg_form: str) -> pd.DataFrame:
+    """The MLflow wire DataFrame of in-memory records: the ECG as JSON lists or as base64 floats."""
+    from clinfuse.experiments import encode_ecg
+
+    def cell(m: str, v):
+        if m == "ecg":
+            v = encode_ecg(v["signal"], v["fs"], v["leads"]) if ecg_form == "base64" else {**v, "signal": np.asarray(v["signal"]).tolist()}
+        return json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+    return pd.DataFrame([{"patient_id": r["patient_id"], **{m: cell(m, r[m]) for m in modalities if m in r}} for r in records])
 
 
 def in_memory(record: dict) -> dict:

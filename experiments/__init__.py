@@ -1,6 +1,6 @@
 """The LightningModule, the `clinfuse` CLI, sweeps, tracking and the prediction API."""
 
-__all__ = ["Prognosis"]
+__all__ = ["Prognosis", "encode_ecg"]
 
 
 def __getattr__(name: str):
@@ -9,4 +9,8 @@ def __getattr__(name: str):
         from clinfuse.experiments.prognosis import Prognosis
 
         return Prognosis
+    if name == "encode_ecg":
+        from clinfuse.experiments.ecg_wire import encode_ecg
+
+        return encode_ecg
     raise AttributeError(f"module 'clinfuse.experiments' has no attribute {name!r}")

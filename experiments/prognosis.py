@@ -10,7 +10,9 @@ MLflow wire format (:class:`PrognosisPyfunc`): a DataFrame with one row per pati
 (null/absent column = modality absent), e.g.
 ``{"patient_id": "p1", "tabular": "{\\"age\\": 61}", "ecg": "\\"/data/ecg/p1\\""}``. The output
 is a DataFrame, one row per patient: ``patient_id``, ``error`` (null when fine) and ``prediction``
-(the JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``).
+(the JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``). Send an
+in-memory ECG as base64 floats (:func:`clinfuse.experiments.ecg_wire.encode_ecg`): JSON float lists
+are slow to parse.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ Raw formats (one patient):
   dict of three equal-length lists ``{"time": [...], "variable": [...], "value": [...]}`` (fastest);
   variables never seen in training are dropped with a warning.
 - ``ecg``: a WFDB record path without extension (``.hea``/``.dat`` next to it), or an in-memory
-  ``{"signal": (L, S) lists in mV, "fs": Hz, "leads": [names]}``.
+  ``{"signal": (L, S) lists in mV, "fs": Hz, "leads": [names]}``, or the same with the signal as
+  ``"signal_b64"`` + ``"dtype"`` + ``"shape"`` (:func:`clinfuse.experiments.ecg_wire.encode_ecg`;
+  the compact form for REST).
 - ``notes``: a list of ``{"time", "text"}`` or a DataFrame with those columns.
 - ``wsi``: a CLAM ``.h5`` path (dataset ``features (P, F)``), or a list of such paths.
 - ``genomics``: ``{"<gene>_rnaseq": float, "<gene>_mut": 0/1}``, every training gene required.
@@ -42,6 +44,7 @@ from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, tokenize
 from clinfuse.datasets.reader import ModalityReader
 from clinfuse.datasets.wsi import read_slide_features
+from clinfuse.experiments.ecg_wire import decode_signal
 
 Item = dict[str, np.ndarray]
 
@@ -202,15 +205,18 @@ def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
     :func:`finish_items` (batched over patients). Raw formats and errors as :func:`ecg_item`."""
     leads, aliases = list(state["config"]["leads"]), state["config"].get("lead_aliases") or {}
     if isinstance(raw, Mapping):
-        missing = [k for k in ("signal", "fs", "leads") if k not in raw]
+        key = "signal_b64" if "signal_b64" in raw else "signal"
+        missing = [k for k in (key, "fs", "leads") if k not in raw]
         if missing:
-            raise ValueError(f"field 'ecg': an in-memory ECG needs keys signal, fs, leads; missing {missing}")
+            raise ValueError(f"field 'ecg': an in-memory ECG needs keys signal (or signal_b64), fs, leads; missing {missing}")
         names = raw["leads"]
         if not isinstance(names, (list, tuple)) or not all(isinstance(x, str) for x in names):
             raise ValueError("field 'ecg.leads': expected a list of lead names")
         try:
-            signal = np.asarray(raw["signal"], dtype=np.float64)
+            signal = decode_signal(raw) if key == "signal_b64" else np.asarray(raw["signal"], dtype=np.float64)
         except (TypeError, ValueError) as err:
+            if key == "signal_b64":
+                raise
             raise ValueError(f"field 'ecg.signal': not a numeric (L, S) array: {err}") from None
         if signal.ndim != 2 or signal.shape[0] != len(names):
             raise ValueError(f"field 'ecg.signal': expected shape (L, S) with L = {len(names)} leads, got {signal.shape}")

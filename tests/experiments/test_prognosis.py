@@ -241,3 +241,20 @@ def test_mlflow_models_serve(trained, test_records, tmp_path, serve):
         assert got["risk"] == pytest.approx(w["risk"], rel=1e-6)
         assert got["modalities_used"] == w["modalities_used"]
     assert json.loads(rows[1]["prediction"])["modalities_used"] == ["tabular"]
+
+
+def test_base64_ecg_over_the_wire_gives_the_wfdb_paths_prediction(trained, test_records):
+    import wfdb
+
+    from clinfuse.experiments import encode_ecg
+
+    _, prog = trained
+    rec = next(r for r in test_records if "ecg" in r)
+    w = wfdb.rdrecord(str(rec["ecg"]))
+    compact = {**rec, "ecg": encode_ecg(w.p_signal.T, w.fs, w.sig_name, dtype="float64")}
+    py = PrognosisPyfunc()
+    py.prognosis = prog
+    got = json.loads(py.predict(None, _wire([compact]))["prediction"][0])
+    want = prog.predict([rec])[0]
+    assert got["risk"] == pytest.approx(want["risk"], rel=1e-6)
+    assert got["contributions"]["ecg"] == pytest.approx(want["contributions"]["ecg"], rel=1e-5, abs=1e-7)
