@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from clinfuse.encoders.base import ModalityTokens
+from clinfuse.experiments.input_checks import DEFAULT_MAX_SD, out_of_range
 from clinfuse.experiments.prognosis_inputs import collate_shell, finish_items, raw_to_item
 from clinfuse.experiments.survival_curves import BreslowBaseline
 
@@ -54,6 +55,8 @@ class Prognosis:
         self.modalities = list(model.modalities)
         self.baseline = baseline
         self.checkpoint_path = Path(checkpoint_path)
+        #: inputs beyond this many training sd from the training mean get an ``input_warnings`` entry
+        self.max_input_sd = DEFAULT_MAX_SD
         self._shells = {m: collate_shell(self.states[m], model.hparams.spec.get(m)) for m in self.modalities}
 
     # ------------------------------------------------------------------ construction
@@ -136,8 +139,8 @@ class Prognosis:
         return cls(model, json.loads((folder / "preprocessing.json").read_text()), baseline, folder / "model.ckpt")
 
     # ------------------------------------------------------------------ prediction
-    def _items(self, record: Any) -> tuple[str, dict[str, Any]]:
-        """One record -> (patient id, modality -> item); ValueError naming patient and field."""
+    def _items(self, record: Any) -> tuple[str, dict[str, Any], list[str]]:
+        """One record -> (patient id, modality -> item, input warnings); ValueError naming patient and field."""
         if not isinstance(record, dict):
             raise ValueError(f"record must be a dict, got {type(record).__name__}")
         pid = record.get("patient_id")
@@ -158,7 +161,8 @@ class Prognosis:
                 raise ValueError(f"patient {pid}: {err}") from err
             if item is not None:
                 items[m] = item
-        return pid, items
+        warns = [w for m, it in items.items() for w in out_of_range(m, self.states[m], it, self.max_input_sd)]
+        return pid, items, warns
 
     def _batch(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
         return {m: self._shells[m].collate([it.get(m) for it in items]) for m in self.modalities}
@@ -213,27 +217,28 @@ class Prognosis:
         each present modality) and, for survival, ``survival_curve``, ``median_survival`` (inf
         when the curve stays above 0.5) and ``survival_at`` (all-cause); competing-risks models
         add ``cumulative_incidence`` (``times`` + ``cause_<r>`` lists) and ``incidence_at``
-        (``cause_<r>`` -> horizon -> CIF). A bad record gives
+        (``cause_<r>`` -> horizon -> CIF); ``input_warnings``: values beyond ``max_input_sd``
+        training sd (:mod:`clinfuse.experiments.input_checks`), predicted anyway. A bad record gives
         ``{"patient_id", "error"}`` instead and does not affect the others.
         """
         results: list[dict] = [{} for _ in records]
         good, items = [], []
         for i, record in enumerate(records):
             try:
-                pid, its = self._items(record)
+                pid, its, warns = self._items(record)
             except ValueError as err:
                 pid = record.get("patient_id") if isinstance(record, dict) else None
                 results[i] = {"patient_id": pid, "error": str(err)}
                 continue
-            good.append((i, pid))
+            good.append((i, pid, warns))
             items.append(its)
         if not good:
             return results
         finish_items(self.states, items)  # resample all ECGs in one batch
         used = [[m for m in self.modalities if m in its] for its in items]
         rows = self._predict_batch(self._batch(items), used, horizons, contributions)
-        for (i, pid), row in zip(good, rows):
-            results[i] = {"patient_id": pid, **row}
+        for (i, pid, warns), row in zip(good, rows):
+            results[i] = {"patient_id": pid, **row, "input_warnings": warns}
         return results
 
     def predict_cohort(self, root: str | Path, **kwargs: Any) -> pd.DataFrame:

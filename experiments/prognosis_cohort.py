@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from clinfuse.datasets.cohort import READERS, SPLITS
 from clinfuse.datasets.reader import ModalityReader, check_unique_ids, read_table
+from clinfuse.experiments.input_checks import out_of_range
 
 if TYPE_CHECKING:  # pragma: no cover
     from clinfuse.experiments.prognosis import Prognosis
@@ -86,18 +87,19 @@ def predict_cohort(
     starts = range(0, len(ids), batch_size)
     for start in tqdm(starts, desc="scoring", unit="batch", disable=not show_progress or len(starts) < 2):
         chunk = ids[start : start + batch_size]
-        batch, used = {}, [[] for _ in chunk]
+        batch, used, warns = {}, [[] for _ in chunk], [[] for _ in chunk]
         for m in prognosis.modalities:
             if m in readers:
                 items = [readers[m].get(p) for p in chunk]
                 batch[m] = readers[m].collate(items)
-                for u, it in zip(used, items):
+                for u, w, it in zip(used, warns, items):
                     if it is not None:
                         u.append(m)
+                        w.extend(out_of_range(m, prognosis.states[m], it, prognosis.max_input_sd))
             else:
                 batch[m] = prognosis._shells[m].collate([None] * len(chunk))
-        for pid, res in zip(chunk, prognosis._predict_batch(batch, used, horizons, contributions)):
-            rows.append(_flat(pid, res, prognosis.modalities))
+        for pid, w, res in zip(chunk, warns, prognosis._predict_batch(batch, used, horizons, contributions)):
+            rows.append({**_flat(pid, res, prognosis.modalities), "input_warnings": "; ".join(w)})
     frame = pd.DataFrame(rows)
     if labels is not None:
         extra = labels.assign(patient_id=labels["patient_id"].astype(str))

@@ -29,6 +29,7 @@ def test_equals_predict_on_raw_records_with_contributions(trained, synthetic_coh
         assert row["median_survival"] == pytest.approx(w["median_survival"], rel=1e-5)
         assert row["survival_at_30"] == pytest.approx(w["survival_at"][30], abs=1e-6)
         assert row["survival_at_365"] == pytest.approx(w["survival_at"][365], abs=1e-6)
+        assert row["input_warnings"] == "; ".join(w["input_warnings"])  # the same checks on reader items
         for m in prog.modalities:
             got = row[f"contribution_{m}"]
             assert (np.isnan(got) if m not in w["contributions"] else got == pytest.approx(w["contributions"][m], abs=1e-5))

@@ -1,0 +1,73 @@
+"""Warnings for inputs far outside the training distribution: by hand, and through the predictor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clinfuse.experiments.input_checks import MAX_LISTED, out_of_range
+
+TAB = {"fitted": {"numeric_features": ["age", "creatinine"], "mean": [60.0, 1.1], "std": [15.0, 0.35]}}
+
+
+def test_tabular_unit_error_is_named_with_value_and_distance():
+    z = np.array([(70 - 60) / 15, (97.0 - 1.1) / 0.35], dtype=np.float32)
+    item = {"numeric": z, "numeric_observed": np.array([True, True]), "categorical": np.zeros(0, int)}
+    (msg,) = out_of_range("tabular", TAB, item)
+    assert msg.startswith("tabular.creatinine: 97 is +274 training sd from the training mean 1.1")
+    item["numeric_observed"] = np.array([True, False])  # a missing value (stored as 0 anyway) is never judged
+    assert out_of_range("tabular", TAB, item) == []
+    assert out_of_range("tabular", TAB, None) == [] and out_of_range("ecg", TAB, {"signal": 1}) == []
+
+
+def test_timeseries_and_genomics_most_extreme_first_and_capped():
+    ts = {"fitted": {"variables": ["hr", "lactate"], "mean": [80.0, 1.5], "std": [10.0, 0.5]}}
+    item = {"values": np.array([0.5, 12.0, -30.0]), "variables": np.array([0, 1, 0]), "times": np.zeros(3)}
+    assert out_of_range("timeseries", ts, item) == [
+        "timeseries.hr: -220 is -30 training sd from the training mean 80 (unit?)",
+        "timeseries.lactate: 7.5 is +12 training sd from the training mean 1.5 (unit?)",
+    ]
+    n = MAX_LISTED + 3
+    gen = {"fitted": {"genes": [f"G{i}" for i in range(n)], "mean": [5.0] * n, "std": [1.0] * n}}
+    warns = out_of_range("genomics", gen, {"expression": np.arange(11.0, 11.0 + n), "mutations": np.zeros(0)})
+    assert len(warns) == MAX_LISTED + 1 and warns[0].startswith(f"genomics.G{n - 1}_rnaseq")
+    assert warns[-1] == "genomics: 3 more value(s) beyond 10 training sd"
+    assert out_of_range("genomics", gen, {"expression": np.full(n, 9.9)}) == []
+
+
+def test_predictor_reports_and_still_predicts(trained_prognosis):
+    prog, record = trained_prognosis
+    fine = prog.predict([record])[0]
+    assert fine["input_warnings"] == []
+    tab = dict(record["tabular"], creatinine=97.0)  # umol/L sent to a mg/dL model
+    bad = prog.predict([{**record, "patient_id": "units", "tabular": tab}])[0]
+    assert "error" not in bad and np.isfinite(bad["risk"])
+    assert len(bad["input_warnings"]) == 1 and bad["input_warnings"][0].startswith("tabular.creatinine: 97 is +")
+    prog.max_input_sd = 1e6
+    assert prog.predict([{**record, "tabular": tab}])[0]["input_warnings"] == []
+
+
+@pytest.fixture(scope="module")
+def trained_prognosis(synthetic_cohort, tmp_path_factory):
+    import lightning
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.experiments.cohort_records import records_from_cohort
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.experiments.prognosis import Prognosis
+
+    work = tmp_path_factory.mktemp("checks")
+    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"], batch_size=64)
+    lightning.seed_everything(0, verbose=False)
+    model = ClinFuseModule(spec=dm.spec, d_model=32)
+    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                                enable_model_summary=False, default_root_dir=work)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(work / "m.ckpt")
+    prog = Prognosis.from_training(work / "m.ckpt", dm)
+    pid = next(p for p in dm.cohort.splits["test"] if dm.cohort.readers["tabular"].get(p) is not None)
+    rec = records_from_cohort(synthetic_cohort, [pid])[0]
+    record = {k: v for k, v in rec.items() if k in ("patient_id", "tabular", "genomics")}
+    record["tabular"] = {k: v for k, v in record["tabular"].items() if v is not None}
+    record["tabular"].setdefault("creatinine", 1.0)
+    return prog, record
