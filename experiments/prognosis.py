@@ -199,7 +199,8 @@ class Prognosis:
         return out.reshape(len(drop), b, *out.shape[1:]), fused
 
     def predict(
-        self, records: Sequence[dict], horizons: Sequence[float] = (30, 90, 365), contributions: bool = True
+        self, records: Sequence[dict], horizons: Sequence[float] = (30, 90, 365), contributions: bool = True,
+        feature_contributions: bool = False,
     ) -> list[dict]:
         """Predict for raw patient records (any subset of modalities each).
 
@@ -208,6 +209,9 @@ class Prognosis:
             horizons: times (the cohort's time unit, days for the built-in cohorts) for ``survival_at``.
             contributions: compute the leave-one-modality-out contributions (one extra fusion
                 pass per present modality, batched into one call).
+            feature_contributions: also each observed tabular value's leave-one-value-out
+                contribution, ``feature_contributions: {"tabular": {column: delta}}``
+                (:mod:`clinfuse.experiments.feature_contributions`; one fusion pass per value).
 
         Returns one dict per record, in order: ``patient_id``, ``modalities_used``, ``risk``
         (log-risk for Cox, minus the expected number of bins survived for discrete-time models,
@@ -236,7 +240,7 @@ class Prognosis:
             return results
         finish_items(self.states, items)  # resample all ECGs in one batch
         used = [[m for m in self.modalities if m in its] for its in items]
-        rows = self._predict_batch(self._batch(items), used, horizons, contributions)
+        rows = self._predict_batch(self._batch(items), used, horizons, contributions, feature_contributions)
         for (i, pid, warns), row in zip(good, rows):
             results[i] = {"patient_id": pid, **row, "input_warnings": warns}
         return results
@@ -252,7 +256,7 @@ class Prognosis:
 
     def _predict_batch(
         self, batch: dict[str, dict[str, torch.Tensor]], used: Sequence[Sequence[str]],
-        horizons: Sequence[float], contributions: bool,
+        horizons: Sequence[float], contributions: bool, feature_contributions: bool = False,
     ) -> list[dict[str, Any]]:
         """Predictions for one collated batch; ``used[b]`` = patient ``b``'s present modalities.
 
@@ -273,12 +277,19 @@ class Prognosis:
                 order = list(getattr(self.model.fusion, "last_order", None) or self.modalities)
             surv = self._survival(raw[0], risk_all[0], horizons)
         out, risk = raw[0], risk_all[0]
+        per_value = None
+        if feature_contributions and "tabular" in batch:
+            from clinfuse.experiments.feature_contributions import tabular_contributions
+
+            per_value = tabular_contributions(self, batch, tokens, risk)
         rows = []
         for b, present in enumerate(used):
             res: dict[str, Any] = {"modalities_used": list(present)}
             res.update(self._readout(out[b], risk[b]))
             if contributions:
                 res["contributions"] = {m: _tolist(risk[b] - risk_all[1 + used_any.index(m), b]) for m in present}
+            if per_value is not None:
+                res["feature_contributions"] = {"tabular": per_value[b]} if per_value[b] else {}
             if traj is not None:
                 steps = [{"step": "initial", "risk": _tolist(traj[b, 0])}]
                 steps += [{"step": m, "risk": _tolist(traj[b, k + 1])} for k, m in enumerate(order) if m in present]
@@ -401,8 +412,10 @@ class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         records = records_from_frame(df)
-        horizons = tuple((params or {}).get("horizons", (30, 90, 365)))
-        preds = self.prognosis.predict(records, horizons=horizons)
+        params = params or {}
+        horizons = tuple(params.get("horizons", (30, 90, 365)))
+        preds = self.prognosis.predict(records, horizons=horizons,
+                                       feature_contributions=bool(params.get("feature_contributions", False)))
         rows = [
             {
                 "patient_id": p.get("patient_id"),

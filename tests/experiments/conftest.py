@@ -1,4 +1,4 @@
-"""Fixtures of the experiments tests: a local HTTP server started as a subprocess."""
+"""Fixtures of the experiments tests: a local HTTP server started as a subprocess, and a small trained predictor."""
 
 from __future__ import annotations
 
@@ -62,3 +62,29 @@ def serve(tmp_path) -> Iterator[Callable[..., str]]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def trained_prognosis(synthetic_cohort, tmp_path_factory):
+    import lightning
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.experiments.cohort_records import records_from_cohort
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.experiments.prognosis import Prognosis
+
+    work = tmp_path_factory.mktemp("checks")
+    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"], batch_size=64)
+    lightning.seed_everything(0, verbose=False)
+    model = ClinFuseModule(spec=dm.spec, d_model=32)
+    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                                enable_model_summary=False, default_root_dir=work)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(work / "m.ckpt")
+    prog = Prognosis.from_training(work / "m.ckpt", dm)
+    pid = next(p for p in dm.cohort.splits["test"] if dm.cohort.readers["tabular"].get(p) is not None)
+    rec = records_from_cohort(synthetic_cohort, [pid])[0]
+    record = {k: v for k, v in rec.items() if k in ("patient_id", "tabular", "genomics")}
+    record["tabular"] = {k: v for k, v in record["tabular"].items() if v is not None}
+    record["tabular"].setdefault("creatinine", 1.0)
+    return prog, record

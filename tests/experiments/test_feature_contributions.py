@@ -1,0 +1,40 @@
+"""Leave-one-value-out contributions of tabular values: equal to dropping the key from the record."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_feature_contributions_equal_dropping_the_key_from_the_record(trained_prognosis):
+    prog, record = trained_prognosis
+    (full,) = prog.predict([record], feature_contributions=True)
+    per_value = full["feature_contributions"]["tabular"]
+    given = [k for k, v in record["tabular"].items() if v is not None]
+    assert sorted(per_value) == sorted(given)  # every observed value, and only those
+    for col in given:
+        without = {**record, "tabular": {k: v for k, v in record["tabular"].items() if k != col}}
+        want = full["risk"] - prog.predict([without], contributions=False)[0]["risk"]
+        assert per_value[col] == pytest.approx(want, abs=1e-5), col
+    assert any(abs(v) > 1e-6 for v in per_value.values())
+    no_tab = prog.predict([{k: v for k, v in record.items() if k != "tabular"}], feature_contributions=True)[0]
+    assert no_tab["feature_contributions"] == {}
+    assert "feature_contributions" not in prog.predict([record])[0]  # opt-in
+
+
+def test_feature_contributions_in_a_batch_equal_one_patient_at_a_time(trained_prognosis, monkeypatch):
+    import clinfuse.experiments.feature_contributions as fc
+
+    prog, record = trained_prognosis
+    tab = record["tabular"]
+    others = [
+        {**record, "patient_id": "b", "tabular": {**tab, "age": 40.0}},
+        {**record, "patient_id": "c", "tabular": {k: v for k, v in tab.items() if k != "sex"}},
+        {"patient_id": "d", "genomics": record["genomics"]},
+    ]
+    monkeypatch.setattr(fc, "CHUNK", 5)  # several fusion chunks
+    together = prog.predict([record, *others], feature_contributions=True)
+    for rec, got in zip([record, *others], together):
+        alone = prog.predict([rec], feature_contributions=True)[0]["feature_contributions"]
+        assert got["feature_contributions"].keys() == alone.keys()
+        for col, v in alone.get("tabular", {}).items():
+            assert got["feature_contributions"]["tabular"][col] == pytest.approx(v, abs=1e-5)
