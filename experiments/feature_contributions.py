@@ -1,16 +1,24 @@
-"""Leave-one-value-out contributions of a patient's tabular values to the prediction.
+"""Leave-one-out contributions below the modality: each observed tabular value, each time-series
+variable.
 
 For every observed tabular value of a patient (numeric or categorical), the model is run once more
 with that value marked missing, exactly as a record without that key is read (numeric: not
-observed, categorical: code 0), and the contribution is ``risk(all values) - risk(without it)``:
-the same reading as the modality contributions one level down. Missing values are part of the
-model (learned missing embeddings / observed flags), so "without it" is a state the model was
-trained on, not an imputation. Only the tabular encoder reruns; the other modalities' tokens are
-reused, and the variants go through the fusion head in chunks of ``CHUNK`` rows.
+observed, categorical: code 0); for every time-series variable a patient has, once more without
+that variable's events (and with the modality absent if nothing is left). The contribution is
+``risk(everything) - risk(without it)``: the modality contributions' reading, one level down.
+Missing values and absent events are states the model was trained on (learned missing
+embeddings, observed flags, masks), not imputations. Only the changed modality's encoder reruns;
+the other modalities' tokens are reused, and the variants go through the fusion head in chunks
+of ``CHUNK`` rows.
+
+One approximation: a record that really lacked a variable would keep up to ``max_events`` of the
+others' most recent events, so for a patient with more events than that, older events of other
+variables could come in; here the patient's kept events are reused as they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,48 +33,73 @@ def _take(t: ModalityTokens, index: torch.Tensor) -> ModalityTokens:
     return ModalityTokens(t.tokens[index], t.mask[index], t.present[index], None if t.times is None else t.times[index])
 
 
+def _leave_one_out(prognosis: Any, modality: str, inputs: dict[str, torch.Tensor], tokens: dict[str, ModalityTokens],
+                   risk: torch.Tensor, pairs: Sequence[tuple[int, Any]],
+                   edit: Callable[[dict[str, torch.Tensor], Sequence[Any]], None], name: Callable[[Any], str],
+                   ) -> list[dict[str, Any]]:
+    """``pairs`` = (patient row, what to remove); ``edit(variant_inputs, whats)`` removes it from
+    the variant rows in place; ``name(what)`` is the output key."""
+    out: list[dict[str, Any]] = [{} for _ in range(risk.shape[0])]
+    for start in range(0, len(pairs), CHUNK):
+        chunk = pairs[start : start + CHUNK]
+        index = torch.tensor([b for b, _ in chunk], dtype=torch.long)
+        variant = {k: v[index].clone() for k, v in inputs.items()}
+        edit(variant, [what for _, what in chunk])
+        toks = {m: _take(t, index) for m, t in tokens.items()}
+        toks[modality] = prognosis.model.encoders[modality](variant)
+        raw, _ = prognosis._outputs(toks, [None])
+        without = prognosis.model.risk(raw[0]).float()
+        for r, (b, what) in enumerate(chunk):
+            delta = risk[b] - without[r]
+            out[b][name(what)] = float(delta) if delta.ndim == 0 else delta.tolist()
+    return out
+
+
 @torch.inference_mode()
 def tabular_contributions(prognosis: Any, batch: dict[str, dict[str, torch.Tensor]],
                           tokens: dict[str, ModalityTokens], risk: torch.Tensor) -> list[dict[str, Any]]:
-    """Per patient of the collated ``batch``: observed tabular column -> contribution to ``risk``.
+    """Per patient of the collated ``batch``: observed tabular column -> contribution to ``risk``
+    (numeric features first, then categorical, in training order; empty without tabular data).
 
-    Args:
-        prognosis: the :class:`~clinfuse.experiments.prognosis.Prognosis` (model + saved states).
-        batch: the collated batch (``batch["tabular"]`` as ``TabularReader.collate`` returns it).
-        tokens: every modality's tokens of the batch (as ``model.encode`` returned them).
-        risk: ``(B,)`` (or ``(B, C)`` for multiclass logits) the predictions with all values.
-
-    Returns:
-        One dict per patient (empty when the patient has no tabular data), columns in the
-        training order: numeric features first, then categorical.
+    Shapes:
+        risk: ``(B,)`` (``(B, C)`` multiclass logits), the predictions with every value.
     """
     fitted = prognosis.states["tabular"]["fitted"]
-    num_names, cat_names = fitted["numeric_features"], fitted["categorical_features"]
+    names = {"num": fitted["numeric_features"], "cat": fitted["categorical_features"]}
     tab = batch["tabular"]
-    present = tab["present"].bool()
-    observed_num = tab["numeric_observed"].bool() & present[:, None]  # (B, F)
-    observed_cat = (tab["categorical"] > 0) & present[:, None]  # (B, C)
-    pairs = [(b, "num", j) for b, j in observed_num.nonzero().tolist()]
-    pairs += [(b, "cat", j) for b, j in observed_cat.nonzero().tolist()]
-    pairs.sort(key=lambda p: (p[0], p[1] == "cat", p[2]))  # per patient: numeric, then categorical
-    out: list[dict[str, Any]] = [{} for _ in range(present.shape[0])]
-    for start in range(0, len(pairs), CHUNK):
-        chunk = pairs[start : start + CHUNK]
-        index = torch.tensor([b for b, _, _ in chunk], dtype=torch.long)
-        variant = {k: v[index].clone() for k, v in tab.items()}
-        rows = torch.arange(len(chunk))
-        num = torch.tensor([j if kind == "num" else -1 for _, kind, j in chunk])
-        cat = torch.tensor([j if kind == "cat" else -1 for _, kind, j in chunk])
-        is_num, is_cat = num >= 0, cat >= 0
-        variant["numeric_observed"][rows[is_num], num[is_num]] = False
-        variant["numeric"][rows[is_num], num[is_num]] = 0.0
-        variant["categorical"][rows[is_cat], cat[is_cat]] = 0
-        toks = {m: _take(t, index) for m, t in tokens.items()}
-        toks["tabular"] = prognosis.model.encoders["tabular"](variant)
-        raw, _ = prognosis._outputs(toks, [None])
-        without = prognosis.model.risk(raw[0]).float()
-        for r, (b, kind, j) in enumerate(chunk):
-            name = num_names[j] if kind == "num" else cat_names[j]
-            delta = risk[b] - without[r]
-            out[b][name] = float(delta) if delta.ndim == 0 else delta.tolist()
-    return out
+    present = tab["present"].bool()[:, None]
+    pairs = [(b, ("num", j)) for b, j in (tab["numeric_observed"].bool() & present).nonzero().tolist()]
+    pairs += [(b, ("cat", j)) for b, j in ((tab["categorical"] > 0) & present).nonzero().tolist()]
+    pairs.sort(key=lambda p: (p[0], p[1][0] == "cat", p[1][1]))
+
+    def edit(variant: dict[str, torch.Tensor], whats: Sequence[tuple[str, int]]) -> None:
+        for r, (kind, j) in enumerate(whats):
+            if kind == "num":
+                variant["numeric_observed"][r, j] = False
+                variant["numeric"][r, j] = 0.0
+            else:
+                variant["categorical"][r, j] = 0  # code 0 = missing, as the reader writes it
+
+    return _leave_one_out(prognosis, "tabular", tab, tokens, risk, pairs, edit, lambda w: names[w[0]][w[1]])
+
+
+@torch.inference_mode()
+def timeseries_contributions(prognosis: Any, batch: dict[str, dict[str, torch.Tensor]],
+                             tokens: dict[str, ModalityTokens], risk: torch.Tensor) -> list[dict[str, Any]]:
+    """Per patient of the collated ``batch``: time-series variable -> contribution to ``risk`` of
+    all its events (variables in training order; empty without time series)."""
+    names = prognosis.states["timeseries"]["fitted"]["variables"]
+    ts = batch["timeseries"]
+    real = ts["mask"].bool() & ts["present"].bool()[:, None]  # (B, T)
+    pairs = sorted({(b, int(ts["variables"][b, t])) for b, t in real.nonzero().tolist()})
+
+    def edit(variant: dict[str, torch.Tensor], whats: Sequence[int]) -> None:
+        drop = variant["variables"] == torch.tensor(whats)[:, None]  # (rows, T)
+        variant["mask"] = variant["mask"].bool() & ~drop
+        variant["present"] = variant["present"].bool() & variant["mask"].any(1)  # nothing left: absent
+
+    return _leave_one_out(prognosis, "timeseries", ts, tokens, risk, pairs, edit, lambda v: names[v])
+
+
+#: modality -> its sub-modality contributions
+BY_MODALITY = {"tabular": tabular_contributions, "timeseries": timeseries_contributions}

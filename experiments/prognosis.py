@@ -209,9 +209,10 @@ class Prognosis:
             horizons: times (the cohort's time unit, days for the built-in cohorts) for ``survival_at``.
             contributions: compute the leave-one-modality-out contributions (one extra fusion
                 pass per present modality, batched into one call).
-            feature_contributions: also each observed tabular value's leave-one-value-out
-                contribution, ``feature_contributions: {"tabular": {column: delta}}``
-                (:mod:`clinfuse.experiments.feature_contributions`; one fusion pass per value).
+            feature_contributions: also the leave-one-out contribution of each observed tabular
+                value and of each time-series variable, ``feature_contributions: {"tabular":
+                {column: delta}, "timeseries": {variable: delta}}``
+                (:mod:`clinfuse.experiments.feature_contributions`; one fusion pass each).
 
         Returns one dict per record, in order: ``patient_id``, ``modalities_used``, ``risk``
         (log-risk for Cox, minus the expected number of bins survived for discrete-time models,
@@ -277,19 +278,19 @@ class Prognosis:
                 order = list(getattr(self.model.fusion, "last_order", None) or self.modalities)
             surv = self._survival(raw[0], risk_all[0], horizons)
         out, risk = raw[0], risk_all[0]
-        per_value = None
-        if feature_contributions and "tabular" in batch:
-            from clinfuse.experiments.feature_contributions import tabular_contributions
+        per_value: dict[str, list] = {}
+        if feature_contributions:
+            from clinfuse.experiments.feature_contributions import BY_MODALITY
 
-            per_value = tabular_contributions(self, batch, tokens, risk)
+            per_value = {m: fn(self, batch, tokens, risk) for m, fn in BY_MODALITY.items() if m in batch}
         rows = []
         for b, present in enumerate(used):
             res: dict[str, Any] = {"modalities_used": list(present)}
             res.update(self._readout(out[b], risk[b]))
             if contributions:
                 res["contributions"] = {m: _tolist(risk[b] - risk_all[1 + used_any.index(m), b]) for m in present}
-            if per_value is not None:
-                res["feature_contributions"] = {"tabular": per_value[b]} if per_value[b] else {}
+            if feature_contributions:
+                res["feature_contributions"] = {m: rows_m[b] for m, rows_m in per_value.items() if rows_m[b]}
             if traj is not None:
                 steps = [{"step": "initial", "risk": _tolist(traj[b, 0])}]
                 steps += [{"step": m, "risk": _tolist(traj[b, k + 1])} for k, m in enumerate(order) if m in present]

@@ -74,7 +74,7 @@ def trained_prognosis(synthetic_cohort, tmp_path_factory):
     from clinfuse.experiments.prognosis import Prognosis
 
     work = tmp_path_factory.mktemp("checks")
-    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"], batch_size=64)
+    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "timeseries", "genomics"], batch_size=64)
     lightning.seed_everything(0, verbose=False)
     model = ClinFuseModule(spec=dm.spec, d_model=32)
     trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
@@ -82,9 +82,11 @@ def trained_prognosis(synthetic_cohort, tmp_path_factory):
     trainer.fit(model, datamodule=dm)
     trainer.save_checkpoint(work / "m.ckpt")
     prog = Prognosis.from_training(work / "m.ckpt", dm)
-    pid = next(p for p in dm.cohort.splits["test"] if dm.cohort.readers["tabular"].get(p) is not None)
+    readers = dm.cohort.readers
+    pid = next(p for p in dm.cohort.splits["test"]
+               if readers["tabular"].get(p) is not None and readers["timeseries"].get(p) is not None)
     rec = records_from_cohort(synthetic_cohort, [pid])[0]
-    record = {k: v for k, v in rec.items() if k in ("patient_id", "tabular", "genomics")}
+    record = {k: v for k, v in rec.items() if k in ("patient_id", "tabular", "timeseries", "genomics")}
     record["tabular"] = {k: v for k, v in record["tabular"].items() if v is not None}
     record["tabular"].setdefault("creatinine", 1.0)
     return prog, record

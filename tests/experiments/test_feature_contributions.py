@@ -1,4 +1,5 @@
-"""Leave-one-value-out contributions of tabular values: equal to dropping the key from the record."""
+"""Leave-one-out contributions of tabular values and time-series variables: equal to dropping the
+key (or the variable's events) from the record."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_feature_contributions_equal_dropping_the_key_from_the_record(trained_pr
         assert per_value[col] == pytest.approx(want, abs=1e-5), col
     assert any(abs(v) > 1e-6 for v in per_value.values())
     no_tab = prog.predict([{k: v for k, v in record.items() if k != "tabular"}], feature_contributions=True)[0]
-    assert no_tab["feature_contributions"] == {}
+    assert "tabular" not in no_tab["feature_contributions"] and "timeseries" in no_tab["feature_contributions"]
     assert "feature_contributions" not in prog.predict([record])[0]  # opt-in
 
 
@@ -38,3 +39,26 @@ def test_feature_contributions_in_a_batch_equal_one_patient_at_a_time(trained_pr
         assert got["feature_contributions"].keys() == alone.keys()
         for col, v in alone.get("tabular", {}).items():
             assert got["feature_contributions"]["tabular"][col] == pytest.approx(v, abs=1e-5)
+
+
+def _events(record):
+    ts = record["timeseries"]
+    return ts if isinstance(ts, list) else [dict(zip(ts, v)) for v in zip(*ts.values())]
+
+
+def test_variable_contributions_equal_dropping_its_events(trained_prognosis):
+    prog, record = trained_prognosis
+    (full,) = prog.predict([record], feature_contributions=True)
+    per_var = full["feature_contributions"]["timeseries"]
+    events = _events(record)
+    variables = sorted({e["variable"] for e in events})
+    assert sorted(per_var) == variables and len(variables) >= 2
+    for v in variables:
+        kept = [e for e in events if e["variable"] != v]
+        without = {**record, "timeseries": kept} if kept else {k: x for k, x in record.items() if k != "timeseries"}
+        want = full["risk"] - prog.predict([without], contributions=False)[0]["risk"]
+        assert per_var[v] == pytest.approx(want, abs=1e-5), v
+    # the only variable left: dropping it is dropping the modality
+    one = {**record, "timeseries": [e for e in events if e["variable"] == variables[0]]}
+    (res,) = prog.predict([one], feature_contributions=True)
+    assert res["feature_contributions"]["timeseries"][variables[0]] == pytest.approx(res["contributions"]["timeseries"], abs=1e-5)
