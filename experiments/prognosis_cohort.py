@@ -34,6 +34,7 @@ def predict_cohort(
     contributions: bool = False,
     batch_size: int = 256,
     show_progress: bool = True,
+    feature_contributions: bool = False,
 ) -> pd.DataFrame:
     """One row of predictions per patient of the cohort folder ``root``.
 
@@ -53,6 +54,8 @@ def predict_cohort(
         contributions: add ``contribution_<modality>`` columns (leave-one-modality-out).
         batch_size: patients per forward pass.
         show_progress: a progress bar over the batches.
+        feature_contributions: add ``feature_<modality>_<name>`` columns: each tabular value's and
+            time-series variable's leave-one-out contribution (NaN where the patient lacks it).
 
     Returns:
         ``patient_id``, ``modalities_used`` (comma-separated), ``risk`` (and ``probability``
@@ -98,7 +101,8 @@ def predict_cohort(
                         w.extend(out_of_range(m, prognosis.states[m], it, prognosis.max_input_sd))
             else:
                 batch[m] = prognosis._shells[m].collate([None] * len(chunk))
-        for pid, w, res in zip(chunk, warns, prognosis._predict_batch(batch, used, horizons, contributions)):
+        results = prognosis._predict_batch(batch, used, horizons, contributions, feature_contributions)
+        for pid, w, res in zip(chunk, warns, results):
             rows.append({**_flat(pid, res, prognosis.modalities), "input_warnings": "; ".join(w)})
     frame = pd.DataFrame(rows)
     if labels is not None:
@@ -150,6 +154,8 @@ def _flat(pid: str, res: dict[str, Any], modalities: Sequence[str]) -> dict[str,
         row.update({f"incidence_{cause}_at_{h:g}": v for h, v in at.items()})
     for m in modalities if "contributions" in res else ():
         row[f"contribution_{m}"] = res["contributions"].get(m, np.nan)
+    for m, values in res.get("feature_contributions", {}).items():
+        row.update({f"feature_{m}_{name}": v for name, v in values.items()})
     return row
 
 
@@ -172,13 +178,17 @@ def score_main(argv: Sequence[str]) -> None:
     p.add_argument("--horizons", type=float, nargs="+", default=[30.0, 90.0, 365.0],
                    help="times (the cohort's unit) for the survival_at_<h> columns")
     p.add_argument("--contributions", action="store_true", help="add leave-one-modality-out contribution columns")
+    p.add_argument("--feature-contributions", action="store_true",
+                   help="add feature_<modality>_<name> columns: leave-one-out contributions of each tabular "
+                        "value and time-series variable")
     p.add_argument("--batch-size", type=int, default=256)
     a = p.parse_args(list(argv))
     out = Path(a.out)
     if out.suffix not in (".csv", ".parquet"):
         p.error(f"--out must end in .csv or .parquet, got {out.name}")
     frame = Prognosis.load(a.model).predict_cohort(
-        a.root, split=a.split, horizons=a.horizons, contributions=a.contributions, batch_size=a.batch_size)
+        a.root, split=a.split, horizons=a.horizons, contributions=a.contributions, batch_size=a.batch_size,
+        feature_contributions=a.feature_contributions)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
     line = f"scored {len(frame)} patients -> {out}"

@@ -88,5 +88,4 @@ def trained_prognosis(synthetic_cohort, tmp_path_factory):
     rec = records_from_cohort(synthetic_cohort, [pid])[0]
     record = {k: v for k, v in rec.items() if k in ("patient_id", "tabular", "timeseries", "genomics")}
     record["tabular"] = {k: v for k, v in record["tabular"].items() if v is not None}
-    record["tabular"].setdefault("creatinine", 1.0)
     return prog, record

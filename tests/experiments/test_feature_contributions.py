@@ -62,3 +62,14 @@ def test_variable_contributions_equal_dropping_its_events(trained_prognosis):
     one = {**record, "timeseries": [e for e in events if e["variable"] == variables[0]]}
     (res,) = prog.predict([one], feature_contributions=True)
     assert res["feature_contributions"]["timeseries"][variables[0]] == pytest.approx(res["contributions"]["timeseries"], abs=1e-5)
+
+
+def test_cohort_scoring_has_the_same_feature_columns(trained_prognosis, synthetic_cohort):
+    prog, record = trained_prognosis
+    frame = prog.predict_cohort(synthetic_cohort, patient_ids=[record["patient_id"]], feature_contributions=True,
+                                show_progress=False)
+    (want,) = prog.predict([record], feature_contributions=True)
+    row = frame.iloc[0]
+    for m, values in want["feature_contributions"].items():
+        for name, v in values.items():
+            assert row[f"feature_{m}_{name}"] == pytest.approx(v, abs=1e-5), (m, name)
