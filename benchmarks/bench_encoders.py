@@ -217,6 +217,24 @@ def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, st
     return "\n".join(lines)
 
 
+def add_noise_genes(root: Path, n: int, seed: int = 123) -> None:
+    """Append ``n`` uninformative expression columns ``NOISE###_rnaseq`` (log2-scale means in
+    [4, 10], sd 0.8, independent of everything) before the mutation columns of ``genomics.csv``,
+    and list them in ``gene_groups.csv`` as sets of 30 (``set00``, ...): the many non-prognostic
+    genes and gene sets of a real panel."""
+    import pandas as pd
+
+    table = pd.read_csv(root / "genomics.csv")
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(4, 10, n) + 0.8 * rng.standard_normal((len(table), n))
+    cols = pd.DataFrame({f"NOISE{i:03d}_rnaseq": np.round(noise[:, i], 4) for i in range(n)})
+    mut = [c for c in table.columns if c.endswith("_mut")]
+    pd.concat([table.drop(columns=mut), cols, table[mut]], axis=1).to_csv(root / "genomics.csv", index=False)
+    groups = pd.read_csv(root / "gene_groups.csv")
+    extra = pd.DataFrame({"gene": [f"NOISE{i:03d}" for i in range(n)], "group": [f"set{i // 30:02d}" for i in range(n)]})
+    pd.concat([groups, extra]).to_csv(root / "gene_groups.csv", index=False)
+
+
 def read_rows(path: str) -> list[dict]:
     """The per-seed rows of an ``--out`` CSV (also one an interrupted run left), numbers parsed."""
     import pandas as pd
@@ -241,6 +259,9 @@ def main() -> None:
     p.add_argument("--wsi-patches", type=int, nargs=2, default=list(WSI_PATCHES), metavar=("LOW", "HIGH"),
                    help="patches per slide written by the generator (small values save disk and time when "
                         "wsi is not benchmarked)")
+    p.add_argument("--noise-genes", type=int, default=0,
+                   help="append this many uninformative genes to genomics.csv (in gene_groups.csv as sets of "
+                        "30), as a real expression panel has; the oracle is unchanged (they carry no signal)")
     p.add_argument("--table-from", default=None, help="print the tables of an --out CSV (with --cohort-dir); no training")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -267,6 +288,8 @@ def main() -> None:
         generate_cohort(root, n_patients=a.patients, seed=a.cohort_seed,
                         missingness={m: {"mechanism": "mcar", "rate": 0.0} for m in MODALITIES},
                         ecg_fs=int(DATA_CAPS["ecg_fs"]), wsi_patches=tuple(a.wsi_patches), show_progress=False)
+        if a.noise_genes:
+            add_noise_genes(root, a.noise_genes)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     n_patients = json.loads((root / "cohort.json").read_text())["n_patients"]  # a reused cohort's own size
     oracle = oracle_c_index(root, a.modalities)
