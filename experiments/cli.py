@@ -146,9 +146,16 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI
     """Build (and with ``run`` execute) the Lightning CLI; importable for tests and sweeps."""
     from clinfuse.experiments.config_stack import stack_encoder_configs
 
-    if args is None:  # the command line, rewritten: handing it over as ``args`` is intended here
-        warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
     args = stack_encoder_configs(sys.argv[1:] if args is None else args)
+    # ``args`` is always handed over on purpose (the rewritten command line, or a caller's list while
+    # sys.argv holds pytest's or a notebook kernel's own arguments): LightningCLI's warning about
+    # that is silenced here only, while the arguments are parsed
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
+        return _build(args, run)
+
+
+def _build(args: list[str], run: bool) -> ClinFuseCLI:
     return ClinFuseCLI(
         ClinFuseModule,
         ClinicalDataModule,
