@@ -25,6 +25,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     if path.name == "survival_prognosis.ipynb":
         assert "log-rank p (predicted-risk tertiles" in outputs and "Harrell C-index" in outputs
         assert "contributions {" in outputs and "tabular only" in outputs
+        assert "feature contributions (largest first): {'" in outputs
+        assert "input_warnings: ['tabular.creatinine: 97 is +" in outputs
     if path.name == "robustness.ipynb":
         assert "C-index by MCAR rate" in outputs and "gap to the oracle" in outputs
         assert "smallest mean gap to the oracle:" in outputs
