@@ -6,6 +6,7 @@
     clinfuse convert ptbxl --src /data/ptb-xl --out data/ptbxl     (also meds, mimic_iv, tcga, builtin)
     clinfuse robustness --config experiments/quickstart.yaml --heads masked_mean,transformer --epochs 6
     clinfuse score --model <predictor dir or MLflow URI> --root <cohort folder> --out predictions.csv
+    clinfuse compare --models <A> <B> --root <cohort folder> --split test [--by sex]
 
 ``predict --ckpt_path <ckpt> [--data.predict_split all]`` writes
 ``<trainer.default_root_dir>/predictions_<split>.csv``. ``fit`` trains, then tests the best checkpoint and prints the test metrics next to the cohort's
@@ -209,6 +210,11 @@ def main() -> None:
         from clinfuse.experiments.sweep import sweep_main
 
         sweep_main(argv[1:])
+        return
+    if argv and argv[0] == "compare":
+        from clinfuse.experiments.compare import compare_main
+
+        compare_main(argv[1:])
         return
     if argv and argv[0] == "score":
         from clinfuse.experiments.prognosis_cohort import score_main

@@ -1,0 +1,78 @@
+"""Paired bootstrap comparison of C-indices, subgroups, and `clinfuse compare`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clinfuse.experiments.compare import by_subgroup, paired_c_index, subgroups
+from clinfuse.experiments.metrics import harrell_c_index
+from clinfuse.experiments.survival_metrics import bootstrap_ci
+
+
+def _data(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    t = rng.exponential(np.exp(-x))
+    c = rng.exponential(2.0, size=n)
+    return x, np.minimum(t, c), (t <= c).astype(float)
+
+
+def test_same_model_twice_differs_by_nothing_and_negated_loses_clearly():
+    x, time, event = _data()
+    noisy = x + np.random.default_rng(1).normal(scale=2.0, size=len(x))
+    table = paired_c_index([x, x, -x, noisy], time, event, n_boot=300)
+    assert table.loc[0, "c_index"] == pytest.approx(harrell_c_index(x, time, event))
+    assert table.loc[1, ["delta", "delta_low", "delta_high"]].tolist() == [0.0, 0.0, 0.0]
+    assert table.loc[1, "p_value"] == 1.0
+    assert table.loc[2, "c_index"] == pytest.approx(1 - table.loc[0, "c_index"], abs=1e-9)  # no tied risks
+    assert table.loc[2, "delta_high"] < 0 and table.loc[2, "p_value"] == pytest.approx(1 / 300)
+    assert table.loc[3, "delta"] < 0 and table.loc[3, "delta_low"] < table.loc[3, "delta"] < table.loc[3, "delta_high"]
+
+
+def test_model_interval_equals_the_unpaired_bootstrap_on_the_same_resamples():
+    x, time, event = _data(seed=2)
+    table = paired_c_index([x], time, event, n_boot=200, seed=7)
+    want = bootstrap_ci(lambda t, e, r: harrell_c_index(r, t, e), time, event, x, n_boot=200, seed=7)
+    assert (table.loc[0, "low"], table.loc[0, "high"]) == pytest.approx((want[1], want[2]))
+
+
+def test_bad_inputs_are_named():
+    x, time, event = _data(n=20)
+    with pytest.raises(ValueError, match=r"model\(s\) \[1\]"):
+        paired_c_index([x, x[:-1]], time, event)
+    with pytest.raises(ValueError, match="no event"):
+        paired_c_index([x], time, np.zeros_like(event))
+
+
+def test_subgroups_by_level_quartile_and_missing():
+    cat = pd.Series(["F", "M", None, "F"])
+    assert subgroups(cat).tolist() == ["F", "M", "missing", "F"]
+    num = pd.Series(np.r_[np.arange(20.0), np.nan])
+    labels = subgroups(num)
+    assert labels.iloc[0] == "Q1 [0, 4]" and labels.iloc[19] == "Q4 [15, 19]" and labels.iloc[20] == "missing"
+    x, time, event = _data(n=200, seed=3)
+    groups = pd.Series(np.where(np.arange(200) < 100, "a", "b"))
+    sub = by_subgroup([x, -x], ["m0", "m1"], time, event, groups, n_boot=50)
+    assert sub["n"].tolist() == [100, 100]
+    assert sub.loc[0, "m0"] == pytest.approx(harrell_c_index(x[:100], time[:100], event[:100]))
+
+
+def test_clinfuse_compare_prints_both_tables(trained_prognosis, synthetic_cohort, tmp_path, capsys):
+    from clinfuse.experiments.cli import main
+
+    prog, _ = trained_prognosis
+    folder = prog.save(tmp_path / "a")
+    import sys
+
+    argv = ["clinfuse", "compare", "--models", str(folder), str(folder), "--root", str(synthetic_cohort),
+            "--split", "test", "--by", "sex", "--n-boot", "50"]
+    old, sys.argv = sys.argv, argv
+    try:
+        main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr().out
+    assert "| model 1: " in out and "+0.0000 [+0.0000, +0.0000] | 1 |" in out
+    assert "C-index by sex" in out and "| F |" in out and "| M |" in out
