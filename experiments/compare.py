@@ -1,19 +1,21 @@
 """Comparing saved models on the same patients: paired bootstrap C-index differences and subgroups.
 
-``paired_c_index`` resamples patients once per bootstrap draw and scores every model on the same
-resample, so the interval of a difference accounts for the models being evaluated on the same
-patients (two separate intervals that overlap say little about the difference). It is written
-here because neither scikit-survival nor lifelines offers a paired comparison of C-indices.
+``paired_c_index`` (survival) and ``paired_auroc`` (binary) resample patients once per bootstrap
+draw and score every model on the same resample, so the interval of a difference accounts for the
+models being evaluated on the same patients (two separate intervals that overlap say little about
+the difference). Written here because neither scikit-survival, lifelines nor scikit-learn offers
+a paired comparison of these metrics.
 
 ``clinfuse compare --models A B [...] --root <cohort> [--split test] [--by <tabular column>]``
 scores each saved predictor on the folder (:meth:`Prognosis.predict_cohort`) and prints the
-C-index of each with its 95% interval, each model's difference to the first one with its interval
-and two-sided bootstrap p-value, and with ``--by`` the C-index of every model per subgroup.
+C-index (AUROC for binary models) of each with its 95% interval, each model's difference to the
+first one with its interval and two-sided bootstrap p-value, and with ``--by`` every model's
+metric per subgroup.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,58 +26,80 @@ from clinfuse.experiments.metrics import harrell_c_index
 MAX_LEVELS = 10
 
 
-def paired_c_index(risks: Sequence[np.ndarray], time: np.ndarray, event: np.ndarray, n_boot: int = 1000,
-                   alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
-    """Harrell C of every model, and of every model minus the first, with paired bootstrap intervals.
-
-    Args:
-        risks: one ``(n,)`` risk score per model (higher = earlier event), same patients in order.
-        time, event: ``(n,)`` the patients' survival labels.
-        n_boot: bootstrap resamples of the patients (the same resample for every model).
-        alpha: 1 - confidence level.
-        seed: the resampling seed.
+def paired_bootstrap(metric: Callable[..., float], scores: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                     n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """``metric(score, *labels)`` of every model, and of every model minus the first, with paired
+    bootstrap intervals: each resample of the patients scores every model.
 
     Returns:
-        One row per model: ``c_index``, ``low``, ``high``, and ``delta``, ``delta_low``,
+        One row per model: ``estimate``, ``low``, ``high``, and ``delta``, ``delta_low``,
         ``delta_high``, ``p_value`` against model 0 (NaN for model 0 itself). The p-value is
         two-sided: twice the smaller share of resampled differences on either side of 0 (at least
-        ``1 / n_boot``). Resamples where a C-index is undefined (no comparable pair) are skipped.
-
-    Raises:
-        ValueError: fewer than one model, arrays of different lengths, or no event.
+        ``1 / n_boot``). Resamples where a metric is undefined (NaN or ValueError) are skipped.
     """
-    time, event = np.asarray(time, float), np.asarray(event, float)
-    scores = [np.asarray(r, float) for r in risks]
-    if not scores:
-        raise ValueError("paired_c_index needs at least one model's risks")
-    bad = [k for k, r in enumerate(scores) if r.shape != time.shape]
-    if bad or event.shape != time.shape:
-        raise ValueError(f"risks of model(s) {bad} / event do not match time's shape {time.shape}")
-    if not event.any():
-        raise ValueError("no event among these patients: the C-index is undefined")
-    estimate = np.array([harrell_c_index(r, time, event) for r in scores])
+    scores = [np.asarray(r, float) for r in scores]
+    labels = [np.asarray(a, float) for a in labels]
+    n = len(labels[0])
+    bad = [k for k, r in enumerate(scores) if r.shape != (n,)]
+    if not scores or bad or any(a.shape != (n,) for a in labels):
+        raise ValueError(f"scores of model(s) {bad} / labels do not have one value per patient ({n})")
+    estimate = np.array([metric(r, *labels) for r in scores])
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n_boot):
-        rows = rng.integers(0, len(time), len(time))
-        c = np.array([harrell_c_index(r[rows], time[rows], event[rows]) for r in scores])
-        if np.isfinite(c).all():
-            draws.append(c)
+        rows = rng.integers(0, n, n)
+        try:
+            values = np.array([metric(r[rows], *(a[rows] for a in labels)) for r in scores])
+        except ValueError:
+            continue
+        if np.isfinite(values).all():
+            draws.append(values)
     draws = np.asarray(draws).reshape(-1, len(scores))
     q = [alpha / 2, 1 - alpha / 2]
-    rows = []
+    out = []
     for k in range(len(scores)):
-        row = {"c_index": estimate[k], **dict(zip(("low", "high"), np.quantile(draws[:, k], q) if len(draws) else (np.nan,) * 2))}
+        low, high = np.quantile(draws[:, k], q) if len(draws) else (np.nan, np.nan)
+        row = {"estimate": estimate[k], "low": low, "high": high}
         if k == 0:
             row.update(delta=np.nan, delta_low=np.nan, delta_high=np.nan, p_value=np.nan)
         else:
             d = draws[:, k] - draws[:, 0]
-            low, high = np.quantile(d, q) if len(d) else (np.nan, np.nan)
+            d_low, d_high = np.quantile(d, q) if len(d) else (np.nan, np.nan)
             side = min((d <= 0).mean(), (d >= 0).mean()) if len(d) else np.nan
-            row.update(delta=estimate[k] - estimate[0], delta_low=low, delta_high=high,
+            row.update(delta=estimate[k] - estimate[0], delta_low=d_low, delta_high=d_high,
                        p_value=min(1.0, max(2 * side, 1 / max(len(d), 1))))
-        rows.append(row)
-    return pd.DataFrame(rows)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def paired_c_index(risks: Sequence[np.ndarray], time: np.ndarray, event: np.ndarray, n_boot: int = 1000,
+                   alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """Harrell C of every model (risk: higher = earlier event) and its difference to the first
+    model, paired bootstrap (:func:`paired_bootstrap`; the ``estimate`` column is ``c_index``).
+
+    Raises:
+        ValueError: no model, arrays of different lengths, or no event.
+    """
+    if not np.asarray(event, float).any():
+        raise ValueError("no event among these patients: the C-index is undefined")
+    table = paired_bootstrap(lambda r, t, e: harrell_c_index(r, t, e), risks, (time, event), n_boot, alpha, seed)
+    return table.rename(columns={"estimate": "c_index"})
+
+
+def paired_auroc(probabilities: Sequence[np.ndarray], target: np.ndarray, n_boot: int = 1000,
+                 alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """AUROC (scikit-learn) of every binary model and its difference to the first, paired
+    bootstrap (:func:`paired_bootstrap`; the ``estimate`` column is ``auroc``).
+
+    Raises:
+        ValueError: arrays of different lengths, or only one class among the patients.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(np.asarray(target))) < 2:
+        raise ValueError("only one class among these patients: the AUROC is undefined")
+    table = paired_bootstrap(lambda p, y: roc_auc_score(y, p), probabilities, (target,), n_boot, alpha, seed)
+    return table.rename(columns={"estimate": "auroc"})
 
 
 def subgroups(values: pd.Series) -> pd.Series:
@@ -92,21 +116,31 @@ def subgroups(values: pd.Series) -> pd.Series:
     return labels.reindex(values.index).fillna("missing")
 
 
-def by_subgroup(risks: Sequence[np.ndarray], names: Sequence[str], time: np.ndarray, event: np.ndarray,
+def by_subgroup(scores: Sequence[np.ndarray], names: Sequence[str], labels: dict[str, np.ndarray],
                 groups: pd.Series, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Per subgroup: ``n``, ``events`` and every model's C-index with its bootstrap interval
-    (``<name>`` and ``<name> 95% CI`` columns; NaN where a group has no comparable pair)."""
+    """Per subgroup: ``n``, the label counts (``events`` or ``positives``) and every model's metric
+    with its bootstrap interval (``<name>`` and ``<name> 95% CI`` columns; missing where the
+    metric is undefined in the group). ``labels``: ``{"time", "event"}`` (Harrell C) or
+    ``{"binary"}`` (AUROC)."""
     out = []
-    labels = np.asarray(groups)
-    for g in sorted(set(labels)):
-        rows = labels == g
-        row = {"group": g, "n": int(rows.sum()), "events": int(np.asarray(event)[rows].sum())}
-        if row["events"] and len(np.unique(np.asarray(time)[rows])) > 1:
-            table = paired_c_index([np.asarray(r)[rows] for r in risks], np.asarray(time)[rows],
-                                   np.asarray(event)[rows], n_boot=n_boot, seed=seed)
-            for name, t in zip(names, table.itertuples()):
-                row[name] = t.c_index
-                row[f"{name} 95% CI"] = f"[{t.low:.3f}, {t.high:.3f}]"
+    group = np.asarray(groups)
+    survival = "time" in labels
+    for g in sorted(set(group)):
+        rows = group == g
+        lab = {k: np.asarray(v)[rows] for k, v in labels.items()}
+        count = lab["event"] if survival else lab["binary"]
+        row = {"group": g, "n": int(rows.sum()), ("events" if survival else "positives"): int(count.sum())}
+        try:
+            part = [np.asarray(r)[rows] for r in scores]
+            table = (paired_c_index(part, lab["time"], lab["event"], n_boot=n_boot, seed=seed) if survival
+                     else paired_auroc(part, lab["binary"], n_boot=n_boot, seed=seed))
+        except ValueError:  # no event / one class in this group
+            out.append(row)
+            continue
+        metric = table.columns[0]
+        for name, t in zip(names, table.to_dict("records")):
+            row[name] = t[metric]
+            row[f"{name} 95% CI"] = f"[{t['low']:.3f}, {t['high']:.3f}]"
         out.append(row)
     return pd.DataFrame(out)
 
@@ -132,30 +166,39 @@ def compare_main(argv: Sequence[str]) -> None:
     frames = [Prognosis.load(m).predict_cohort(root, split=a.split, contributions=False, show_progress=False)
               for m in a.models]
     base = frames[0]
-    if not {"time", "event"} <= set(base.columns):
-        p.error(f"{root}: labels.parquet with time and event is needed to compare models")
     for m, f in zip(a.models, frames):
         if f["patient_id"].tolist() != base["patient_id"].tolist():
             p.error(f"{m} scored other patients than {a.models[0]}")
+    survival = all("median_survival" in f.columns for f in frames)
+    binary = all("probability" in f.columns for f in frames)
+    if survival and {"time", "event"} <= set(base.columns):
+        labels = {"time": base["time"].to_numpy(float), "event": base["event"].to_numpy(float)}
+        scores, metric, count = [f["risk"].to_numpy(float) for f in frames], "C-index", "events"
+        table = paired_c_index(scores, labels["time"], labels["event"], n_boot=a.n_boot, seed=a.seed)
+    elif binary and "binary" in base.columns:
+        labels = {"binary": base["binary"].to_numpy(float)}
+        scores, metric, count = [f["probability"].to_numpy(float) for f in frames], "AUROC", "positives"
+        table = paired_auroc(scores, labels["binary"], n_boot=a.n_boot, seed=a.seed)
+    else:
+        p.error("the models must all be survival models (with time/event labels in the folder) or all "
+                "binary models (with a binary label)")
     names = [f"model {k}" for k in range(len(a.models))]
-    time, event = base["time"].to_numpy(float), base["event"].to_numpy(float)
-    risks = [f["risk"].to_numpy(float) for f in frames]
-    table = paired_c_index(risks, time, event, n_boot=a.n_boot, seed=a.seed)
-    print(f"{len(base)} patients, {int(event.sum())} events{f' (split {a.split})' if a.split else ''}; "
+    n_count = int(labels["event" if survival else "binary"].sum())
+    print(f"{len(base)} patients, {n_count} {count}{f' (split {a.split})' if a.split else ''}; "
           f"95% paired bootstrap intervals over {a.n_boot} resamples")
-    print("| model | C-index [95% CI] | difference to model 0 [95% CI] | p |\n|---|---|---|---|")
-    for name, path, t in zip(names, a.models, table.itertuples()):
-        diff = "-" if np.isnan(t.delta) else f"{t.delta:+.4f} [{t.delta_low:+.4f}, {t.delta_high:+.4f}]"
-        p_text = "-" if np.isnan(t.p_value) else f"{t.p_value:.3g}"
-        print(f"| {name}: {path} | {t.c_index:.4f} [{t.low:.4f}, {t.high:.4f}] | {diff} | {p_text} |")
+    print(f"| model | {metric} [95% CI] | difference to model 0 [95% CI] | p |\n|---|---|---|---|")
+    for name, path, t in zip(names, a.models, table.to_dict("records")):
+        diff = "-" if np.isnan(t["delta"]) else f"{t['delta']:+.4f} [{t['delta_low']:+.4f}, {t['delta_high']:+.4f}]"
+        p_text = "-" if np.isnan(t["p_value"]) else f"{t['p_value']:.3g}"
+        print(f"| {name}: {path} | {t[table.columns[0]]:.4f} [{t['low']:.4f}, {t['high']:.4f}] | {diff} | {p_text} |")
     if a.by:
         tab_path = next((root / n for n in ("tabular.parquet", "tabular.csv") if (root / n).exists()), None)
         if tab_path is None:
             p.error(f"{root}: --by needs the folder's tabular file")
         tab = read_table(tab_path, ["patient_id", a.by]).set_index("patient_id")
         groups = subgroups(tab[a.by].reindex(base["patient_id"]))
-        sub = by_subgroup(risks, names, time, event, groups, n_boot=min(a.n_boot, 200), seed=a.seed)
-        print(f"\nC-index by {a.by} (95% bootstrap intervals, {min(a.n_boot, 200)} resamples):")
+        sub = by_subgroup(scores, names, labels, groups, n_boot=min(a.n_boot, 200), seed=a.seed)
+        print(f"\n{metric} by {a.by} (95% bootstrap intervals, {min(a.n_boot, 200)} resamples):")
         print(_markdown(sub))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinfuse.experiments.compare import by_subgroup, paired_c_index, subgroups
+from clinfuse.experiments.compare import by_subgroup, paired_auroc, paired_c_index, subgroups
 from clinfuse.experiments.metrics import harrell_c_index
 from clinfuse.experiments.survival_metrics import bootstrap_ci
 
@@ -54,7 +54,7 @@ def test_subgroups_by_level_quartile_and_missing():
     assert labels.iloc[0] == "Q1 [0, 4]" and labels.iloc[19] == "Q4 [15, 19]" and labels.iloc[20] == "missing"
     x, time, event = _data(n=200, seed=3)
     groups = pd.Series(np.where(np.arange(200) < 100, "a", "b"))
-    sub = by_subgroup([x, -x], ["m0", "m1"], time, event, groups, n_boot=50)
+    sub = by_subgroup([x, -x], ["m0", "m1"], {"time": time, "event": event}, groups, n_boot=50)
     assert sub["n"].tolist() == [100, 100]
     assert sub.loc[0, "m0"] == pytest.approx(harrell_c_index(x[:100], time[:100], event[:100]))
 
@@ -76,3 +76,53 @@ def test_clinfuse_compare_prints_both_tables(trained_prognosis, synthetic_cohort
     out = capsys.readouterr().out
     assert "| model 1: " in out and "+0.0000 [+0.0000, +0.0000] | 1 |" in out
     assert "C-index by sex" in out and "| F |" in out and "| M |" in out
+
+
+def test_paired_auroc_equals_sklearn_and_flags_the_worse_model():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400).astype(float)
+    good, weak = y + rng.normal(scale=0.8, size=400), y + rng.normal(scale=3.0, size=400)
+    table = paired_auroc([good, weak], y, n_boot=300)
+    assert table.loc[0, "auroc"] == pytest.approx(roc_auc_score(y, good))
+    assert table.loc[1, "delta"] == pytest.approx(roc_auc_score(y, weak) - roc_auc_score(y, good))
+    assert table.loc[1, "delta_high"] < 0 and table.loc[1, "p_value"] < 0.01
+    with pytest.raises(ValueError, match="only one class"):
+        paired_auroc([good], np.ones(400))
+    sub = by_subgroup([good, weak], ["g", "w"], {"binary": y}, pd.Series(np.where(np.arange(400) < 200, "a", "b")), n_boot=30)
+    assert sub.columns.tolist()[:3] == ["group", "n", "positives"]
+    assert sub.loc[1, "g"] == pytest.approx(roc_auc_score(y[200:], good[200:]))
+
+
+def test_clinfuse_compare_binary_models_by_auroc(synthetic_cohort, tmp_path, capsys):
+    import sys
+
+    import lightning
+    from sklearn.metrics import roc_auc_score
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.experiments.cli import main
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.experiments.prognosis import Prognosis
+
+    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"])
+    lightning.seed_everything(0, verbose=False)
+    model = ClinFuseModule(spec=dm.spec, d_model=16, task="binary")
+    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                                enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "b.ckpt")
+    prog = Prognosis.from_training(tmp_path / "b.ckpt", dm)
+    folder = prog.save(tmp_path / "binary")
+    old, sys.argv = sys.argv, ["clinfuse", "compare", "--models", str(folder), str(folder), "--root",
+                               str(synthetic_cohort), "--split", "test", "--n-boot", "40"]
+    try:
+        main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr().out
+    frame = prog.predict_cohort(synthetic_cohort, split="test", show_progress=False)
+    auroc = roc_auc_score(frame["binary"], frame["probability"])
+    assert f"| AUROC [95% CI] |" in out and f"| model 0: {folder} | {auroc:.4f} [" in out
+    assert "positives (split test)" in out
