@@ -192,7 +192,22 @@ class ECGReader(ModalityReader):
         }
 
     def _fit(self, train_ids: list[str]) -> dict[str, Any]:
-        return {"leads": list(self.leads), "fs": self.fs, "n_samples": self.n_samples}
+        rows = [self._index[p] for p in train_ids if p in self._index]
+        return {"leads": list(self.leads), "fs": self.fs, "n_samples": self.n_samples,
+                "amplitude_mv": self._amplitude(rows)}
+
+    def _amplitude(self, rows: list[int]) -> float | None:
+        """The median, over training records and their present leads, of a lead's standard
+        deviation in mV (at most ``AMPLITUDE_RECORDS`` evenly spaced records): the amplitude the
+        model was trained on, against which the prognosis API flags a signal in the wrong unit."""
+        if not rows:
+            return None
+        sds = []
+        for i in rows[:: max(1, len(rows) // AMPLITUDE_RECORDS)]:
+            item = self._get(self._records["patient_id"].iloc[i], training=False)
+            sds.append(item["signal"][item["lead_mask"]].std(axis=1))
+        sds = np.concatenate(sds)
+        return float(np.median(sds)) if len(sds) else None
 
     def _apply(self) -> None:
         s = self._state
@@ -227,6 +242,8 @@ class ECGReader(ModalityReader):
         }
 
 
+#: training records read for the amplitude statistic of the fitted state
+AMPLITUDE_RECORDS = 2000
 #: records per chunk of the cache build (one task for a worker process)
 CACHE_CHUNK = 64
 #: a cache build of at least this many records shows a progress bar

@@ -3,9 +3,14 @@
 A value many training standard deviations away from the training mean is most often a unit error
 (creatinine sent in umol/L to a model trained in mg/dL lands ~270 sd out) or a typo; the model
 would extrapolate without a sign. Predictions are still made; the warnings travel with them
-(``input_warnings``), naming the field, the value and how far out it is. Checked on the
-standardised values the fitted readers produce (tabular numerics, time-series values, gene
-expression), so a value is judged by the statistics the model was trained with.
+(``input_warnings``), naming the field, the value and how far out it is. Checked on what the
+fitted readers produce, against the statistics the model was trained with:
+
+- tabular numerics, time-series values, gene expression: beyond ``max_sd`` training sd;
+- ECG: the median lead amplitude more than ``AMPLITUDE_FACTOR`` times above or below the training
+  records' (microvolts sent as millivolts);
+- time series: events later than ``TIME_FACTOR`` training horizons (minutes sent as hours);
+- notes (word vocabulary): more than ``MAX_UNKNOWN_WORDS`` of the words unknown to the model.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ def out_of_range(modality: str, state: dict, item: dict[str, Any] | None, max_sd
     if item is None:
         return []
     s = state["fitted"]
+    if modality == "ecg":
+        return _ecg_amplitude(s, item)
+    if modality == "notes":
+        return _notes_vocabulary(state, item)
+    out = _timeseries_times(s, item) if modality == "timeseries" else []
     if modality == "tabular":
         z, names, where = np.asarray(item["numeric"], float), s["numeric_features"], np.asarray(item["numeric_observed"], bool)
         fields, columns = [f"tabular.{n}" for n in names], np.arange(len(names))
@@ -47,10 +57,9 @@ def out_of_range(modality: str, state: dict, item: dict[str, Any] | None, max_sd
         return []
     bad = np.flatnonzero(where & (np.abs(z) > max_sd))
     if not len(bad):
-        return []
+        return out
     bad = bad[np.argsort(-np.abs(z[bad]), kind="stable")]  # the most extreme first
     mean, std = np.asarray(s["mean"], float), np.asarray(s["std"], float)
-    out = []
     for k in bad[:MAX_LISTED]:
         j = columns[k]
         value = z[k] * std[j] + mean[j]
@@ -58,3 +67,55 @@ def out_of_range(modality: str, state: dict, item: dict[str, Any] | None, max_sd
     if len(bad) > MAX_LISTED:
         out.append(f"{modality}: {len(bad) - MAX_LISTED} more value(s) beyond {max_sd:g} training sd")
     return out
+
+
+def _ecg_amplitude(fitted: dict, item: dict[str, Any]) -> list[str]:
+    """The median lead sd against the training records' (``amplitude_mv`` of the fitted state;
+    predictors saved before it existed are not checked): microvolts sent as millivolts are 1000x."""
+    reference = fitted.get("amplitude_mv")
+    if not reference:
+        return []
+    signal, mask = np.asarray(item["signal"], float), np.asarray(item["lead_mask"], bool)
+    if not mask.any():
+        return []
+    amplitude = float(np.median(signal[mask].std(axis=1)))
+    ratio = amplitude / reference
+    if 1 / AMPLITUDE_FACTOR <= ratio <= AMPLITUDE_FACTOR:
+        return []
+    return [f"ecg.signal: median lead amplitude (sd) {amplitude:.4g} mV is {ratio:.3g}x the training records' "
+            f"{reference:.4g} mV (unit? the signal must be in mV)"]
+
+
+def _timeseries_times(fitted: dict, item: dict[str, Any]) -> list[str]:
+    """Event times past ``TIME_FACTOR`` x the training horizon (minutes sent as hours are 60x)."""
+    horizon = fitted.get("horizon_hours")
+    times = np.asarray(item["times"], float)
+    if not horizon or not len(times) or times.max() <= TIME_FACTOR * horizon:
+        return []
+    late = int((times > TIME_FACTOR * horizon).sum())
+    return [f"timeseries.time: {late} event(s) up to {times.max():.4g} h, past {TIME_FACTOR:g}x the training "
+            f"horizon of {horizon:g} h (unit? times must be hours from admission)"]
+
+
+def _notes_vocabulary(state: dict, item: dict[str, Any]) -> list[str]:
+    """Word-vocabulary notes whose words are mostly unknown to the model (another language or
+    format): more than ``MAX_UNKNOWN_WORDS`` of the note words map to the unknown id."""
+    if state["config"].get("tokenizer", "words") != "words" or "token_ids" not in item:
+        return []
+    from clinfuse.datasets.notes import UNK
+
+    ids, mask = np.asarray(item["token_ids"]), np.asarray(item["token_mask"], bool)
+    n = int(mask.sum())
+    unknown = int((ids[mask] == UNK).sum())
+    if not n or unknown / n <= MAX_UNKNOWN_WORDS:
+        return []
+    return [f"notes: {unknown} of {n} words ({unknown / n:.0%}) are not in the model's vocabulary "
+            f"(another language or note format?)"]
+
+
+#: an ECG whose median lead amplitude is this many times above or below the training records'
+AMPLITUDE_FACTOR = 20.0
+#: time-series events later than this many training horizons
+TIME_FACTOR = 2.0
+#: share of unknown note words
+MAX_UNKNOWN_WORDS = 0.5

@@ -139,8 +139,8 @@ class Prognosis:
         return cls(model, json.loads((folder / "preprocessing.json").read_text()), baseline, folder / "model.ckpt")
 
     # ------------------------------------------------------------------ prediction
-    def _items(self, record: Any) -> tuple[str, dict[str, Any], list[str]]:
-        """One record -> (patient id, modality -> item, input warnings); ValueError naming patient and field."""
+    def _items(self, record: Any) -> tuple[str, dict[str, Any]]:
+        """One record -> (patient id, modality -> item); ValueError naming patient and field."""
         if not isinstance(record, dict):
             raise ValueError(f"record must be a dict, got {type(record).__name__}")
         pid = record.get("patient_id")
@@ -161,8 +161,7 @@ class Prognosis:
                 raise ValueError(f"patient {pid}: {err}") from err
             if item is not None:
                 items[m] = item
-        warns = [w for m, it in items.items() for w in out_of_range(m, self.states[m], it, self.max_input_sd)]
-        return pid, items, warns
+        return pid, items
 
     def _batch(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
         return {m: self._shells[m].collate([it.get(m) for it in items]) for m in self.modalities}
@@ -230,20 +229,22 @@ class Prognosis:
         good, items = [], []
         for i, record in enumerate(records):
             try:
-                pid, its, warns = self._items(record)
+                pid, its = self._items(record)
             except ValueError as err:
                 pid = record.get("patient_id") if isinstance(record, dict) else None
                 results[i] = {"patient_id": pid, "error": str(err)}
                 continue
-            good.append((i, pid, warns))
+            good.append((i, pid))
             items.append(its)
         if not good:
             return results
         finish_items(self.states, items)  # resample all ECGs in one batch
+        warns = [[w for m, it in its.items() for w in out_of_range(m, self.states[m], it, self.max_input_sd)]
+                 for its in items]
         used = [[m for m in self.modalities if m in its] for its in items]
         rows = self._predict_batch(self._batch(items), used, horizons, contributions, feature_contributions)
-        for (i, pid, warns), row in zip(good, rows):
-            results[i] = {"patient_id": pid, **row, "input_warnings": warns}
+        for (i, pid), w, row in zip(good, warns, rows):
+            results[i] = {"patient_id": pid, **row, "input_warnings": w}
         return results
 
     def predict_cohort(self, root: str | Path, **kwargs: Any) -> pd.DataFrame:

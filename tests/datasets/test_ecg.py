@@ -105,9 +105,9 @@ def test_no_cache_reads_per_patient(root, monkeypatch):
     real = wfdb.rdrecord
     monkeypatch.setattr(ecg_module.wfdb, "rdrecord", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     r = reader(root, cache=False)
-    assert len(calls) == 3  # every record validated once up front
+    assert len(calls) == 6  # every record validated once up front, and read once by fit's amplitude statistic
     np.testing.assert_array_equal(r.get("a")["signal"], cached)
-    assert len(calls) == 4 and calls[-1].endswith("r360")
+    assert len(calls) == 7 and calls[-1].endswith("r360")
 
 
 def test_unwritable_cache_warns_and_reads_per_patient(root, monkeypatch):
@@ -162,3 +162,11 @@ def test_a_bad_record_in_a_worker_names_file_and_patient(many, monkeypatch):
     with pytest.raises(ValueError, match=r"p41\.hea/\.dat \(patient p41\): cannot read WFDB record"):
         ECGReader(root, None, fs=100.0, seconds=2.0)
     assert not list((root / ".clinfuse_cache").glob("*.tmp.*"))  # the half-written cache is gone
+
+
+def test_fitted_amplitude_is_the_median_lead_sd_of_the_training_records(root):
+    r = reader(root)
+    sds = np.concatenate([r.get(p)["signal"][r.get(p)["lead_mask"]].std(axis=1) for p in ("a", "b", "c")])
+    assert r.state_dict()["fitted"]["amplitude_mv"] == pytest.approx(float(np.median(sds)))
+    only_a = ECGReader(root, None, fs=100.0, seconds=5.0).fit(["a"])
+    assert only_a.state_dict()["fitted"]["amplitude_mv"] == pytest.approx(float(np.median(r.get("a")["signal"][r.get("a")["lead_mask"]].std(axis=1))))

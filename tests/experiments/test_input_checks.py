@@ -45,3 +45,30 @@ def test_predictor_reports_and_still_predicts(trained_prognosis, monkeypatch):
     assert len(bad["input_warnings"]) == 1 and bad["input_warnings"][0].startswith("tabular.creatinine: 97 is +")
     monkeypatch.setattr(prog, "max_input_sd", 1e6)
     assert prog.predict([{**record, "tabular": tab}])[0]["input_warnings"] == []
+
+
+def test_ecg_amplitude_times_and_vocabulary_by_hand():
+    ecg = {"fitted": {"amplitude_mv": 0.2}}
+    rng = np.random.default_rng(0)
+    signal = rng.normal(scale=0.2, size=(3, 500))
+    item = {"signal": signal, "lead_mask": np.array([True, True, False])}
+    assert out_of_range("ecg", ecg, item) == []
+    (msg,) = out_of_range("ecg", ecg, {**item, "signal": signal * 1000})  # microvolts sent as millivolts
+    amplitude = float(np.median((signal * 1000)[:2].std(axis=1)))  # the two present leads
+    assert msg == (f"ecg.signal: median lead amplitude (sd) {amplitude:.4g} mV is {amplitude / 0.2:.3g}x the "
+                   f"training records' 0.2 mV (unit? the signal must be in mV)")
+    assert out_of_range("ecg", ecg, {**item, "signal": signal / 1000})  # volts sent as millivolts
+    assert out_of_range("ecg", {"fitted": {}}, item) == []  # a predictor saved before the statistic: not checked
+
+    ts = {"fitted": {"variables": ["hr"], "mean": [80.0], "std": [10.0], "horizon_hours": 48.0}}
+    events = {"values": np.zeros(3), "variables": np.zeros(3, int), "times": np.array([1.0, 30.0, 90.0])}
+    assert out_of_range("timeseries", ts, events) == []
+    minutes = {**events, "times": events["times"] * 60}
+    assert out_of_range("timeseries", ts, minutes) == [
+        "timeseries.time: 2 event(s) up to 5400 h, past 2x the training horizon of 48 h (unit? times must be hours from admission)"]
+
+    notes = {"config": {"tokenizer": "words"}, "fitted": {}}
+    ids = np.array([[5, 1, 1, 0], [1, 7, 1, 1]])
+    item = {"token_ids": ids, "token_mask": ids != 0, "note_times": np.zeros(2)}
+    assert out_of_range("notes", notes, item) == ["notes: 5 of 7 words (71%) are not in the model's vocabulary (another language or note format?)"]
+    assert out_of_range("notes", {"config": {"tokenizer": "bpe"}, "fitted": {}}, item) == []

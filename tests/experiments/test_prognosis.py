@@ -258,3 +258,17 @@ def test_base64_ecg_over_the_wire_gives_the_wfdb_paths_prediction(trained, test_
     want = prog.predict([rec])[0]
     assert got["risk"] == pytest.approx(want["risk"], rel=1e-6)
     assert got["contributions"]["ecg"] == pytest.approx(want["contributions"]["ecg"], rel=1e-5, abs=1e-7)
+
+
+def test_ecg_in_microvolts_is_flagged_and_still_predicted(trained, test_records):
+    import wfdb
+
+    _, prog = trained
+    rec = next(r for r in test_records if "ecg" in r)
+    w = wfdb.rdrecord(str(rec["ecg"]))
+    as_mv = {**rec, "ecg": {"signal": w.p_signal.T, "fs": w.fs, "leads": w.sig_name}}
+    as_uv = {**rec, "patient_id": "uv", "ecg": {"signal": w.p_signal.T * 1000, "fs": w.fs, "leads": w.sig_name}}
+    ok, flagged = prog.predict([as_mv, as_uv])
+    assert not [m for m in ok["input_warnings"] if m.startswith("ecg")]
+    (msg,) = [m for m in flagged["input_warnings"] if m.startswith("ecg")]
+    assert "the signal must be in mV" in msg and np.isfinite(flagged["risk"])
