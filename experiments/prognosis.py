@@ -1,8 +1,8 @@
 """The prognosis prediction API: a trained model + its fitted preprocessing + a Breslow baseline.
 
 ``Prognosis.from_training(ckpt, datamodule)`` builds a predictor, ``save(folder)`` writes
-``model.ckpt``, ``preprocessing.json`` (``Cohort.state_dict()``), ``baseline.json`` (survival task)
-and ``meta.json``; ``Prognosis.load(folder_or_mlflow_uri)`` restores it with no data folder.
+``model.ckpt``, ``preprocessing.json`` (``Cohort.state_dict()``), ``baseline.json`` (survival task),
+``meta.json`` and ``model_card.md`` (:mod:`clinfuse.experiments.model_card`); ``Prognosis.load(folder_or_mlflow_uri)`` restores it with no data folder.
 ``predict(records)`` takes raw per-patient inputs (formats: :mod:`clinfuse.experiments.prognosis_inputs`).
 
 MLflow wire format (:class:`PrognosisPyfunc`): a DataFrame with one row per patient, a string column
@@ -48,8 +48,11 @@ class Prognosis:
         checkpoint_path: the model checkpoint file (copied by :meth:`save`).
     """
 
-    def __init__(self, model, preprocessing: dict, baseline: BreslowBaseline | None, checkpoint_path: str | Path) -> None:
+    def __init__(self, model, preprocessing: dict, baseline: BreslowBaseline | None, checkpoint_path: str | Path,
+                 summary: dict | None = None) -> None:
         self.model = model.eval()
+        #: aggregate training-data summary and test metric (:mod:`clinfuse.experiments.model_card`)
+        self.summary = summary
         self.preprocessing = preprocessing
         self.states = preprocessing["modalities"]
         self.modalities = list(model.modalities)
@@ -87,7 +90,9 @@ class Prognosis:
                     times.append(batch["labels"]["time"].numpy())
                     events.append(batch["labels"]["event"].numpy())
             baseline = BreslowBaseline().fit(np.concatenate(risks), np.concatenate(times), np.concatenate(events))
-        return cls(model, preprocessing, baseline, checkpoint_path)
+        from clinfuse.experiments.model_card import training_summary
+
+        return cls(model, preprocessing, baseline, checkpoint_path, training_summary(model, datamodule))
 
     def save(self, path: str | Path) -> Path:
         """Write the predictor folder; returns it."""
@@ -105,8 +110,12 @@ class Prognosis:
             "spec": self.model.hparams.spec,
             "fusion": type(self.model.fusion).__name__,
             "has_baseline": self.baseline is not None,
+            "summary": self.summary,
         }
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
+        from clinfuse.experiments.model_card import render
+
+        (out / "model_card.md").write_text(render(self, self.summary))
         return out
 
     @classmethod
@@ -136,7 +145,8 @@ class Prognosis:
         baseline = None
         if meta["has_baseline"]:
             baseline = BreslowBaseline.from_state(json.loads((folder / "baseline.json").read_text()))
-        return cls(model, json.loads((folder / "preprocessing.json").read_text()), baseline, folder / "model.ckpt")
+        return cls(model, json.loads((folder / "preprocessing.json").read_text()), baseline, folder / "model.ckpt",
+                   meta.get("summary"))
 
     # ------------------------------------------------------------------ prediction
     def _items(self, record: Any) -> tuple[str, dict[str, Any]]:
