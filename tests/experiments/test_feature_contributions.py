@@ -73,3 +73,30 @@ def test_cohort_scoring_has_the_same_feature_columns(trained_prognosis, syntheti
     for m, values in want["feature_contributions"].items():
         for name, v in values.items():
             assert row[f"feature_{m}_{name}"] == pytest.approx(v, abs=1e-5), (m, name)
+
+
+def test_multiclass_contributions_are_per_class_logit_differences(synthetic_cohort, tmp_path):
+    import lightning
+    import numpy as np
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.experiments.cohort_records import records_from_cohort
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.experiments.prognosis import Prognosis
+
+    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular"])
+    lightning.seed_everything(0, verbose=False)
+    model = ClinFuseModule(spec=dm.spec, d_model=16, task="multiclass", n_classes=dm.n_classes)
+    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                                enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "mc.ckpt")
+    prog = Prognosis.from_training(tmp_path / "mc.ckpt", dm)
+    pid = next(p for p in dm.cohort.splits["test"] if dm.cohort.readers["tabular"].get(p) is not None)
+    rec = {k: v for k, v in records_from_cohort(synthetic_cohort, [pid])[0].items() if k in ("patient_id", "tabular")}
+    (full,) = prog.predict([rec], feature_contributions=True)
+    col, delta = next(iter(full["feature_contributions"]["tabular"].items()))
+    without = {**rec, "tabular": {k: v for k, v in rec["tabular"].items() if k != col}}
+    want = np.asarray(full["risk"]) - np.asarray(prog.predict([without])[0]["risk"])
+    assert len(delta) == dm.n_classes
+    np.testing.assert_allclose(delta, want, atol=1e-5)
