@@ -45,6 +45,8 @@ class ClinicalDataModule(pl.LightningDataModule):
             frozen embedding (cached under ``<root>/.clinfuse_cache/``) instead of token ids.
         notes_min_patients: a word is learned by the notes tokenizer only if the notes of at least
             this many training patients contain it (keeps one patient's names out of the saved model).
+        notes_long: ``truncate`` (each note's first ``max_words`` tokens) or ``split`` (every note cut
+            into ``max_words``-word segments, each read as a note with the note's time).
         synth_if_missing: generate a synthetic cohort at ``root`` if the folder does not exist.
         synth_patients: patients of that synthetic cohort.
         synth_seed: seed of that synthetic cohort.
@@ -69,6 +71,7 @@ class ClinicalDataModule(pl.LightningDataModule):
         notes_vocab_size: int | None = None,
         notes_pretrained: str | None = None,
         notes_min_patients: int = 5,
+        notes_long: str = "truncate",
         synth_if_missing: bool = False,
         synth_patients: int = 2000,
         synth_seed: int = 0,
@@ -91,6 +94,7 @@ class ClinicalDataModule(pl.LightningDataModule):
         self.notes_vocab_size = notes_vocab_size
         self.notes_pretrained = notes_pretrained
         self.notes_min_patients = notes_min_patients
+        self.notes_long = notes_long
         self.synth_if_missing = synth_if_missing
         self.synth_patients = synth_patients
         self.synth_seed = synth_seed
@@ -114,7 +118,7 @@ class ClinicalDataModule(pl.LightningDataModule):
             "ecg": {"fs": self.ecg_fs, "seconds": self.ecg_seconds},
             "notes": {"max_notes": self.max_notes, "max_words": self.max_words, "tokenizer": self.notes_tokenizer,
                       "vocab_size": self.notes_vocab_size, "pretrained": self.notes_pretrained,
-                      "min_patients": self.notes_min_patients},
+                      "min_patients": self.notes_min_patients, "long_notes": self.notes_long},
             "wsi": {"max_patches": self.max_patches},
         }
 

@@ -24,9 +24,26 @@ DEFAULT_VOCAB_SIZE = {"words": 5000, "bpe": 4000}
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
+LONG_NOTES = ("truncate", "split")
+
+
 def tokenize(text: str) -> list[str]:
     """Lowercase ``text`` and split it into runs of ``[a-z0-9]``."""
     return _TOKEN.findall(text.lower())
+
+
+def split_note(text: str, max_words: int) -> list[str]:
+    """``text`` cut just before every ``max_words``-th word (words as :func:`tokenize` finds them):
+    consecutive segments of at most ``max_words`` words each, whose words together are the text's.
+    A text of at most ``max_words`` words comes back whole. (A text whose lowercase form has another
+    length, which a few non-ASCII letters cause, is cut in its lowercase form.)"""
+    low = text.lower()
+    starts = [m.start() for m in _TOKEN.finditer(low)]
+    if len(starts) <= max_words:
+        return [text]
+    source = text if len(low) == len(text) else low
+    bounds = [0, *starts[max_words::max_words], len(source)]
+    return [source[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class NotesReader(ModalityReader):
@@ -49,6 +66,13 @@ class NotesReader(ModalityReader):
     The batch then holds ``embeddings (B, K, E)`` instead of ``token_ids``/``token_mask`` and the
     spec is ``{"embedding_dim": E}``.
 
+    ``long_notes="split"`` keeps all of a long note instead of its first ``max_words`` tokens: the
+    note is cut into consecutive segments of ``max_words`` words (:func:`split_note`), each a note
+    of its own with the note's time, in order; ``max_notes`` then counts segments (the most recent
+    kept). It applies to the word vocabulary and to ``pretrained`` models (whose own token limit it
+    keeps a segment within); with ``bpe`` a segment of ``max_words`` words could still exceed
+    ``max_words`` subwords, so that combination is refused.
+
     Args:
         root: the cohort folder.
         known_ids: patient ids of ``labels.parquet`` (``None`` skips the check).
@@ -61,6 +85,7 @@ class NotesReader(ModalityReader):
             at least this many training patients contain it.
         pretrained: a local model directory to embed notes with, or ``None`` for token ids.
         cache: whether to read/write the embedding cache (``pretrained`` only).
+        long_notes: ``truncate`` (keep each note's first ``max_words`` tokens) or ``split``.
 
     Raises:
         ValueError: a missing column, unknown patients, null text, or a non-numeric/NaN/inf time,
@@ -82,8 +107,17 @@ class NotesReader(ModalityReader):
         pretrained: str | None = None,
         cache: bool = True,
         min_patients: int = 5,
+        long_notes: Literal["truncate", "split"] = "truncate",
     ) -> None:
         super().__init__(root, known_ids)
+        if long_notes not in LONG_NOTES:
+            raise ValueError(f"{self.path}: long_notes must be one of {LONG_NOTES}, got {long_notes!r}")
+        if long_notes == "split" and tokenizer == "bpe" and pretrained is None:
+            raise ValueError(
+                f"{self.path}: long_notes='split' cuts notes into max_words words, which can exceed max_words "
+                f"BPE subwords; use tokenizer='words' or a pretrained model with it"
+            )
+        self.long_notes = long_notes
         if tokenizer not in TOKENIZERS:
             raise ValueError(f"{self.path}: unknown notes tokenizer {tokenizer!r}; expected one of {TOKENIZERS}")
         vocab_size = DEFAULT_VOCAB_SIZE[tokenizer] if vocab_size is None else vocab_size
@@ -106,6 +140,8 @@ class NotesReader(ModalityReader):
         if df["text"].isna().any():
             who = df.loc[df["text"].isna(), "patient_id"].unique()[:10].tolist()
             raise ValueError(f"{self.path}: column 'text' is null for patient(s) {who}")
+        if long_notes == "split":  # every segment becomes a note of its own, same time, in order
+            df = df.assign(text=[split_note(str(t), int(max_words)) for t in df["text"]]).explode("text", ignore_index=True)
         df["tokens"] = [tokenize(str(t)) for t in df["text"]]
         empty = df["tokens"].map(len) == 0
         if empty.any():
@@ -124,7 +160,7 @@ class NotesReader(ModalityReader):
     def config(self) -> dict[str, Any]:
         return {"max_notes": self.max_notes, "max_words": self.max_words, "vocab_size": self.vocab_size,
                 "tokenizer": self.tokenizer, "pretrained": self.pretrained, "cache": self.cache,
-                "min_patients": self.min_patients}
+                "min_patients": self.min_patients, "long_notes": self.long_notes}
 
     def _embedder(self) -> PretrainedNoteEmbedder:
         """The (lazily built) embedder of ``pretrained``; it hashes the model files only once."""

@@ -41,7 +41,7 @@ import wfdb
 from clinfuse.datasets.cohort import READERS
 from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked
 from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
-from clinfuse.datasets.notes import PAD, UNK, tokenize
+from clinfuse.datasets.notes import PAD, UNK, split_note, tokenize
 from clinfuse.datasets.reader import ModalityReader
 from clinfuse.datasets.wsi import read_slide_features
 from clinfuse.experiments.ecg_wire import decode_signal
@@ -262,14 +262,16 @@ def notes_item(state: dict, raw: Any) -> Item | None:
     """
     cfg, fitted = state["config"], state["fitted"]
     rows = _rows(raw, ("time", "text"), "notes")
+    split = cfg.get("long_notes", "truncate") == "split"
     notes = []
     for i, r in enumerate(rows):
         if not isinstance(r["text"], str):
             raise ValueError(f"field 'notes[{i}].text': expected a string, got {type(r['text']).__name__}")
         t = _float(r["time"], f"notes[{i}].time")
-        words = tokenize(r["text"])
-        if words:  # the reader drops notes without any word too
-            notes.append((t, r["text"], words))
+        for text in split_note(r["text"], int(cfg["max_words"])) if split else [r["text"]]:
+            words = tokenize(text)
+            if words:  # the reader drops notes without any word too
+                notes.append((t, text, words))
     if not notes:
         return None
     notes = sorted(notes, key=lambda n: n[0])[-int(cfg["max_notes"]) :]  # stable: ties keep input order
