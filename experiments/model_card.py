@@ -78,7 +78,7 @@ def render(prognosis: Any, summary: dict[str, Any] | None) -> str:
                      + ", ".join(f"{s} {n}" for s, n in summary.get("splits", {}).items()) + ".")
         tr = summary.get("train", {})
         if "events" in tr:
-            lines.append(f"- Training split: {tr['events']} events (rate {tr['event_rate']:.2f}), median follow-up "
+            lines.append(f"- Training split: {tr['events']} events (rate {tr['event_rate']:.2f}), median observed time "
                          f"{tr['median_time']:.4g} {unit}.")
         if "positives" in tr:
             lines.append(f"- Training split: {tr['positives']} positives (prevalence {tr['prevalence']:.2f}).")

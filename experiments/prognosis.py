@@ -269,10 +269,12 @@ class Prognosis:
     def _predict_batch(
         self, batch: dict[str, dict[str, torch.Tensor]], used: Sequence[Sequence[str]],
         horizons: Sequence[float], contributions: bool, feature_contributions: bool = False,
+        raw_outputs: list | None = None,
     ) -> list[dict[str, Any]]:
         """Predictions for one collated batch; ``used[b]`` = patient ``b``'s present modalities.
 
-        Returns one dict per patient: everything :meth:`predict` returns but ``patient_id``.
+        Returns one dict per patient: everything :meth:`predict` returns but ``patient_id``. The
+        batch's raw task-head outputs (with every modality) are appended to ``raw_outputs`` when given.
         """
         used_any = [m for m in self.modalities if any(m in u for u in used)] if contributions else []
         drop = [None, *used_any]
@@ -289,6 +291,8 @@ class Prognosis:
                 order = list(getattr(self.model.fusion, "last_order", None) or self.modalities)
             surv = self._survival(raw[0], risk_all[0], horizons)
         out, risk = raw[0], risk_all[0]
+        if raw_outputs is not None:
+            raw_outputs.append(out)
         per_value: dict[str, list] = {}
         if feature_contributions:
             from clinfuse.experiments.feature_contributions import BY_MODALITY
@@ -318,6 +322,20 @@ class Prognosis:
                                            for r, c in enumerate(causes)}
             rows.append(res)
         return rows
+
+    def survival_matrix(self, out: torch.Tensor, times: Sequence[float]) -> np.ndarray:
+        """S(t | x) of every patient at ``times``, from raw task-head outputs (survival models).
+
+        Shapes:
+            out: (n,) Cox log-risk or (n, n_outputs) discrete logits; times: (T,) -> (n, T)
+        """
+        objective = getattr(self.model, "objective", None)
+        if objective is None:
+            raise ValueError(f"survival curves need a survival model; this one's task is {self.model.task!r}")
+        t = np.asarray(times, dtype=float)
+        if self.baseline is not None:
+            return self.baseline.survival(self.model.risk(out).numpy(), t)
+        return objective.survival(out, torch.as_tensor(t, dtype=torch.float64)).numpy()
 
     def _survival(self, out: torch.Tensor, risk: torch.Tensor, horizons: Sequence[float]) -> dict[str, Any]:
         """Survival curve, median and survival at ``horizons`` (Breslow for Cox, bins otherwise)."""

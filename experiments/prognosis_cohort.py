@@ -35,6 +35,7 @@ def predict_cohort(
     batch_size: int = 256,
     show_progress: bool = True,
     feature_contributions: bool = False,
+    raw_outputs: list | None = None,
 ) -> pd.DataFrame:
     """One row of predictions per patient of the cohort folder ``root``.
 
@@ -56,6 +57,8 @@ def predict_cohort(
         show_progress: a progress bar over the batches.
         feature_contributions: add ``feature_<modality>_<name>`` columns: each tabular value's and
             time-series variable's leave-one-out contribution (NaN where the patient lacks it).
+        raw_outputs: a list that receives the task head's raw outputs, one tensor per batch in
+            row order (for :meth:`Prognosis.survival_matrix`).
 
     Returns:
         ``patient_id``, ``modalities_used`` (comma-separated), ``risk`` (and ``probability``
@@ -101,7 +104,7 @@ def predict_cohort(
                         w.extend(out_of_range(m, prognosis.states[m], it, prognosis.max_input_sd))
             else:
                 batch[m] = prognosis._shells[m].collate([None] * len(chunk))
-        results = prognosis._predict_batch(batch, used, horizons, contributions, feature_contributions)
+        results = prognosis._predict_batch(batch, used, horizons, contributions, feature_contributions, raw_outputs)
         for pid, w, res in zip(chunk, warns, results):
             rows.append({**_flat(pid, res, prognosis.modalities), "input_warnings": "; ".join(w)})
     frame = pd.DataFrame(rows)

@@ -1,0 +1,111 @@
+"""External validation of a saved survival predictor on a labelled cohort folder.
+
+``clinfuse validate --model <predictor> --root <cohort folder> --out <folder> [--split test]``
+scores the folder with the restored readers (:meth:`Prognosis.predict_cohort`, no refit) and
+writes, into ``--out``:
+
+- ``report.md``: patients and events, Harrell and Uno C-index with 95% bootstrap intervals, the mean
+  time-dependent AUC, the integrated Brier score, the D-calibration p-value, the log-rank p of
+  the predicted-risk tertiles, and the figures;
+- ``km_risk_groups.png`` and ``calibration.png`` (at the median follow-up), as after training, and
+  ``cumulative_incidence.png`` for competing-risks models with a ``cause`` label;
+- ``predictions.csv``: the scored rows (patient ids stay in this folder; nothing is logged).
+
+The censoring distribution of the IPCW metrics (Uno C, time-dependent AUC, Brier) is estimated
+on the validation cohort itself: an external site has no access to the development data, and its
+own censoring is the one its labels carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def validate_cohort(prognosis: Any, root: str | Path, out_dir: str | Path, split: str | None = None,
+                    n_boot: int = 200, show_progress: bool = True) -> dict[str, Any]:
+    """Score ``root``, compute the report and write the files (module docstring).
+
+    Returns:
+        ``{"report": dict of metrics, "logrank_p", "horizon", "n", "events", "paths": [...]}``.
+
+    Raises:
+        ValueError: a model that is not a survival model, or a folder without ``time``/``event``
+            labels for the scored patients.
+    """
+    from clinfuse.experiments.survival_metrics import survival_report
+    from clinfuse.experiments.survival_plots import calibration_plot, km_by_risk_group
+    from clinfuse.experiments.survival_report import format_report
+
+    if prognosis.model.task != "survival":
+        raise ValueError(f"clinfuse validate reports survival metrics; this model's task is {prognosis.model.task!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    raw: list[torch.Tensor] = []
+    frame = prognosis.predict_cohort(root, split=split, contributions=False, show_progress=show_progress,
+                                     raw_outputs=raw)
+    if not {"time", "event"} <= set(frame.columns) or frame[["time", "event"]].isna().any().any():
+        raise ValueError(f"{root}: validation needs time and event labels (labels.parquet) for every scored patient")
+    outputs = torch.cat(raw)
+    risk = frame["risk"].to_numpy(float)
+    time, event = frame["time"].to_numpy(float), frame["event"].to_numpy(float)
+
+    def surv_fn(times: np.ndarray) -> np.ndarray:
+        return prognosis.survival_matrix(outputs, times)
+
+    report = survival_report(time, event, time, event, risk, surv_fn, n_boot=n_boot)
+    km_path, cal_path = out / "km_risk_groups.png", out / "calibration.png"
+    _, logrank_p = km_by_risk_group(risk, time, event, n_groups=3, path=km_path)
+    horizon = float(np.median(time))
+    calibration_plot(surv_fn(np.array([horizon]))[:, 0], time, event, horizon, path=cal_path)
+    paths = [km_path, cal_path]
+    objective = prognosis.model.objective
+    if objective.competing and "cause" in frame.columns:
+        from clinfuse.experiments.survival_report import _incidence_figure
+
+        path = _incidence_figure(objective, outputs.numpy(), time, frame["cause"].to_numpy(), out)
+        paths += [path] if path is not None else []
+    frame.to_csv(out / "predictions.csv", index=False)
+    result = {"report": report, "logrank_p": float(logrank_p), "horizon": horizon, "n": len(frame),
+              "events": int(event.sum()), "paths": paths}
+    (out / "report.md").write_text(_markdown(result, root, split, prognosis, format_report(report)))
+    return result
+
+
+def _markdown(result: dict[str, Any], root: str | Path, split: str | None, prognosis: Any, table: str) -> str:
+    unit = (prognosis.summary or {}).get("time_unit", "days")
+    dev = (prognosis.summary or {}).get("test", {})
+    lines = [
+        "# External validation", "",
+        f"Cohort `{root}`{f', split {split}' if split else ''}: {result['n']} patients, {result['events']} events; "
+        f"median observed time {result['horizon']:.4g} {unit} (the calibration horizon).", "",
+        table, "",
+        f"Log-rank p of the predicted-risk tertiles: {result['logrank_p']:.3g}.",
+    ]
+    if "c_index" in dev:
+        lines.append(f"On its development test split ({dev['n']} patients) the model had Harrell C {dev['c_index']:.4f}.")
+    lines += ["", *(f"![{p.stem}]({p.name})" for p in result["paths"]), ""]
+    return "\n".join(lines)
+
+
+def validate_main(argv: Sequence[str]) -> None:
+    """``clinfuse validate``: external validation report of a saved predictor on a cohort folder."""
+    import argparse
+
+    from clinfuse.experiments.prognosis import Prognosis
+
+    p = argparse.ArgumentParser(prog="clinfuse validate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="predictor folder or MLflow model URI")
+    p.add_argument("--root", required=True, help="a labelled cohort folder (docs/formats.md)")
+    p.add_argument("--out", required=True, help="folder for report.md, the figures and predictions.csv")
+    p.add_argument("--split", default=None, help="only this split of splits.csv")
+    p.add_argument("--n-boot", type=int, default=200)
+    a = p.parse_args(list(argv))
+    result = validate_cohort(Prognosis.load(a.model), a.root, a.out, split=a.split, n_boot=a.n_boot)
+    print((Path(a.out) / "report.md").read_text())
+    print(f"written to {a.out}: report.md, {', '.join(p.name for p in result['paths'])}, predictions.csv")

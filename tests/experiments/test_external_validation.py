@@ -1,0 +1,55 @@
+"""`clinfuse validate`: the report's numbers equal the metrics computed directly, files written."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clinfuse.experiments.metrics import harrell_c_index
+
+
+def test_report_equals_direct_metrics_and_files_exist(trained_prognosis, synthetic_cohort, tmp_path, capsys):
+    from clinfuse.experiments.cli import main
+    from clinfuse.experiments.external_validation import validate_cohort
+
+    prog, _ = trained_prognosis
+    result = validate_cohort(prog, synthetic_cohort, tmp_path / "v", split="test", n_boot=50, show_progress=False)
+    rows = pd.read_csv(tmp_path / "v" / "predictions.csv", dtype={"patient_id": str})
+    assert result["report"]["harrell"] == pytest.approx(harrell_c_index(rows["risk"], rows["time"], rows["event"]))
+    assert result["n"] == len(rows) and result["events"] == int(rows["event"].sum())
+    for name in ("report.md", "km_risk_groups.png", "calibration.png"):
+        assert (tmp_path / "v" / name).stat().st_size > 100, name
+    # the survival curves behind IBS are the predictor's own: S at a horizon equals predict_cohort's column
+    frame = prog.predict_cohort(synthetic_cohort, split="test", horizons=(365.0,), show_progress=False)
+    raw = []
+    prog.predict_cohort(synthetic_cohort, split="test", show_progress=False, raw_outputs=raw)
+    import torch
+
+    np.testing.assert_allclose(prog.survival_matrix(torch.cat(raw), [365.0])[:, 0], frame["survival_at_365"], atol=1e-6)
+
+    old, sys.argv = sys.argv, ["clinfuse", "validate", "--model", str(prog.save(tmp_path / "p")), "--root",
+                               str(synthetic_cohort), "--out", str(tmp_path / "cli"), "--split", "test", "--n-boot", "30"]
+    try:
+        main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr().out
+    assert "# External validation" in out and "| Harrell C-index |" in out and "written to" in out
+    assert f"{len(rows)} patients" in out
+
+
+def test_unlabelled_folder_and_non_survival_model_are_refused(trained_prognosis, synthetic_cohort, tmp_path):
+    import shutil
+
+    from clinfuse.experiments.external_validation import validate_cohort
+
+    prog, _ = trained_prognosis
+    bare = tmp_path / "bare"
+    shutil.copytree(synthetic_cohort, bare, ignore=shutil.ignore_patterns(".clinfuse_cache", "ecg", "wsi"))
+    (bare / "labels.parquet").unlink()
+    (bare / "splits.csv").unlink()
+    with pytest.raises(ValueError, match="needs time and event labels"):
+        validate_cohort(prog, bare, tmp_path / "v", show_progress=False)
