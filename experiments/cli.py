@@ -180,6 +180,8 @@ def synth_main(argv: Sequence[str]) -> None:
     p.add_argument("--out", required=True, help="folder to write (must be absent or empty)")
     p.add_argument("--patients", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--causes", type=int, default=1,
+                   help="competing causes of the event (2+ adds the labels' cause column and its oracle)")
     p.add_argument(
         "--missingness",
         type=json.loads,
@@ -190,7 +192,7 @@ def synth_main(argv: Sequence[str]) -> None:
     )
     a = p.parse_args(list(argv))
     missingness = {**DEFAULT_MISSINGNESS, **(a.missingness or {})}
-    root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness)
+    root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes)
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 

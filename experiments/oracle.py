@@ -27,10 +27,15 @@ def oracle_metrics(datamodule: Any, task: str) -> dict[str, float]:
     y = labels.loc[test_ids]
     if task == "survival":
         t, e = y["time"].to_numpy(float), y["event"].to_numpy(float)
-        return {
+        out = {
             "c_index_full": harrell_c_index(o["risk_full"].to_numpy(), t, e),
             "c_index_observed": harrell_c_index(o["risk_observed"].to_numpy(), t, e),
         }
+        if "cause" in y.columns:  # competing causes: the cause-specific oracle (other causes censored)
+            for col in (c for c in o.columns if c.startswith("cif_cause")):
+                r, which = col[len("cif_cause"):].split("_")
+                out[f"c_index_cause{r}_{which}"] = harrell_c_index(o[col].to_numpy(), t, y["cause"].to_numpy() == int(r))
+        return out
     target = torch.as_tensor(y["binary"].to_numpy(), dtype=torch.long)
     out: dict[str, float] = {}
     for which in ("full", "observed"):
@@ -44,11 +49,15 @@ def oracle_metrics(datamodule: Any, task: str) -> dict[str, float]:
 def format_comparison(test: dict[str, float], oracle: dict[str, float], task: str) -> str:
     """A small table: metric, model, oracle (full data), oracle (observed modalities), ratio."""
     names = ["c_index"] if task == "survival" else (["auroc", "auprc"] if task == "binary" else ["auroc"])
-    rows = [f"{'metric':<10} {'model':>8} {'oracle(full)':>13} {'oracle(observed)':>17} {'model/oracle':>13}"]
+    if task == "survival":  # competing causes: a row per cause the oracle and the model both have
+        names += sorted({k[: -len("_full")] for k in oracle if k.startswith("c_index_cause") and k.endswith("_full")}
+                        & {k[len("test/"):] for k in test})
+    w = max(10, *(len(n) for n in names))
+    rows = [f"{'metric':<{w}} {'model':>8} {'oracle(full)':>13} {'oracle(observed)':>17} {'model/oracle':>13}"]
     for n in names:
         model = float(test.get(f"test/{n}", math.nan))
         full = oracle.get(f"{n}_full", math.nan)
         obs = oracle.get(f"{n}_observed", math.nan)
         ratio = model / full if full and not math.isnan(full) else math.nan
-        rows.append(f"{n:<10} {model:>8.4f} {full:>13.4f} {obs:>17.4f} {ratio:>13.3f}")
+        rows.append(f"{n:<{w}} {model:>8.4f} {full:>13.4f} {obs:>17.4f} {ratio:>13.3f}")
     return "\n".join(["", "Test split: model vs oracle", *rows, ""])

@@ -13,15 +13,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clinfuse.datasets.synthetic import ecg, genomics, latent, notes, oracle, splits, tabular, timeseries, wsi
+from clinfuse.datasets.synthetic import causes, ecg, genomics, latent, notes, oracle, splits, tabular, timeseries, wsi
 from clinfuse.datasets.synthetic.missingness import draw_presence, resolve_missingness
 from clinfuse.datasets.synthetic.validation import prepare_out_dir, validate_arguments
 
 FORMAT_VERSION = 1
 STREAMS = (
     "model", "latent", "outcomes", "tabular", "presence", "timeseries",
-    "ecg", "notes", "wsi", "wsi_noise", "genomics", "splits",
-)  # fmt: skip
+    "ecg", "notes", "wsi", "wsi_noise", "genomics", "splits", "causes",
+)  # fmt: skip  (a new stream goes last: SeedSequence children keep their index, the files stay the same)
 
 
 def patient_ids(n: int) -> np.ndarray:
@@ -54,6 +54,7 @@ def generate_cohort(
     n_classes: int = 3,
     split_fractions=(0.7, 0.15, 0.15),
     show_progress: bool = True,
+    n_causes: int = 1,
 ) -> Path:
     """Generate a synthetic multimodal cohort with known Bayes-optimal predictions.
 
@@ -71,6 +72,9 @@ def generate_cohort(
         n_classes: Number of classes of the multiclass label.
         split_fractions: ``(train, val, test)`` fractions.
         show_progress: Show tqdm progress bars over the ECG and WSI writers.
+        n_causes: Competing causes of the event (``causes.py``): with 2 or more, ``labels.parquet``
+            gets a ``cause`` column and ``oracle.parquet`` the cause-specific oracle; every other
+            file is the same as with 1.
 
     Returns:
         The cohort folder.
@@ -79,6 +83,8 @@ def generate_cohort(
         ValueError: For a bad argument (named in the message) or an unusable ``out_dir``.
     """
     validate_arguments(n_patients, seed, wsi_feature_dim, wsi_patches, ecg_fs, ecg_seconds, n_classes)
+    if isinstance(n_causes, bool) or not isinstance(n_causes, (int, np.integer)) or not 1 <= n_causes <= causes.MAX_CAUSES:
+        raise ValueError(f"n_causes must be an integer in [1, {causes.MAX_CAUSES}], got {n_causes!r}")
     fractions = splits.validate_fractions(split_fractions)
     resolved = resolve_missingness(missingness)
     root = prepare_out_dir(out_dir)
@@ -96,6 +102,10 @@ def generate_cohort(
     strata = 2 * labels["event"].to_numpy() + labels["binary"].to_numpy()
     split = pd.DataFrame({"patient_id": ids, "split": splits.stratified_split(strata, fractions, rngs["splits"])})
     oracle_df = oracle.oracle_table(model, z, views, presence, ids)
+    if n_causes > 1:
+        kappa = causes.cause_weights(n_causes, model.latent_dim, rngs["causes"])
+        labels["cause"] = causes.draw_causes(kappa, z, labels["event"].to_numpy(), rngs["causes"])
+        oracle_df = oracle_df.assign(**causes.cause_oracle(model, kappa, z, views, presence, rngs["causes"]))
 
     write_parquet(labels, root / "labels.parquet")
     split.to_csv(root / "splits.csv", index=False)
@@ -137,6 +147,7 @@ def generate_cohort(
         "ecg": {"fs": int(ecg_fs), "seconds": float(ecg_seconds), "leads": list(ecg.LEADS)},
         "wsi": {"feature_dim": int(wsi_feature_dim), "patches": [int(p) for p in wsi_patches]},
         "n_classes": int(n_classes),
+        "n_causes": int(n_causes),
         "split_fractions": list(fractions),
         "generator": {
             "latent_dim": latent.LATENT_DIM,

@@ -113,4 +113,12 @@ def oracle_metrics(labels: pd.DataFrame, oracle: pd.DataFrame, mask: np.ndarray)
     for col in ("prob_full", "prob_observed"):
         ok = np.unique(binary).size == 2
         out[f"auroc_{col}"] = float(roc_auc_score(binary, orc[col].to_numpy())) if ok else None
+    if "cause" in lab.columns:  # competing causes: cause-specific C, the other causes counted as censored
+        for col in (c for c in orc.columns if c.startswith("cif_cause")):
+            r = int(col[len("cif_cause"):].split("_")[0])
+            try:
+                c = concordance_index_censored(lab["cause"].to_numpy() == r, time, orc[col].to_numpy())[0]
+                out[f"c_index_{col}"] = float(c)
+            except (ValueError, ZeroDivisionError):
+                out[f"c_index_{col}"] = None
     return out

@@ -79,3 +79,17 @@ def test_cause_must_agree_with_event(competing_cohort, tmp_path):
     labels.to_parquet(root / "labels.parquet", index=False)
     with pytest.raises(ValueError, match=rf"labels\.parquet: column 'cause'.*{labels.loc[censored, 'patient_id']}"):
         Cohort.load(root, ["tabular"])
+
+
+def test_synthetic_causes_print_the_cause_specific_oracle(tmp_path, monkeypatch, capsys):
+    from clinfuse.datasets.synthetic import generate_cohort
+
+    root = generate_cohort(tmp_path / "cr", n_patients=200, seed=2, n_causes=2, wsi_patches=(10, 20), show_progress=False)
+    monkeypatch.chdir(tmp_path)
+    cli_main(["fit", *_args(root, tmp_path, "pmf_cr"), "--trainer.max_epochs=2"])
+    out = capsys.readouterr().out
+    table = out[out.index("model vs oracle"):]
+    for name in ("c_index ", "c_index_cause1 ", "c_index_cause2 "):
+        row = next(line for line in table.splitlines() if line.startswith(name))
+        model, full, observed = (float(x) for x in row.split()[1:4])
+        assert 0.0 <= model <= 1.0 and 0.5 < full <= 1.0 and 0.0 < observed <= 1.0, row
