@@ -27,6 +27,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         assert "contributions {" in outputs and "tabular only" in outputs
         assert "feature contributions (largest first): {'" in outputs
         assert "input_warnings: ['tabular.creatinine: 97 is +" in outputs
+    if path.name == "competing_risks.ipynb":
+        assert "causes: {0:" in outputs and "c_index_cause1" in outputs and "incidence at 1 and 3 years:" in outputs
     if path.name == "robustness.ipynb":
         assert "C-index by MCAR rate" in outputs and "gap to the oracle" in outputs
         assert "smallest mean gap to the oracle:" in outputs
