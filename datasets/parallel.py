@@ -4,10 +4,11 @@ cohort's ECG and WSI writers, and the ECG reader's first-time cache build.
 Results do not depend on the number of workers or on the order in which chunks finish (the
 synthetic writers give every chunk its own ``numpy.random.SeedSequence``; the ECG cache writes
 each record to its own rows). The number of workers is the number of usable CPU cores (at most
-``MAX_WORKERS``); set the environment variable ``CLINFUSE_WORKERS`` to override it (``1`` runs
-everything in the calling process; the older name ``CLINFUSE_SYNTH_WORKERS`` is still read). Worker processes use the platform's
-default start method; with ``spawn``/``forkserver`` a calling script needs the usual
-``if __name__ == "__main__":`` guard.
+``MAX_WORKERS``) where processes start by ``fork`` (Linux), and 1 elsewhere: with ``spawn``
+(Windows, macOS) every worker re-imports the calling script, which then needs the
+``if __name__ == "__main__":`` guard, and a data module reading its ECG cache should not ask
+that of its user. Set the environment variable ``CLINFUSE_WORKERS`` to choose (``1`` runs
+everything in the calling process; the older name ``CLINFUSE_SYNTH_WORKERS`` is still read).
 """
 
 import multiprocessing
@@ -31,6 +32,9 @@ def n_workers() -> int:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"{name} must be a positive integer, got {env!r}")
         return int(env)
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if method != "fork":
+        return 1  # spawn / forkserver: workers only when asked for (module docstring)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -33,3 +33,14 @@ def test_worker_count_from_the_environment(monkeypatch):
     monkeypatch.setenv("CLINFUSE_WORKERS", "zero")
     with pytest.raises(ValueError, match="CLINFUSE_WORKERS must be a positive integer"):
         n_workers()
+
+
+def test_one_worker_by_default_where_processes_spawn(monkeypatch):
+    import multiprocessing as mp
+
+    monkeypatch.delenv("CLINFUSE_WORKERS", raising=False)
+    monkeypatch.delenv("CLINFUSE_SYNTH_WORKERS", raising=False)
+    monkeypatch.setattr(mp, "get_start_method", lambda allow_none=False: "spawn")
+    assert n_workers() == 1
+    monkeypatch.setenv("CLINFUSE_WORKERS", "2")  # asked for: the caller takes care of the main guard
+    assert n_workers() == 2
