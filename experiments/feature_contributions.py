@@ -1,19 +1,20 @@
 """Leave-one-out contributions below the modality: each observed tabular value, each time-series
-variable.
+variable, each note.
 
 For every observed tabular value of a patient (numeric or categorical), the model is run once more
 with that value marked missing, exactly as a record without that key is read (numeric: not
 observed, categorical: code 0); for every time-series variable a patient has, once more without
-that variable's events (and with the modality absent if nothing is left). The contribution is
+that variable's events, and for every note once more without that note (the modality absent if
+nothing is left). The contribution is
 ``risk(everything) - risk(without it)``: the modality contributions' reading, one level down.
 Missing values and absent events are states the model was trained on (learned missing
 embeddings, observed flags, masks), not imputations. Only the changed modality's encoder reruns;
 the other modalities' tokens are reused, and the variants go through the fusion head in chunks
 of ``CHUNK`` rows.
 
-One approximation: a record that really lacked a variable would keep up to ``max_events`` of the
-others' most recent events, so for a patient with more events than that, older events of other
-variables could come in; here the patient's kept events are reused as they are.
+One approximation: a record that really lacked a variable (or a note) would keep up to
+``max_events`` of the others' most recent events (``max_notes`` notes), so for a patient with more
+than that, older ones could come in; here the patient's kept events and notes are reused as they are.
 """
 
 from __future__ import annotations
@@ -101,5 +102,33 @@ def timeseries_contributions(prognosis: Any, batch: dict[str, dict[str, torch.Te
     return _leave_one_out(prognosis, "timeseries", ts, tokens, risk, pairs, edit, lambda v: names[v])
 
 
+@torch.inference_mode()
+def notes_contributions(prognosis: Any, batch: dict[str, dict[str, torch.Tensor]],
+                        tokens: dict[str, ModalityTokens], risk: torch.Tensor) -> list[dict[str, Any]]:
+    """Per patient of the collated ``batch``: note -> contribution to ``risk`` of that note, the
+    notes named by their time, ``"<t>h"`` (``"<t>h #2"``, ... for notes sharing a time), in time
+    order (empty without notes)."""
+    notes = batch["notes"]
+    real = notes["note_mask"].bool() & notes["present"].bool()[:, None]  # (B, K)
+    pairs = [(b, k) for b, k in real.nonzero().tolist()]
+    names: dict[tuple[int, int], str] = {}
+    for b in range(real.shape[0]):
+        seen: dict[str, int] = {}
+        for k in real[b].nonzero().flatten().tolist():
+            base = f"{float(notes['note_times'][b, k]):g}h"
+            seen[base] = seen.get(base, 0) + 1
+            names[(b, k)] = base if seen[base] == 1 else f"{base} #{seen[base]}"
+
+    def edit(variant: dict[str, torch.Tensor], whats: Sequence[int]) -> None:
+        rows = torch.arange(len(whats))
+        variant["note_mask"] = variant["note_mask"].bool().clone()
+        variant["note_mask"][rows, torch.tensor(whats)] = False
+        variant["present"] = variant["present"].bool() & variant["note_mask"].any(1)  # nothing left: absent
+
+    keyed = [(b, (b, k)) for b, k in pairs]
+    return _leave_one_out(prognosis, "notes", notes, tokens, risk, keyed,
+                          lambda v, whats: edit(v, [k for _, k in whats]), lambda w: names[w])
+
+
 #: modality -> its sub-modality contributions
-BY_MODALITY = {"tabular": tabular_contributions, "timeseries": timeseries_contributions}
+BY_MODALITY = {"tabular": tabular_contributions, "timeseries": timeseries_contributions, "notes": notes_contributions}

@@ -100,3 +100,39 @@ def test_multiclass_contributions_are_per_class_logit_differences(synthetic_coho
     want = np.asarray(full["risk"]) - np.asarray(prog.predict([without])[0]["risk"])
     assert len(delta) == dm.n_classes
     np.testing.assert_allclose(delta, want, atol=1e-5)
+
+
+def test_note_contributions_equal_dropping_the_note(trained_notes):
+    prog, record = trained_notes
+    (full,) = prog.predict([record], feature_contributions=True)
+    per_note = full["feature_contributions"]["notes"]
+    notes = sorted(record["notes"], key=lambda n: n["time"])
+    assert list(per_note) == [f"{float(n['time']):g}h" for n in notes] and len(notes) >= 2
+    for k, note in enumerate(notes):
+        kept = [n for j, n in enumerate(notes) if j != k]
+        want = full["risk"] - prog.predict([{**record, "notes": kept}], contributions=False)[0]["risk"]
+        assert per_note[f"{float(note['time']):g}h"] == pytest.approx(want, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained_notes(synthetic_cohort, tmp_path_factory):
+    import lightning
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.experiments.cohort_records import records_from_cohort
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.experiments.prognosis import Prognosis
+
+    work = tmp_path_factory.mktemp("notes")
+    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "notes"], notes_min_patients=1)
+    lightning.seed_everything(0, verbose=False)
+    model = ClinFuseModule(spec=dm.spec, d_model=32)
+    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                                enable_model_summary=False, default_root_dir=work)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(work / "n.ckpt")
+    prog = Prognosis.from_training(work / "n.ckpt", dm)
+    reader = dm.cohort.readers["notes"]
+    pid = next(p for p in dm.cohort.splits["test"] if (reader.get(p) or {}).get("note_times", ()).__len__() >= 2)
+    rec = records_from_cohort(synthetic_cohort, [pid])[0]
+    return prog, {k: v for k, v in rec.items() if k in ("patient_id", "tabular", "notes")}
