@@ -56,7 +56,8 @@ def predict_cohort(
         batch_size: patients per forward pass.
         show_progress: a progress bar over the batches.
         feature_contributions: add ``feature_<modality>_<name>`` columns: each tabular value's and
-            time-series variable's leave-one-out contribution (NaN where the patient lacks it).
+            time-series variable's leave-one-out contribution (NaN where the patient lacks it);
+            per-note contributions, named by note time, come from :meth:`Prognosis.predict` only.
         raw_outputs: a list that receives the task head's raw outputs, one tensor per batch in
             row order (for :meth:`Prognosis.survival_matrix`).
 
@@ -158,7 +159,8 @@ def _flat(pid: str, res: dict[str, Any], modalities: Sequence[str]) -> dict[str,
     for m in modalities if "contributions" in res else ():
         row[f"contribution_{m}"] = res["contributions"].get(m, np.nan)
     for m, values in res.get("feature_contributions", {}).items():
-        row.update({f"feature_{m}_{name}": v for name, v in values.items()})
+        if m != "notes":  # one column per note time would be a column per patient: per-note values via predict
+            row.update({f"feature_{m}_{name}": v for name, v in values.items()})
     return row
 
 
