@@ -5,20 +5,12 @@
 ``meta.json`` and ``model_card.md`` (:mod:`clinfuse.experiments.model_card`); ``Prognosis.load(folder_or_mlflow_uri)`` restores it with no data folder.
 ``predict(records)`` takes raw per-patient inputs (formats: :mod:`clinfuse.experiments.prognosis_inputs`).
 
-MLflow wire format (:class:`PrognosisPyfunc`): a DataFrame with one row per patient, a string column
-``patient_id`` and one column per modality holding that modality's raw value as a JSON string
-(null/absent column = modality absent), e.g.
-``{"patient_id": "p1", "tabular": "{\\"age\\": 61}", "ecg": "\\"/data/ecg/p1\\""}``. The output
-is a DataFrame, one row per patient: ``patient_id``, ``error`` (null when fine) and ``prediction``
-(the JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``). Send an
-in-memory ECG as base64 floats (:func:`clinfuse.experiments.ecg_wire.encode_ecg`): JSON float lists
-are slow to parse.
+The MLflow pyfunc wrapper and its wire format: :mod:`clinfuse.experiments.prognosis_mlflow`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -32,6 +24,7 @@ import torch
 
 from clinfuse.encoders.base import ModalityTokens
 from clinfuse.experiments.input_checks import DEFAULT_MAX_SD, out_of_range
+from clinfuse.experiments.prognosis_mlflow import PrognosisPyfunc, _BadJSON, _requirements, records_from_frame  # noqa: F401 (re-exported: logged models name prognosis.PrognosisPyfunc)
 from clinfuse.experiments.prognosis_inputs import collate_shell, finish_items, raw_to_item
 from clinfuse.experiments.survival_curves import BreslowBaseline
 
@@ -383,75 +376,5 @@ class Prognosis:
             )
 
 
-def _requirements() -> list[str]:
-    """Pinned requirements of the logged model (skips MLflow's slow inference by import tracing)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for dist in ("clinfuse", "torch", "lightning", "mlflow", "pandas", "numpy", "scikit-survival", "wfdb", "h5py", "scipy", "polars"):
-        try:
-            reqs.append(f"{dist}=={version(dist)}")
-        except PackageNotFoundError:
-            pass
-    return reqs
-
-
 def _tolist(x: torch.Tensor) -> float | list[float]:
     return float(x) if x.ndim == 0 else x.tolist()
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace inf/NaN by None and make keys strings, so the result is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def records_from_frame(df: pd.DataFrame) -> list[dict]:
-    """The wire DataFrame (one row per patient, JSON-string modality columns) -> records."""
-    if "patient_id" not in df.columns:
-        raise ValueError(f"input needs a 'patient_id' column; got {list(df.columns)}")
-    records = []
-    for row in df.to_dict("records"):
-        rec: dict[str, Any] = {"patient_id": str(row.pop("patient_id"))}
-        for key, value in row.items():
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                continue
-            try:
-                rec[key] = json.loads(value) if isinstance(value, str) else value
-            except json.JSONDecodeError as err:
-                rec[key] = _BadJSON(f"field '{key}': not valid JSON: {err}")
-        records.append(rec)
-    return records
-
-
-class _BadJSON(str):
-    """A wire value that failed to parse; the transforms reject it with this message."""
-
-
-class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper of :class:`Prognosis` (wire format: module docstring)."""
-
-    def load_context(self, context) -> None:
-        self.prognosis = Prognosis.load(context.artifacts["prognosis"])
-
-    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
-        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        records = records_from_frame(df)
-        params = params or {}
-        horizons = tuple(params.get("horizons", (30, 90, 365)))
-        preds = self.prognosis.predict(records, horizons=horizons,
-                                       feature_contributions=bool(params.get("feature_contributions", False)))
-        rows = [
-            {
-                "patient_id": p.get("patient_id"),
-                "error": p.get("error"),
-                "prediction": None if "error" in p else json.dumps(_json_safe(p)),
-            }
-            for p in preds
-        ]
-        return pd.DataFrame(rows, columns=["patient_id", "error", "prediction"])

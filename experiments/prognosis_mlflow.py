@@ -1,0 +1,92 @@
+"""The prognosis predictor as an MLflow pyfunc model (``mlflow models serve`` serves it over REST).
+
+MLflow wire format (:class:`PrognosisPyfunc`): a DataFrame with one row per patient, a string column
+``patient_id`` and one column per modality holding that modality's raw value as a JSON string
+(null/absent column = modality absent), e.g.
+``{"patient_id": "p1", "tabular": "{\\"age\\": 61}", "ecg": "\\"/data/ecg/p1\\""}``. The output
+is a DataFrame, one row per patient: ``patient_id``, ``error`` (null when fine) and ``prediction``
+(the JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``). Send an
+in-memory ECG as base64 floats (:func:`clinfuse.experiments.ecg_wire.encode_ecg`): JSON float lists
+are slow to parse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the logged model (skips MLflow's slow inference by import tracing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("clinfuse", "torch", "lightning", "mlflow", "pandas", "numpy", "scikit-survival", "wfdb", "h5py", "scipy", "polars"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            pass
+    return reqs
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace inf/NaN by None and make keys strings, so the result is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def records_from_frame(df: pd.DataFrame) -> list[dict]:
+    """The wire DataFrame (one row per patient, JSON-string modality columns) -> records."""
+    if "patient_id" not in df.columns:
+        raise ValueError(f"input needs a 'patient_id' column; got {list(df.columns)}")
+    records = []
+    for row in df.to_dict("records"):
+        rec: dict[str, Any] = {"patient_id": str(row.pop("patient_id"))}
+        for key, value in row.items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            try:
+                rec[key] = json.loads(value) if isinstance(value, str) else value
+            except json.JSONDecodeError as err:
+                rec[key] = _BadJSON(f"field '{key}': not valid JSON: {err}")
+        records.append(rec)
+    return records
+
+
+class _BadJSON(str):
+    """A wire value that failed to parse; the transforms reject it with this message."""
+
+
+class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper of :class:`Prognosis` (wire format: module docstring)."""
+
+    def load_context(self, context) -> None:
+        from clinfuse.experiments.prognosis import Prognosis
+
+        self.prognosis = Prognosis.load(context.artifacts["prognosis"])
+
+    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        records = records_from_frame(df)
+        params = params or {}
+        horizons = tuple(params.get("horizons", (30, 90, 365)))
+        preds = self.prognosis.predict(records, horizons=horizons,
+                                       feature_contributions=bool(params.get("feature_contributions", False)))
+        rows = [
+            {
+                "patient_id": p.get("patient_id"),
+                "error": p.get("error"),
+                "prediction": None if "error" in p else json.dumps(_json_safe(p)),
+            }
+            for p in preds
+        ]
+        return pd.DataFrame(rows, columns=["patient_id", "error", "prediction"])
