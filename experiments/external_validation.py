@@ -1,4 +1,5 @@
-"""External validation of a saved survival predictor on a labelled cohort folder.
+"""External validation of a saved predictor on a labelled cohort folder (survival here; binary
+models: :mod:`clinfuse.experiments.binary_validation`).
 
 ``clinfuse validate --model <predictor> --root <cohort folder> --out <folder> [--split test]``
 scores the folder with the restored readers (:meth:`Prognosis.predict_cohort`, no refit) and
@@ -34,17 +35,21 @@ def validate_cohort(prognosis: Any, root: str | Path, out_dir: str | Path, split
         ``{"report": dict of metrics, "logrank_p", "horizon", "n", "events", "paths": [...]}``.
 
     Raises:
-        ValueError: a model that is not a survival model, or a folder without ``time``/``event``
-            labels for the scored patients.
+        ValueError: a multiclass model, or a folder without the labels (``time``/``event``, or
+            ``binary``) of the scored patients.
     """
     from clinfuse.experiments.survival_metrics import survival_report
     from clinfuse.experiments.survival_plots import calibration_plot, km_by_risk_group
     from clinfuse.experiments.survival_report import format_report
 
-    if prognosis.model.task != "survival":
-        raise ValueError(f"clinfuse validate reports survival metrics; this model's task is {prognosis.model.task!r}")
+    if prognosis.model.task not in ("survival", "binary"):
+        raise ValueError(f"clinfuse validate reports survival or binary models; this model's task is {prognosis.model.task!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if prognosis.model.task == "binary":
+        from clinfuse.experiments.binary_validation import validate_binary
+
+        return validate_binary(prognosis, root, out, split, n_boot, show_progress)
     raw: list[torch.Tensor] = []
     frame = prognosis.predict_cohort(root, split=split, contributions=False, show_progress=show_progress,
                                      raw_outputs=raw)

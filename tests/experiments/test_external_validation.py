@@ -53,3 +53,36 @@ def test_unlabelled_folder_and_non_survival_model_are_refused(trained_prognosis,
     (bare / "splits.csv").unlink()
     with pytest.raises(ValueError, match="needs time and event labels"):
         validate_cohort(prog, bare, tmp_path / "v", show_progress=False)
+
+
+def test_binary_model_report(synthetic_cohort, tmp_path):
+    import lightning
+    from sklearn.metrics import roc_auc_score
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.experiments.binary_validation import calibration_fit, reliability_table
+    from clinfuse.experiments.external_validation import validate_cohort
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.experiments.prognosis import Prognosis
+
+    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"])
+    lightning.seed_everything(0, verbose=False)
+    model = ClinFuseModule(spec=dm.spec, d_model=16, task="binary")
+    trainer = lightning.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                                enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "b.ckpt")
+    prog = Prognosis.from_training(tmp_path / "b.ckpt", dm)
+    result = validate_cohort(prog, synthetic_cohort, tmp_path / "v", n_boot=40, show_progress=False)
+    rows = pd.read_csv(tmp_path / "v" / "predictions.csv")
+    assert result["report"]["auroc"][0] == pytest.approx(roc_auc_score(rows["binary"], rows["probability"]))
+    assert (tmp_path / "v" / "calibration.png").stat().st_size > 1000
+    assert "| AUROC |" in (tmp_path / "v" / "report.md").read_text()
+    # the recalibration of perfectly calibrated draws gives intercept ~0 and slope ~1
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.02, 0.98, 20000)
+    a, b = calibration_fit(p, rng.uniform(size=p.size) < p)
+    assert abs(a) < 0.05 and abs(b - 1) < 0.05
+    table = reliability_table(p, rng.uniform(size=p.size) < p)
+    assert len(table) == 10 and (table["observed_lower"] <= table["observed"]).all()
+    assert np.abs(table["observed"] - table["predicted"]).max() < 0.05
