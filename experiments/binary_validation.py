@@ -1,4 +1,4 @@
-"""External validation of a saved binary predictor (``clinfuse validate`` on a binary model).
+"""External validation of a saved binary predictor (``clinfuse evaluate`` on a binary model).
 
 Writes ``report.md`` (AUROC and AUPRC with 95% bootstrap intervals, the Brier score, and the
 calibration intercept and slope of a logistic recalibration ``logit P(y) = a + b logit(p)``:

@@ -7,7 +7,7 @@
     clinfuse robustness --config experiments/quickstart.yaml --heads masked_mean,transformer --epochs 6
     clinfuse score --model <predictor dir or MLflow URI> --root <cohort folder> --out predictions.csv
     clinfuse compare --models <A> <B> --root <cohort folder> --split test [--by sex]
-    clinfuse validate --model <predictor> --root <labelled cohort folder> --out <report folder>
+    clinfuse evaluate --model <predictor> --root <labelled cohort folder> --out <report folder>
 
 ``predict --ckpt_path <ckpt> [--data.predict_split all]`` writes
 ``<trainer.default_root_dir>/predictions_<split>.csv``. ``fit`` trains, then tests the best checkpoint and prints the test metrics next to the cohort's
@@ -214,10 +214,10 @@ def main() -> None:
 
         sweep_main(argv[1:])
         return
-    if argv and argv[0] == "validate":
-        from clinfuse.experiments.external_validation import validate_main
+    if argv and argv[0] == "evaluate":
+        from clinfuse.experiments.external_validation import evaluate_main
 
-        validate_main(argv[1:])
+        evaluate_main(argv[1:])
         return
     if argv and argv[0] == "compare":
         from clinfuse.experiments.compare import compare_main

@@ -1,7 +1,7 @@
 """External validation of a saved predictor on a labelled cohort folder (survival here; binary
 models: :mod:`clinfuse.experiments.binary_validation`).
 
-``clinfuse validate --model <predictor> --root <cohort folder> --out <folder> [--split test]``
+``clinfuse evaluate --model <predictor> --root <cohort folder> --out <folder> [--split test]``
 scores the folder with the restored readers (:meth:`Prognosis.predict_cohort`, no refit) and
 writes, into ``--out``:
 
@@ -43,7 +43,7 @@ def validate_cohort(prognosis: Any, root: str | Path, out_dir: str | Path, split
     from clinfuse.experiments.survival_report import format_report
 
     if prognosis.model.task not in ("survival", "binary"):
-        raise ValueError(f"clinfuse validate reports survival or binary models; this model's task is {prognosis.model.task!r}")
+        raise ValueError(f"clinfuse evaluate reports survival or binary models; this model's task is {prognosis.model.task!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if prognosis.model.task == "binary":
@@ -97,13 +97,13 @@ def _markdown(result: dict[str, Any], root: str | Path, split: str | None, progn
     return "\n".join(lines)
 
 
-def validate_main(argv: Sequence[str]) -> None:
-    """``clinfuse validate``: external validation report of a saved predictor on a cohort folder."""
+def evaluate_main(argv: Sequence[str]) -> None:
+    """``clinfuse evaluate``: external validation report of a saved predictor on a cohort folder."""
     import argparse
 
     from clinfuse.experiments.prognosis import Prognosis
 
-    p = argparse.ArgumentParser(prog="clinfuse validate", description=__doc__,
+    p = argparse.ArgumentParser(prog="clinfuse evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="predictor folder or MLflow model URI")
     p.add_argument("--root", required=True, help="a labelled cohort folder (docs/formats.md)")

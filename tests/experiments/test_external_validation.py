@@ -1,4 +1,4 @@
-"""`clinfuse validate`: the report's numbers equal the metrics computed directly, files written."""
+"""`clinfuse evaluate`: the report's numbers equal the metrics computed directly, files written."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_report_equals_direct_metrics_and_files_exist(trained_prognosis, synthet
 
     np.testing.assert_allclose(prog.survival_matrix(torch.cat(raw), [365.0])[:, 0], frame["survival_at_365"], atol=1e-6)
 
-    old, sys.argv = sys.argv, ["clinfuse", "validate", "--model", str(prog.save(tmp_path / "p")), "--root",
+    old, sys.argv = sys.argv, ["clinfuse", "evaluate", "--model", str(prog.save(tmp_path / "p")), "--root",
                                str(synthetic_cohort), "--out", str(tmp_path / "cli"), "--split", "test", "--n-boot", "30"]
     try:
         main()
