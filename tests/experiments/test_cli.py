@@ -187,3 +187,16 @@ def test_lr_scheduler_alone_schedules_the_models_adamw(synthetic_cohort, tmp_pat
     assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(1e-4)  # the model's own settings
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1**2)  # stepped after each of 2 epochs
     assert isinstance(cli.trainer.lr_scheduler_configs[0].scheduler, torch.optim.lr_scheduler.StepLR)
+
+
+@pytest.mark.parametrize("sub", ["fit", "validate", "test", "predict"])
+def test_lightning_subcommands_are_not_shadowed_by_clinfuse_commands(sub, monkeypatch, capsys):
+    import sys
+
+    from clinfuse.experiments.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["clinfuse", sub, "--help"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    assert "--ckpt_path" in capsys.readouterr().out  # LightningCLI's own subcommand parser
