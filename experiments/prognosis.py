@@ -24,7 +24,7 @@ import torch
 
 from clinfuse.encoders.base import ModalityTokens
 from clinfuse.experiments.input_checks import DEFAULT_MAX_SD, out_of_range
-from clinfuse.experiments.prognosis_mlflow import PrognosisPyfunc, _BadJSON, _requirements, records_from_frame  # noqa: F401 (re-exported: logged models name prognosis.PrognosisPyfunc)
+from clinfuse.experiments.prognosis_mlflow import PrognosisPyfunc, _BadJSON, _requirements, params_signature, records_from_frame  # noqa: F401 (re-exported: logged models name prognosis.PrognosisPyfunc)
 from clinfuse.experiments.prognosis_inputs import collate_shell, finish_items, raw_to_item
 from clinfuse.experiments.survival_curves import BreslowBaseline
 
@@ -369,6 +369,7 @@ class Prognosis:
         """Log as an MLflow pyfunc model in the active run (one is started if none); returns
         ``mlflow.pyfunc.log_model``'s ModelInfo (``.model_uri`` loads it back)."""
         kwargs.setdefault("pip_requirements", _requirements())
+        kwargs.setdefault("signature", params_signature())  # without a params schema MLflow drops params
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save(Path(tmp) / "prognosis")
             return mlflow.pyfunc.log_model(

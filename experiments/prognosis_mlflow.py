@@ -5,7 +5,8 @@ MLflow wire format (:class:`PrognosisPyfunc`): a DataFrame with one row per pati
 (null/absent column = modality absent), e.g.
 ``{"patient_id": "p1", "tabular": "{\\"age\\": 61}", "ecg": "\\"/data/ecg/p1\\""}``. The output
 is a DataFrame, one row per patient: ``patient_id``, ``error`` (null when fine) and ``prediction``
-(the JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``). Send an
+(the JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``). Inference
+params (a request's ``"params"``): ``horizons``, ``contributions``, ``feature_contributions``. Send an
 in-memory ECG as base64 floats (:func:`clinfuse.experiments.ecg_wire.encode_ecg`): JSON float lists
 are slow to parse.
 """
@@ -18,6 +19,21 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+
+
+def params_signature():
+    """The logged model's signature: no input schema (the modality columns are optional JSON
+    strings) and the inference params ``horizons`` (days), ``contributions`` and
+    ``feature_contributions``. MLflow ignores any param a model was not logged with, with only a
+    log warning, so they must be declared here."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(params=ParamSchema([
+        ParamSpec("horizons", "double", [30.0, 90.0, 365.0], (-1,)),
+        ParamSpec("contributions", "boolean", True),
+        ParamSpec("feature_contributions", "boolean", False),
+    ]))
 
 
 def _requirements() -> list[str]:
@@ -79,7 +95,7 @@ class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
         records = records_from_frame(df)
         params = params or {}
         horizons = tuple(params.get("horizons", (30, 90, 365)))
-        preds = self.prognosis.predict(records, horizons=horizons,
+        preds = self.prognosis.predict(records, horizons=horizons, contributions=bool(params.get("contributions", True)),
                                        feature_contributions=bool(params.get("feature_contributions", False)))
         rows = [
             {

@@ -203,6 +203,13 @@ def test_mlflow_pyfunc_matches_predict(trained, test_records, tmp_path):
             assert got["contributions"] == pytest.approx(w["contributions"], rel=1e-6)
             assert got["survival_curve"]["survival"] == pytest.approx(w["survival_curve"]["survival"])
         assert Prognosis.load(info.model_uri).predict(records)[0]["risk"] == pytest.approx(want[0]["risk"])
+        # inference params reach the model (MLflow drops params a model was logged without)
+        params = {"horizons": [100.0, 200.0], "contributions": False, "feature_contributions": True}
+        out = mlflow.pyfunc.load_model(info.model_uri).predict(_wire(records), params=params)
+        got = json.loads(out["prediction"][0])
+        want = prog.predict(records[:1], horizons=(100.0, 200.0), contributions=False, feature_contributions=True)[0]
+        assert list(got["survival_at"]) == ["100.0", "200.0"] and "contributions" not in got
+        assert got["feature_contributions"]["tabular"] == pytest.approx(want["feature_contributions"]["tabular"], abs=1e-6)
     finally:
         mlflow.set_tracking_uri(None)
 
@@ -230,7 +237,7 @@ def test_mlflow_models_serve(trained, test_records, tmp_path, serve):
                                "-h", "127.0.0.1", "-p", str(port)], "/ping", env={"MLFLOW_TRACKING_URI": uri})
     records = [test_records[0], {"patient_id": "tab_only", "tabular": test_records[1]["tabular"]}]
     wire = [{k: v for k, v in row.items() if isinstance(v, str)} for row in _wire(records).to_dict("records")]
-    body = {"dataframe_records": wire}  # absent modality = key left out
+    body = {"dataframe_records": wire, "params": {"horizons": [365.0]}}  # absent modality = key left out
     resp = requests.post(f"{base}/invocations", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
     rows = resp.json()["predictions"]
@@ -241,6 +248,7 @@ def test_mlflow_models_serve(trained, test_records, tmp_path, serve):
         assert got["risk"] == pytest.approx(w["risk"], rel=1e-6)
         assert got["modalities_used"] == w["modalities_used"]
     assert json.loads(rows[1]["prediction"])["modalities_used"] == ["tabular"]
+    assert list(json.loads(rows[0]["prediction"])["survival_at"]) == ["365.0"]  # the request's params were used
 
 
 def test_base64_ecg_over_the_wire_gives_the_wfdb_paths_prediction(trained, test_records):
