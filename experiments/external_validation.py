@@ -69,14 +69,23 @@ def validate_cohort(prognosis: Any, root: str | Path, out_dir: str | Path, split
     calibration_plot(surv_fn(np.array([horizon]))[:, 0], time, event, horizon, path=cal_path)
     paths = [km_path, cal_path]
     objective = prognosis.model.objective
+    causes: dict[str, tuple] = {}
     if objective.competing and "cause" in frame.columns:
+        from clinfuse.experiments.metrics import harrell_c_index
+        from clinfuse.experiments.survival_metrics import bootstrap_ci
         from clinfuse.experiments.survival_report import _incidence_figure
 
-        path = _incidence_figure(objective, outputs.numpy(), time, frame["cause"].to_numpy(), out)
+        cause = frame["cause"].to_numpy()
+        path = _incidence_figure(objective, outputs.numpy(), time, cause, out)
         paths += [path] if path is not None else []
+        lost = objective.cumulative_incidence(outputs).sum(-1).numpy()  # (n, R): expected bins lost to each cause
+        for r in range(1, objective.n_causes + 1):  # cause-specific C: the other causes' events censored
+            if (cause == r).any():
+                causes[f"cause {r}"] = bootstrap_ci(lambda t, e, s: harrell_c_index(s, t, e), time, (cause == r).astype(float),
+                                                    lost[:, r - 1], n_boot=n_boot)
     frame.to_csv(out / "predictions.csv", index=False)
     result = {"report": report, "logrank_p": float(logrank_p), "horizon": horizon, "n": len(frame),
-              "events": int(event.sum()), "paths": paths}
+              "events": int(event.sum()), "paths": paths, "causes": causes}
     (out / "report.md").write_text(_markdown(result, root, split, prognosis, format_report(report)))
     return result
 
@@ -91,6 +100,9 @@ def _markdown(result: dict[str, Any], root: str | Path, split: str | None, progn
         table, "",
         f"Log-rank p of the predicted-risk tertiles: {result['logrank_p']:.3g}.",
     ]
+    if result["causes"]:
+        lines += ["", "| cause | Harrell C, other causes censored [95% bootstrap CI] |", "|---|---|"]
+        lines += [f"| {name} | {c[0]:.4f} [{c[1]:.4f}, {c[2]:.4f}] |" for name, c in result["causes"].items()]
     if "c_index" in dev:
         lines.append(f"On its development test split ({dev['n']} patients) the model had Harrell C {dev['c_index']:.4f}.")
     lines += ["", *(f"![{p.stem}]({p.name})" for p in result["paths"]), ""]

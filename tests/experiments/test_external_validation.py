@@ -86,3 +86,32 @@ def test_binary_model_report(synthetic_cohort, tmp_path):
     table = reliability_table(p, rng.uniform(size=p.size) < p)
     assert len(table) == 10 and (table["observed_lower"] <= table["observed"]).all()
     assert np.abs(table["observed"] - table["predicted"]).max() < 0.05
+
+
+def test_competing_risks_report_has_cause_specific_c(competing_cohort, tmp_path):
+    import lightning
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.experiments.external_validation import validate_cohort
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.experiments.prognosis import Prognosis
+
+    dm = ClinicalDataModule(str(competing_cohort), modalities=["tabular", "genomics"])
+    lightning.seed_everything(0, verbose=False)
+    model = ClinFuseModule(spec=dm.spec, d_model=16, survival_loss="pmf_cr", n_time_bins=4, n_causes=dm.n_causes)
+    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                                enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "cr.ckpt")
+    prog = Prognosis.from_training(tmp_path / "cr.ckpt", dm)
+    result = validate_cohort(prog, competing_cohort, tmp_path / "v", n_boot=30, show_progress=False)
+    rows = pd.read_csv(tmp_path / "v" / "predictions.csv")
+    import torch
+
+    raw = []
+    prog.predict_cohort(competing_cohort, show_progress=False, raw_outputs=raw)
+    lost = prog.model.objective.cumulative_incidence(torch.cat(raw)).sum(-1).numpy()
+    want = harrell_c_index(lost[:, 0], rows["time"].to_numpy(), (rows["cause"] == 1).to_numpy())
+    assert result["causes"]["cause 1"][0] == pytest.approx(want)
+    report = (tmp_path / "v" / "report.md").read_text()
+    assert "| cause 2 |" in report and "cumulative_incidence.png" in report
