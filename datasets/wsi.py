@@ -86,6 +86,10 @@ def _read_torch_features(path: str | Path, where: str) -> np.ndarray:
     return obj.detach().to(torch.float32).numpy()
 
 
+#: training patients whose bags give the feature statistics of the fitted state
+STAT_BAGS = 32
+
+
 class WSIReader(ModalityReader):
     """Keeps only slide paths; ``get`` opens a patient's slides and samples patches.
 
@@ -150,7 +154,22 @@ class WSIReader(ModalityReader):
                 f"{self._slides[train_ids[0]][0]}: feature width {bag.shape[1]} != "
                 f"cohort.json wsi.feature_dim {dim}"
             )
-        return {"feature_dim": int(bag.shape[1])}
+        return {"feature_dim": int(bag.shape[1]), **self._feature_stats(train_ids, int(bag.shape[1]))}
+
+    def _feature_stats(self, train_ids: list[str], dim: int) -> dict[str, list[float]]:
+        """Per-dimension mean and sd of the patch features of up to ``STAT_BAGS`` evenly spaced
+        training patients (all their patches): what the prognosis API compares a new bag with, to
+        flag features from another extractor."""
+        ids = train_ids[:: max(1, len(train_ids) // STAT_BAGS)][:STAT_BAGS]
+        total, square, count = np.zeros(dim), np.zeros(dim), 0
+        for pid in ids:
+            bag = self._read_bag(pid, dim).astype(np.float64)
+            total += bag.sum(0)
+            square += (bag**2).sum(0)
+            count += len(bag)
+        mean = total / count
+        std = np.sqrt(np.maximum(square / count - mean**2, 0.0))
+        return {"feature_mean": mean.tolist(), "feature_std": np.where(std > 0, std, 1.0).tolist()}
 
     def _apply(self) -> None:
         pass  # nothing to precompute: bags are read lazily

@@ -10,7 +10,9 @@ fitted readers produce, against the statistics the model was trained with:
 - ECG: the median lead amplitude more than ``AMPLITUDE_FACTOR`` times above or below the training
   records' (microvolts sent as millivolts);
 - time series: events later than ``TIME_FACTOR`` training horizons (minutes sent as hours);
-- notes (word vocabulary): more than ``MAX_UNKNOWN_WORDS`` of the words unknown to the model.
+- notes (word vocabulary): more than ``MAX_UNKNOWN_WORDS`` of the words unknown to the model;
+- WSI: a bag whose mean features lie more than ``WSI_MAX_SD`` training sd (median over
+  dimensions) from the training patches' (another patch feature extractor).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def out_of_range(modality: str, state: dict, item: dict[str, Any] | None, max_sd
         return _ecg_amplitude(s, item)
     if modality == "notes":
         return _notes_vocabulary(state, item)
+    if modality == "wsi":
+        return _wsi_features(s, item)
     out = _timeseries_times(s, item) if modality == "timeseries" else []
     if modality == "tabular":
         z, names, where = np.asarray(item["numeric"], float), s["numeric_features"], np.asarray(item["numeric_observed"], bool)
@@ -113,6 +117,24 @@ def _notes_vocabulary(state: dict, item: dict[str, Any]) -> list[str]:
             f"(another language or note format?)"]
 
 
+def _wsi_features(fitted: dict, item: dict[str, Any]) -> list[str]:
+    """The bag's mean feature vector against the training patches' per-dimension mean and sd
+    (``feature_mean``/``feature_std`` of the fitted state; older predictors are not checked): the
+    median over dimensions of ``|bag mean - training mean| / training sd``. Features from another
+    patch encoder of the same width land far away on most dimensions at once."""
+    mean, std = fitted.get("feature_mean"), fitted.get("feature_std")
+    if mean is None or std is None:
+        return []
+    bag = np.asarray(item["features"], float)
+    distance = float(np.median(np.abs(bag.mean(0) - np.asarray(mean)) / np.asarray(std)))
+    if distance <= WSI_MAX_SD:
+        return []
+    return [f"wsi.features: the bag's mean features lie a median {distance:.3g} training sd from the training "
+            f"patches' (another patch feature extractor or normalisation?)"]
+
+
+#: a WSI bag whose mean features lie further than this (median over dimensions, in training sd)
+WSI_MAX_SD = 3.0
 #: an ECG whose median lead amplitude is this many times above or below the training records'
 AMPLITUDE_FACTOR = 20.0
 #: time-series events later than this many training horizons

@@ -72,3 +72,31 @@ def test_ecg_amplitude_times_and_vocabulary_by_hand():
     item = {"token_ids": ids, "token_mask": ids != 0, "note_times": np.zeros(2)}
     assert out_of_range("notes", notes, item) == ["notes: 5 of 7 words (71%) are not in the model's vocabulary (another language or note format?)"]
     assert out_of_range("notes", {"config": {"tokenizer": "bpe"}, "fitted": {}}, item) == []
+
+
+def test_wsi_bag_from_another_extractor_by_hand():
+    rng = np.random.default_rng(0)
+    train = rng.normal(loc=0.5, scale=2.0, size=(5000, 16))
+    fitted = {"feature_mean": train.mean(0).tolist(), "feature_std": train.std(0).tolist()}
+    same = rng.normal(loc=0.5, scale=2.0, size=(300, 16))
+    assert out_of_range("wsi", {"fitted": fitted}, {"features": same}) == []
+    other = rng.normal(loc=20.0, scale=0.1, size=(300, 16))  # same width, another encoder's scale
+    (msg,) = out_of_range("wsi", {"fitted": fitted}, {"features": other})
+    assert msg.startswith("wsi.features: the bag's mean features lie a median 9.") and "another patch feature extractor" in msg
+    assert out_of_range("wsi", {"fitted": {"feature_dim": 16}}, {"features": other}) == []  # saved before the statistic
+
+
+def test_wsi_reader_fits_the_feature_statistics(synthetic_cohort):
+    from clinfuse.datasets.cohort import Cohort
+    from clinfuse.datasets.wsi import STAT_BAGS
+
+    cohort = Cohort.load(synthetic_cohort, ["wsi"]).fit()
+    reader, fitted = cohort.readers["wsi"], cohort.readers["wsi"].state_dict()["fitted"]
+    train = [p for p in cohort.splits["train"] if reader.has(p)]
+    ids = train[:: max(1, len(train) // STAT_BAGS)][:STAT_BAGS]
+    patches = np.concatenate([reader._read_bag(p) for p in ids]).astype(np.float64)
+    np.testing.assert_allclose(fitted["feature_mean"], patches.mean(0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(fitted["feature_std"], patches.std(0), rtol=1e-6)
+    # the cohort's own test bags pass the check
+    for pid in [p for p in cohort.splits["test"] if reader.has(p)][:10]:
+        assert out_of_range("wsi", reader.state_dict(), reader.get(pid)) == []

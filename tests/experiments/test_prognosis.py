@@ -280,3 +280,21 @@ def test_ecg_in_microvolts_is_flagged_and_still_predicted(trained, test_records)
     assert not [m for m in ok["input_warnings"] if m.startswith("ecg")]
     (msg,) = [m for m in flagged["input_warnings"] if m.startswith("ecg")]
     assert "the signal must be in mV" in msg and np.isfinite(flagged["risk"])
+
+
+def test_slide_features_from_another_extractor_are_flagged(trained, test_records, tmp_path):
+    import h5py
+
+    from clinfuse.datasets.wsi import read_slide_features
+
+    _, prog = trained
+    rec = next(r for r in test_records if "wsi" in r)
+    paths = rec["wsi"] if isinstance(rec["wsi"], list) else [rec["wsi"]]
+    feats = np.concatenate([read_slide_features(p) for p in paths])
+    other = tmp_path / "other_encoder.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("features", data=(feats * 0.05 + 30.0).astype(np.float32))  # same width, other scale
+    ok, flagged = prog.predict([rec, {**rec, "patient_id": "other", "wsi": str(other)}])
+    assert not [m for m in ok["input_warnings"] if m.startswith("wsi")]
+    (msg,) = [m for m in flagged["input_warnings"] if m.startswith("wsi")]
+    assert "another patch feature extractor" in msg and np.isfinite(flagged["risk"])
