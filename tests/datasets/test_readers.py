@@ -270,10 +270,12 @@ def test_wsi_concatenates_slides_and_samples(tiny):
 
 
 def test_wsi_corrupt_and_missing_slides(tiny):
-    (tiny.root / "wsi" / "s2.h5").write_bytes(b"this is not an hdf5 file")
     reader = fitted(tiny, "wsi")
-    with pytest.raises(ValueError, match=r"s2\.h5.*p02"):
+    (tiny.root / "wsi" / "s2.h5").write_bytes(b"this is not an hdf5 file")
+    with pytest.raises(ValueError, match=r"s2\.h5.*p02"):  # read lazily: found when the patient is read
         reader.get("p02")
+    with pytest.raises(ValueError, match=r"s2\.h5.*p02"):  # p02 trains: fitting the feature statistics finds it
+        fitted(tiny, "wsi")
     (tiny.root / "wsi" / "s11.h5").unlink()
     with pytest.raises(ValueError, match=r"s11\.h5.*p11"):
         Cohort.load(tiny.root, ["wsi"])
