@@ -116,6 +116,25 @@ def subgroups(values: pd.Series) -> pd.Series:
     return labels.reindex(values.index).fillna("missing")
 
 
+def tabular_groups(root, column: str, patient_ids: Sequence[str]) -> pd.Series:
+    """Subgroup labels (:func:`subgroups`) of ``column`` of the folder's tabular file, one per
+    patient in ``patient_ids`` order (patients without a tabular row: ``"missing"``).
+
+    Raises:
+        ValueError: no tabular file in ``root``, or no such column (naming the file).
+    """
+    from pathlib import Path
+
+    from clinfuse.datasets.reader import read_table
+
+    root = Path(root)
+    path = next((root / n for n in ("tabular.parquet", "tabular.csv") if (root / n).exists()), None)
+    if path is None:
+        raise ValueError(f"{root}: grouping by {column!r} needs the folder's tabular file")
+    table = read_table(path, ["patient_id", column]).set_index("patient_id")
+    return subgroups(table[column].reindex(list(patient_ids)))
+
+
 def by_subgroup(scores: Sequence[np.ndarray], names: Sequence[str], labels: dict[str, np.ndarray],
                 groups: pd.Series, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """Per subgroup: ``n``, the label counts (``events`` or ``positives``) and every model's metric
@@ -150,7 +169,6 @@ def compare_main(argv: Sequence[str]) -> None:
     import argparse
     from pathlib import Path
 
-    from clinfuse.datasets.reader import read_table
     from clinfuse.experiments.prognosis import Prognosis
 
     p = argparse.ArgumentParser(prog="clinfuse compare", description=__doc__,
@@ -192,11 +210,7 @@ def compare_main(argv: Sequence[str]) -> None:
         p_text = "-" if np.isnan(t["p_value"]) else f"{t['p_value']:.3g}"
         print(f"| {name}: {path} | {t[table.columns[0]]:.4f} [{t['low']:.4f}, {t['high']:.4f}] | {diff} | {p_text} |")
     if a.by:
-        tab_path = next((root / n for n in ("tabular.parquet", "tabular.csv") if (root / n).exists()), None)
-        if tab_path is None:
-            p.error(f"{root}: --by needs the folder's tabular file")
-        tab = read_table(tab_path, ["patient_id", a.by]).set_index("patient_id")
-        groups = subgroups(tab[a.by].reindex(base["patient_id"]))
+        groups = tabular_groups(root, a.by, base["patient_id"])
         sub = by_subgroup(scores, names, labels, groups, n_boot=min(a.n_boot, 200), seed=a.seed)
         print(f"\n{metric} by {a.by} (95% bootstrap intervals, {min(a.n_boot, 200)} resamples):")
         print(_markdown(sub))

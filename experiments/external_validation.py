@@ -28,7 +28,7 @@ import torch
 
 
 def validate_cohort(prognosis: Any, root: str | Path, out_dir: str | Path, split: str | None = None,
-                    n_boot: int = 200, show_progress: bool = True) -> dict[str, Any]:
+                    n_boot: int = 200, show_progress: bool = True, by: str | None = None) -> dict[str, Any]:
     """Score ``root``, compute the report and write the files (module docstring).
 
     Returns:
@@ -38,10 +38,6 @@ def validate_cohort(prognosis: Any, root: str | Path, out_dir: str | Path, split
         ValueError: a multiclass model, or a folder without the labels (``time``/``event``, or
             ``binary``) of the scored patients.
     """
-    from clinfuse.experiments.survival_metrics import survival_report
-    from clinfuse.experiments.survival_plots import calibration_plot, km_by_risk_group
-    from clinfuse.experiments.survival_report import format_report
-
     if prognosis.model.task not in ("survival", "binary"):
         raise ValueError(f"clinfuse evaluate reports survival or binary models; this model's task is {prognosis.model.task!r}")
     out = Path(out_dir)
@@ -49,7 +45,38 @@ def validate_cohort(prognosis: Any, root: str | Path, out_dir: str | Path, split
     if prognosis.model.task == "binary":
         from clinfuse.experiments.binary_validation import validate_binary
 
-        return validate_binary(prognosis, root, out, split, n_boot, show_progress)
+        result = validate_binary(prognosis, root, out, split, n_boot, show_progress)
+    else:
+        result = _validate_survival(prognosis, root, out, split, n_boot, show_progress)
+    if by:
+        _append_subgroups(out, by, root)
+    return result
+
+
+def _append_subgroups(out: Path, column: str, root: str | Path) -> None:
+    """Add the metric per subgroup of ``column`` (:func:`~clinfuse.experiments.compare.by_subgroup`)
+    to ``report.md``, from the written ``predictions.csv``."""
+    import pandas as pd
+
+    from clinfuse.experiments.compare import _markdown, by_subgroup, tabular_groups
+
+    frame = pd.read_csv(out / "predictions.csv", dtype={"patient_id": str})
+    if "median_survival" in frame.columns:
+        score, labels = frame["risk"], {"time": frame["time"].to_numpy(float), "event": frame["event"].to_numpy(float)}
+    else:
+        score, labels = frame["probability"], {"binary": frame["binary"].to_numpy(float)}
+    table = by_subgroup([score.to_numpy(float)], ["model"], labels, tabular_groups(root, column, frame["patient_id"]))
+    with open(out / "report.md", "a") as f:
+        f.write(f"\n## By {column} (95% bootstrap intervals)\n\n{_markdown(table)}\n")
+
+
+def _validate_survival(prognosis: Any, root: str | Path, out: Path, split: str | None, n_boot: int,
+                       show_progress: bool) -> dict[str, Any]:
+    """The survival report (module docstring)."""
+    from clinfuse.experiments.survival_metrics import survival_report
+    from clinfuse.experiments.survival_plots import calibration_plot, km_by_risk_group
+    from clinfuse.experiments.survival_report import format_report
+
     raw: list[torch.Tensor] = []
     frame = prognosis.predict_cohort(root, split=split, contributions=False, show_progress=show_progress,
                                      raw_outputs=raw)
@@ -122,7 +149,8 @@ def evaluate_main(argv: Sequence[str]) -> None:
     p.add_argument("--out", required=True, help="folder for report.md, the figures and predictions.csv")
     p.add_argument("--split", default=None, help="only this split of splits.csv")
     p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--by", default=None, help="a column of the folder's tabular file: the metric per subgroup")
     a = p.parse_args(list(argv))
-    result = validate_cohort(Prognosis.load(a.model), a.root, a.out, split=a.split, n_boot=a.n_boot)
+    result = validate_cohort(Prognosis.load(a.model), a.root, a.out, split=a.split, n_boot=a.n_boot, by=a.by)
     print((Path(a.out) / "report.md").read_text())
     print(f"written to {a.out}: report.md, {', '.join(p.name for p in result['paths'])}, predictions.csv")

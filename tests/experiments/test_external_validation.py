@@ -115,3 +115,20 @@ def test_competing_risks_report_has_cause_specific_c(competing_cohort, tmp_path)
     assert result["causes"]["cause 1"][0] == pytest.approx(want)
     report = (tmp_path / "v" / "report.md").read_text()
     assert "| cause 2 |" in report and "cumulative_incidence.png" in report
+
+
+def test_report_by_subgroup(trained_prognosis, synthetic_cohort, tmp_path):
+    from clinfuse.experiments.compare import tabular_groups
+    from clinfuse.experiments.external_validation import validate_cohort
+
+    prog, _ = trained_prognosis
+    validate_cohort(prog, synthetic_cohort, tmp_path / "v", split="test", n_boot=30, show_progress=False, by="sex")
+    report = (tmp_path / "v" / "report.md").read_text()
+    rows = pd.read_csv(tmp_path / "v" / "predictions.csv", dtype={"patient_id": str})
+    groups = tabular_groups(synthetic_cohort, "sex", rows["patient_id"])
+    female = (groups == "F").to_numpy()
+    want = harrell_c_index(rows["risk"][female], rows["time"][female], rows["event"][female])
+    line = next(x for x in report.splitlines() if x.startswith("| F |"))
+    assert "## By sex" in report and f"| {want:.4f} |" in line
+    with pytest.raises(ValueError, match="column"):
+        validate_cohort(prog, synthetic_cohort, tmp_path / "w", split="test", n_boot=10, show_progress=False, by="no_such")
