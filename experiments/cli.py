@@ -17,6 +17,7 @@ oracle metrics (when the cohort has an oracle, as synthetic cohorts do).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -196,42 +197,25 @@ def synth_main(argv: Sequence[str]) -> None:
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 
+#: command -> (module, function taking the remaining arguments); LightningCLI owns fit/validate/test/predict
+COMMANDS = {
+    "synth": ("clinfuse.experiments.cli", "synth_main"),
+    "convert": ("clinfuse.experiments.convert", "convert_main"),
+    "sweep": ("clinfuse.experiments.sweep", "sweep_main"),
+    "evaluate": ("clinfuse.experiments.external_validation", "evaluate_main"),
+    "compare": ("clinfuse.experiments.compare", "compare_main"),
+    "score": ("clinfuse.experiments.prognosis_cohort", "score_main"),
+    "robustness": ("clinfuse.experiments.robustness", "robustness_main"),
+}
+
+
 def main() -> None:
     """Console-script entry point (returns None)."""
     # Lightning 2.6 on torch 2.13 warns about its own pytree use on every batch transfer
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     argv = sys.argv[1:]
-    if argv and argv[0] == "synth":
-        synth_main(argv[1:])
-        return
-    if argv and argv[0] == "convert":
-        from clinfuse.experiments.convert import convert_main
-
-        convert_main(argv[1:])
-        return
-    if argv and argv[0] == "sweep":
-        from clinfuse.experiments.sweep import sweep_main
-
-        sweep_main(argv[1:])
-        return
-    if argv and argv[0] == "evaluate":
-        from clinfuse.experiments.external_validation import evaluate_main
-
-        evaluate_main(argv[1:])
-        return
-    if argv and argv[0] == "compare":
-        from clinfuse.experiments.compare import compare_main
-
-        compare_main(argv[1:])
-        return
-    if argv and argv[0] == "score":
-        from clinfuse.experiments.prognosis_cohort import score_main
-
-        score_main(argv[1:])
-        return
-    if argv and argv[0] == "robustness":
-        from clinfuse.experiments.robustness import robustness_main
-
-        robustness_main(argv[1:])
+    if argv and argv[0] in COMMANDS:  # clinfuse's own commands; anything else goes to LightningCLI
+        module, function = COMMANDS[argv[0]]
+        getattr(importlib.import_module(module), function)(argv[1:])  # imported on use: some are heavy
         return
     cli_main()
