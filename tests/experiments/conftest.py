@@ -64,24 +64,41 @@ def serve(tmp_path) -> Iterator[Callable[..., str]]:
         log.close()
 
 
-@pytest.fixture(scope="session")
-def trained_prognosis(synthetic_cohort, tmp_path_factory):
+def _train_predictor(root, work, modalities, epochs: int = 1, data: dict | None = None, **model_kwargs):
+    """A small model trained on ``root`` (seed 0, CPU, no logger) and its predictor.
+
+    Returns ``(datamodule, Prognosis)``; ``data`` goes to ``ClinicalDataModule``, the rest to
+    ``ClinFuseModule`` (``d_model`` 32, ``n_classes`` and ``n_causes`` from the data, unless given).
+    """
     import lightning
 
     from clinfuse.datasets.datamodule import ClinicalDataModule
-    from clinfuse.experiments.cohort_records import records_from_cohort
     from clinfuse.experiments.module import ClinFuseModule
     from clinfuse.experiments.prognosis import Prognosis
 
-    work = tmp_path_factory.mktemp("checks")
-    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "timeseries", "genomics"], batch_size=64)
+    dm = ClinicalDataModule(str(root), modalities=list(modalities), **(data or {}))
     lightning.seed_everything(0, verbose=False)
-    model = ClinFuseModule(spec=dm.spec, d_model=32)
-    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+    # d_model 32 by default; classes and causes from the data, as the CLI links them
+    model = ClinFuseModule(spec=dm.spec, **{"d_model": 32, "n_classes": dm.n_classes, "n_causes": dm.n_causes, **model_kwargs})
+    trainer = lightning.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                                 enable_model_summary=False, default_root_dir=work)
     trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(work / "m.ckpt")
-    prog = Prognosis.from_training(work / "m.ckpt", dm)
+    trainer.save_checkpoint(work / "model.ckpt")
+    return dm, Prognosis.from_training(work / "model.ckpt", dm)
+
+
+@pytest.fixture(scope="session")
+def train_predictor():
+    """``train_predictor(root, work, modalities, epochs=1, data=None, **model_kwargs)`` ->
+    ``(datamodule, Prognosis)``: a small model trained for one test (see ``_train_predictor``)."""
+    return _train_predictor
+
+
+@pytest.fixture(scope="session")
+def trained_prognosis(synthetic_cohort, tmp_path_factory):
+    from clinfuse.experiments.cohort_records import records_from_cohort
+
+    dm, prog = _train_predictor(synthetic_cohort, tmp_path_factory.mktemp("checks"), ["tabular", "timeseries", "genomics"])
     readers = dm.cohort.readers
     pid = next(p for p in dm.cohort.splits["test"]
                if readers["tabular"].get(p) is not None and readers["timeseries"].get(p) is not None)

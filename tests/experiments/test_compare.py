@@ -95,25 +95,14 @@ def test_paired_auroc_equals_sklearn_and_flags_the_worse_model():
     assert sub.loc[1, "g"] == pytest.approx(roc_auc_score(y[200:], good[200:]))
 
 
-def test_clinfuse_compare_binary_models_by_auroc(synthetic_cohort, tmp_path, capsys):
+def test_clinfuse_compare_binary_models_by_auroc(synthetic_cohort, tmp_path, capsys, train_predictor):
     import sys
 
-    import lightning
     from sklearn.metrics import roc_auc_score
 
-    from clinfuse.datasets.datamodule import ClinicalDataModule
     from clinfuse.experiments.cli import main
-    from clinfuse.experiments.module import ClinFuseModule
-    from clinfuse.experiments.prognosis import Prognosis
 
-    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"])
-    lightning.seed_everything(0, verbose=False)
-    model = ClinFuseModule(spec=dm.spec, d_model=16, task="binary")
-    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                                enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(tmp_path / "b.ckpt")
-    prog = Prognosis.from_training(tmp_path / "b.ckpt", dm)
+    _, prog = train_predictor(synthetic_cohort, tmp_path, ["tabular", "genomics"], d_model=16, task="binary")
     folder = prog.save(tmp_path / "binary")
     old, sys.argv = sys.argv, ["clinfuse", "compare", "--models", str(folder), str(folder), "--root",
                                str(synthetic_cohort), "--split", "test", "--n-boot", "40"]

@@ -55,24 +55,13 @@ def test_unlabelled_folder_and_non_survival_model_are_refused(trained_prognosis,
         validate_cohort(prog, bare, tmp_path / "v", show_progress=False)
 
 
-def test_binary_model_report(synthetic_cohort, tmp_path):
-    import lightning
+def test_binary_model_report(synthetic_cohort, tmp_path, train_predictor):
     from sklearn.metrics import roc_auc_score
 
-    from clinfuse.datasets.datamodule import ClinicalDataModule
     from clinfuse.experiments.binary_validation import calibration_fit, reliability_table
     from clinfuse.experiments.external_validation import validate_cohort
-    from clinfuse.experiments.module import ClinFuseModule
-    from clinfuse.experiments.prognosis import Prognosis
 
-    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"])
-    lightning.seed_everything(0, verbose=False)
-    model = ClinFuseModule(spec=dm.spec, d_model=16, task="binary")
-    trainer = lightning.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                                enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(tmp_path / "b.ckpt")
-    prog = Prognosis.from_training(tmp_path / "b.ckpt", dm)
+    _, prog = train_predictor(synthetic_cohort, tmp_path, ["tabular", "genomics"], epochs=2, d_model=16, task="binary")
     result = validate_cohort(prog, synthetic_cohort, tmp_path / "v", n_boot=40, show_progress=False)
     rows = pd.read_csv(tmp_path / "v" / "predictions.csv")
     assert result["report"]["auroc"][0] == pytest.approx(roc_auc_score(rows["binary"], rows["probability"]))
@@ -88,22 +77,11 @@ def test_binary_model_report(synthetic_cohort, tmp_path):
     assert np.abs(table["observed"] - table["predicted"]).max() < 0.05
 
 
-def test_competing_risks_report_has_cause_specific_c(competing_cohort, tmp_path):
-    import lightning
-
-    from clinfuse.datasets.datamodule import ClinicalDataModule
+def test_competing_risks_report_has_cause_specific_c(competing_cohort, tmp_path, train_predictor):
     from clinfuse.experiments.external_validation import validate_cohort
-    from clinfuse.experiments.module import ClinFuseModule
-    from clinfuse.experiments.prognosis import Prognosis
 
-    dm = ClinicalDataModule(str(competing_cohort), modalities=["tabular", "genomics"])
-    lightning.seed_everything(0, verbose=False)
-    model = ClinFuseModule(spec=dm.spec, d_model=16, survival_loss="pmf_cr", n_time_bins=4, n_causes=dm.n_causes)
-    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                                enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(tmp_path / "cr.ckpt")
-    prog = Prognosis.from_training(tmp_path / "cr.ckpt", dm)
+    _, prog = train_predictor(competing_cohort, tmp_path, ["tabular", "genomics"], d_model=16,
+                              survival_loss="pmf_cr", n_time_bins=4)
     result = validate_cohort(prog, competing_cohort, tmp_path / "v", n_boot=30, show_progress=False)
     rows = pd.read_csv(tmp_path / "v" / "predictions.csv")
     import torch

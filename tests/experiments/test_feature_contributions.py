@@ -75,23 +75,12 @@ def test_cohort_scoring_has_the_same_feature_columns(trained_prognosis, syntheti
             assert row[f"feature_{m}_{name}"] == pytest.approx(v, abs=1e-5), (m, name)
 
 
-def test_multiclass_contributions_are_per_class_logit_differences(synthetic_cohort, tmp_path):
-    import lightning
+def test_multiclass_contributions_are_per_class_logit_differences(synthetic_cohort, tmp_path, train_predictor):
     import numpy as np
 
-    from clinfuse.datasets.datamodule import ClinicalDataModule
     from clinfuse.experiments.cohort_records import records_from_cohort
-    from clinfuse.experiments.module import ClinFuseModule
-    from clinfuse.experiments.prognosis import Prognosis
 
-    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular"])
-    lightning.seed_everything(0, verbose=False)
-    model = ClinFuseModule(spec=dm.spec, d_model=16, task="multiclass", n_classes=dm.n_classes)
-    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                                enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(tmp_path / "mc.ckpt")
-    prog = Prognosis.from_training(tmp_path / "mc.ckpt", dm)
+    dm, prog = train_predictor(synthetic_cohort, tmp_path, ["tabular"], d_model=16, task="multiclass")
     pid = next(p for p in dm.cohort.splits["test"] if dm.cohort.readers["tabular"].get(p) is not None)
     rec = {k: v for k, v in records_from_cohort(synthetic_cohort, [pid])[0].items() if k in ("patient_id", "tabular")}
     (full,) = prog.predict([rec], feature_contributions=True)
@@ -115,23 +104,11 @@ def test_note_contributions_equal_dropping_the_note(trained_notes):
 
 
 @pytest.fixture(scope="module")
-def trained_notes(synthetic_cohort, tmp_path_factory):
-    import lightning
-
-    from clinfuse.datasets.datamodule import ClinicalDataModule
+def trained_notes(synthetic_cohort, tmp_path_factory, train_predictor):
     from clinfuse.experiments.cohort_records import records_from_cohort
-    from clinfuse.experiments.module import ClinFuseModule
-    from clinfuse.experiments.prognosis import Prognosis
 
-    work = tmp_path_factory.mktemp("notes")
-    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "notes"], notes_min_patients=1)
-    lightning.seed_everything(0, verbose=False)
-    model = ClinFuseModule(spec=dm.spec, d_model=32)
-    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                                enable_model_summary=False, default_root_dir=work)
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(work / "n.ckpt")
-    prog = Prognosis.from_training(work / "n.ckpt", dm)
+    dm, prog = train_predictor(synthetic_cohort, tmp_path_factory.mktemp("notes"), ["tabular", "notes"],
+                               data={"notes_min_patients": 1})
     reader = dm.cohort.readers["notes"]
     pid = next(p for p in dm.cohort.splits["test"] if (reader.get(p) or {}).get("note_times", ()).__len__() >= 2)
     rec = records_from_cohort(synthetic_cohort, [pid])[0]
