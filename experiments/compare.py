@@ -213,10 +213,10 @@ def compare_main(argv: Sequence[str]) -> None:
         groups = tabular_groups(root, a.by, base["patient_id"])
         sub = by_subgroup(scores, names, labels, groups, n_boot=min(a.n_boot, 200), seed=a.seed)
         print(f"\n{metric} by {a.by} (95% bootstrap intervals, {min(a.n_boot, 200)} resamples):")
-        print(_markdown(sub))
+        print(markdown_table(sub))
 
 
-def _markdown(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
     """A small markdown table (floats to 4 decimals, NaN as '-')."""
     def cell(v) -> str:
         if isinstance(v, float):

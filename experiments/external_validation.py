@@ -58,7 +58,7 @@ def _append_subgroups(out: Path, column: str, root: str | Path) -> None:
     to ``report.md``, from the written ``predictions.csv``."""
     import pandas as pd
 
-    from clinfuse.experiments.compare import _markdown, by_subgroup, tabular_groups
+    from clinfuse.experiments.compare import by_subgroup, markdown_table, tabular_groups
 
     frame = pd.read_csv(out / "predictions.csv", dtype={"patient_id": str})
     if "median_survival" in frame.columns:
@@ -67,7 +67,7 @@ def _append_subgroups(out: Path, column: str, root: str | Path) -> None:
         score, labels = frame["probability"], {"binary": frame["binary"].to_numpy(float)}
     table = by_subgroup([score.to_numpy(float)], ["model"], labels, tabular_groups(root, column, frame["patient_id"]))
     with open(out / "report.md", "a") as f:
-        f.write(f"\n## By {column} (95% bootstrap intervals)\n\n{_markdown(table)}\n")
+        f.write(f"\n## By {column} (95% bootstrap intervals)\n\n{markdown_table(table)}\n")
 
 
 def _validate_survival(prognosis: Any, root: str | Path, out: Path, split: str | None, n_boot: int,
