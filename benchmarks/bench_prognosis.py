@@ -85,10 +85,12 @@ def main() -> None:
 
     ids = list(dm.cohort.splits["test"]) + list(dm.cohort.splits["val"]) + list(dm.cohort.splits["train"])
     records = records_from_cohort(root, ids)
+    slide_files = [in_memory(r, slides=False) for r in records]
     memory = [in_memory(r) for r in records]  # what a REST client sends: no file reads in the call
     full = next(i for i, r in enumerate(records) if len(r) == 7)  # patient_id + all six modalities
     rows = []
-    for label, recs in (("from files", records), ("in-memory ECG, columnar series", memory)):
+    for label, recs in (("from files", records), ("in-memory ECG, columnar series, slide files", slide_files),
+                        ("in-memory ECG and slides, columnar series", memory)):
         for contrib in (True, False):
             one = [recs[full]]
             prog.predict(one, contributions=contrib)  # warm-up
@@ -133,32 +135,40 @@ def main() -> None:
               f"{1000 * parse:.0f} ms, collate + model {1000 * model_s:.0f} ms ({256 / model_s:.0f} patients/s "
               f"for the model part alone)")
     for form, (rate, megabytes) in wire_rate.items():
-        print(f"MLflow pyfunc on the wire DataFrame (JSON strings, as `mlflow models serve` receives them), ECG as "
+        print(f"MLflow pyfunc on the wire DataFrame (JSON strings, as `mlflow models serve` receives them), ECG and slides as "
               f"{form}: {rate:.0f} patients/s at batch 256, with contributions ({megabytes:.1f} MB of JSON)")
     print(f"cohort folder scored by the readers (Prognosis.predict_cohort, batches of 256, all {n_all} patients): "
           f"{cohort_rate[False]:.0f} patients/s without contributions, {cohort_rate[True]:.0f} with")
 
 
 def wire_frame(records: list[dict], modalities: list[str], ecg_form: str) -> pd.DataFrame:
-    """The MLflow wire DataFrame of in-memory records: the ECG as JSON lists or as base64 floats."""
-    from clinfuse.experiments import encode_ecg
+    """The MLflow wire DataFrame of in-memory records: the ECG and the slides as JSON lists or as base64 floats."""
+    from clinfuse.experiments import encode_ecg, encode_wsi
 
     def cell(m: str, v):
         if m == "ecg":
             v = encode_ecg(v["signal"], v["fs"], v["leads"]) if ecg_form == "base64" else {**v, "signal": np.asarray(v["signal"]).tolist()}
+        if m == "wsi":
+            v = [encode_wsi(s["features"]) if ecg_form == "base64" else {"features": s["features"].tolist()} for s in v]
         return json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
     return pd.DataFrame([{"patient_id": r["patient_id"], **{m: cell(m, r[m]) for m in modalities if m in r}} for r in records])
 
 
-def in_memory(record: dict) -> dict:
-    """The same record with the ECG as an in-memory signal and the time series as columns."""
+def in_memory(record: dict, slides: bool = True) -> dict:
+    """The same record with the ECG as an in-memory signal, the time series as columns and (with
+    ``slides``) each slide's patch features as an in-memory array."""
     import wfdb
+
+    from clinfuse.datasets.wsi import read_slide_features
 
     out = dict(record)
     if "ecg" in out:
         rec = wfdb.rdrecord(str(out["ecg"]))
         out["ecg"] = {"signal": rec.p_signal.T, "fs": rec.fs, "leads": list(rec.sig_name)}
+    if slides and "wsi" in out:
+        paths = out["wsi"] if isinstance(out["wsi"], list) else [out["wsi"]]
+        out["wsi"] = [{"features": read_slide_features(p)} for p in paths]
     if "timeseries" in out:
         ts = out["timeseries"]
         out["timeseries"] = {k: [e[k] for e in ts] for k in ("time", "variable", "value")}

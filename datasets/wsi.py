@@ -43,11 +43,17 @@ def read_slide_features(path: str | Path, feature_dim: int | None = None, where:
             feats = np.asarray(_read_h5_features(path), dtype=np.float32)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path} {where}: corrupt or unreadable slide file: {err}") from err
+    return check_bag(feats, feature_dim, f"{path} {where}")
+
+
+def check_bag(feats: np.ndarray, feature_dim: int | None, label: str) -> np.ndarray:
+    """``feats`` if it is a non-empty ``(P, F)`` bag of finite values with ``F = feature_dim`` (None:
+    any); otherwise ValueError starting with ``label`` (the file, or the record field)."""
     wrong_width = feature_dim is not None and feats.ndim == 2 and feats.shape[1] != feature_dim
     if feats.ndim != 2 or feats.shape[0] == 0 or wrong_width:
-        raise ValueError(f"{path} {where}: features must be (P>0, {feature_dim or 'F'}), got {feats.shape}")
+        raise ValueError(f"{label}: features must be (P>0, {feature_dim or 'F'}), got {feats.shape}")
     if not np.isfinite(feats).all():
-        raise ValueError(f"{path} {where}: features contain NaN/inf")
+        raise ValueError(f"{label}: features contain NaN/inf")
     return feats
 
 

@@ -1,6 +1,6 @@
 """The LightningModule, the `clinfuse` CLI, sweeps, tracking and the prediction API."""
 
-__all__ = ["Prognosis", "encode_ecg"]
+__all__ = ["Prognosis", "encode_ecg", "encode_wsi"]
 
 
 def __getattr__(name: str):
@@ -9,8 +9,8 @@ def __getattr__(name: str):
         from clinfuse.experiments.prognosis import Prognosis
 
         return Prognosis
-    if name == "encode_ecg":
-        from clinfuse.experiments.ecg_wire import encode_ecg
+    if name in ("encode_ecg", "encode_wsi"):
+        from clinfuse.experiments import wire
 
-        return encode_ecg
+        return getattr(wire, name)
     raise AttributeError(f"module 'clinfuse.experiments' has no attribute {name!r}")

@@ -15,10 +15,12 @@ Raw formats (one patient):
   variables never seen in training are dropped with a warning.
 - ``ecg``: a WFDB record path without extension (``.hea``/``.dat`` next to it), or an in-memory
   ``{"signal": (L, S) lists in mV, "fs": Hz, "leads": [names]}``, or the same with the signal as
-  ``"signal_b64"`` + ``"dtype"`` + ``"shape"`` (:func:`clinfuse.experiments.ecg_wire.encode_ecg`;
+  ``"signal_b64"`` + ``"dtype"`` + ``"shape"`` (:func:`clinfuse.experiments.wire.encode_ecg`;
   the compact form for REST).
 - ``notes``: a list of ``{"time", "text"}`` or a DataFrame with those columns.
-- ``wsi``: a CLAM ``.h5`` path (dataset ``features (P, F)``), or a list of such paths.
+- ``wsi``: one slide or a list of slides, each a CLAM ``.h5`` or torch ``.pt`` path (``features
+  (P, F)``), an in-memory ``{"features": (P, F) array}``, or the same as ``"features_b64"`` +
+  ``"dtype"`` + ``"shape"`` (:func:`clinfuse.experiments.wire.encode_wsi`).
 - ``genomics``: ``{"<gene>_rnaseq": float, "<gene>_mut": 0/1}``, every training gene required.
 
 Every function raises ``ValueError`` naming the offending field; the caller adds the patient.
@@ -43,8 +45,8 @@ from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked
 from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, split_note, tokenize
 from clinfuse.datasets.reader import ModalityReader
-from clinfuse.datasets.wsi import read_slide_features
-from clinfuse.experiments.ecg_wire import decode_signal
+from clinfuse.datasets.wsi import check_bag, read_slide_features
+from clinfuse.experiments.wire import decode_array
 
 Item = dict[str, np.ndarray]
 
@@ -213,7 +215,7 @@ def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
         if not isinstance(names, (list, tuple)) or not all(isinstance(x, str) for x in names):
             raise ValueError("field 'ecg.leads': expected a list of lead names")
         try:
-            signal = decode_signal(raw) if key == "signal_b64" else np.asarray(raw["signal"], dtype=np.float64)
+            signal = decode_array(raw, key, "ecg") if key == "signal_b64" else np.asarray(raw["signal"], dtype=np.float64)
         except (TypeError, ValueError) as err:
             if key == "signal_b64":
                 raise
@@ -321,19 +323,38 @@ def _note_embedder(model_dir: str):
 
 
 def wsi_item(state: dict, raw: Any, patient_id: str) -> Item:
-    """CLAM ``.h5`` path(s) -> ``features`` (WSIReader eval mode: a patient-seeded patch subset)."""
-    paths = [raw] if isinstance(raw, (str, Path)) else raw
-    if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, Path)) for p in paths):
-        raise ValueError(f"field 'wsi': expected an .h5 path or a list of paths, got {type(raw).__name__}")
-    dim, bags = int(state["fitted"]["feature_dim"]), []
-    for path in paths:
-        bags.append(read_slide_features(path, dim, "(field 'wsi')"))
-    bag = np.concatenate(bags, axis=0)
+    """Slide(s) -> ``features`` (WSIReader eval mode: a patient-seeded patch subset). Raw forms in
+    the module docstring; several slides are concatenated in the given order, as the reader does."""
+    slides = raw if isinstance(raw, (list, tuple)) else [raw]
+    if not slides:
+        raise ValueError("field 'wsi': an empty list of slides")
+    dim = int(state["fitted"]["feature_dim"])
+    field = (lambda k: f"wsi[{k}]") if isinstance(raw, (list, tuple)) else (lambda k: "wsi")
+    bag = np.concatenate([_slide(s, dim, field(k)) for k, s in enumerate(slides)], axis=0)
     max_patches = int(state["config"]["max_patches"])
     if len(bag) > max_patches:
         rng = np.random.default_rng(zlib.crc32(patient_id.encode()))
         bag = bag[np.sort(rng.choice(len(bag), size=max_patches, replace=False))]
     return {"features": bag}
+
+
+def _slide(raw: Any, dim: int, field: str) -> np.ndarray:
+    """One slide's ``(P, F)`` float32 features from a path or an in-memory form."""
+    if isinstance(raw, (str, Path)):
+        return read_slide_features(raw, dim, f"(field '{field}')")
+    if not isinstance(raw, Mapping) or not ({"features", "features_b64"} & set(raw)):
+        raise ValueError(
+            f"field '{field}': expected a slide file path, {{features}} or {{features_b64, dtype, shape}}, "
+            f"got {type(raw).__name__}"
+        )
+    if "features_b64" in raw:
+        feats = decode_array(raw, "features_b64", field)
+    else:
+        try:
+            feats = np.asarray(raw["features"], dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"field '{field}.features': not a numeric (P, F) array: {err}") from None
+    return check_bag(np.asarray(feats, dtype=np.float32), dim, f"field '{field}.features'")
 
 
 def genomics_item(state: dict, raw: Any) -> Item:

@@ -7,7 +7,7 @@ MLflow wire format (:class:`PrognosisPyfunc`): a DataFrame with one row per pati
 is a DataFrame, one row per patient: ``patient_id``, ``error`` (null when fine) and ``prediction``
 (the JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``). Inference
 params (a request's ``"params"``): ``horizons``, ``contributions``, ``feature_contributions``. Send an
-in-memory ECG as base64 floats (:func:`clinfuse.experiments.ecg_wire.encode_ecg`): JSON float lists
+in-memory ECG as base64 floats (:func:`clinfuse.experiments.wire.encode_ecg`): JSON float lists
 are slow to parse.
 """
 

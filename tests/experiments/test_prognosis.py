@@ -298,3 +298,23 @@ def test_slide_features_from_another_extractor_are_flagged(trained, test_records
     assert not [m for m in ok["input_warnings"] if m.startswith("wsi")]
     (msg,) = [m for m in flagged["input_warnings"] if m.startswith("wsi")]
     assert "another patch feature extractor" in msg and np.isfinite(flagged["risk"])
+
+
+def test_in_memory_slides_over_the_wire_give_the_files_prediction(trained, test_records):
+    from clinfuse.datasets.wsi import read_slide_features
+    from clinfuse.experiments import encode_wsi
+
+    _, prog = trained
+    rec = next(r for r in test_records if "wsi" in r)
+    paths = rec["wsi"] if isinstance(rec["wsi"], list) else [rec["wsi"]]
+    feats = [read_slide_features(p) for p in paths]
+    as_arrays = {**rec, "wsi": [{"features": f.tolist()} for f in feats]}  # same patient: same patch subset
+    as_b64 = {**rec, "wsi": [encode_wsi(f) for f in feats]}
+    py = PrognosisPyfunc()
+    py.prognosis = prog
+    got = [json.loads(py.predict(None, _wire([r]))["prediction"][0]) for r in (as_arrays, as_b64)]
+    want = prog.predict([rec])[0]
+    for g in got:
+        assert g["risk"] == pytest.approx(want["risk"], rel=1e-6)
+        assert g["contributions"]["wsi"] == pytest.approx(want["contributions"]["wsi"], rel=1e-5, abs=1e-7)
+        assert "wsi" in g["modalities_used"]

@@ -1,0 +1,109 @@
+"""The base64 wire form of in-memory ECGs: same item as the JSON-list form, named errors, and the
+MLflow wire DataFrame path."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from clinfuse.experiments import encode_ecg, encode_wsi
+from clinfuse.experiments.wire import decode_array
+from clinfuse.experiments.prognosis_inputs import ecg_item, wsi_item
+
+ECG_STATE = {"modality": "ecg", "config": {"fs": 100.0, "seconds": 5.0, "leads": ["I", "II", "V1"], "lead_aliases": {}},
+             "fitted": {"n_samples": 500}}
+
+
+def _signal(seed=0):
+    return np.random.default_rng(seed).normal(size=(2, 2500)).cumsum(1) * 0.01  # (L, S): II, V1 at 500 Hz
+
+
+def test_float64_wire_form_gives_the_identical_item_float32_within_rounding():
+    sig = _signal()
+    as_lists = ecg_item(ECG_STATE, {"signal": sig.tolist(), "fs": 500, "leads": ["II", "V1"]}, "p1")
+    wire64 = json.loads(json.dumps(encode_ecg(sig, 500, ["II", "V1"], dtype="float64")))  # through JSON, as REST
+    exact = ecg_item(ECG_STATE, wire64, "p1")
+    np.testing.assert_array_equal(exact["signal"], as_lists["signal"])
+    np.testing.assert_array_equal(exact["lead_mask"], [False, True, True])
+    wire32 = encode_ecg(sig, 500, ["II", "V1"])
+    np.testing.assert_allclose(ecg_item(ECG_STATE, wire32, "p1")["signal"], as_lists["signal"], atol=1e-6)
+    assert len(json.dumps(wire32)) < len(json.dumps(sig.tolist())) / 3  # the point of it
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"signal_b64": "not base64!"}, r"ecg\.signal_b64': not valid base64"),
+        ({"shape": [2, 2499]}, r"decodes to 5000 float32 values .* needs 4998"),
+        ({"shape": [2]}, r"ecg\.shape': expected two positive integers"),
+        ({"dtype": "int16"}, r"ecg\.dtype': expected one of"),
+        ({"signal_b64": 5}, "expected a base64 string"),
+    ],
+)
+def test_bad_wire_ecg_names_the_field(change, match):
+    wire = {**encode_ecg(_signal(), 500, ["II", "V1"]), **change}
+    with pytest.raises(ValueError, match=match):
+        ecg_item(ECG_STATE, wire, "p1")
+
+
+def test_decode_round_trip_and_encode_checks():
+    sig = _signal(1)
+    np.testing.assert_array_equal(decode_array(encode_ecg(sig, 250, ["I", "II"], "float64"), "signal_b64", "ecg"), sig)
+    raw = base64.b64decode(encode_ecg(sig, 250, ["I", "II"])["signal_b64"])
+    np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(2, -1), sig.astype(np.float32))  # little-endian rows
+    with pytest.raises(ValueError, match="L = 3 leads"):
+        encode_ecg(sig, 250, ["I", "II", "V1"])
+
+
+WSI_STATE = {"modality": "wsi", "config": {"max_patches": 6}, "fitted": {"feature_dim": 3}}
+
+
+def _slides(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(3)
+    feats = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)]
+    paths = []
+    for k, f in enumerate(feats):
+        paths.append(tmp_path / f"s{k}.h5")
+        with h5py.File(paths[-1], "w") as h:
+            h["features"] = f
+    return feats, paths
+
+
+def test_in_memory_slides_equal_the_files_including_the_patient_seeded_subset(tmp_path):
+    feats, paths = _slides(tmp_path)
+    from_files = wsi_item(WSI_STATE, [str(p) for p in paths], "p7")["features"]  # 9 patches -> 6 sampled
+    assert from_files.shape == (6, 3)
+    mixed = [{"features": feats[0].tolist()}, json.loads(json.dumps(encode_wsi(feats[1])))]
+    np.testing.assert_array_equal(wsi_item(WSI_STATE, mixed, "p7")["features"], from_files)
+    np.testing.assert_array_equal(wsi_item(WSI_STATE, {"features": feats[0]}, "p7")["features"], feats[0])
+    assert not np.array_equal(wsi_item(WSI_STATE, mixed, "p8")["features"], from_files)  # seeded by patient
+
+
+@pytest.mark.parametrize(
+    "raw,match",
+    [
+        ([], "an empty list of slides"),
+        ({"features": [[1.0, 2.0]]}, r"field 'wsi.features': features must be \(P>0, 3\), got \(1, 2\)"),
+        ({"features": [[1.0, float("nan"), 2.0]]}, "wsi.features': features contain NaN"),
+        ({"features": [["a", "b", "c"]]}, r"wsi.features': not a numeric \(P, F\) array"),
+        ({"patches": [[1.0, 2.0, 3.0]]}, "expected a slide file path, {features}"),
+        ([{"features": [[1.0, 2.0, 3.0]]}, {**encode_wsi(np.ones((2, 3))), "shape": [3, 3]}],
+         r"field 'wsi\[1\].features_b64': decodes to 6 float32 values"),
+        ([{"features": [[1.0, 2.0, 3.0]]}, 5], r"field 'wsi\[1\]': expected a slide file path"),
+    ],
+)
+def test_bad_in_memory_slides_name_the_field(raw, match):
+    with pytest.raises(ValueError, match=match):
+        wsi_item(WSI_STATE, raw, "p1")
+
+
+def test_encode_wsi_checks_the_shape():
+    with pytest.raises(ValueError, match=r"\(P, F\)"):
+        encode_wsi(np.ones(3))
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        encode_wsi(np.ones((2, 3)), dtype="float16")
