@@ -90,7 +90,7 @@ class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
 
         self.prognosis = Prognosis.load(context.artifacts["prognosis"])
 
-    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         records = records_from_frame(df)
         params = params or {}
