@@ -5,8 +5,8 @@
 Trains the quickstart architecture (d_model 64, TransformerFusion, survival) briefly on a synthetic
 cohort, builds the predictor, then times ``predict`` on raw records, with and without the leave-one-modality-out
 contributions, for two input forms: files (WFDB records and .h5 bags read inside the call) and the
-form a REST client sends (the ECG as an in-memory signal, the time series as columns; WSI bags are
-still files): one patient (p50/p90 over repeats; all six modalities) and batches of 256. Last, the
+form a REST client sends (the ECG as an in-memory signal, the time series as columns; WSI bags as
+files, then as in-memory arrays): one patient (p50/p90 over repeats; all six modalities) and batches of 256. Last, the
 whole cohort folder scored by ``Prognosis.predict_cohort`` (the restored readers, batches of 256).
 
 Measured (2 CPU cores shared with another job, load average 0.8-1.5; two runs each, alternating
@@ -30,7 +30,14 @@ the parsing costs. Overlapping the parsing of the next 32-128 patients with the 
 current ones in a thread was tried and was slower (292 ms -> 343-435 ms: the GIL), as were
 DataLoader worker processes for ``predict_cohort``.
 
-The REST path (the same run): ``PrognosisPyfunc.predict`` on the wire DataFrame of 256 in-memory
+In-memory slides (2026-12-01, fourth session; slides as ``{"features": array}`` instead of
+``.h5`` paths, the other inputs as before): one patient 4.6 ms p50 (5.9 with contributions); batch
+256: 937 patients/s without contributions (731 with slide files in the same run), 479 with them.
+Parsing + validation of the batch fell from 177 to 101 ms; collate + model 141 ms (1,820
+patients/s for that part). Through the pyfunc wire DataFrame with contributions, ECG and slides as
+JSON lists: 82 patients/s (182 MB); both as base64: 308 patients/s (83 MB).
+
+The REST path (the earlier run, slides still as file paths): ``PrognosisPyfunc.predict`` on the wire DataFrame of 256 in-memory
 records with contributions: 147 patients/s with the ECG as JSON lists (75.7 MB of JSON, most of
 the time in ``json.loads``), 309 patients/s with the ECG as base64 float32
 (``clinfuse.experiments.encode_ecg``; 55.6 MB).
