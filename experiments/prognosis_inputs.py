@@ -23,7 +23,8 @@ Raw formats (one patient):
   ``"dtype"`` + ``"shape"`` (:func:`clinfuse.experiments.wire.encode_wsi`).
 - ``genomics``: ``{"<gene>_rnaseq": float, "<gene>_mut": 0/1}``, every training gene required.
 
-Every function raises ``ValueError`` naming the offending field; the caller adds the patient.
+Every function raises ``ValueError`` naming the offending field; the caller adds the patient. The
+ECG and WSI parsers live in :mod:`clinfuse.experiments.raw_signals` (re-exported here).
 """
 
 from __future__ import annotations
@@ -31,33 +32,22 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import wfdb
 
 from clinfuse.datasets.cohort import READERS
-from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked
+from clinfuse.datasets.ecg_leads import PickedLeads
 from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, split_note, tokenize
 from clinfuse.datasets.reader import ModalityReader
-from clinfuse.datasets.wsi import check_bag, read_slide_features
-from clinfuse.experiments.wire import decode_array
+from clinfuse.experiments.raw_signals import Item, ecg_item, ecg_leads, finish_items, wsi_item
+from clinfuse.experiments.raw_signals import as_number as _float
 
-Item = dict[str, np.ndarray]
-
-
-def _float(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"field '{field}': expected a number, got {type(value).__name__} {value!r}")
-    x = float(value)
-    if not math.isfinite(x):
-        raise ValueError(f"field '{field}': value must be finite, got {x}")
-    return x
+__all__ = ["ecg_item", "ecg_leads", "finish_items", "wsi_item", "raw_to_item", "collate_shell",
+           "tabular_item", "timeseries_item", "notes_item", "genomics_item"]
 
 
 _PLAIN_NUMBERS = frozenset({float, int, np.float64, np.float32, np.int64, np.int32})
@@ -191,70 +181,6 @@ def _variable_index(variables: tuple[str, ...]) -> dict[str, int]:
     return {v: i for i, v in enumerate(variables)}
 
 
-def ecg_item(state: dict, raw: Any, patient_id: str) -> Item:
-    """A WFDB record path, or an in-memory ``{"signal", "fs", "leads"}`` -> ``signal``, ``lead_mask``.
-
-    Both go through the ECG reader's own lead selection and resampling (:func:`pick_leads`,
-    :func:`resample_picked`). The in-memory form (what a REST client sends) is ``signal``: ``(L, S)``
-    nested lists in mV, ``fs``: its rate in Hz, ``leads``: its ``L`` lead names (any order, any
-    subset). For many patients, :func:`ecg_leads` + :func:`finish_items` resample them together.
-    """
-    return _resolve_ecg(state, [ecg_leads(state, raw, patient_id)])[0]
-
-
-def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
-    """Read and validate one patient's ECG and pick its leads; resampling is left to
-    :func:`finish_items` (batched over patients). Raw formats and errors as :func:`ecg_item`."""
-    leads, aliases = list(state["config"]["leads"]), state["config"].get("lead_aliases") or {}
-    if isinstance(raw, Mapping):
-        key = "signal_b64" if "signal_b64" in raw else "signal"
-        missing = [k for k in (key, "fs", "leads") if k not in raw]
-        if missing:
-            raise ValueError(f"field 'ecg': an in-memory ECG needs keys signal (or signal_b64), fs, leads; missing {missing}")
-        names = raw["leads"]
-        if not isinstance(names, (list, tuple)) or not all(isinstance(x, str) for x in names):
-            raise ValueError("field 'ecg.leads': expected a list of lead names")
-        try:
-            signal = decode_array(raw, key, "ecg") if key == "signal_b64" else np.asarray(raw["signal"], dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            if key == "signal_b64":
-                raise
-            raise ValueError(f"field 'ecg.signal': not a numeric (L, S) array: {err}") from None
-        if signal.ndim != 2 or signal.shape[0] != len(names):
-            raise ValueError(f"field 'ecg.signal': expected shape (L, S) with L = {len(names)} leads, got {signal.shape}")
-        if np.isinf(signal).any():
-            raise ValueError("field 'ecg.signal': infinite samples")
-        fs_in = _float(raw["fs"], "ecg.fs")
-        return pick_leads(signal.T, names, ["mV"] * len(names), fs_in, leads, aliases, where="field 'ecg'")
-    if not isinstance(raw, (str, Path)):
-        raise ValueError(f"field 'ecg': expected a WFDB record path or {{signal, fs, leads}}, got {type(raw).__name__}")
-    path = Path(str(raw)).with_suffix("") if str(raw).endswith((".hea", ".dat")) else Path(str(raw))
-    try:
-        record = wfdb.rdrecord(str(path))
-        data = record.p_signal
-        if data is None or data.ndim != 2:
-            raise ValueError(f"no physical signal read (shape {getattr(data, 'shape', None)})")
-    except Exception as err:  # wfdb raises OSError/ValueError/IndexError on bad files
-        raise ValueError(f"field 'ecg': {path}: cannot read WFDB record: {type(err).__name__}: {err}") from err
-    units = record.units or [""] * len(record.sig_name)
-    return pick_leads(data, record.sig_name, units, float(record.fs), leads, aliases, where=f"field 'ecg' ({path})")
-
-
-def _resolve_ecg(state: dict, picked: Sequence[PickedLeads]) -> list[Item]:
-    fs, n = float(state["config"]["fs"]), int(state["fitted"]["n_samples"])
-    return [{"signal": s, "lead_mask": m} for s, m in resample_picked(picked, fs, n)]
-
-
-def finish_items(states: Mapping[str, dict], items: Sequence[dict[str, Any]]) -> None:
-    """Complete deferred items in place: every :class:`PickedLeads` (from :func:`raw_to_item`)
-    becomes its ECG item, all resampled together."""
-    where = [(k, m) for k, its in enumerate(items) for m, it in its.items() if isinstance(it, PickedLeads)]
-    for m in {m for _, m in where}:
-        mine = [k for k, mm in where if mm == m]
-        for k, item in zip(mine, _resolve_ecg(states[m], [items[k][m] for k in mine])):
-            items[k][m] = item
-
-
 def notes_item(state: dict, raw: Any) -> Item | None:
     """Notes -> the NotesReader's item: ``token_ids``/``token_mask`` (word or BPE vocabulary) or,
     for a frozen pretrained model, ``embeddings``; plus ``note_times``. None if all are empty.
@@ -320,41 +246,6 @@ def _note_embedder(model_dir: str):
     from clinfuse.datasets.note_embeddings import PretrainedNoteEmbedder
 
     return PretrainedNoteEmbedder(model_dir, cache_dir=None, show_progress=False)
-
-
-def wsi_item(state: dict, raw: Any, patient_id: str) -> Item:
-    """Slide(s) -> ``features`` (WSIReader eval mode: a patient-seeded patch subset). Raw forms in
-    the module docstring; several slides are concatenated in the given order, as the reader does."""
-    slides = raw if isinstance(raw, (list, tuple)) else [raw]
-    if not slides:
-        raise ValueError("field 'wsi': an empty list of slides")
-    dim = int(state["fitted"]["feature_dim"])
-    field = (lambda k: f"wsi[{k}]") if isinstance(raw, (list, tuple)) else (lambda k: "wsi")
-    bag = np.concatenate([_slide(s, dim, field(k)) for k, s in enumerate(slides)], axis=0)
-    max_patches = int(state["config"]["max_patches"])
-    if len(bag) > max_patches:
-        rng = np.random.default_rng(zlib.crc32(patient_id.encode()))
-        bag = bag[np.sort(rng.choice(len(bag), size=max_patches, replace=False))]
-    return {"features": bag}
-
-
-def _slide(raw: Any, dim: int, field: str) -> np.ndarray:
-    """One slide's ``(P, F)`` float32 features from a path or an in-memory form."""
-    if isinstance(raw, (str, Path)):
-        return read_slide_features(raw, dim, f"(field '{field}')")
-    if not isinstance(raw, Mapping) or not ({"features", "features_b64"} & set(raw)):
-        raise ValueError(
-            f"field '{field}': expected a slide file path, {{features}} or {{features_b64, dtype, shape}}, "
-            f"got {type(raw).__name__}"
-        )
-    if "features_b64" in raw:
-        feats = decode_array(raw, "features_b64", field)
-    else:
-        try:
-            feats = np.asarray(raw["features"], dtype=np.float32)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"field '{field}.features': not a numeric (P, F) array: {err}") from None
-    return check_bag(np.asarray(feats, dtype=np.float32), dim, f"field '{field}.features'")
 
 
 def genomics_item(state: dict, raw: Any) -> Item:
