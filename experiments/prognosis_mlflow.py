@@ -96,7 +96,8 @@ class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
         params = params or {}
         horizons = tuple(params.get("horizons", (30, 90, 365)))
         preds = self.prognosis.predict(records, horizons=horizons, contributions=bool(params.get("contributions", True)),
-                                       feature_contributions=bool(params.get("feature_contributions", False)))
+                                       feature_contributions=bool(params.get("feature_contributions", False)),
+                                       show_progress=False)
         rows = [
             {
                 "patient_id": p.get("patient_id"),

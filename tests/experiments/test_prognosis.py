@@ -318,3 +318,40 @@ def test_in_memory_slides_over_the_wire_give_the_files_prediction(trained, test_
         assert g["risk"] == pytest.approx(want["risk"], rel=1e-6)
         assert g["contributions"]["wsi"] == pytest.approx(want["contributions"]["wsi"], rel=1e-5, abs=1e-7)
         assert "wsi" in g["modalities_used"]
+
+
+def test_predict_runs_in_batches_with_the_same_answers(trained, test_records, monkeypatch):
+    _, prog = trained
+    records = test_records[:7] + [{"patient_id": "bad", "tabular": {"no_such_column": 1}}] + test_records[7:10]
+    whole = prog.predict(records, feature_contributions=True)
+    sizes = []
+    run = prog._predict_batch
+
+    def spy(batch, used, *args, **kwargs):
+        sizes.append(len(used))
+        return run(batch, used, *args, **kwargs)
+
+    monkeypatch.setattr(prog, "_predict_batch", spy)
+    small = prog.predict(records, feature_contributions=True, batch_size=3, show_progress=True)
+    assert sizes == [3, 3, 2, 2]  # 11 records in batches of 3; the bad record (index 7) leaves its batch one short
+    assert [r["patient_id"] for r in small] == [r["patient_id"] for r in records]
+    assert "no_such_column" in small[7]["error"]
+    for a, b in zip(whole, small):
+        if "error" in a:
+            assert a == b
+            continue
+        assert b["risk"] == pytest.approx(a["risk"], rel=1e-5, abs=1e-6)
+        assert b["survival_at"] == pytest.approx(a["survival_at"], abs=1e-6)
+        assert b["contributions"] == pytest.approx(a["contributions"], rel=1e-4, abs=1e-6)
+        assert b["feature_contributions"]["tabular"] == pytest.approx(a["feature_contributions"]["tabular"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_predict_rejects_a_bad_batch_size(trained, test_records, bad):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        trained[1].predict(test_records[:2], batch_size=bad)
+
+
+def test_predict_on_one_dict_says_to_wrap_it(trained, test_records):
+    with pytest.raises(ValueError, match="wrap it in a list"):
+        trained[1].predict(test_records[0])
