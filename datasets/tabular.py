@@ -19,6 +19,10 @@ from clinfuse.datasets.reader import (
 )
 
 
+#: a text column with more distinct values than this, nearly all numbers, gets a warning
+NUMERIC_TEXT_LEVELS = 20
+
+
 class TabularReader(ModalityReader):
     """Reads ``tabular.parquet``: numeric columns are z-scored, categorical ones become level ids.
 
@@ -33,8 +37,12 @@ class TabularReader(ModalityReader):
         known_ids: patient ids of ``labels.parquet`` (``None`` skips the check).
 
     Raises:
-        ValueError: missing ``patient_id``, duplicate patients, unknown patients, inf values or a
-            column of unsupported dtype, each naming the file (and column, patients).
+        ValueError: missing ``patient_id``, no feature column, duplicate patients, unknown patients,
+            inf values, a column of unsupported dtype or a text column holding non-strings (lists,
+            bytes), each naming the file (and column, patients).
+    Warns:
+        UserWarning: a text column whose values are nearly all numbers (a numeric column stored as
+        text would silently become one categorical level per value).
     """
 
     name = "tabular"
@@ -55,18 +63,46 @@ class TabularReader(ModalityReader):
                     raise ValueError(f"{self.path}: column '{col}' has inf values for patient(s) {who}")
                 self._columns["numeric"].append(col)
             elif isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
+                if not isinstance(dtype, pd.CategoricalDtype):
+                    self._check_text(col)
                 self._columns["categorical"].append(col)
             else:
                 raise ValueError(f"{self.path}: column '{col}' has unsupported dtype {dtype}")
+        if not self._raw.columns.size:
+            raise ValueError(f"{self.path}: no feature columns besides patient_id")
         self._index = {pid: i for i, pid in enumerate(ids)}
+
+    def _check_text(self, col: str) -> None:
+        """A text column must hold strings (not lists, bytes, dicts); one whose values are nearly all
+        numbers with many distinct values is almost surely a numeric column stored as text: warn,
+        since it would become one categorical level per distinct value."""
+        values = self._raw[col].dropna()
+        odd = values[[not isinstance(v, str) for v in values]]
+        if len(odd):
+            raise ValueError(
+                f"{self.path}: column '{col}' has unsupported values of type {type(odd.iloc[0]).__name__} "
+                f"(e.g. patient {odd.index[0]}: {odd.iloc[0]!r}); expected numbers or strings"
+            )
+        distinct = pd.unique(values)
+        parsed = pd.to_numeric(pd.Series(distinct), errors="coerce")
+        if len(distinct) > NUMERIC_TEXT_LEVELS and parsed.notna().mean() >= 0.9:
+            not_numbers = [str(v) for v in distinct[parsed.isna().to_numpy()]][:5]
+            warnings.warn(
+                f"{self.path}: column '{col}' is text, but {parsed.notna().sum()} of its {len(distinct)} distinct values "
+                f"are numbers (not numbers: {not_numbers}); it is treated as categorical, one level per distinct "
+                f"value. Store it as a numeric column (NaN where missing), or as pandas 'category' to keep it "
+                f"categorical without this warning.",
+                stacklevel=3,
+            )
 
     def config(self) -> dict[str, Any]:
         return {}
 
     def _numeric(self, columns: list[str], rows: slice | list[int] = slice(None)) -> np.ndarray:
-        return self._raw[columns].iloc[rows].to_numpy(dtype=np.float64, na_value=np.nan).reshape(
-            -1, len(columns)
-        )
+        frame = self._raw[columns].iloc[rows]
+        if not columns:  # a categorical-only table: (n, 0), which reshape(-1, 0) cannot infer
+            return np.zeros((len(frame), 0))
+        return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
     def _fit(self, train_ids: list[str]) -> dict[str, Any]:
         rows = [self._index[p] for p in train_ids]
