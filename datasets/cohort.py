@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from clinfuse.datasets.reader import (
     check_finite,
     check_known_ids,
     check_unique_ids,
+    read_cohort_info,
     read_table,
     to_float,
 )
@@ -88,7 +88,7 @@ class Cohort:
                 f"`clinfuse synth --out {root}` or point root at an existing cohort"
             )
         info_path = root / "cohort.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        info = read_cohort_info(info_path)
         available = cls.available_modalities(root)
         if modalities is None:
             modalities = available

@@ -13,6 +13,7 @@ A reader owns one modality of a cohort folder (see ``docs/formats.md``). Its lif
 from __future__ import annotations
 
 import copy
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -150,6 +151,24 @@ class ModalityReader(ABC):
 
 
 # ---------------------------------------------------------------------- shared input checks
+def read_cohort_info(path: Path) -> dict[str, Any]:
+    """A cohort's ``cohort.json`` as a dict (``{}`` when the file does not exist).
+
+    Raises:
+        ValueError: naming the file, when it is not valid JSON or not a JSON object.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    return info
+
+
 def read_table(path: Path, required: Sequence[str], str_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Read a ``.csv`` or ``.parquet`` table, check its columns, make ``patient_id`` a string.
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
-from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_table
+from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_cohort_info, read_table
 
 
 def read_slide_features(path: str | Path, feature_dim: int | None = None, where: str = "") -> np.ndarray:
@@ -92,6 +92,19 @@ def _read_torch_features(path: str | Path, where: str) -> np.ndarray:
     return obj.detach().to(torch.float32).numpy()
 
 
+def _slide_width(path: Path, patient_id: str) -> int:
+    """The feature width ``F`` of one slide file; for ``.h5`` from the dataset's shape alone."""
+    if path.suffix.lower() == ".h5":
+        try:
+            with h5py.File(path, "r") as f:
+                shape = f["features"].shape
+            if len(shape) == 2:
+                return int(shape[1])
+        except (OSError, KeyError, TypeError, AttributeError):
+            pass  # read_slide_features names the problem
+    return int(read_slide_features(path, None, f"(patient {patient_id})").shape[1])
+
+
 #: training patients whose bags give the feature statistics of the fitted state
 STAT_BAGS = 32
 
@@ -112,8 +125,8 @@ class WSIReader(ModalityReader):
         max_patches: the cap on patches per patient.
 
     Raises:
-        ValueError: a missing column, unknown patients, a slide path that does not exist (at
-            construction), or a corrupt slide (in ``get``: unreadable file, no ``features``
+        ValueError: a missing column, unknown patients, a slide listed twice (same patient and
+            slide_id, or same path), a slide path that does not exist (at construction), or a corrupt slide (in ``get``: unreadable file, no ``features``
             dataset, wrong feature width, NaN/inf), naming the file and the patient.
     """
 
@@ -132,6 +145,15 @@ class WSIReader(ModalityReader):
         if df["path"].isna().any():
             who = df.loc[df["path"].isna(), "patient_id"].unique()[:10].tolist()
             raise ValueError(f"{self.path}: column 'path' is null for patient(s) {who}")
+        for cols, what in ((["patient_id", "slide_id"], "slide_id"), (["path"], "path")):
+            dup = df.duplicated(cols, keep=False)
+            if dup.any():
+                first = df[dup].iloc[0]
+                same = df[(df[cols] == first[cols]).all(axis=1)]
+                raise ValueError(
+                    f"{self.path}: {what} {first[what]!r} is listed {len(same)} times (patient(s) "
+                    f"{sorted(same['patient_id'].unique())}); list each slide once, or its patches count twice"
+                )
         self._slides: dict[str, list[Path]] = {}
         for pid, rel in zip(df["patient_id"], df["path"]):
             full = self.root / "wsi" / rel
@@ -150,23 +172,23 @@ class WSIReader(ModalityReader):
         return {"max_patches": self.max_patches}
 
     def _fit(self, train_ids: list[str]) -> dict[str, Any]:
+        """The feature width (``cohort.json``'s ``wsi.feature_dim``, else the width most of the
+        sampled training slides have) and the feature statistics; a sampled slide of another
+        width fails here, naming its file and patient."""
+        ids = train_ids[:: max(1, len(train_ids) // STAT_BAGS)][:STAT_BAGS]
         dim = None
         info = self.root / "cohort.json"
         if info.exists():
-            dim = json.loads(info.read_text()).get("wsi", {}).get("feature_dim")
-        bag = self._read_bag(train_ids[0])
-        if dim is not None and bag.shape[1] != dim:
-            raise ValueError(
-                f"{self._slides[train_ids[0]][0]}: feature width {bag.shape[1]} != "
-                f"cohort.json wsi.feature_dim {dim}"
-            )
-        return {"feature_dim": int(bag.shape[1]), **self._feature_stats(train_ids, int(bag.shape[1]))}
+            dim = read_cohort_info(info).get("wsi", {}).get("feature_dim")
+        if dim is None:
+            widths = Counter(_slide_width(path, pid) for pid in ids for path in self._slides[pid])
+            dim = widths.most_common(1)[0][0]
+        return {"feature_dim": int(dim), **self._feature_stats(ids, int(dim))}
 
-    def _feature_stats(self, train_ids: list[str], dim: int) -> dict[str, list[float]]:
-        """Per-dimension mean and sd of the patch features of up to ``STAT_BAGS`` evenly spaced
-        training patients (all their patches): what the prognosis API compares a new bag with, to
-        flag features from another extractor."""
-        ids = train_ids[:: max(1, len(train_ids) // STAT_BAGS)][:STAT_BAGS]
+    def _feature_stats(self, ids: list[str], dim: int) -> dict[str, list[float]]:
+        """Per-dimension mean and sd of the patch features of the given training patients (all
+        their patches, one bag in memory at a time): what the prognosis API compares a new bag
+        with, to flag features from another extractor."""
         total, square, count = np.zeros(dim), np.zeros(dim), 0
         for pid in ids:
             bag = self._read_bag(pid, dim).astype(np.float64)

@@ -8,7 +8,6 @@ evaluates the Gaussian posterior mean of ``beta . z`` given only the chosen view
 Only the "model" and "latent" streams are needed: every later stream is independent of them.
 """
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from clinfuse.datasets.synthetic.generate import STREAMS, patient_ids
 from clinfuse.datasets.synthetic.latent import MODALITIES, LatentModel, draw_latent, make_model
 from clinfuse.datasets.synthetic.oracle import gaussian_posterior
 
+from clinfuse.datasets.reader import read_cohort_info
 
 def rebuild_latent(seed: int, n_patients: int, n_classes: int = 3) -> tuple[LatentModel, np.ndarray, dict]:
     """The latent model, latent states and views that ``generate_cohort(seed=..., n_patients=...)`` drew.
@@ -76,7 +76,7 @@ def subset_risk_table(root, subsets: dict[str, Iterable[str]]) -> pd.DataFrame:
     path = Path(root) / "cohort.json"
     if not path.is_file():
         raise ValueError(f"{path}: not found; subset_risk_table needs a folder written by generate_cohort")
-    meta = json.loads(path.read_text())
+    meta = read_cohort_info(path)
     if meta.get("name") != "synthetic" or "seed" not in meta:
         raise ValueError(f"{path}: not a synthetic cohort (name {meta.get('name')!r}); its oracle cannot be rebuilt")
     model, _, views = rebuild_latent(int(meta["seed"]), int(meta["n_patients"]), int(meta.get("n_classes", 3)))
