@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clinfuse.datasets.arrow_memory import arrow_system_pool, release_free_memory
-from clinfuse.datasets.reader import require_columns
+from clinfuse.datasets.reader import huge_values, require_columns
 
 CACHE_DIR = ".clinfuse_cache"
 _VERSION = 1
@@ -375,6 +375,9 @@ def _finite_float(col: pa.Array, pids: pa.Array, path: Path, column: str) -> np.
     bad = ~np.isfinite(values)
     if bad.any():
         raise ValueError(f"{path}: column '{column}' has null/NaN/inf values for patient(s) {_who(pids, bad)}")
+    bad = huge_values(values)
+    if bad.any():
+        raise ValueError(f"{path}: column '{column}' has values beyond float32's range (|x| > 3.4e38) for patient(s) {_who(pids, bad)}")
     return values
 
 

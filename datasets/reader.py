@@ -226,18 +226,30 @@ def check_known_ids(ids: Iterable[str], known: set[str] | None, path: Path) -> N
         raise ValueError(f"{path}: patient_id(s) {unknown[:10]} are not in labels.parquet")
 
 
+#: values beyond this magnitude become inf in the float32 tensors the models read
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(values: np.ndarray, ids: Sequence[str] | np.ndarray, path: Path, column: str) -> None:
-    """Raise ``ValueError`` naming file, column and patients where ``values`` is NaN or inf.
+    """Raise ``ValueError`` naming file, column and patients where ``values`` is NaN or inf, or
+    beyond float32's range (``|x| > 3.4e38``: inf once in a model's tensors).
 
     Shapes:
         values: ``(R,)`` or ``(R, C)``; ids: ``(R,)`` the patient of each row.
     """
-    bad = ~np.isfinite(np.asarray(values, dtype=np.float64))
-    if bad.ndim > 1:
-        bad = bad.any(axis=tuple(range(1, bad.ndim)))
-    if bad.any():
-        who = pd.unique(np.asarray(ids)[bad])[:10].tolist()
-        raise ValueError(f"{path}: column '{column}' has NaN/inf values for patient(s) {who}")
+    x = np.asarray(values, dtype=np.float64)
+    for bad, what in ((~np.isfinite(x), "NaN/inf values"), (huge_values(x), "values beyond float32's range (|x| > 3.4e38)")):
+        if bad.ndim > 1:
+            bad = bad.any(axis=tuple(range(1, bad.ndim)))
+        if bad.any():
+            who = pd.unique(np.asarray(ids)[bad])[:10].tolist()
+            raise ValueError(f"{path}: column '{column}' has {what} for patient(s) {who}")
+
+
+def huge_values(values: np.ndarray) -> np.ndarray:
+    """Mask of finite values beyond float32's range (NaN/inf are not flagged here)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (np.abs(values) > FLOAT32_MAX)
 
 
 def to_float(values: pd.Series, path: Path, column: str, ids: Sequence[str]) -> np.ndarray:

@@ -14,6 +14,7 @@ import torch
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.reader import (
     ModalityReader,
+    huge_values,
     read_patient_table,
     require_columns,
 )
@@ -58,9 +59,9 @@ class TabularReader(ModalityReader):
             dtype = self._raw[col].dtype
             if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
                 values = self._raw[col].to_numpy(dtype=np.float64, na_value=np.nan)
-                if np.isinf(values).any():
-                    who = self._raw.index[np.isinf(values)][:10].tolist()
-                    raise ValueError(f"{self.path}: column '{col}' has inf values for patient(s) {who}")
+                for bad, what in ((np.isinf(values), "inf values"), (huge_values(values), "values beyond float32's range (|x| > 3.4e38)")):
+                    if bad.any():
+                        raise ValueError(f"{self.path}: column '{col}' has {what} for patient(s) {self._raw.index[bad][:10].tolist()}")
                 self._columns["numeric"].append(col)
             elif isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
                 if not isinstance(dtype, pd.CategoricalDtype):

@@ -42,7 +42,7 @@ from clinfuse.datasets.cohort import READERS
 from clinfuse.datasets.ecg_leads import PickedLeads
 from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, split_note, tokenize
-from clinfuse.datasets.reader import ModalityReader
+from clinfuse.datasets.reader import ModalityReader, huge_values
 from clinfuse.experiments.raw_signals import Item, ecg_item, ecg_leads, finish_items, wsi_item
 from clinfuse.experiments.raw_signals import as_number as _float
 
@@ -58,7 +58,7 @@ def _floats(values: Sequence[Any], fields: Sequence[str]) -> np.ndarray:
     is named); plain numbers take one vectorised check instead of one call each."""
     if all(type(v) in _PLAIN_NUMBERS for v in values):  # type(True) is bool: never plain
         x = np.array(values, dtype=np.float64)
-        if np.isfinite(x).all():
+        if np.isfinite(x).all() and not huge_values(x).any():
             return x
     return np.array([_float(v, f) for v, f in zip(values, fields)], dtype=np.float64)
 
@@ -140,9 +140,9 @@ def _finite_floats(values: np.ndarray, field: str) -> np.ndarray:
     except (TypeError, ValueError):
         bad = next(i for i, v in enumerate(values) if isinstance(v, (bool, str, np.bool_)) or not _is_number(v))
         raise ValueError(f"field '{field}[{bad}]': expected a number, got {values[bad]!r}") from None
-    bad = np.flatnonzero(~np.isfinite(x))
+    bad = np.flatnonzero(~np.isfinite(x) | huge_values(x))
     if len(bad):
-        raise ValueError(f"field '{field}[{bad[0]}]': value must be finite, got {x[bad[0]]}")
+        raise ValueError(f"field '{field}[{bad[0]}]': value must be finite and within float32's range, got {x[bad[0]]}")
     return x
 
 

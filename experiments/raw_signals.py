@@ -19,6 +19,7 @@ import numpy as np
 import wfdb
 
 from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked
+from clinfuse.datasets.reader import FLOAT32_MAX, huge_values
 from clinfuse.datasets.wsi import check_bag, read_slide_features
 from clinfuse.experiments.wire import decode_array
 
@@ -26,12 +27,12 @@ Item = dict[str, np.ndarray]
 
 
 def as_number(value: Any, field: str) -> float:
-    """A finite number (not a bool), or ValueError naming ``field``."""
+    """A finite number within float32's range (not a bool), or ValueError naming ``field``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"field '{field}': expected a number, got {type(value).__name__} {value!r}")
     x = float(value)
-    if not math.isfinite(x):
-        raise ValueError(f"field '{field}': value must be finite, got {x}")
+    if not math.isfinite(x) or abs(x) > FLOAT32_MAX:
+        raise ValueError(f"field '{field}': value must be finite and within float32's range (|x| <= 3.4e38), got {x}")
     return x
 
 
@@ -66,8 +67,8 @@ def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
             raise ValueError(f"field 'ecg.signal': not a numeric (L, S) array: {err}") from None
         if signal.ndim != 2 or signal.shape[0] != len(names):
             raise ValueError(f"field 'ecg.signal': expected shape (L, S) with L = {len(names)} leads, got {signal.shape}")
-        if np.isinf(signal).any():
-            raise ValueError("field 'ecg.signal': infinite samples")
+        if np.isinf(signal).any() or huge_values(signal).any():
+            raise ValueError("field 'ecg.signal': infinite samples (or beyond float32's range)")
         fs_in = as_number(raw["fs"], "ecg.fs")
         return pick_leads(signal.T, names, ["mV"] * len(names), fs_in, leads, aliases, where="field 'ecg'")
     if not isinstance(raw, (str, Path)):
