@@ -38,8 +38,8 @@ class GenomicsReader(ModalityReader):
 
     Raises:
         ValueError: a missing column, duplicate/unknown patients, non-numeric/NaN/inf expression,
-            mutations other than 0/1, or a grouped gene without an expression column, naming the
-            file, column and patients.
+            mutations other than 0/1, a grouped gene without an expression column, or an empty
+            or repeated ``gene_groups.csv`` entry, naming the file, column and patients (or rows).
     """
 
     name = "genomics"
@@ -81,6 +81,14 @@ class GenomicsReader(ModalityReader):
         except Exception as err:  # name the file
             raise ValueError(f"{path}: cannot read table: {err}") from err
         require_columns(df.columns, ["gene", "group"], path)
+        for col in ("gene", "group"):
+            if df[col].isna().any():
+                rows = np.flatnonzero(df[col].isna().to_numpy())[:5].tolist()
+                raise ValueError(f"{path}: column '{col}' is empty in row(s) {rows}")
+        dup = df.duplicated(["gene", "group"])
+        if dup.any():
+            gene, group = df.loc[dup, ["gene", "group"]].iloc[0]
+            raise ValueError(f"{path}: gene '{gene}' is listed twice in group '{group}'")
         position = {g: i for i, g in enumerate(self.genes)}
         groups: dict[str, list[int]] = {}
         for gene, group in zip(df["gene"], df["group"]):
