@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,12 @@ class ClinicalDataModule(pl.LightningDataModule):
         for split in ("train", "val", "test"):
             if split not in self._datasets:
                 self._datasets[split] = ClinicalDataset(self.cohort, split)
+                if split != "train" and len(self._datasets[split]) == 0:
+                    warnings.warn(
+                        f"{self.root}: the {split} split has no patients (splits.csv): there will be no {split} "
+                        f"metrics, and a checkpoint or early-stopping monitor on them has nothing to compare",
+                        stacklevel=2,
+                    )
 
     # ------------------------------------------------------------------ what a model needs
     @property

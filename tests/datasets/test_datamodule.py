@@ -127,3 +127,15 @@ def test_synthetic_cohort_end_to_end(synthetic_cohort, assert_batch_format):
         expected = pd.read_parquet(synthetic_cohort / "presence.parquet").set_index("patient_id")
         presence = dm.cohort.presence()
         pd.testing.assert_frame_equal(presence, expected.loc[presence.index, presence.columns].astype(bool))
+
+
+def test_an_empty_val_split_warns(tiny):
+    splits = pd.read_csv(tiny.root / "splits.csv", dtype=str)
+    splits.loc[splits["split"] == "val", "split"] = "train"
+    splits.to_csv(tiny.root / "splits.csv", index=False)
+    dm = ClinicalDataModule(str(tiny.root), batch_size=4)
+    dm.prepare_data()
+    with pytest.warns(UserWarning, match="the val split has no patients") as record:
+        dm.setup("fit")
+    assert not [w for w in record if "test split" in str(w.message)]
+    assert len(dm._datasets["train"]) == len(tiny.train) + len(tiny.val)
