@@ -19,11 +19,11 @@ import wfdb
 from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked, select_leads  # noqa: F401 (re-exported)
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.parallel import run_chunks
-from clinfuse.datasets.reader import ModalityReader, check_known_ids, read_table, to_float
+from clinfuse.datasets.reader import ModalityReader, check_finite, check_known_ids, read_table, to_float
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CACHE_DIR = ".clinfuse_cache"
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # 3: records with duplicate lead channels are refused; older caches may hold them
 
 
 class ECGReader(ModalityReader):
@@ -60,8 +60,10 @@ class ECGReader(ModalityReader):
         lead_aliases: record channel name -> lead name (case-insensitive), applied before selection.
 
     Raises:
-        ValueError: a missing column, unknown patients, an unreadable/missing/truncated record, a
-            record with partially-NaN leads or none of ``leads``, naming the record file and patient.
+        ValueError: a missing column, unknown patients, a null/empty ``record`` or a
+            non-numeric/NaN/inf ``time`` (naming the file, column and patients); an
+            unreadable/missing/truncated record, a record with partially-NaN leads, none of
+            ``leads``, or two channels giving the same lead (naming the record file and patient).
     """
 
     name = "ecg"
@@ -84,8 +86,14 @@ class ECGReader(ModalityReader):
         self.lead_aliases = {str(k): str(v) for k, v in (lead_aliases or {}).items()}
         self.n_samples = int(round(self.fs * self.seconds))
         df = read_table(self.path, ["patient_id", "record", "time"], str_columns=["record"])
-        check_known_ids(df["patient_id"], self.known_ids, self.path)
-        df["time"] = to_float(df["time"], self.path, "time", df["patient_id"].tolist())
+        ids = df["patient_id"].tolist()
+        check_known_ids(ids, self.known_ids, self.path)
+        blank = df["record"].isna() | (df["record"].str.strip() == "")
+        if blank.any():
+            who = df.loc[blank, "patient_id"].unique()[:10].tolist()
+            raise ValueError(f"{self.path}: column 'record' is null or empty for patient(s) {who}")
+        df["time"] = to_float(df["time"], self.path, "time", ids)
+        check_finite(df["time"].to_numpy(), ids, self.path, "time")  # a NaN time would sort as the most recent
         # the most recent record per patient (stable: ties keep the last row)
         df = df.sort_values("time", kind="stable").drop_duplicates("patient_id", keep="last")
         df = df.sort_values("patient_id", kind="stable").reset_index(drop=True)

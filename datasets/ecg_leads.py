@@ -21,20 +21,45 @@ from clinfuse.datasets.ecg_resample import resample_poly_rows
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "\u00b5v": 1e-3, "v": 1e3, "millivolts": 1.0}
 
 
-def _channels(names: Sequence[str], units: Sequence[str], lead_aliases: Mapping[str, str]) -> dict[str, tuple[int, float]]:
-    """Lower-case lead name -> (channel index, factor to mV) of the voltage channels."""
+def _channels(
+    names: Sequence[str], units: Sequence[str], lead_aliases: Mapping[str, str]
+) -> dict[str, list[tuple[int, float]]]:
+    """Lower-case lead name -> every voltage channel giving it, as (channel index, factor to mV).
+
+    A lead is given by the channels named like it (case-insensitively) or, when there is none, by
+    the channels ``lead_aliases`` renames to it. More than one entry is a duplicate that
+    :func:`pick_leads` refuses when the lead is wanted.
+    """
     aliases = {k.lower(): v.lower() for k, v in lead_aliases.items()}
-    exact: dict[str, tuple[int, float]] = {}
-    aliased: dict[str, tuple[int, float]] = {}
+    exact: dict[str, list[tuple[int, float]]] = {}
+    aliased: dict[str, list[tuple[int, float]]] = {}
     for j, (name, unit) in enumerate(zip(names, units)):
         factor = _TO_MV.get(str(unit).strip().lower())
         if factor is None:  # not a voltage: a pleth/pressure/respiration channel, never a lead
             continue
         key = str(name).strip().lower()
-        exact.setdefault(key, (j, factor))
+        exact.setdefault(key, []).append((j, factor))
         if key in aliases:
-            aliased.setdefault(aliases[key], (j, factor))
+            aliased.setdefault(aliases[key], []).append((j, factor))
     return {**aliased, **exact}  # a channel named exactly like the lead wins over an alias
+
+
+def _wanted(
+    channels: dict[str, list[tuple[int, float]]], names: Sequence[str], leads: Sequence[str], where: str
+) -> list[tuple[int | None, float]]:
+    """The one channel (index, factor to mV) of each lead, ``(None, 1.0)`` where the signal lacks it;
+    ValueError naming ``where``, the lead and the channels when several channels give one lead."""
+    wanted = []
+    for lead in leads:
+        found = channels.get(lead.lower(), [(None, 1.0)])
+        if len(found) > 1:
+            which = ", ".join(f"{j} {names[j]!r}" for j, _ in found)
+            raise ValueError(
+                f"{where}: duplicate channel names: {len(found)} channels give lead {lead} (names compared "
+                f"case-insensitively, after lead_aliases), cannot tell which one is the lead: channels {which}"
+            )
+        wanted.append(found[0])
+    return wanted
 
 
 @lru_cache(maxsize=32)
@@ -78,8 +103,7 @@ def pick_leads(
     if fs_in <= 0:
         raise ValueError(f"{where}: sampling rate must be > 0, got {fs_in}")
     lead_aliases = dict(lead_aliases or {})
-    channels = _channels(names, units, lead_aliases)
-    wanted = [channels.get(lead.lower(), (None, 1.0)) for lead in leads]
+    wanted = _wanted(_channels(names, units, lead_aliases), names, leads, where)
     found = [k for k, (j, _) in enumerate(wanted) if j is not None]
     x = data.T[[wanted[k][0] for k in found]]  # (L_found, S_in), one row gather
     nan = np.isnan(x)
@@ -178,6 +202,7 @@ def select_leads(
         ``(L, n_samples)`` float32 signal and ``(L,)`` bool lead mask.
 
     Raises:
-        ValueError: partially-NaN leads, or none of ``leads`` present.
+        ValueError: partially-NaN leads, none of ``leads`` present, or several channels giving one of
+            ``leads`` (the same name up to case, or, with no channel of that name, the same alias).
     """
     return resample_picked([pick_leads(data, names, units, fs_in, leads, lead_aliases, where)], fs, n_samples)[0]

@@ -46,6 +46,28 @@ def split_note(text: str, max_words: int) -> list[str]:
     return [source[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def decode_texts(texts: Sequence[Any], ids: Sequence[str], path: Path) -> list[Any]:
+    """``texts`` with every ``bytes`` value (a parquet ``binary`` column) decoded as UTF-8; other
+    values unchanged.
+
+    Raises:
+        ValueError: naming ``path``, column ``text`` and the patients whose bytes are not UTF-8.
+    """
+    out, bad = [], []
+    for text, pid in zip(texts, ids):
+        if isinstance(text, (bytes, bytearray, memoryview)):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad.append((pid, err))
+        out.append(text)
+    if bad:
+        who = list(dict.fromkeys(pid for pid, _ in bad))[:10]
+        raise ValueError(f"{path}: column 'text' holds bytes that are not valid UTF-8 for patient(s) {who} "
+                         f"(first: {bad[0][1]}); store the notes as UTF-8 text")
+    return out
+
+
 class NotesReader(ModalityReader):
     """Reads notes, keeps each patient's most recent ``max_notes`` and tokenizes or embeds them.
 
@@ -88,9 +110,10 @@ class NotesReader(ModalityReader):
         long_notes: ``truncate`` (keep each note's first ``max_words`` tokens) or ``split``.
 
     Raises:
-        ValueError: a missing column, unknown patients, null text, or a non-numeric/NaN/inf time,
-            naming the file, column and patients; an unknown tokenizer; a ``pretrained`` path
-            that is not a model directory, naming it.
+        ValueError: a missing column, unknown patients, null text, binary text that is not
+            UTF-8 (binary text is decoded as UTF-8), or a non-numeric/NaN/inf time, naming the
+            file, column and patients; an unknown tokenizer; a ``pretrained`` path that is not a
+            model directory, naming it.
     """
 
     name = "notes"
@@ -140,6 +163,7 @@ class NotesReader(ModalityReader):
         if df["text"].isna().any():
             who = df.loc[df["text"].isna(), "patient_id"].unique()[:10].tolist()
             raise ValueError(f"{self.path}: column 'text' is null for patient(s) {who}")
+        df["text"] = decode_texts(df["text"].tolist(), ids, self.path)
         if long_notes == "split":  # every segment becomes a note of its own, same time, in order
             df = df.assign(text=[split_note(str(t), int(max_words)) for t in df["text"]]).explode("text", ignore_index=True)
         df["tokens"] = [tokenize(str(t)) for t in df["text"]]
