@@ -100,7 +100,7 @@ class Cohort:
                     f"{root}: modality {name!r} requested but {root / READERS[name].filename} does not "
                     f"exist; available modalities: {available} (cohort.json lists {info.get('modalities')})"
                 )
-        labels = _read_labels(root / "labels.parquet", info.get("n_classes"))
+        labels = read_labels(root / "labels.parquet", info.get("n_classes"))
         ids = labels["patient_id"].tolist()
         splits = _read_splits(root / "splits.csv", ids)
         oracle = None
@@ -168,7 +168,7 @@ class Cohort:
         return self
 
 
-def _read_labels(path: Path, n_classes: int | None) -> pd.DataFrame:
+def read_labels(path: Path, n_classes: int | None) -> pd.DataFrame:
     """Read and validate ``labels.parquet``: ``patient_id`` and at least one label column.
 
     Known label columns that are present are checked strictly: ``binary`` 0/1, ``multiclass`` an

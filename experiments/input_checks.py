@@ -7,6 +7,7 @@ would extrapolate without a sign. Predictions are still made; the warnings trave
 fitted readers produce, against the statistics the model was trained with:
 
 - tabular numerics, time-series values, gene expression: beyond ``max_sd`` training sd;
+- tabular categories: a level no training patient had (a new coding, ``female`` for ``F``);
 - ECG: the median lead amplitude more than ``AMPLITUDE_FACTOR`` times above or below the training
   records' (microvolts sent as millivolts);
 - time series: events later than ``TIME_FACTOR`` training horizons (minutes sent as hours);
@@ -25,6 +26,15 @@ import numpy as np
 DEFAULT_MAX_SD = 10.0
 #: at most this many warnings per modality (the rest are counted)
 MAX_LISTED = 5
+
+
+def _unseen_levels(s: dict, item: dict[str, Any]) -> list[str]:
+    """Categorical values no training patient had (code 1, "unseen"): a new coding or a typo
+    (``female`` for ``F``) that the model can only treat as unknown."""
+    codes = np.asarray(item.get("categorical", []), int)
+    return [f"tabular.{s['categorical_features'][j]}: a level not seen in training (treated as unseen; "
+            f"training levels: {s['levels'][s['categorical_features'][j]][:10]})"
+            for j in np.flatnonzero(codes == 1)]
 
 
 def out_of_range(modality: str, state: dict, item: dict[str, Any] | None, max_sd: float = DEFAULT_MAX_SD) -> list[str]:
@@ -48,6 +58,7 @@ def out_of_range(modality: str, state: dict, item: dict[str, Any] | None, max_sd
         return _wsi_features(s, item)
     out = _timeseries_times(s, item) if modality == "timeseries" else []
     if modality == "tabular":
+        out += _unseen_levels(s, item)
         z, names, where = np.asarray(item["numeric"], float), s["numeric_features"], np.asarray(item["numeric_observed"], bool)
         fields, columns = [f"tabular.{n}" for n in names], np.arange(len(names))
     elif modality == "timeseries":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,7 @@ class Prognosis:
         training sd (:mod:`clinfuse.experiments.input_checks`), predicted anyway. A bad record gives
         ``{"patient_id", "error"}`` instead and does not affect the others.
         """
+        horizons = self.check_horizons(horizons)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(records, dict):
@@ -270,6 +272,38 @@ class Prognosis:
         for (i, pid), w, row in zip(good, warns, rows):
             results[i] = {"patient_id": pid, **row, "input_warnings": w}
         return results
+
+    @property
+    def last_event_time(self) -> float | None:
+        """The latest time the survival estimate is informed by: the last training event time of
+        the Breslow baseline (Cox heads) or the last finite bin end (discrete heads); None for
+        classification."""
+        if self.baseline is not None and self.baseline.event_times is not None and len(self.baseline.event_times):
+            return float(self.baseline.event_times[-1])
+        objective = getattr(self.model, "objective", None)
+        if objective is not None and objective.discrete:
+            return float(objective.edges[-2])
+        return None
+
+    def check_horizons(self, horizons: Sequence[float]) -> tuple[float, ...]:
+        """``horizons`` as floats; ValueError for a non-finite or negative one, and a warning for
+        those past :attr:`last_event_time`, where S(t) is only carried forward (flat), not estimated."""
+        try:
+            values = tuple(float(h) for h in horizons)
+        except (TypeError, ValueError):
+            raise ValueError(f"horizons must be numbers, got {horizons!r}") from None
+        bad = [h for h in values if not np.isfinite(h) or h < 0]
+        if bad:
+            raise ValueError(f"horizons must be finite and >= 0, got {bad}")
+        end = self.last_event_time
+        past = [h for h in values if end is not None and h > end]
+        if past:
+            warnings.warn(
+                f"horizons {[f'{h:g}' for h in past]} are past the model's last training event time ({end:g}): "
+                f"survival there is the value at {end:g} carried forward, not an estimate",
+                stacklevel=3,
+            )
+        return values
 
     def predict_cohort(self, root: str | Path, **kwargs: Any) -> pd.DataFrame:
         """Score the patients of a cohort folder (``docs/formats.md``): one row per patient.

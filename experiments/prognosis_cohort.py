@@ -9,6 +9,7 @@ optional: a folder of new, unlabelled patients can be scored.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,8 +18,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from clinfuse.datasets.cohort import READERS, SPLITS
-from clinfuse.datasets.reader import ModalityReader, check_unique_ids, read_table
+from clinfuse.datasets.cohort import READERS, SPLITS, read_labels
+from clinfuse.datasets.reader import ModalityReader, check_unique_ids, read_cohort_info, read_table
 from clinfuse.experiments.input_checks import out_of_range
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,16 +70,23 @@ def predict_cohort(
         frame; :meth:`Prognosis.predict` returns them per patient.
 
     Raises:
-        ValueError: no modality of the model in ``root``, unknown patients, an unknown split,
-            or invalid files (naming file, column and patients).
+        ValueError: no modality of the model in ``root``, no patient to score, unknown or
+            unlabelled patients, an unknown split, bad horizons, or invalid files, labels included
+            (naming file, column and patients).
+    Warns:
+        UserWarning: a modality of the model with no file in ``root`` (everyone is scored without
+        it), or horizons past the model's last training event time.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"cohort folder {root} does not exist")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    labels = pd.read_parquet(root / "labels.parquet") if (root / "labels.parquet").exists() else None
-    known = None if labels is None else labels["patient_id"].astype(str).tolist()
+    horizons = prognosis.check_horizons(horizons)
+    labels = None
+    if (root / "labels.parquet").exists():  # the cohort loader's checks: unique ids, finite times > 0, 0/1 events
+        labels = read_labels(root / "labels.parquet", read_cohort_info(root / "cohort.json").get("n_classes"))
+    known = None if labels is None else labels["patient_id"].tolist()
     readers: dict[str, ModalityReader] = {
         m: READERS[m].from_state(root, prognosis.states[m], known)
         for m in prognosis.modalities
@@ -89,7 +97,17 @@ def predict_cohort(
             f"{root}: holds none of the model's modalities {prognosis.modalities} "
             f"(files: {[READERS[m].filename for m in prognosis.modalities]})"
         )
+    lacking = [m for m in prognosis.modalities if m not in readers]
+    if lacking:
+        warnings.warn(
+            f"{root}: no file for the model's modalit{'y' if len(lacking) == 1 else 'ies'} {lacking} "
+            f"(expected {[READERS[m].filename for m in lacking]}): every patient is scored without "
+            f"{'it' if len(lacking) == 1 else 'them'}",
+            stacklevel=2,
+        )
     ids = _patients(root, patient_ids, split, known, readers)
+    if not ids:
+        raise ValueError(f"{root}: no patient to score")
     rows: list[dict[str, Any]] = []
     starts = range(0, len(ids), batch_size)
     for start in tqdm(starts, desc="scoring", unit="batch", disable=not show_progress or len(starts) < 2):
@@ -130,7 +148,11 @@ def _patients(root: Path, patient_ids: Sequence[str] | None, split: str | None, 
         check_unique_ids(splits["patient_id"].tolist(), path)
         if split not in set(splits["split"]):
             raise ValueError(f"{path}: no patient in split {split!r}; splits: {sorted(set(splits['split']))}")
-        return splits.loc[splits["split"] == split, "patient_id"].tolist()
+        ids = splits.loc[splits["split"] == split, "patient_id"].tolist()
+        unlabelled = [p for p in ids if known is not None and p not in set(known)]
+        if unlabelled:
+            raise ValueError(f"{path}: patient(s) {unlabelled[:10]} of split {split!r} are not in labels.parquet")
+        return ids
     with_data = None if known is not None else set().union(*(r.patient_ids for r in readers.values()))
     if patient_ids is not None:
         ids = [str(p) for p in patient_ids]
@@ -168,7 +190,6 @@ def score_main(argv: Sequence[str]) -> None:
     """``clinfuse score``: write a cohort folder's predictions to a CSV or parquet file."""
     import argparse
 
-    from clinfuse.experiments.metrics import harrell_c_index
     from clinfuse.experiments.prognosis import Prognosis
 
     p = argparse.ArgumentParser(
@@ -191,13 +212,30 @@ def score_main(argv: Sequence[str]) -> None:
     out = Path(a.out)
     if out.suffix not in (".csv", ".parquet"):
         p.error(f"--out must end in .csv or .parquet, got {out.name}")
-    frame = Prognosis.load(a.model).predict_cohort(
+    if out.exists() and out.resolve().is_relative_to(Path(a.root).resolve()):
+        p.error(f"--out {out} is an existing file of the cohort folder {a.root}; write the predictions elsewhere")
+    blocking = next((d for d in [out.parent, *out.parent.parents] if d.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        p.error(f"--out {out}: {blocking} is a file, not a folder")
+    prog = Prognosis.load(a.model)
+    frame = prog.predict_cohort(
         a.root, split=a.split, horizons=a.horizons, contributions=a.contributions, batch_size=a.batch_size,
         feature_contributions=a.feature_contributions)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
-    line = f"scored {len(frame)} patients -> {out}"
-    if {"time", "event", "risk"} <= set(frame.columns):
+    print(f"scored {len(frame)} patients -> {out}" + _agreement(frame, prog.model.task))
+
+
+def _agreement(frame: pd.DataFrame, task: str) -> str:
+    """The task's metric against the folder's labels, as the end of ``score``'s summary line."""
+    import torch
+
+    from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
+
+    if task == "survival" and {"time", "event", "risk"} <= set(frame.columns):
         c = harrell_c_index(frame["risk"].to_numpy(), frame["time"].to_numpy(), frame["event"].to_numpy())
-        line += f"; Harrell C-index against the folder's labels: {c:.4f}"
-    print(line)
+        return f"; Harrell C-index against the folder's labels: {c:.4f}"
+    if task == "binary" and {"binary", "risk"} <= set(frame.columns):
+        auroc = classification_metrics(torch.tensor(frame["risk"].to_numpy()), torch.tensor(frame["binary"].to_numpy()), "binary")["auroc"]
+        return f"; AUROC against the folder's binary labels: {auroc:.4f}"
+    return ""

@@ -100,3 +100,33 @@ def test_wsi_reader_fits_the_feature_statistics(synthetic_cohort):
     # the cohort's own test bags pass the check
     for pid in [p for p in cohort.splits["test"] if reader.has(p)][:10]:
         assert out_of_range("wsi", reader.state_dict(), reader.get(pid)) == []
+
+
+def test_unseen_categorical_levels_are_named():
+    state = {"fitted": {**TAB["fitted"], "categorical_features": ["sex", "ward"], "levels": {"sex": ["F", "M"], "ward": ["icu"]}}}
+    item = {"numeric": np.zeros(2, np.float32), "numeric_observed": np.array([False, False]),
+            "categorical": np.array([1, 0])}  # sex: a level not in training; ward: missing (0), never judged
+    assert out_of_range("tabular", state, item) == [
+        "tabular.sex: a level not seen in training (treated as unseen; training levels: ['F', 'M'])"]
+    item["categorical"] = np.array([2, 2])
+    assert out_of_range("tabular", state, item) == []
+
+
+def test_unseen_level_reaches_the_prediction_and_cohort_scoring(trained_prognosis, synthetic_cohort, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    prog, record = trained_prognosis
+    col = next(c for c in prog.states["tabular"]["fitted"]["categorical_features"] if c in record["tabular"])
+    with pytest.warns(UserWarning, match="unseen in training"):
+        got = prog.predict([{**record, "tabular": {**record["tabular"], col: "female"}}])[0]
+    assert any(w.startswith(f"tabular.{col}: a level not seen in training") for w in got["input_warnings"])
+    copy = tmp_path / "c"
+    shutil.copytree(synthetic_cohort, copy, ignore=shutil.ignore_patterns("ecg", "wsi", ".clinfuse_cache"))
+    tab = pd.read_parquet(copy / "tabular.parquet")
+    tab[col] = tab[col].astype("string") + "_recoded"
+    tab.to_parquet(copy / "tabular.parquet", index=False)
+    frame = prog.predict_cohort(copy, split="test", show_progress=False)
+    observed = frame["modalities_used"].str.contains("tabular")
+    assert frame.loc[observed, "input_warnings"].str.contains(f"tabular.{col}: a level not seen in training").any()

@@ -46,7 +46,8 @@ def test_unlabelled_folder_without_some_modalities(trained, synthetic_cohort, tm
     shutil.copytree(synthetic_cohort, new, ignore=shutil.ignore_patterns(".clinfuse_cache", "wsi"))
     for name in ("labels.parquet", "splits.csv", "oracle.parquet"):
         (new / name).unlink(missing_ok=True)
-    frame = prog.predict_cohort(new, show_progress=False)
+    with pytest.warns(UserWarning, match=r"no file for the model's modality \['wsi'\] \(expected \['wsi/slides.csv'\]\)"):
+        frame = prog.predict_cohort(new, show_progress=False)
     assert not frame["modalities_used"].str.contains("wsi").any()
     assert "time" not in frame.columns and frame["patient_id"].is_monotonic_increasing
     pick = frame["patient_id"].tolist()[:5]
@@ -100,3 +101,69 @@ def test_clinfuse_score_writes_the_frame_and_the_c_index(trained, synthetic_coho
     printed = capsys.readouterr().out
     assert f"scored {len(want)} patients" in printed
     assert f"Harrell C-index against the folder's labels: {c:.4f}" in printed
+
+
+def _labelled_copy(src, dst, change):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("ecg", "wsi", ".clinfuse_cache"))
+    labels = pd.read_parquet(dst / "labels.parquet")
+    change(labels)
+    labels.to_parquet(dst / "labels.parquet", index=False)
+    return labels
+
+
+@pytest.mark.parametrize("case", ["duplicate", "nan_time", "negative_time"])
+def test_bad_labels_are_refused_naming_file_column_and_patient(trained, synthetic_cohort, tmp_path, case):
+    _, prog = trained
+
+    def change(df):
+        if case == "duplicate":
+            df.loc[len(df)] = df.iloc[3]
+        else:
+            df.loc[3, "time"] = np.nan if case == "nan_time" else -5.0
+
+    labels = _labelled_copy(synthetic_cohort, tmp_path / "c", change)
+    pid = labels.loc[3, "patient_id"]
+    match = {"duplicate": rf"labels\.parquet.*{pid}", "nan_time": rf"labels\.parquet: column 'time'.*{pid}",
+             "negative_time": rf"labels\.parquet: column 'time'.*{pid}"}[case]
+    with pytest.raises(ValueError, match=match):  # checked before any modality is read
+        prog.predict_cohort(tmp_path / "c", split="test", show_progress=False)
+
+
+def test_a_split_patient_without_labels_is_named(trained, synthetic_cohort, tmp_path):
+    _, prog = trained
+    _labelled_copy(synthetic_cohort, tmp_path / "c", lambda df: None)
+    with open(tmp_path / "c" / "splits.csv", "a") as f:
+        f.write("PX999,test\n")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"splits\.csv: patient\(s\) \['PX999'\] of split 'test' are not in labels"):
+        prog.predict_cohort(tmp_path / "c", split="test", show_progress=False)
+
+
+def test_horizons_past_the_last_event_warn_and_bad_ones_fail(trained, synthetic_cohort):
+    _, prog = trained
+    end = prog.last_event_time
+    assert end == pytest.approx(float(prog.baseline.event_times[-1]))
+    with pytest.warns(UserWarning, match=rf"horizons \['{2 * end:g}'\] are past the model's last training event time"):
+        frame = prog.predict_cohort(synthetic_cohort, split="test", horizons=(30, end, 2 * end), show_progress=False)
+    np.testing.assert_allclose(frame[f"survival_at_{2 * end:g}"], frame[f"survival_at_{end:g}"])  # carried forward
+    with pytest.raises(ValueError, match=r"horizons must be finite and >= 0, got \[-30.0\]"):
+        prog.predict([{"patient_id": "a", "tabular": {}}], horizons=(-30, 30))
+
+
+def test_score_refuses_to_overwrite_the_cohort_and_scores_binary_models_by_auroc(synthetic_cohort, tmp_path, train_predictor, capsys):
+    from clinfuse.experiments.prognosis_cohort import _agreement, score_main
+
+    _, prog = train_predictor(synthetic_cohort, tmp_path, ["tabular"], task="binary")
+    model = prog.save(tmp_path / "binary")
+    with pytest.raises(SystemExit):
+        score_main(["--model", str(model), "--root", str(synthetic_cohort), "--out", str(synthetic_cohort / "labels.parquet")])
+    assert "is an existing file of the cohort folder" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit):
+        score_main(["--model", str(model), "--root", str(synthetic_cohort), "--out", str(tmp_path / "afile" / "p.csv")])
+    assert "is a file, not a folder" in capsys.readouterr().err
+    score_main(["--model", str(model), "--root", str(synthetic_cohort), "--split", "test", "--out", str(tmp_path / "b.csv")])
+    frame = pd.read_csv(tmp_path / "b.csv")
+    assert "AUROC against the folder's binary labels" in capsys.readouterr().out and "Harrell" not in _agreement(frame, "binary")
+    from sklearn.metrics import roc_auc_score
+
+    assert _agreement(frame, "binary") == f"; AUROC against the folder's binary labels: {roc_auc_score(frame['binary'], frame['risk']):.4f}"
