@@ -34,6 +34,13 @@ from clinfuse.datasets.conversion import fingerprint, is_current, write_cohort_i
 
 BUILTIN_COHORTS = ("breast_cancer", "whas500", "gbsg2", "veterans", "flchain", "cgvhd")
 BUILTIN_PREFIX = "builtin:"
+#: the files a cohort folder holds (``docs/formats.md``; any converter's or ``clinfuse synth``'s): an
+#: existing ``out`` holding only these (and ``.clinfuse_cache/``) may be replaced by a built-in cohort
+COHORT_FILES = (
+    "cohort.json", "labels.parquet", "splits.csv", "oracle.parquet", "presence.parquet", "tabular.parquet",
+    "timeseries.parquet", "notes.parquet", "genomics.csv", "gene_groups.csv", "sample_map.csv",
+)  # fmt: skip
+COHORT_SUBFOLDERS = {"ecg": ("*.hea", "*.dat", "records.csv"), "wsi": ("*.h5", "slides.csv")}
 
 
 @dataclass(frozen=True)
@@ -211,7 +218,8 @@ def builtin_cohort(name: str, out: str | Path | None = None, fold: int = 0, n_fo
     Args:
         name: one of ``BUILTIN_COHORTS``.
         out: the folder; None = ``$CLINFUSE_CACHE/builtin/<name>-f<fold>of<n_folds>-s<seed>``
-            (``$CLINFUSE_CACHE`` defaults to ``~/.cache/clinfuse``).
+            (``$CLINFUSE_CACHE`` defaults to ``~/.cache/clinfuse``). It must be absent, empty, or
+            an earlier clinfuse cohort folder holding nothing else (which is replaced).
         fold: the test fold.
         n_folds: number of folds.
         seed: seed of the split.
@@ -220,7 +228,9 @@ def builtin_cohort(name: str, out: str | Path | None = None, fold: int = 0, n_fo
         the cohort folder.
 
     Raises:
-        ValueError: an unknown name (listing the built-in cohorts) or bad fold arguments.
+        ValueError: an unknown name (listing the built-in cohorts), bad fold arguments, or an ``out``
+            that is not empty and not a cohort folder, or that holds other files besides a cohort
+            (naming the folder; nothing is deleted).
     """
     if name not in BUILTIN_COHORTS:
         raise ValueError(f"unknown built-in cohort {name!r}; built-in cohorts: {list(BUILTIN_COHORTS)}")
@@ -231,6 +241,7 @@ def builtin_cohort(name: str, out: str | Path | None = None, fold: int = 0, n_fo
     fp = _fingerprint(name, fold, n_folds, seed)
     if is_current(out, "sksurv", fp):
         return out
+    _check_replaceable(out)  # before any work: a folder that is not a cohort is refused, never deleted
     # write to a private folder, then rename: concurrent processes (DDP ranks) never see a half-written cohort
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}")
     try:
@@ -243,6 +254,7 @@ def builtin_cohort(name: str, out: str | Path | None = None, fold: int = 0, n_fo
         else:
             write_tabular_survival_cohort(name, tmp, fold=fold, n_folds=n_folds, seed=seed)
         if out.exists() and not is_current(out, "sksurv", fp):
+            _check_replaceable(out)  # checked again: the folder may have changed while the cohort was written
             shutil.rmtree(out)
         try:
             tmp.rename(out)
@@ -260,6 +272,55 @@ def resolve_root(root: str | Path) -> str:
     if text.startswith(BUILTIN_PREFIX):
         return str(builtin_cohort(text[len(BUILTIN_PREFIX):]))
     return text
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse an ``out`` that replacing would lose anything but an earlier cohort's own files.
+
+    ``out`` may be absent, an empty folder, or a clinfuse cohort folder (a valid ``cohort.json``)
+    holding only what cohorts hold (``COHORT_ENTRIES``; the ``ecg``/``wsi`` folders only records and
+    slides): it is then replaced as a whole. Anything else is left untouched.
+
+    Raises:
+        ValueError: ``out`` is a file, a non-empty folder that is not a clinfuse cohort, or a cohort
+            folder that also holds other files (naming the folder and those files).
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"out {str(out)!r} exists and is not a directory")
+    entries = sorted(out.iterdir())
+    if not entries:
+        return
+    if not _has_cohort_json(out):
+        raise ValueError(
+            f"out {str(out)!r} is not empty and is not a clinfuse cohort (no valid cohort.json); "
+            "choose an empty or new folder"
+        )
+    foreign = [str(p.relative_to(out)) for p in entries if not _cohort_owned(p)]
+    if foreign:
+        raise ValueError(
+            f"out {str(out)!r} holds a clinfuse cohort and other files {foreign[:10]} that replacing it would "
+            "delete; choose an empty or new folder, or move those files away"
+        )
+
+
+def _has_cohort_json(out: Path) -> bool:
+    try:
+        info = json.loads((out / "cohort.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and "format_version" in info
+
+
+def _cohort_owned(path: Path) -> bool:
+    """Whether ``path`` (an entry of a cohort folder) is one of the files a cohort folder holds."""
+    if path.name == ".clinfuse_cache" and path.is_dir():  # derived files, rebuilt on demand (docs/formats.md)
+        return True
+    if path.name in COHORT_SUBFOLDERS and path.is_dir() and not path.is_symlink():
+        patterns = COHORT_SUBFOLDERS[path.name]
+        return all(f.is_dir() or any(f.match(p) for p in patterns) for f in path.rglob("*"))
+    return path.name in COHORT_FILES and path.is_file()
 
 
 def _source(name: str) -> TabularSurvivalSource:

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import MethodType
 from collections.abc import Sequence
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
@@ -67,6 +68,24 @@ class ClinFuseCLI(LightningCLI):
 
         self.model.configure_optimizers = MethodType(configure_optimizers, self.model)
 
+    def before_fit(self) -> None:
+        self._check_ckpt_path("fit")
+
+    def before_validate(self) -> None:
+        self._check_ckpt_path("validate")
+
+    def before_test(self) -> None:
+        self._check_ckpt_path("test")
+
+    def before_predict(self) -> None:
+        self._check_ckpt_path("predict")
+
+    def _check_ckpt_path(self, subcommand: str) -> None:
+        """A ``--ckpt_path`` file must fit the model the config stack builds (see ``check_checkpoint``)."""
+        path = self.config_init[subcommand].get("ckpt_path")
+        if path and Path(str(path)).is_file():  # not "best", "last", "hpc", "registry" or a remote URL
+            check_checkpoint(path, self.model, self.datamodule.spec)
+
     def after_fit(self) -> None:
         """Test the best checkpoint and compare with the oracle."""
         if self.trainer.fast_dev_run or self.trainer.interrupted:
@@ -87,6 +106,53 @@ class ClinFuseCLI(LightningCLI):
 
     def after_test(self) -> None:
         report_against_oracle(self, {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})
+
+
+def check_spec(path: str | Path, checkpoint_spec: dict, data_spec: dict) -> None:
+    """Raise when a checkpoint was trained on other modalities or another spec than the data.
+
+    Raises:
+        ValueError: naming the checkpoint, its modalities and the data's, and the modalities whose spec differs.
+    """
+    if checkpoint_spec == data_spec:
+        return
+    differ = sorted(m for m in set(checkpoint_spec) & set(data_spec) if checkpoint_spec[m] != data_spec[m])
+    detail = f"; the spec differs for {differ}" if differ else ""
+    raise ValueError(f"checkpoint {path} was trained on modalities {sorted(checkpoint_spec)} with another spec than "
+                     f"the --config data ({sorted(data_spec)}){detail}")
+
+
+def check_checkpoint(path: str | Path, model: ClinFuseModule, data_spec: dict) -> None:
+    """Check that the checkpoint at ``path`` fits ``model`` (built from the config stack) and its data,
+    before Lightning loads it (which fails with a raw ``load_state_dict`` error otherwise).
+
+    Raises:
+        ValueError: the checkpoint's modality spec differs from ``data_spec`` (``check_spec``), or its
+            weights do not match the model's (naming the hyperparameters that differ and a few weights).
+    """
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if "spec" in hparams:
+        check_spec(path, hparams["spec"], data_spec)
+    theirs, ours = ckpt.get("state_dict") or {}, model.state_dict()
+    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    shapes = sorted(k for k in set(ours) & set(theirs) if tuple(ours[k].shape) != tuple(theirs[k].shape))
+    if not (missing or unexpected or shapes):
+        return
+    differ = sorted(k for k in set(hparams) & set(model.hparams) if _differs(hparams[k], model.hparams[k]))
+    found = [f"{what} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for what, keys in
+             (("missing weights", missing), ("unexpected weights", unexpected), ("weights of another shape", shapes)) if keys]
+    raise ValueError(f"checkpoint {path} does not fit the model of the --config stack (hyperparameters that differ: "
+                     f"{differ or 'none found'}): {'; '.join(found)}")
+
+
+def _differs(a: object, b: object) -> bool:
+    try:
+        return bool(a != b)
+    except Exception:  # noqa: BLE001 - values without a plain comparison (arrays) are shown as differing
+        return True
 
 
 def report_against_oracle(cli: LightningCLI, test_metrics: dict[str, float]) -> dict[str, float]:
@@ -168,9 +234,21 @@ def _build(args: list[str], run: bool) -> ClinFuseCLI:
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         # checkpoints land in ./checkpoints/<experiment>/<run>/ before MLflow uploads them
         trainer_defaults={"logger": default_logger_config(), "default_root_dir": "checkpoints"},
-        parser_kwargs={"description": "clinfuse: train and evaluate multimodal models (LightningCLI "
-                       "subcommands below). Generate a synthetic cohort with `clinfuse synth --help`."},
+        parser_kwargs={"description": "clinfuse: train and evaluate multimodal models (the LightningCLI subcommands\n"
+                       "fit/validate/test/predict below; clinfuse's own commands at the end).",
+                       "epilog": commands_help(), "formatter_class": _HelpFormatter},
     )
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help formatter that keeps the line breaks of the description and the epilog."""
+
+
+def commands_help() -> str:
+    """The table of clinfuse's own commands (``COMMANDS``) shown at the end of ``clinfuse --help``."""
+    width = max(map(len, COMMANDS))
+    rows = [f"  {name:<{width}}  {summary}" for name, (_, _, summary) in COMMANDS.items()]
+    return "clinfuse commands (each has its own --help, e.g. `clinfuse synth --help`):\n" + "\n".join(rows)
 
 
 def synth_main(argv: Sequence[str]) -> None:
@@ -178,14 +256,16 @@ def synth_main(argv: Sequence[str]) -> None:
     from clinfuse.datasets.synthetic import DEFAULT_MISSINGNESS, generate_cohort
 
     p = argparse.ArgumentParser(prog="clinfuse synth", description=synth_main.__doc__)
-    p.add_argument("--out", required=True, help="folder to write (must be absent or empty)")
+    p.add_argument("--out", required=True,
+                   help="folder to write: absent, empty, or an earlier clinfuse cohort folder, whose cohort files "
+                   "are replaced (other files in it are left alone)")
     p.add_argument("--patients", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--causes", type=int, default=1,
                    help="competing causes of the event (2+ adds the labels' cause column and its oracle)")
     p.add_argument(
         "--missingness",
-        type=json.loads,
+        type=_json_object,
         default=None,
         help='JSON, e.g. \'{"ecg": {"mechanism": "mnar", "rate": 0.4}}\' (merged over the defaults: '
         + json.dumps(DEFAULT_MISSINGNESS)
@@ -197,15 +277,33 @@ def synth_main(argv: Sequence[str]) -> None:
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 
-#: command -> (module, function taking the remaining arguments); LightningCLI owns fit/validate/test/predict
+def _json_object(text: str) -> dict:
+    """``--missingness``: a JSON object (argparse reports the error under the option's name)."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON object of modality -> settings, e.g. '{{\"ecg\": {{\"mechanism\": \"mcar\", "
+            f"\"rate\": 0.4}}}}'; got {type(value).__name__} {text!r}")
+    return value
+
+
+#: command -> (module, function taking the remaining arguments, one-line summary for ``clinfuse --help``);
+#: LightningCLI owns fit/validate/test/predict
 COMMANDS = {
-    "synth": ("clinfuse.experiments.cli", "synth_main"),
-    "convert": ("clinfuse.experiments.convert", "convert_main"),
-    "sweep": ("clinfuse.experiments.sweep", "sweep_main"),
-    "evaluate": ("clinfuse.experiments.external_validation", "evaluate_main"),
-    "compare": ("clinfuse.experiments.compare", "compare_main"),
-    "score": ("clinfuse.experiments.prognosis_cohort", "score_main"),
-    "robustness": ("clinfuse.experiments.robustness", "robustness_main"),
+    "synth": ("clinfuse.experiments.cli", "synth_main", "write a synthetic multimodal cohort folder"),
+    "convert": ("clinfuse.experiments.convert", "convert_main",
+                "write a cohort folder from a real source (meds, mimic_iv, ptbxl, tcga, builtin)"),
+    "sweep": ("clinfuse.experiments.sweep", "sweep_main", "run Optuna trials of a sweep file over stacked configs"),
+    "evaluate": ("clinfuse.experiments.external_validation", "evaluate_main",
+                 "external validation report of a saved predictor on a labelled cohort folder"),
+    "compare": ("clinfuse.experiments.compare", "compare_main", "compare saved predictors on one cohort folder"),
+    "score": ("clinfuse.experiments.prognosis_cohort", "score_main",
+              "write a saved predictor's predictions for a cohort folder to CSV or parquet"),
+    "robustness": ("clinfuse.experiments.robustness", "robustness_main",
+                   "how fusion heads hold up when modalities go missing (CSV, plots, MLflow)"),
 }
 
 
@@ -215,7 +313,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     argv = sys.argv[1:]
     if argv and argv[0] in COMMANDS:  # clinfuse's own commands; anything else goes to LightningCLI
-        module, function = COMMANDS[argv[0]]
+        module, function, _ = COMMANDS[argv[0]]
         getattr(importlib.import_module(module), function)(argv[1:])  # imported on use: some are heavy
         return
     cli_main()
