@@ -79,7 +79,7 @@ def predict_cohort(
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"cohort folder {root} does not exist")
+        raise ValueError(f"cohort folder {root} " + ("is a file, not a folder" if root.exists() else "does not exist"))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     horizons = prognosis.check_horizons(horizons)

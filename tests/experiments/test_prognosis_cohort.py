@@ -60,6 +60,8 @@ def test_bad_arguments_are_named(trained, synthetic_cohort, tmp_path):
     _, prog = trained
     with pytest.raises(ValueError, match="does not exist"):
         prog.predict_cohort(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="splits.csv is a file, not a folder"):
+        prog.predict_cohort(synthetic_cohort / "splits.csv")
     with pytest.raises(ValueError, match=r"holds none of the model's modalities"):
         prog.predict_cohort(tmp_path)
     with pytest.raises(ValueError, match=r"not in labels\.parquet.*|patient\(s\) \['ghost'\]"):
