@@ -59,6 +59,7 @@ def validate_binary(prognosis: Any, root: str | Path, out: Path, split: str | No
     p, y = frame["probability"].to_numpy(float), frame["binary"].to_numpy(int)
     if len(np.unique(y)) < 2:
         raise ValueError(f"{root}: only one class among the scored patients: AUROC is undefined")
+    out.mkdir(parents=True, exist_ok=True)  # only now: nothing to write before the labels are known
     auroc = bootstrap_ci(lambda pp, yy: roc_auc_score(yy, pp), p, y, n_boot=n_boot)
     auprc = bootstrap_ci(lambda pp, yy: average_precision_score(yy, pp), p, y, n_boot=n_boot)
     intercept, slope = calibration_fit(p, y)

@@ -10,7 +10,9 @@ a paired comparison of these metrics.
 scores each saved predictor on the folder (:meth:`Prognosis.predict_cohort`) and prints the
 C-index (AUROC for binary models) of each with its 95% interval, each model's difference to the
 first one with its interval and two-sided bootstrap p-value, and with ``--by`` every model's
-metric per subgroup.
+metric per subgroup (in natural order: numeric values and quartiles by value, ``missing`` last;
+``-`` where the metric is undefined, with a footnote saying why). ``--by``, the models' tasks and
+the folder's labels are checked before any model scores the folder.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from clinfuse.experiments.metrics import harrell_c_index
 
 #: a numeric ``--by`` column with more distinct values than this is cut into quartiles
 MAX_LEVELS = 10
+#: the fewest bootstrap resamples ``--n-boot`` accepts: quantiles of fewer are no interval
+MIN_BOOT = 20
+#: the footnote of a subgroup table holding an undefined metric (``-``), per metric
+UNDEFINED_NOTE = {
+    "events": ("`-`: undefined in this subgroup: too few patients or events (the C-index needs a comparable pair, "
+               "an event before another patient's time), or no bootstrap resample where it is defined (interval)."),
+    "positives": ("`-`: undefined in this subgroup: one class only (the AUROC needs positives and negatives), or "
+                  "no bootstrap resample with both classes (interval)."),
+}
 
 
 def paired_bootstrap(metric: Callable[..., float], scores: Sequence[np.ndarray], labels: Sequence[np.ndarray],
@@ -102,6 +113,97 @@ def paired_auroc(probabilities: Sequence[np.ndarray], target: np.ndarray, n_boot
     return table.rename(columns={"estimate": "auroc"})
 
 
+def n_boot_arg(text: str) -> int:
+    """``type=`` of the ``--n-boot`` arguments: an integer of at least :data:`MIN_BOOT`."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least {MIN_BOOT}, got {text!r}") from None
+    if value < MIN_BOOT:
+        raise argparse.ArgumentTypeError(f"at least {MIN_BOOT} bootstrap resamples are needed for an interval, got {value}")
+    return value
+
+
+def check_labels(root, task: str, command: str) -> None:
+    """Check, before scoring, that ``root/labels.parquet`` has the labels ``task`` is scored on
+    (``time`` and ``event`` for survival models, ``binary`` for binary ones; only its schema is read).
+
+    Raises:
+        ValueError: no folder ``root``, no ``labels.parquet``, an unreadable one, or one without
+            these columns.
+    """
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    if not Path(root).is_dir():
+        raise ValueError(f"cohort folder {root} does not exist")
+    path = Path(root) / "labels.parquet"
+    need = ["time", "event"] if task == "survival" else ["binary"]
+    what = f"clinfuse {command} of a {task} model needs {' and '.join(need)} labels in labels.parquet"
+    if not path.is_file():
+        raise ValueError(f"{root}: {what}; the folder has no labels.parquet")
+    try:
+        columns = pq.read_schema(path).names
+    except Exception as err:  # pyarrow raises several types; name the file
+        raise ValueError(f"{path}: cannot read labels: {err}") from err
+    missing = [c for c in need if c not in columns]
+    if missing:
+        raise ValueError(f"{path}: {what}; it lacks column(s) {missing} (found {columns})")
+
+
+def check_group_column(root, column: str):
+    """The folder's tabular file, once checked to hold ``column`` as a covariate to group by (only
+    its header is read).
+
+    Raises:
+        ValueError: no folder ``root``, ``column`` is ``patient_id``, no tabular file in ``root``,
+            or no such column (naming the file and its columns).
+    """
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"cohort folder {root} does not exist")
+    if column == "patient_id":
+        raise ValueError(f"cannot group by {column!r}: patient_id identifies patients, it is not a covariate")
+    path = next((root / n for n in ("tabular.parquet", "tabular.csv") if (root / n).exists()), None)
+    if path is None:
+        raise ValueError(f"{root}: grouping by {column!r} needs the folder's tabular file (tabular.parquet or .csv)")
+    try:
+        columns = pq.read_schema(path).names if path.suffix == ".parquet" else pd.read_csv(path, nrows=0).columns.tolist()
+    except Exception as err:  # pandas/pyarrow raise many types; name the file
+        raise ValueError(f"{path}: cannot read table: {err}") from err
+    covariates = [c for c in columns if c != "patient_id"]
+    if column not in covariates:
+        raise ValueError(f"{path}: no column {column!r} to group by; its columns: {covariates}")
+    return path
+
+
+def group_order(labels) -> list[str]:
+    """The distinct subgroup labels in natural order: numeric labels by value, then the others
+    with their digit runs compared as numbers (``s2`` before ``s11``, ``Q1`` ... ``Q4``), then
+    ``"missing"``."""
+    import re
+
+    def key(g: str) -> tuple:
+        if g == "missing":
+            return (2, 0.0, ())
+        try:
+            value = float(g)
+        except ValueError:
+            value = np.nan
+        if not np.isnan(value):
+            return (0, value, ())
+        return (1, 0.0, tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", g)))
+
+    return sorted({str(g) for g in labels}, key=key)
+
+
 def subgroups(values: pd.Series) -> pd.Series:
     """Group labels of a covariate: its values when it has at most ``MAX_LEVELS`` distinct ones
     (missing = ``"missing"``), else its quartiles (``Q1 [lo, hi]``, ...)."""
@@ -121,30 +223,26 @@ def tabular_groups(root, column: str, patient_ids: Sequence[str]) -> pd.Series:
     patient in ``patient_ids`` order (patients without a tabular row: ``"missing"``).
 
     Raises:
-        ValueError: no tabular file in ``root``, or no such column (naming the file).
+        ValueError: ``column`` is ``patient_id``, no tabular file in ``root``, or no such column
+            (:func:`check_group_column`).
     """
-    from pathlib import Path
-
     from clinfuse.datasets.reader import read_table
 
-    root = Path(root)
-    path = next((root / n for n in ("tabular.parquet", "tabular.csv") if (root / n).exists()), None)
-    if path is None:
-        raise ValueError(f"{root}: grouping by {column!r} needs the folder's tabular file")
+    path = check_group_column(root, column)
     table = read_table(path, ["patient_id", column]).set_index("patient_id")
     return subgroups(table[column].reindex(list(patient_ids)))
 
 
 def by_subgroup(scores: Sequence[np.ndarray], names: Sequence[str], labels: dict[str, np.ndarray],
                 groups: pd.Series, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Per subgroup: ``n``, the label counts (``events`` or ``positives``) and every model's metric
-    with its bootstrap interval (``<name>`` and ``<name> 95% CI`` columns; missing where the
-    metric is undefined in the group). ``labels``: ``{"time", "event"}`` (Harrell C) or
-    ``{"binary"}`` (AUROC)."""
+    """Per subgroup, in :func:`group_order`: ``n``, the label counts (``events`` or ``positives``)
+    and every model's metric with its bootstrap interval (``<name>`` and ``<name> 95% CI``
+    columns; NaN / None where the metric or its interval is undefined in the group). ``labels``:
+    ``{"time", "event"}`` (Harrell C) or ``{"binary"}`` (AUROC)."""
     out = []
-    group = np.asarray(groups)
+    group = np.asarray(groups).astype(str)
     survival = "time" in labels
-    for g in sorted(set(group)):
+    for g in group_order(group):
         rows = group == g
         lab = {k: np.asarray(v)[rows] for k, v in labels.items()}
         count = lab["event"] if survival else lab["binary"]
@@ -154,12 +252,14 @@ def by_subgroup(scores: Sequence[np.ndarray], names: Sequence[str], labels: dict
             table = (paired_c_index(part, lab["time"], lab["event"], n_boot=n_boot, seed=seed) if survival
                      else paired_auroc(part, lab["binary"], n_boot=n_boot, seed=seed))
         except ValueError:  # no event / one class in this group
-            out.append(row)
+            out.append({**row, **{k: v for name in names for k, v in ((name, np.nan), (f"{name} 95% CI", None))}})
             continue
         metric = table.columns[0]
         for name, t in zip(names, table.to_dict("records")):
-            row[name] = t[metric]
-            row[f"{name} 95% CI"] = f"[{t['low']:.3f}, {t['high']:.3f}]"
+            defined = np.isfinite(t[metric])  # NaN: e.g. no comparable pair among the group's patients
+            row[name] = t[metric] if defined else np.nan
+            ok = defined and np.isfinite([t["low"], t["high"]]).all()
+            row[f"{name} 95% CI"] = f"[{t['low']:.3f}, {t['high']:.3f}]" if ok else None
         out.append(row)
     return pd.DataFrame(out)
 
@@ -174,32 +274,44 @@ def compare_main(argv: Sequence[str]) -> None:
     p = argparse.ArgumentParser(prog="clinfuse compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", required=True, help="predictor folders or MLflow model URIs; the first is the reference")
-    p.add_argument("--root", required=True, help="a cohort folder with labels.parquet (time, event)")
+    p.add_argument("--root", required=True, help="a cohort folder with labels.parquet (time and event; binary for binary models)")
     p.add_argument("--split", default=None, help="only this split of splits.csv (e.g. test)")
     p.add_argument("--by", default=None, help="a column of the folder's tabular file: C-index per subgroup")
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--n-boot", type=n_boot_arg, default=1000,
+                   help=f"bootstrap resamples of the patients (at least {MIN_BOOT}; default 1000; subgroups use at most 200)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(list(argv))
     root = Path(a.root)
-    frames = [Prognosis.load(m).predict_cohort(root, split=a.split, contributions=False, show_progress=False)
-              for m in a.models]
+    if a.by:  # before any model is loaded or scored
+        try:
+            check_group_column(root, a.by)
+        except ValueError as err:
+            p.error(f"argument --by: {err}")
+    models = [Prognosis.load(m) for m in a.models]
+    tasks = [m.model.task for m in models]
+    if set(tasks) not in ({"survival"}, {"binary"}):
+        p.error(f"the models must all be survival models or all binary models; their tasks are {tasks}")
+    survival = tasks[0] == "survival"
+    try:
+        check_labels(root, tasks[0], "compare")
+    except ValueError as err:
+        p.error(str(err))
+    frames = [m.predict_cohort(root, split=a.split, contributions=False, show_progress=False) for m in models]
     base = frames[0]
     for m, f in zip(a.models, frames):
         if f["patient_id"].tolist() != base["patient_id"].tolist():
             p.error(f"{m} scored other patients than {a.models[0]}")
-    survival = all("median_survival" in f.columns for f in frames)
-    binary = all("probability" in f.columns for f in frames)
-    if survival and {"time", "event"} <= set(base.columns):
+    need = ["time", "event"] if survival else ["binary"]
+    if base.reindex(columns=need).isna().any().any():
+        p.error(f"{root}: clinfuse compare needs {' and '.join(need)} labels in labels.parquet for every scored patient")
+    if survival:
         labels = {"time": base["time"].to_numpy(float), "event": base["event"].to_numpy(float)}
         scores, metric, count = [f["risk"].to_numpy(float) for f in frames], "C-index", "events"
         table = paired_c_index(scores, labels["time"], labels["event"], n_boot=a.n_boot, seed=a.seed)
-    elif binary and "binary" in base.columns:
+    else:
         labels = {"binary": base["binary"].to_numpy(float)}
         scores, metric, count = [f["probability"].to_numpy(float) for f in frames], "AUROC", "positives"
         table = paired_auroc(scores, labels["binary"], n_boot=a.n_boot, seed=a.seed)
-    else:
-        p.error("the models must all be survival models (with time/event labels in the folder) or all "
-                "binary models (with a binary label)")
     names = [f"model {k}" for k in range(len(a.models))]
     n_count = int(labels["event" if survival else "binary"].sum())
     print(f"{len(base)} patients, {n_count} {count}{f' (split {a.split})' if a.split else ''}; "
@@ -213,16 +325,25 @@ def compare_main(argv: Sequence[str]) -> None:
         groups = tabular_groups(root, a.by, base["patient_id"])
         sub = by_subgroup(scores, names, labels, groups, n_boot=min(a.n_boot, 200), seed=a.seed)
         print(f"\n{metric} by {a.by} (95% bootstrap intervals, {min(a.n_boot, 200)} resamples):")
-        print(markdown_table(sub))
+        print(subgroup_markdown(sub))
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A small markdown table (floats to 4 decimals, NaN as '-')."""
+    """A small markdown table (floats to 4 decimals, NaN and None as '-')."""
     def cell(v) -> str:
-        if isinstance(v, float):
-            return "-" if np.isnan(v) else f"{v:.4f}"
-        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return "-"
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def subgroup_markdown(table: pd.DataFrame) -> str:
+    """:func:`markdown_table` of a :func:`by_subgroup` table, with the :data:`UNDEFINED_NOTE`
+    footnote when a metric or interval is undefined (``-``)."""
+    text = markdown_table(table)
+    undefined = table.drop(columns=["group"]).isna().any().any()
+    note = UNDEFINED_NOTE["events" if "events" in table.columns else "positives"]
+    return f"{text}\n\n{note}" if undefined else text

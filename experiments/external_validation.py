@@ -12,6 +12,9 @@ writes, into ``--out``:
   ``cumulative_incidence.png`` for competing-risks models with a ``cause`` label;
 - ``predictions.csv``: the scored rows (patient ids stay in this folder; nothing is logged).
 
+``--by`` and the folder's labels are checked before anything is scored, and ``--out`` is created
+only once the scored patients' labels are there, so a refused run leaves no folder behind.
+
 The censoring distribution of the IPCW metrics (Uno C, time-dependent AUC, Brier) is estimated
 on the validation cohort itself: an external site has no access to the development data, and its
 own censoring is the one its labels carry.
@@ -31,17 +34,19 @@ def validate_cohort(prognosis: Any, root: str | Path, out_dir: str | Path, split
                     n_boot: int = 200, show_progress: bool = True, by: str | None = None) -> dict[str, Any]:
     """Score ``root``, compute the report and write the files (module docstring).
 
+    Nothing is scored or written before ``by`` and the folder's labels are checked, and ``out_dir``
+    is created only once the scored patients' labels are known to be there.
+
     Returns:
         ``{"report": dict of metrics, "logrank_p", "horizon", "n", "events", "paths": [...]}``.
 
     Raises:
-        ValueError: a multiclass model, or a folder without the labels (``time``/``event``, or
-            ``binary``) of the scored patients.
+        ValueError: a multiclass model, a folder without the labels (``time``/``event``, or
+            ``binary``) of the scored patients, or a ``by`` that is not a column of the folder's
+            tabular file.
     """
-    if prognosis.model.task not in ("survival", "binary"):
-        raise ValueError(f"clinfuse evaluate reports survival or binary models; this model's task is {prognosis.model.task!r}")
+    check_inputs(prognosis, root, by)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if prognosis.model.task == "binary":
         from clinfuse.experiments.binary_validation import validate_binary
 
@@ -53,12 +58,29 @@ def validate_cohort(prognosis: Any, root: str | Path, out_dir: str | Path, split
     return result
 
 
+def check_inputs(prognosis: Any, root: str | Path, by: str | None = None) -> None:
+    """What :func:`validate_cohort` checks before scoring: the model's task, the ``by`` column
+    (:func:`~clinfuse.experiments.compare.check_group_column`) and the folder's labels
+    (:func:`~clinfuse.experiments.compare.check_labels`).
+
+    Raises:
+        ValueError: naming the task, the column or the labels file.
+    """
+    from clinfuse.experiments.compare import check_group_column, check_labels
+
+    if prognosis.model.task not in ("survival", "binary"):
+        raise ValueError(f"clinfuse evaluate reports survival or binary models; this model's task is {prognosis.model.task!r}")
+    if by:
+        check_group_column(root, by)
+    check_labels(root, prognosis.model.task, "evaluate")
+
+
 def _append_subgroups(out: Path, column: str, root: str | Path) -> None:
     """Add the metric per subgroup of ``column`` (:func:`~clinfuse.experiments.compare.by_subgroup`)
     to ``report.md``, from the written ``predictions.csv``."""
     import pandas as pd
 
-    from clinfuse.experiments.compare import by_subgroup, markdown_table, tabular_groups
+    from clinfuse.experiments.compare import by_subgroup, subgroup_markdown, tabular_groups
 
     frame = pd.read_csv(out / "predictions.csv", dtype={"patient_id": str})
     if "median_survival" in frame.columns:
@@ -67,7 +89,7 @@ def _append_subgroups(out: Path, column: str, root: str | Path) -> None:
         score, labels = frame["probability"], {"binary": frame["binary"].to_numpy(float)}
     table = by_subgroup([score.to_numpy(float)], ["model"], labels, tabular_groups(root, column, frame["patient_id"]))
     with open(out / "report.md", "a") as f:
-        f.write(f"\n## By {column} (95% bootstrap intervals)\n\n{markdown_table(table)}\n")
+        f.write(f"\n## By {column} (95% bootstrap intervals)\n\n{subgroup_markdown(table)}\n")
 
 
 def _validate_survival(prognosis: Any, root: str | Path, out: Path, split: str | None, n_boot: int,
@@ -82,6 +104,7 @@ def _validate_survival(prognosis: Any, root: str | Path, out: Path, split: str |
                                      raw_outputs=raw)
     if not {"time", "event"} <= set(frame.columns) or frame[["time", "event"]].isna().any().any():
         raise ValueError(f"{root}: validation needs time and event labels (labels.parquet) for every scored patient")
+    out.mkdir(parents=True, exist_ok=True)  # only now: nothing to write before the labels are known
     outputs = torch.cat(raw)
     risk = frame["risk"].to_numpy(float)
     time, event = frame["time"].to_numpy(float), frame["event"].to_numpy(float)
@@ -140,6 +163,7 @@ def evaluate_main(argv: Sequence[str]) -> None:
     """``clinfuse evaluate``: external validation report of a saved predictor on a cohort folder."""
     import argparse
 
+    from clinfuse.experiments.compare import MIN_BOOT, check_group_column, n_boot_arg
     from clinfuse.experiments.prognosis import Prognosis
 
     p = argparse.ArgumentParser(prog="clinfuse evaluate", description=__doc__,
@@ -148,9 +172,20 @@ def evaluate_main(argv: Sequence[str]) -> None:
     p.add_argument("--root", required=True, help="a labelled cohort folder (docs/formats.md)")
     p.add_argument("--out", required=True, help="folder for report.md, the figures and predictions.csv")
     p.add_argument("--split", default=None, help="only this split of splits.csv")
-    p.add_argument("--n-boot", type=int, default=200)
+    p.add_argument("--n-boot", type=n_boot_arg, default=200,
+                   help=f"bootstrap resamples for the 95%% intervals (at least {MIN_BOOT}; default 200)")
     p.add_argument("--by", default=None, help="a column of the folder's tabular file: the metric per subgroup")
     a = p.parse_args(list(argv))
-    result = validate_cohort(Prognosis.load(a.model), a.root, a.out, split=a.split, n_boot=a.n_boot, by=a.by)
+    if a.by:  # before the model is loaded or anything scored or written
+        try:
+            check_group_column(a.root, a.by)
+        except ValueError as err:
+            p.error(f"argument --by: {err}")
+    prognosis = Prognosis.load(a.model)
+    try:
+        check_inputs(prognosis, a.root)
+    except ValueError as err:
+        p.error(str(err))
+    result = validate_cohort(prognosis, a.root, a.out, split=a.split, n_boot=a.n_boot, by=a.by)
     print((Path(a.out) / "report.md").read_text())
     print(f"written to {a.out}: report.md, {', '.join(p.name for p in result['paths'])}, predictions.csv")
