@@ -278,8 +278,8 @@ def _check_replaceable(out: Path) -> None:
     """Refuse an ``out`` that replacing would lose anything but an earlier cohort's own files.
 
     ``out`` may be absent, an empty folder, or a clinfuse cohort folder (a valid ``cohort.json``)
-    holding only what cohorts hold (``COHORT_ENTRIES``; the ``ecg``/``wsi`` folders only records and
-    slides): it is then replaced as a whole. Anything else is left untouched.
+    holding only what cohorts hold (``COHORT_FILES``, ``.clinfuse_cache/``, and ``ecg/``/``wsi/`` with
+    only ``COHORT_SUBFOLDERS`` files): it is then replaced as a whole. Anything else is left untouched.
 
     Raises:
         ValueError: ``out`` is a file, a non-empty folder that is not a clinfuse cohort, or a cohort

@@ -9,6 +9,10 @@
     clinfuse compare --models <A> <B> --root <cohort folder> --split test [--by sex]
     clinfuse evaluate --model <predictor> --root <labelled cohort folder> --out <report folder>
 
+``clinfuse --help`` ends with the table of clinfuse's own commands (``COMMANDS``). A ``--ckpt_path``
+file must fit the ``--config`` data (same modalities and spec), else fit/validate/test/predict stop
+with an error naming the checkpoint and both modality lists.
+
 ``predict --ckpt_path <ckpt> [--data.predict_split all]`` writes
 ``<trainer.default_root_dir>/predictions_<split>.csv``. ``fit`` trains, then tests the best checkpoint and prints the test metrics next to the cohort's
 oracle metrics (when the cohort has an oracle, as synthetic cohorts do).
@@ -123,8 +127,10 @@ def check_spec(path: str | Path, checkpoint_spec: dict, data_spec: dict) -> None
 
 
 def check_checkpoint(path: str | Path, model: ClinFuseModule, data_spec: dict) -> None:
-    """Check that the checkpoint at ``path`` fits ``model`` (built from the config stack) and its data,
-    before Lightning loads it (which fails with a raw ``load_state_dict`` error otherwise).
+    """Check that the checkpoint at ``path`` fits ``model`` and its data before Lightning loads it
+    (which fails with a raw ``load_state_dict`` error otherwise). LightningCLI builds the model from
+    the checkpoint's hyperparameters, but the data's spec and class/cause counts are linked in from
+    the ``--config`` data, so those are what can differ.
 
     Raises:
         ValueError: the checkpoint's modality spec differs from ``data_spec`` (``check_spec``), or its
@@ -132,7 +138,7 @@ def check_checkpoint(path: str | Path, model: ClinFuseModule, data_spec: dict) -
     """
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # as LightningCLI reads its hparams
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if "spec" in hparams:
         check_spec(path, hparams["spec"], data_spec)
@@ -151,7 +157,7 @@ def check_checkpoint(path: str | Path, model: ClinFuseModule, data_spec: dict) -
 def _differs(a: object, b: object) -> bool:
     try:
         return bool(a != b)
-    except Exception:  # noqa: BLE001 - values without a plain comparison (arrays) are shown as differing
+    except (TypeError, ValueError, RuntimeError):  # no plain truth value (arrays, tensors): shown as differing
         return True
 
 
@@ -253,7 +259,7 @@ def commands_help() -> str:
 
 def synth_main(argv: Sequence[str]) -> None:
     """``clinfuse synth``: write a synthetic multimodal cohort folder."""
-    from clinfuse.datasets.synthetic import DEFAULT_MISSINGNESS, generate_cohort
+    from clinfuse.datasets.synthetic import DEFAULT_MISSINGNESS, generate_cohort, resolve_missingness
 
     p = argparse.ArgumentParser(prog="clinfuse synth", description=synth_main.__doc__)
     p.add_argument("--out", required=True,
@@ -272,7 +278,10 @@ def synth_main(argv: Sequence[str]) -> None:
         + ")",
     )
     a = p.parse_args(list(argv))
-    missingness = {**DEFAULT_MISSINGNESS, **(a.missingness or {})}
+    try:  # merged over the defaults and checked here, so a bad setting is reported as the option's error
+        missingness = resolve_missingness(a.missingness)
+    except ValueError as err:
+        p.error(f"argument --missingness: {err}")
     root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes)
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
@@ -284,9 +293,9 @@ def _json_object(text: str) -> dict:
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
     if not isinstance(value, dict):
+        example = '{"ecg": {"mechanism": "mcar", "rate": 0.4}}'
         raise argparse.ArgumentTypeError(
-            f"must be a JSON object of modality -> settings, e.g. '{{\"ecg\": {{\"mechanism\": \"mcar\", "
-            f"\"rate\": 0.4}}}}'; got {type(value).__name__} {text!r}")
+            f"must be a JSON object of modality -> settings, e.g. '{example}'; got a {type(value).__name__}: {text}")
     return value
 
 

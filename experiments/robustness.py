@@ -1,7 +1,7 @@
 """``clinfuse robustness``: how fusion heads hold up when modalities go missing.
 
     clinfuse robustness --config experiments/quickstart.yaml [--ckpt model.ckpt ...] \\
-        [--heads masked_mean,transformer,cascaded,multimodn] [--rates 0,0.2,0.4,0.6] \\
+        [--heads masked_mean,transformer,cascaded,multimodn] [--rates 0,0.2,0.4,0.6 | 0 0.2 0.4 0.6] \\
         [--out robustness] [--epochs 6] [--shift-train] [--no-mlflow] [--data.root ... (CLI overrides)]
 
 Models: every ``--ckpt`` (a trained ``ClinFuseModule``; the data come from the ``--config`` stack);
@@ -19,8 +19,10 @@ shared by every head; a removed modality is marked absent, never zero-filled):
   :func:`~clinfuse.experiments.robustness_eval.random_removal`).
 * ``mar`` / ``mnar``: train/test missingness shifts after the MultiModN experiment. Modalities
   (``--shift-modalities``, default all) go missing with the generator's mechanisms at mean rate
-  ``--shift-rate``, driven by an observed value (``mar``: the tabular column ``--mar-column``, age)
-  or by the outcome (``mnar``: the event, or the binary label). Training direction: more missing
+  ``--shift-rate``, driven by an observed value (``mar``: the numeric tabular column
+  ``--mar-column``, default age; a cohort without an age column gets no mar shift, while a column
+  named with ``--mar-column`` that is missing or not numeric is an error) or by the outcome
+  (``mnar``: the event, or the binary label). Training direction: more missing
   for older patients / for positives; test direction: for younger patients / for negatives. Every
   model is scored on the test direction; with ``--shift-train`` an extra model per head and shift
   is trained with the training-direction removal applied to its train and validation batches
@@ -62,6 +64,7 @@ from clinfuse.experiments.robustness_eval import (
 
 FUSION_CONFIGS = Path(__file__).resolve().parent / "configs" / "fusion"
 SHIFTS = ("mar", "mnar")
+DEFAULT_MAR_COLUMN = "age"
 
 
 def known_heads() -> list[str]:
@@ -86,14 +89,17 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--ckpt", action="append", default=[], help="trained ClinFuseModule checkpoint (repeatable)")
     p.add_argument("--heads", default="masked_mean,transformer,cascaded,multimodn",
                    help=f"heads to train when no --ckpt is given; known: {','.join(known_heads())}")
-    p.add_argument("--rates", default="0,0.2,0.4,0.6", help="MCAR test-time missing rates in [0, 1]")
+    p.add_argument("--rates", nargs="+", default=["0,0.2,0.4,0.6"],
+                   help="MCAR test-time missing rates in [0, 1], comma- or space-separated (0,0.2,0.4 or 0 0.2 0.4)")
     p.add_argument("--out", default="robustness", help="folder for the CSV, plots and checkpoints")
     p.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs of the training runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time removals")
     p.add_argument("--shift-train", action="store_true", help="also train each head under the mar/mnar shifts")
     p.add_argument("--shift-rate", type=float, default=0.5, help="mean missing rate of the mar/mnar shifts")
     p.add_argument("--shift-modalities", default=None, help="modalities the shifts remove (default: all)")
-    p.add_argument("--mar-column", default="age", help="tabular column driving the mar shift")
+    p.add_argument("--mar-column", default=None,
+                   help=f"numeric tabular column driving the mar shift (default {DEFAULT_MAR_COLUMN!r}: without it the "
+                   "cohort gets no mar shift; a column named here must exist and be numeric)")
     p.add_argument("--allow-empty", action="store_true", help="MCAR/shift removal may leave a patient with nothing")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     a, extra = p.parse_known_args(list(argv))
@@ -103,10 +109,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     unknown = [h for h in a.heads if h not in known_heads()]
     if unknown and not a.ckpt:
         raise ValueError(f"unknown head(s) {unknown} in --heads; known heads: {known_heads()}")
+    given = " ".join(a.rates)
     try:
-        a.rates = [float(r) for r in a.rates.split(",") if r.strip()]
+        a.rates = [float(r) for r in ",".join(a.rates).split(",") if r.strip()]
     except ValueError as err:
-        raise ValueError(f"--rates must be comma-separated numbers, got {a.rates!r}") from err
+        raise ValueError(f"--rates must be numbers, comma- or space-separated, got {given!r}") from err
+    if not a.rates:
+        raise ValueError(f"--rates names no rate, got {given!r}")
     bad = [r for r in a.rates if not 0.0 <= r <= 1.0]
     if bad or not 0.0 <= a.shift_rate < 1.0:
         raise ValueError(f"missing rates must lie in [0, 1] (--shift-rate in [0, 1)); got --rates {bad or a.rates} "
@@ -117,6 +126,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     if a.epochs is not None and a.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {a.epochs}")
     a.shift_modalities = a.shift_modalities.split(",") if a.shift_modalities else None
+    a.mar_column_given = a.mar_column is not None  # a named column must drive the shift; the default may be absent
+    if a.mar_column is None:
+        a.mar_column = DEFAULT_MAR_COLUMN
     return a, extra
 
 
@@ -171,7 +183,8 @@ def train_head(head: str, configs: Sequence[str], extra: Sequence[str], out: Pat
         ids = [*dm.cohort.splits["train"], *dm.cohort.splits["val"]]
         removal = shift_removal(shift, +1, dm, ids, cli.model.task, settings)
         if removal is None:
-            raise ValueError(f"--shift-train {shift}: no driver for this cohort (see --mar-column)")
+            problem = mar_column_problem(dm.cohort.root, settings.mar_column)
+            raise ValueError(f"--shift-train {shift}: no driver for this cohort: {problem} (see --mar-column)")
         cli.trainer.callbacks.append(TrainingShift(removal))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
@@ -182,14 +195,13 @@ def train_head(head: str, configs: Sequence[str], extra: Sequence[str], out: Pat
 
 def load_checkpoints(paths: Sequence[str], datamodule: Any) -> list[StudyModel]:
     """Load checkpoints, named by fusion class (numbered when repeated); the data must match."""
+    from clinfuse.experiments.cli import check_spec
     from clinfuse.experiments.module import ClinFuseModule
 
     models, seen = [], {}
     for path in paths:
         model = ClinFuseModule.load_from_checkpoint(path, map_location="cpu").eval()
-        if model.hparams.spec != datamodule.spec:
-            raise ValueError(f"checkpoint {path} was trained on modalities {sorted(model.hparams.spec)} with another "
-                             f"spec than the --config data ({sorted(datamodule.spec)})")
+        check_spec(path, model.hparams.spec, datamodule.spec)  # the same check as `clinfuse predict --ckpt_path`
         name = type(model.fusion).__name__
         seen[name] = seen.get(name, 0) + 1
         models.append(StudyModel(name if seen[name] == 1 else f"{name}#{seen[name]}", "cohort", model))
@@ -197,15 +209,52 @@ def load_checkpoints(paths: Sequence[str], datamodule: Any) -> list[StudyModel]:
 
 
 # ---------------------------------------------------------------------------- shifts
+def mar_column_problem(cohort_root: str | Path, column: str) -> str | None:
+    """Why ``column`` of the cohort's ``tabular.parquet`` cannot drive the mar shift; None when it can.
+
+    It must exist and hold numbers (numbers stored as text count; text such as ``"F"`` does not).
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(cohort_root) / "tabular.parquet"
+    if not path.is_file():
+        return f"the cohort has no tabular table ({path} does not exist)"
+    columns = [c for c in pq.read_schema(path).names if c != "patient_id"]
+    if column not in columns:
+        more = f" and {len(columns) - 20} more" if len(columns) > 20 else ""
+        return f"{path} has no column {column!r} (its columns: {columns[:20]}{more})"
+    raw = pd.read_parquet(path, columns=[column])[column]
+    numbers = pd.to_numeric(raw, errors="coerce")
+    text = raw[raw.notna() & numbers.isna()]
+    if len(text):
+        return f"column {column!r} of {path} is not numeric (it holds values such as {text.iloc[0]!r})"
+    if numbers.isna().all():
+        return f"column {column!r} of {path} has no value"
+    return None
+
+
+def check_mar_column(datamodule: Any, a: argparse.Namespace) -> None:
+    """Refuse a ``--mar-column`` the user named that cannot drive the mar shift (the default may be absent).
+
+    Raises:
+        ValueError: naming the column and the file.
+    """
+    if getattr(a, "mar_column_given", False):
+        problem = mar_column_problem(datamodule.cohort.root, a.mar_column)
+        if problem:
+            raise ValueError(f"--mar-column {a.mar_column!r}: {problem}; name a numeric tabular column")
+
+
 def shift_driver(kind: str, datamodule: Any, ids: list[str], task: str, mar_column: str) -> np.ndarray | None:
-    """The per-patient driver of a shift: the outcome (mnar) or a tabular column (mar); None if absent."""
+    """The per-patient driver of a shift: the outcome (mnar) or a numeric tabular column (mar); None
+    when that column cannot drive it (``mar_column_problem``)."""
     cohort = datamodule.cohort
     if kind == "mnar":
         col = "event" if task == "survival" else "binary"
         return cohort.labels.set_index("patient_id").loc[ids, col].to_numpy(float)
-    path = Path(cohort.root) / "tabular.parquet"
-    if not path.is_file() or mar_column not in pd.read_parquet(path).columns:
+    if mar_column_problem(cohort.root, mar_column):
         return None
+    path = Path(cohort.root) / "tabular.parquet"
     values = pd.read_parquet(path, columns=["patient_id", mar_column]).set_index("patient_id")[mar_column]
     values = pd.to_numeric(values.reindex(ids), errors="coerce")
     # a removal driver, never a model input: an unknown value drives at the median (no shift)
@@ -235,7 +284,7 @@ def evaluations(datamodule: Any, task: str, a: argparse.Namespace) -> list[tuple
     for kind in SHIFTS:
         removal = shift_removal(kind, -1, datamodule, ids, task, a)
         if removal is None:
-            print(f"no {kind} shift: the cohort has no tabular column {a.mar_column!r}")
+            print(f"no {kind} shift: {mar_column_problem(datamodule.cohort.root, a.mar_column)} (see --mar-column)")
         else:
             evals.append((kind, f"{a.shift_rate:g}", removal))
     return evals
@@ -310,6 +359,7 @@ def robustness_main(argv: Sequence[str]) -> pd.DataFrame:
     unknown = sorted(set(a.shift_modalities or []) - set(dm.modality_names))
     if unknown:
         raise ValueError(f"--shift-modalities names {unknown}; the data loads {dm.modality_names}")
+    check_mar_column(dm, a)  # before any training
     if a.ckpt:
         models = load_checkpoints(a.ckpt, dm)
     else:

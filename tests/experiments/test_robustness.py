@@ -193,3 +193,55 @@ def test_shift_train_adds_one_model_per_head_and_shift(synthetic_cohort, tmp_pat
         rows = r[r["trained_on"] == f"{shift}_shift"]
         assert set(rows["kind"]) == {"subset", shift} and len(rows) == 2
         assert (tmp_path / "out" / "checkpoints" / f"masked_mean-{shift}_shift").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(["--rates", "0.2", "0.4"], [0.2, 0.4]), (["--rates", "0,0.2", "0.6"], [0.0, 0.2, 0.6]),
+     (["--rates", "0.2,", "0.4"], [0.2, 0.4]), ([], [0.0, 0.2, 0.4, 0.6])],
+)
+def test_rates_may_be_comma_or_space_separated(given, expected):
+    a, extra = parse_args(["--config", str(QUICKSTART), *given, "--data.batch_size=8"])
+    assert a.rates == expected and extra == ["--data.batch_size=8"]
+
+
+def test_rates_that_are_not_numbers_are_named():
+    with pytest.raises(ValueError, match="--rates must be numbers.*'0.2 high'"):
+        parse_args(["--config", str(QUICKSTART), "--rates", "0.2", "high"])
+
+
+@pytest.mark.parametrize(
+    ("column", "match"),
+    [("sex", r"--mar-column 'sex': column 'sex' of .*tabular.parquet is not numeric"),
+     ("nosuch", r"--mar-column 'nosuch': .*tabular.parquet has no column 'nosuch'")],
+)
+def test_named_mar_column_that_cannot_drive_the_shift_fails_before_training(column, match, synthetic_cohort,
+                                                                           tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config", str(QUICKSTART), "--heads", "masked_mean", "--mar-column", column, "--out", str(tmp_path / "out"),
+            "--no-mlflow", *_overrides(synthetic_cohort)]
+    with pytest.raises(ValueError, match=match) as err:
+        robustness_main(argv)
+    assert str(synthetic_cohort / "tabular.parquet") in str(err.value)
+    assert not (tmp_path / "out" / "checkpoints").exists()  # nothing was trained
+
+
+def test_default_mar_column_may_be_absent_but_a_named_one_may_not(tmp_path):
+    from types import SimpleNamespace
+
+    from clinfuse.experiments.robustness import check_mar_column, mar_column_problem, shift_driver
+
+    pd.DataFrame({"patient_id": ["p1", "p2"], "bmi": [20.0, 31.0], "sex": ["F", "M"]}).to_parquet(
+        tmp_path / "tabular.parquet", index=False)
+    dm = SimpleNamespace(cohort=SimpleNamespace(root=str(tmp_path)))
+    default, _ = parse_args(["--config", str(QUICKSTART)])
+    assert default.mar_column == "age" and not default.mar_column_given
+    check_mar_column(dm, default)  # no age column: no mar shift, no error (the study prints why)
+    assert "no column 'age'" in mar_column_problem(tmp_path, "age")
+    assert shift_driver("mar", dm, ["p1", "p2"], "survival", "age") is None
+    named, _ = parse_args(["--config", str(QUICKSTART), "--mar-column", "age"])
+    with pytest.raises(ValueError, match="--mar-column 'age'"):
+        check_mar_column(dm, named)
+    bmi, _ = parse_args(["--config", str(QUICKSTART), "--mar-column", "bmi"])
+    check_mar_column(dm, bmi)
+    np.testing.assert_array_equal(shift_driver("mar", dm, ["p2", "p1"], "survival", "bmi"), [31.0, 20.0])

@@ -1,0 +1,97 @@
+"""Command-line arguments of `clinfuse`: the help lists every command, `synth` options, and a
+`--ckpt_path` that does not fit the config's model or data fails with a clear error."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from clinfuse.experiments.cli import COMMANDS, cli_main, main, synth_main
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+MASKED_MEAN = REPO / "experiments" / "configs" / "fusion" / "masked_mean.yaml"
+
+
+def test_help_lists_clinfuses_own_commands(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["clinfuse", "--help"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    commands = out[out.index("clinfuse commands"):]
+    for name in ("score", "evaluate", "compare", "synth", "convert", "sweep", "robustness"):
+        assert f"\n  {name} " in commands, name
+    assert set(COMMANDS) == {"score", "evaluate", "compare", "synth", "convert", "sweep", "robustness"}
+    assert "fit" in out and "predict" in out  # LightningCLI's subcommands are still listed
+
+
+def test_synth_help_says_an_earlier_cohort_folder_is_replaced(capsys):
+    with pytest.raises(SystemExit):
+        synth_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "must be absent or empty" not in text
+    assert "an earlier clinfuse cohort folder" in text and "other files in it are left alone" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [("[1,2]", "must be a JSON object.*got a list"), ("{bad", "not valid JSON"),
+     ('{"ecg": 5}', "missingness\\['ecg'\\]"), ('{"nosuch": {"rate": 0.1}}', "unknown modality 'nosuch'")],
+)
+def test_synth_bad_missingness_is_an_argument_error(value, match, tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        synth_main(["--out", str(tmp_path / "cohort"), "--patients", "10", "--missingness", value])
+    assert done.value.code == 2  # argparse's usage error, not a traceback
+    err = capsys.readouterr().err
+    assert "argument --missingness" in err
+    assert re.search(match, err), err
+    assert not (tmp_path / "cohort").exists()
+
+
+def _args(cohort: Path, *more: str) -> list[str]:
+    return ["--config", str(QUICKSTART), *more, "--data.root", str(cohort), "--data.synth_if_missing=false",
+            "--data.batch_size=32", "--data.max_patches=32", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="module")
+def tabular_genomics_ckpt(synthetic_cohort, tmp_path_factory) -> Path:
+    """A checkpoint of the quickstart model trained on tabular + genomics only (one batch)."""
+    work = tmp_path_factory.mktemp("ckpt")
+    cli = cli_main([*_args(synthetic_cohort, "--data.modalities=[tabular, genomics]"), "--trainer.max_epochs=1",
+                    "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.default_root_dir", str(work)], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.save_checkpoint(work / "model.ckpt")
+    return work / "model.ckpt"
+
+
+@pytest.mark.parametrize("sub", ["predict", "test", "validate", "fit"])
+def test_ckpt_of_other_modalities_is_refused_by_name(sub, tabular_genomics_ckpt, synthetic_cohort, tmp_path,
+                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [sub, *_args(synthetic_cohort, "--data.modalities=[tabular, genomics, timeseries]"),
+            "--trainer.max_epochs=1", "--ckpt_path", str(tabular_genomics_ckpt)]
+    with pytest.raises(ValueError, match=r"trained on modalities \['genomics', 'tabular'\] with another spec than "
+                                         r"the --config data \(\['genomics', 'tabular', 'timeseries'\]\)") as err:
+        cli_main(args)
+    assert str(tabular_genomics_ckpt) in str(err.value)
+
+
+def test_ckpt_whose_weights_do_not_fit_the_model_is_refused_naming_the_difference(tabular_genomics_ckpt,
+                                                                                 synthetic_cohort):
+    # LightningCLI rebuilds the model from the checkpoint's hyperparameters; this is the safety net
+    # for a model that still differs (here another fusion head on the same data)
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.experiments.cli import check_checkpoint
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.fusion import MaskedMeanFusion
+
+    spec = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"]).spec
+    model = ClinFuseModule(spec=spec, d_model=64, fusion=MaskedMeanFusion)
+    with pytest.raises(ValueError, match=r"does not fit the model of the --config stack \(hyperparameters that "
+                                         r"differ: \[.*'fusion'.*\]\): missing weights \['fusion\..*unexpected weights"):
+        check_checkpoint(tabular_genomics_ckpt, model, spec)
