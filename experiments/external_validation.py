@@ -66,7 +66,8 @@ def check_inputs(prognosis: Any, root: str | Path, by: str | None = None) -> Non
     Raises:
         ValueError: naming the task, the column or the labels file.
     """
-    from clinfuse.experiments.compare import check_group_column, check_labels
+    from clinfuse.experiments.compare import check_labels
+    from clinfuse.experiments.subgroups import check_group_column
 
     if prognosis.model.task not in ("survival", "binary"):
         raise ValueError(f"clinfuse evaluate reports survival or binary models; this model's task is {prognosis.model.task!r}")
@@ -76,11 +77,11 @@ def check_inputs(prognosis: Any, root: str | Path, by: str | None = None) -> Non
 
 
 def _append_subgroups(out: Path, column: str, root: str | Path) -> None:
-    """Add the metric per subgroup of ``column`` (:func:`~clinfuse.experiments.compare.by_subgroup`)
+    """Add the metric per subgroup of ``column`` (:func:`~clinfuse.experiments.subgroups.by_subgroup`)
     to ``report.md``, from the written ``predictions.csv``."""
     import pandas as pd
 
-    from clinfuse.experiments.compare import by_subgroup, subgroup_markdown, tabular_groups
+    from clinfuse.experiments.subgroups import by_subgroup, subgroup_markdown, tabular_groups
 
     frame = pd.read_csv(out / "predictions.csv", dtype={"patient_id": str})
     if "median_survival" in frame.columns:
@@ -163,7 +164,8 @@ def evaluate_main(argv: Sequence[str]) -> None:
     """``clinfuse evaluate``: external validation report of a saved predictor on a cohort folder."""
     import argparse
 
-    from clinfuse.experiments.compare import MIN_BOOT, check_group_column, n_boot_arg
+    from clinfuse.experiments.compare import MIN_BOOT, n_boot_arg
+    from clinfuse.experiments.subgroups import check_group_column
     from clinfuse.experiments.prognosis import Prognosis
 
     p = argparse.ArgumentParser(prog="clinfuse evaluate", description=__doc__,

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinfuse.experiments.compare import by_subgroup, paired_auroc, paired_c_index, subgroups
+from clinfuse.experiments.compare import paired_auroc, paired_c_index
+from clinfuse.experiments.subgroups import by_subgroup, subgroups
 from clinfuse.experiments.metrics import harrell_c_index
 from clinfuse.experiments.survival_metrics import bootstrap_ci
 

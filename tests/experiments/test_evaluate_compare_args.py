@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinfuse.experiments.compare import by_subgroup, compare_main, subgroups, tabular_groups
+from clinfuse.experiments.compare import compare_main
+from clinfuse.experiments.subgroups import by_subgroup, subgroups, tabular_groups
 from clinfuse.experiments.external_validation import evaluate_main, validate_cohort
 from clinfuse.experiments.prognosis import Prognosis
 

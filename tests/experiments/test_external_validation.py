@@ -96,7 +96,7 @@ def test_competing_risks_report_has_cause_specific_c(competing_cohort, tmp_path,
 
 
 def test_report_by_subgroup(trained_prognosis, synthetic_cohort, tmp_path):
-    from clinfuse.experiments.compare import tabular_groups
+    from clinfuse.experiments.subgroups import tabular_groups
     from clinfuse.experiments.external_validation import validate_cohort
 
     prog, _ = trained_prognosis
