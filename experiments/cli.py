@@ -323,6 +323,11 @@ def main() -> None:
     argv = sys.argv[1:]
     if argv and argv[0] in COMMANDS:  # clinfuse's own commands; anything else goes to LightningCLI
         module, function, _ = COMMANDS[argv[0]]
-        getattr(importlib.import_module(module), function)(argv[1:])  # imported on use: some are heavy
+        try:
+            getattr(importlib.import_module(module), function)(argv[1:])  # imported on use: some are heavy
+        except ValueError as err:  # bad input (named file, column, patient): the message, not a traceback
+            if os.environ.get("CLINFUSE_DEBUG"):
+                raise
+            sys.exit(f"clinfuse {argv[0]}: error: {err}\n(set CLINFUSE_DEBUG=1 for the traceback)")
         return
     cli_main()

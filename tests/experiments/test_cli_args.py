@@ -95,3 +95,19 @@ def test_ckpt_whose_weights_do_not_fit_the_model_is_refused_naming_the_differenc
     with pytest.raises(ValueError, match=r"does not fit the model of the --config stack \(hyperparameters that "
                                          r"differ: \[.*'fusion'.*\]\): missing weights \['fusion\..*unexpected weights"):
         check_checkpoint(tabular_genomics_ckpt, model, spec)
+
+
+def test_bad_input_to_clinfuses_own_commands_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from clinfuse.experiments.cli import main
+
+    argv = ["clinfuse", "score", "--model", str(tmp_path / "nowhere"), "--root", str(tmp_path), "--out", str(tmp_path / "p.csv")]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delenv("CLINFUSE_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert str(exit_info.value.code).startswith(f"clinfuse score: error: {tmp_path / 'nowhere'}: not a prognosis folder")
+    monkeypatch.setenv("CLINFUSE_DEBUG", "1")
+    with pytest.raises(ValueError, match="not a prognosis folder"):
+        main()
