@@ -18,6 +18,8 @@ from scipy.signal import firwin
 from clinfuse.datasets.ecg_resample import resample_poly_rows
 
 #: unit (lower case) -> factor to millivolts; channels in other units are not ECG leads.
+#: sampling rates accepted for a record (Hz): ECG devices record at ~50 Hz to a few kHz
+MIN_FS, MAX_FS = 1.0, 100_000.0
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "\u00b5v": 1e-3, "v": 1e3, "millivolts": 1.0}
 
 
@@ -100,8 +102,10 @@ def pick_leads(
     half of :func:`select_leads`; arguments and errors as there)."""
     if data.ndim != 2 or data.shape[1] != len(names) or len(units) != len(names):
         raise ValueError(f"{where}: signal of shape {data.shape} does not match {len(names)} channel names / units")
-    if fs_in <= 0:
-        raise ValueError(f"{where}: sampling rate must be > 0, got {fs_in}")
+    if not MIN_FS <= fs_in <= MAX_FS:  # outside, resampling fails (ratio 0) or asks for terabytes
+        raise ValueError(f"{where}: sampling rate {fs_in:g} Hz is outside {MIN_FS:g}-{MAX_FS:g} Hz")
+    if data.shape[0] == 0:
+        raise ValueError(f"{where}: the signal has no samples")
     lead_aliases = dict(lead_aliases or {})
     wanted = _wanted(_channels(names, units, lead_aliases), names, leads, where)
     found = [k for k, (j, _) in enumerate(wanted) if j is not None]

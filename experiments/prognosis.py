@@ -154,19 +154,22 @@ class Prognosis:
         unknown = sorted(set(record) - set(self.modalities) - {"patient_id"})
         if unknown:
             raise ValueError(f"patient {pid}: field(s) {unknown}: unknown modality; the model uses {self.modalities}")
-        items = {}
+        items, notices = {}, []
         for m in self.modalities:
             if record.get(m) is None:
                 continue
             try:
                 if isinstance(record[m], _BadJSON):
                     raise ValueError(str(record[m]))
-                item = raw_to_item(m, self.states[m], record[m], pid)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    item = raw_to_item(m, self.states[m], record[m], pid)
             except (ValueError, TypeError, OSError) as err:
                 raise ValueError(f"patient {pid}: {err}") from err
+            notices += [_notice(w.message) for w in caught]
             if item is not None:
                 items[m] = item
-        return pid, items
+        return pid, items, notices
 
     def _batch(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
         return {m: self._shells[m].collate([it.get(m) for it in items]) for m in self.modalities}
@@ -252,24 +255,28 @@ class Prognosis:
     ) -> list[dict]:
         """:meth:`predict` for one batch of records (parsed, collated and run together)."""
         results: list[dict] = [{} for _ in records]
-        good, items = [], []
+        good, items, notices = [], [], []
         for i, record in enumerate(records):
             try:
-                pid, its = self._items(record)
+                pid, its, notes = self._items(record)
             except ValueError as err:
                 pid = record.get("patient_id") if isinstance(record, dict) else None
                 results[i] = {"patient_id": pid, "error": str(err)}
                 continue
             good.append((i, pid))
             items.append(its)
+            notices.append(notes)
         if not good:
             return results
         finish_items(self.states, items)  # resample all ECGs in one batch
-        warns = [[w for m, it in its.items() for w in out_of_range(m, self.states[m], it, self.max_input_sd)]
-                 for its in items]
+        warns = [notes + [w for m, it in its.items() for w in out_of_range(m, self.states[m], it, self.max_input_sd)]
+                 for notes, its in zip(notices, items)]
         used = [[m for m in self.modalities if m in its] for its in items]
         rows = self._predict_batch(self._batch(items), used, horizons, contributions, feature_contributions)
         for (i, pid), w, row in zip(good, warns, rows):
+            if "error" in row:
+                results[i] = {"patient_id": pid, "error": f"patient {pid}: {row['error']}", "input_warnings": w}
+                continue
             results[i] = {"patient_id": pid, **row, "input_warnings": w}
         return results
 
@@ -288,8 +295,10 @@ class Prognosis:
     def check_horizons(self, horizons: Sequence[float]) -> tuple[float, ...]:
         """``horizons`` as floats; ValueError for a non-finite or negative one, and a warning for
         those past :attr:`last_event_time`, where S(t) is only carried forward (flat), not estimated."""
+        if isinstance(horizons, (str, bytes)):
+            raise ValueError(f"horizons must be a list of numbers, got the string {horizons!r}")
         try:
-            values = tuple(float(h) for h in horizons)
+            values = tuple(dict.fromkeys(float(h) for h in horizons))  # in order, each once
         except (TypeError, ValueError):
             raise ValueError(f"horizons must be numbers, got {horizons!r}") from None
         bad = [h for h in values if not np.isfinite(h) or h < 0]
@@ -337,6 +346,12 @@ class Prognosis:
                 n = raw.shape[1]
                 traj = step_predictions(fused, lambda h: self.model.risk(self.model.head(h)))[:n].float()  # (B, S)
                 order = list(getattr(self.model.fusion, "last_order", None) or self.modalities)
+            # inputs far outside the training ranges can overflow the model's float32 arithmetic:
+            # those patients get an error, the others their predictions
+            n = raw.shape[1]
+            finite = torch.isfinite(raw[0].reshape(n, -1)).all(1) & torch.isfinite(risk_all[0].reshape(n, -1)).all(1)  # (B,)
+            if not bool(finite.all()):
+                raw, risk_all = torch.nan_to_num(raw), torch.nan_to_num(risk_all)
             surv = self._survival(raw[0], risk_all[0], horizons)
         out, risk = raw[0], risk_all[0]
         if raw_outputs is not None:
@@ -348,6 +363,11 @@ class Prognosis:
             per_value = {m: fn(self, batch, tokens, risk) for m, fn in BY_MODALITY.items() if m in batch}
         rows = []
         for b, present in enumerate(used):
+            if not finite[b]:
+                rows.append({"modalities_used": list(present), "error": (
+                    "the model's output is not finite for this patient: inputs far outside the training ranges "
+                    "overflow its arithmetic (see input_warnings)")})
+                continue
             res: dict[str, Any] = {"modalities_used": list(present)}
             res.update(self._readout(out[b], risk[b]))
             if contributions:
@@ -430,6 +450,12 @@ class Prognosis:
             return mlflow.pyfunc.log_model(
                 name=artifact_path, python_model=PrognosisPyfunc(), artifacts={"prognosis": str(folder)}, **kwargs
             )
+
+
+def _notice(message: Warning | str) -> str:
+    """A parser's warning (``field 'x.y': text``) as an ``input_warnings`` entry (``x.y: text``)."""
+    text = str(message)
+    return text[len("field '"):].replace("': ", ": ", 1) if text.startswith("field '") else text
 
 
 def _tolist(x: torch.Tensor) -> float | list[float]:

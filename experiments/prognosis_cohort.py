@@ -124,6 +124,12 @@ def predict_cohort(
             else:
                 batch[m] = prognosis._shells[m].collate([None] * len(chunk))
         results = prognosis._predict_batch(batch, used, horizons, contributions, feature_contributions, raw_outputs)
+        failed = [(pid, w) for pid, w, res in zip(chunk, warns, results) if "error" in res]
+        if failed:
+            raise ValueError(
+                f"{root}: the model's output is not finite for patient(s) {[p for p, _ in failed[:10]]}: their "
+                f"inputs lie far outside the training ranges ({'; '.join(failed[0][1]) or 'no single value flagged'})"
+            )
         for pid, w, res in zip(chunk, warns, results):
             rows.append({**_flat(pid, res, prognosis.modalities), "input_warnings": "; ".join(w)})
     frame = pd.DataFrame(rows)

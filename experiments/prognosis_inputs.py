@@ -91,29 +91,44 @@ def tabular_item(state: dict, raw: Any) -> Item:
     if unknown:
         raise ValueError(f"field 'tabular': unknown column(s) {unknown}")
     x = np.full(len(s["numeric_features"]), np.nan)
-    given = [(j, col) for j, col in enumerate(s["numeric_features"]) if raw.get(col) is not None]
-    if given:
-        x[[j for j, _ in given]] = _floats([raw[col] for _, col in given], [f"tabular.{col}" for _, col in given])
+    given = [(j, col) for j, col in enumerate(s["numeric_features"]) if raw.get(col) is not None]  # NaN: an error
+    if given:  # bools as 0/1: the reader reads a bool column as numeric
+        values = [float(raw[col]) if isinstance(raw[col], (bool, np.bool_)) else raw[col] for _, col in given]
+        x[[j for j, _ in given]] = _floats(values, [f"tabular.{col}" for _, col in given])
     observed = ~np.isnan(x)
     z = (x - np.asarray(s["mean"])) / np.asarray(s["std"])
     codes = np.zeros(len(s["categorical_features"]), dtype=np.int64)
     for j, col in enumerate(s["categorical_features"]):
         value = raw.get(col)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if _is_missing(value):
             continue
         levels = s["levels"][col]
         if str(value) in levels:
             codes[j] = levels.index(str(value)) + 2
-        else:
-            warnings.warn(f"field 'tabular.{col}': level {value!r} unseen in training; mapped to 'unseen'", stacklevel=3)
+        else:  # reported in input_warnings (experiments/input_checks.py), with the training levels
             codes[j] = 1
     return {"numeric": np.where(observed, z, 0.0).astype(np.float32), "numeric_observed": observed, "categorical": codes}
 
 
+def _is_missing(value: Any) -> bool:
+    """None, or a float/pandas missing scalar (NaN of any float type, ``pd.NA``, ``NaT``)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, (float, np.floating)) and math.isnan(value)
+
+
 def _columns(raw: Any, columns: Sequence[str], field: str) -> dict[str, np.ndarray]:
-    """Records (list of dicts), a DataFrame or a dict of equal-length lists -> one array per column."""
+    """Time-series events as records (list of dicts), a DataFrame or a dict of equal-length lists ->
+    one array per column (``variable`` as objects, the others numeric)."""
     if isinstance(raw, Mapping) and all(c in raw for c in columns):
-        cols = {c: np.asarray(raw[c], dtype=object if c == "variable" else None) for c in columns}
+        for c in (c for c in columns if c != "variable" and isinstance(raw[c], (list, tuple))):
+            bad = next((i for i, v in enumerate(raw[c]) if isinstance(v, (bool, str, np.bool_))), None)
+            if bad is not None:  # numpy would turn True into 1 and "1.5" into 1.5; the list-of-dicts form refuses them
+                raise ValueError(f"field '{field}.{c}[{bad}]': expected a number, got {raw[c][bad]!r}")
+        try:
+            cols = {c: np.asarray(raw[c], dtype=object if c == "variable" else None) for c in columns}
+        except ValueError as err:  # ragged nested lists
+            raise ValueError(f"field '{field}': columns {list(columns)} must be 1-D lists of numbers/names: {err}") from None
         lengths = {c: cols[c].shape for c in columns}
         if any(a.ndim != 1 for a in cols.values()) or len({a.shape[0] for a in cols.values()}) != 1:
             raise ValueError(f"field '{field}': columns {list(columns)} must be 1-D lists of one length, got {lengths}")
@@ -134,11 +149,13 @@ def _columns(raw: Any, columns: Sequence[str], field: str) -> dict[str, np.ndarr
 def _finite_floats(values: np.ndarray, field: str) -> np.ndarray:
     """A numeric 1-D array as float64; ValueError naming the first bad index (non-number, NaN, inf)."""
     try:
+        if values.dtype.kind in "bUS":  # numpy converts True and "1.5" silently; the list form refuses them
+            raise TypeError
         if values.dtype == object and any(isinstance(v, (bool, str, np.bool_)) or v is None for v in values):
             raise TypeError
         x = values.astype(np.float64)
     except (TypeError, ValueError):
-        bad = next(i for i, v in enumerate(values) if isinstance(v, (bool, str, np.bool_)) or not _is_number(v))
+        bad = next(i for i, v in enumerate(values.tolist()) if isinstance(v, (bool, str, np.bool_)) or not _is_number(v))
         raise ValueError(f"field '{field}[{bad}]': expected a number, got {values[bad]!r}") from None
     bad = np.flatnonzero(~np.isfinite(x) | huge_values(x))
     if len(bad):

@@ -66,7 +66,9 @@ def records_from_frame(df: pd.DataFrame) -> list[dict]:
         raise ValueError(f"input needs a 'patient_id' column; got {list(df.columns)}")
     records = []
     for row in df.to_dict("records"):
-        rec: dict[str, Any] = {"patient_id": str(row.pop("patient_id"))}
+        pid = row.pop("patient_id")
+        missing = pid is None or (isinstance(pid, float) and math.isnan(pid))
+        rec: dict[str, Any] = {"patient_id": None if missing else str(pid)}  # None: that row's error names it
         for key, value in row.items():
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue

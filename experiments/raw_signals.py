@@ -10,6 +10,7 @@ naming the field; the caller adds the patient.
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -60,17 +61,20 @@ def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
         if not isinstance(names, (list, tuple)) or not all(isinstance(x, str) for x in names):
             raise ValueError("field 'ecg.leads': expected a list of lead names")
         try:
-            signal = decode_array(raw, key, "ecg") if key == "signal_b64" else np.asarray(raw["signal"], dtype=np.float64)
+            signal = decode_array(raw, key, "ecg") if key == "signal_b64" else np.asarray(raw["signal"])
         except (TypeError, ValueError) as err:
             if key == "signal_b64":
                 raise
             raise ValueError(f"field 'ecg.signal': not a numeric (L, S) array: {err}") from None
+        if signal.dtype.kind not in "fiu":  # numbers only: numpy would also read "0.1" strings and bools
+            raise ValueError(f"field 'ecg.signal': not a numeric (L, S) array (elements of type {signal.dtype})")
+        signal = signal.astype(np.float64, copy=False)
         if signal.ndim != 2 or signal.shape[0] != len(names):
             raise ValueError(f"field 'ecg.signal': expected shape (L, S) with L = {len(names)} leads, got {signal.shape}")
         if np.isinf(signal).any() or huge_values(signal).any():
             raise ValueError("field 'ecg.signal': infinite samples (or beyond float32's range)")
         fs_in = as_number(raw["fs"], "ecg.fs")
-        return pick_leads(signal.T, names, ["mV"] * len(names), fs_in, leads, aliases, where="field 'ecg'")
+        return _check_duration(state, pick_leads(signal.T, names, ["mV"] * len(names), fs_in, leads, aliases, where="field 'ecg'"))
     if not isinstance(raw, (str, Path)):
         raise ValueError(f"field 'ecg': expected a WFDB record path or {{signal, fs, leads}}, got {type(raw).__name__}")
     path = Path(str(raw)).with_suffix("") if str(raw).endswith((".hea", ".dat")) else Path(str(raw))
@@ -82,7 +86,22 @@ def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
     except Exception as err:  # wfdb raises OSError/ValueError/IndexError on bad files
         raise ValueError(f"field 'ecg': {path}: cannot read WFDB record: {type(err).__name__}: {err}") from err
     units = record.units or [""] * len(record.sig_name)
-    return pick_leads(data, record.sig_name, units, float(record.fs), leads, aliases, where=f"field 'ecg' ({path})")
+    return _check_duration(state, pick_leads(data, record.sig_name, units, float(record.fs), leads, aliases,
+                                             where=f"field 'ecg' ({path})"))
+
+
+def _check_duration(state: dict, picked: PickedLeads) -> PickedLeads:
+    """``picked``, with a warning when its duration differs from the model's window by over 5%:
+    shorter recordings are zero-padded to the window, longer ones cropped to their start, as the
+    reader does in training (the caller turns the warning into an ``input_warnings`` entry)."""
+    seconds = picked.signal.shape[1] / picked.fs_in
+    window = int(state["fitted"]["n_samples"]) / float(state["config"]["fs"])
+    if seconds < 0.95 * window:
+        warnings.warn(f"field 'ecg': {seconds:.3g} s recorded, the model reads {window:g} s windows: the last "
+                      f"{window - seconds:.3g} s are zero-padded", stacklevel=3)
+    elif seconds > 1.05 * window:
+        warnings.warn(f"field 'ecg': {seconds:.3g} s recorded, the model reads the first {window:g} s only", stacklevel=3)
+    return picked
 
 
 def _resolve_ecg(state: dict, picked: Sequence[PickedLeads]) -> list[Item]:

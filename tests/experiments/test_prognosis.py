@@ -144,9 +144,12 @@ def test_unknown_category_maps_to_unseen_with_warning(trained, test_records):
     _, prog = trained
     tab = dict(test_records[0]["tabular"])
     cat = prog.states["tabular"]["fitted"]["categorical_features"][0]
-    with pytest.warns(UserWarning, match="unseen"):
-        (p,) = prog.predict([{"patient_id": "x", "tabular": {**tab, cat: "never-seen-level"}}])
+    (p,) = prog.predict([{"patient_id": "x", "tabular": {**tab, cat: "never-seen-level"}}])
     assert math.isfinite(p["risk"])
+    assert [w for w in p["input_warnings"] if w.startswith(f"tabular.{cat}: a level not seen in training")]
+    for missing in (None, float("nan"), np.float32("nan"), pd.NA):  # missing, not unseen
+        (q,) = prog.predict([{"patient_id": "x", "tabular": {**tab, cat: missing}}])
+        assert not [w for w in q["input_warnings"] if w.startswith(f"tabular.{cat}")]
 
 
 def test_save_load_round_trip(trained, test_records, tmp_path):
@@ -355,3 +358,56 @@ def test_predict_rejects_a_bad_batch_size(trained, test_records, bad):
 def test_predict_on_one_dict_says_to_wrap_it(trained, test_records):
     with pytest.raises(ValueError, match="wrap it in a list"):
         trained[1].predict(test_records[0])
+
+
+def test_an_input_that_overflows_the_model_fails_alone(trained, test_records):
+    _, prog = trained
+    rec = next(r for r in test_records if "tabular" in r)
+    col = prog.states["tabular"]["fitted"]["numeric_features"][0]
+    huge = {**rec, "patient_id": "huge", "tabular": {**rec["tabular"], col: 3e38}}  # within float32, not the model
+    bad, good = prog.predict([huge, rec])
+    assert "the model's output is not finite" in bad["error"] and bad["error"].startswith("patient huge")
+    assert any(w.startswith(f"tabular.{col}") for w in bad["input_warnings"])
+    assert good["risk"] == pytest.approx(prog.predict([rec])[0]["risk"], rel=1e-5)
+
+
+def test_parser_notices_reach_input_warnings(trained, test_records):
+    import wfdb
+
+    _, prog = trained
+    rec = next(r for r in test_records if "timeseries" in r and "ecg" in r)
+    events = list(rec["timeseries"]) + [{"time": 1.0, "variable": "HR_renamed", "value": 80.0}]
+    w = wfdb.rdrecord(str(rec["ecg"]))
+    short = {"signal": w.p_signal.T[:, : w.p_signal.shape[0] // 4], "fs": w.fs, "leads": w.sig_name}
+    (got,) = prog.predict([{**rec, "timeseries": events, "ecg": short}])
+    assert "timeseries: dropping events of variables unseen in training: ['HR_renamed']" in got["input_warnings"]
+    assert [m for m in got["input_warnings"] if m.startswith("ecg: 2.5 s recorded, the model reads 10 s windows")]
+    (full,) = prog.predict([rec])
+    assert not [m for m in full["input_warnings"] if m.startswith(("ecg:", "timeseries:"))]
+
+
+def test_implausible_ecg_rates_and_horizon_strings_are_named(trained, test_records):
+    import wfdb
+
+    _, prog = trained
+    rec = next(r for r in test_records if "ecg" in r)
+    w = wfdb.rdrecord(str(rec["ecg"]))
+    for fs in (5e6, 1e-3):
+        bad, good = prog.predict([{**rec, "patient_id": "fs", "ecg": {"signal": w.p_signal.T, "fs": fs, "leads": w.sig_name}}, rec])
+        assert f"sampling rate {fs:g} Hz is outside 1-100000 Hz" in bad["error"] and "risk" in good
+    with pytest.raises(ValueError, match="horizons must be a list of numbers, got the string '365'"):
+        prog.predict([rec], horizons="365")
+    (once,) = prog.predict([rec], horizons=[30, 30.0, 365])
+    assert list(once["survival_at"]) == [30.0, 365.0]
+
+
+def test_pyfunc_row_without_patient_id_gets_its_own_error(trained, test_records):
+    _, prog = trained
+    py = PrognosisPyfunc()
+    py.prognosis = prog
+    frame = _wire([test_records[0], test_records[1]])
+    frame.loc[0, "patient_id"] = None
+    rows = py.predict(None, frame)
+    assert "field 'patient_id': a non-empty string is required" in rows["error"].iloc[0]
+    assert rows["prediction"].iloc[0] is None and rows["patient_id"].iloc[0] is None
+    assert "risk" in json.loads(rows["prediction"].iloc[1]) and rows["patient_id"].iloc[1] == test_records[1]["patient_id"]

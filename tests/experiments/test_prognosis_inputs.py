@@ -135,8 +135,12 @@ def test_numbers_of_any_plain_type_by_hand():
 def test_bad_numbers_name_their_field(value, match):
     from clinfuse.experiments.prognosis_inputs import genomics_item, tabular_item
 
-    with pytest.raises(ValueError, match=rf"'tabular\.bmi'.*{match}"):
-        tabular_item(TAB_STATE, {"age": 70.0, "bmi": value})
+    if isinstance(value, bool):  # a bool is 0/1 in a tabular column, as the reader reads bool columns
+        np.testing.assert_allclose(tabular_item(TAB_STATE, {"age": 70.0, "bmi": value})["numeric"],
+                                   tabular_item(TAB_STATE, {"age": 70.0, "bmi": 1.0})["numeric"])
+    else:
+        with pytest.raises(ValueError, match=rf"'tabular\.bmi'.*{match}"):
+            tabular_item(TAB_STATE, {"age": 70.0, "bmi": value})
     with pytest.raises(ValueError, match=rf"'genomics\.EGFR_rnaseq'.*{match}"):
         genomics_item(GEN_STATE, {"TP53_rnaseq": 1.0, "EGFR_rnaseq": value, "TP53_mut": 0})
 
@@ -158,3 +162,25 @@ def test_notes_word_ids_by_hand_and_per_vocabulary():
     np.testing.assert_array_equal(item["token_mask"], item["token_ids"] != 0)
     other = notes_item(_notes_state(["worse", "dyspnea"]), raw)  # another vocabulary: its own ids
     np.testing.assert_array_equal(other["token_ids"], [[1, 1, 1], [3, 2, 3]])
+
+
+def test_time_series_columns_refuse_bools_and_strings_and_name_ragged_lists():
+    from clinfuse.experiments.prognosis_inputs import timeseries_item
+
+    state = {"config": {"max_events": 8}, "fitted": {"variables": ["hr"], "mean": [80.0], "std": [10.0]}}
+    with pytest.raises(ValueError, match=r"field 'timeseries.value\[0\]': expected a number, got True"):
+        timeseries_item(state, {"time": [1.0, 2.0], "variable": ["hr", "hr"], "value": [True, 90]})
+    with pytest.raises(ValueError, match=r"field 'timeseries.time\[1\]': expected a number, got '1.5'"):
+        timeseries_item(state, {"time": [1.0, "1.5"], "variable": ["hr", "hr"], "value": [80, 90]})
+    with pytest.raises(ValueError, match=r"field 'timeseries': columns .* must be 1-D lists"):
+        timeseries_item(state, {"time": [[1.0], [2.0, 3.0]], "variable": ["hr", "hr"], "value": [80, 90]})
+
+
+def test_in_memory_ecg_must_be_numbers_with_samples():
+    from clinfuse.experiments.prognosis_inputs import ecg_item
+
+    state = {"config": {"fs": 100.0, "leads": ["I", "II"], "lead_aliases": {}}, "fitted": {"n_samples": 200}}
+    with pytest.raises(ValueError, match=r"field 'ecg.signal': not a numeric \(L, S\) array"):
+        ecg_item(state, {"signal": [["0.1", "0.2"], ["0.3", "0.4"]], "fs": 100, "leads": ["I", "II"]}, "p")
+    with pytest.raises(ValueError, match="field 'ecg': the signal has no samples"):
+        ecg_item(state, {"signal": np.zeros((2, 0)), "fs": 100, "leads": ["I", "II"]}, "p")
