@@ -8,6 +8,8 @@ is written. Page: ``docs/sources/mimic_iv.md``.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,11 +77,16 @@ def convert_mimic_iv(
         ``out``.
 
     Raises:
-        ValueError: a missing file or column, a wrong dtype, an unparsable timestamp, NaN/inf,
-            duplicate ids, a death before the ICU admission; each names file, column, row/subject.
+        ValueError: a bad option; a missing file or column, a wrong dtype, an unparsable timestamp,
+            NaN/inf, a negative age / length of stay, an ICU out time before its in time, duplicate
+            ids, a stay whose subject is not its admission's subject, an empty ECG path, a death
+            before the ICU admission; each names file, column, row/subject.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    for name, hours in (("lookback_hours", lookback_hours), ("ecg_lookback_hours", ecg_lookback_hours)):
+        if isinstance(hours, bool) or not isinstance(hours, numbers.Real) or not math.isfinite(hours) or hours < 0:
+            raise ValueError(f"{name} must be a finite number of hours >= 0; got {hours!r}")
     src, out = Path(src), Path(out)
     files = _locate(src, None if ecg is None else Path(ecg))
     options = {"task": task, "lookback_hours": lookback_hours, "ecg_lookback_hours": ecg_lookback_hours,
@@ -159,6 +166,7 @@ def _stays(files: dict[str, Path | None], task: str, all_stays: bool) -> pl.Data
         as_int(pat, p_path, "anchor_year", "subject_id"), as_datetime(pat, p_path, "dod", "subject_id"),
     )
     check_unique(pat, p_path, "subject_id")
+    _check_not_negative(pat, p_path, "anchor_age", "subject_id")
     adm = scan_table(a_path, ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime",
                               "hospital_expire_flag"]).collect()
     adm = adm.with_columns(
@@ -182,6 +190,19 @@ def _stays(files: dict[str, Path | None], task: str, all_stays: bool) -> pl.Data
         as_float(icu, i_path, "los", "subject_id", nullable=False),
     )
     check_unique(icu, i_path, "stay_id")
+    _check_not_negative(icu, i_path, "los", "stay_id")
+    back = icu.filter(pl.col("outtime") < pl.col("intime"))
+    if back.height:
+        row = back.row(0, named=True)
+        raise ValueError(f"{i_path}: column 'outtime' {row['outtime']} lies before column 'intime' {row['intime']} "
+                         f"in data row {row[ROW]} (subject_id {row['subject_id']}, stay_id {row['stay_id']})")
+    other = icu.join(adm.select("hadm_id", adm_subject="subject_id"), on="hadm_id").filter(
+        pl.col("subject_id") != pl.col("adm_subject"))
+    if other.height:
+        row = other.sort(ROW).row(0, named=True)
+        raise ValueError(f"{i_path}: column 'subject_id' {row['subject_id']} in data row {row[ROW]} (stay_id "
+                         f"{row['stay_id']}) does not match subject_id {row['adm_subject']} of its hadm_id "
+                         f"{row['hadm_id']} in {a_path}")
     last_seen = pl.concat([adm.select("subject_id", t=pl.col("dischtime")),
                            icu.select("subject_id", t=pl.col("outtime"))]).group_by("subject_id").agg(
         last_followup=pl.col("t").max())
@@ -234,16 +255,29 @@ def _stays(files: dict[str, Path | None], task: str, all_stays: bool) -> pl.Data
     return stays.with_columns(patient_id=pl.col("stay_id").cast(pl.String), **label)
 
 
+def _check_not_negative(df: pl.DataFrame, path: Path, column: str, who: str) -> None:
+    neg = df.filter(pl.col(column) < 0)
+    if neg.height:
+        row = neg.row(0, named=True)
+        raise ValueError(f"{path}: column '{column}' has negative value {row[column]} in data row {row[ROW]} "
+                         f"({who} {row[who]})")
+
+
 # ---------------------------------------------------------------------- modalities
 def _window_scan(path: Path, required: list[str], keys: pl.DataFrame, on: str, time_col: str,
                  start: pl.Expr | None, value_col: str | None = None) -> pl.DataFrame:
     """Rows of ``path`` joined to the samples on ``on``, charted in ``[start, prediction time]``.
 
-    ``start`` None = no lower bound.
+    ``start`` None = no lower bound. The id ``on`` is matched as an integer, like the core tables
+    read it (``"12"``, ``"12.0"`` and ``" 12 "`` are one id).
 
-    Unparsable times/values are kept through the lazy filter, then raise with file/column/row.
+    Rows with an empty or non-integer id (any subject), and unparsable times/values (the samples'
+    rows), are kept through the lazy filter, then raise with file/column/row.
     """
-    lf = scan_table(path, required).join(keys.lazy().with_columns(pl.col(on).cast(pl.String)), on=on)
+    num = pl.col(on).str.strip_chars().cast(pl.Float64, strict=False)
+    whole = (num.is_finite() & (num == num.round(0))).fill_null(False)
+    lf = scan_table(path, required).with_columns(_key=pl.when(whole).then(num.cast(pl.Int64)))
+    lf = lf.join(keys.lazy().rename({on: "_key"}), on="_key", how="left")  # left: keep bad ids to report
     t = datetime_expr(time_col)
     bad = pl.col(time_col).is_null() | t.is_null()
     if value_col is not None:
@@ -252,7 +286,9 @@ def _window_scan(path: Path, required: list[str], keys: pl.DataFrame, on: str, t
     window = t <= pl.col("prediction_time")
     if start is not None:
         window = window & (t >= start)
-    df = lf.filter(bad | window).collect(engine="streaming")  # bounded memory on chartevents
+    keep = ~whole | (pl.col("patient_id").is_not_null() & (bad | window))
+    df = lf.filter(keep.fill_null(False)).collect(engine="streaming").sort(ROW)  # bounded memory on chartevents
+    as_int(df, path, on, "subject_id")  # raises on the rows with an empty / non-integer id
     df = df.with_columns(as_datetime(df, path, time_col, "subject_id", nullable=False).alias("_t"))
     if value_col is not None:
         df = df.with_columns(as_float(df, path, value_col, "subject_id").alias("_v"))
@@ -260,8 +296,11 @@ def _window_scan(path: Path, required: list[str], keys: pl.DataFrame, on: str, t
 
 
 def _labels_of(path: Path) -> pl.DataFrame:
+    """``itemid`` (Int64, unique) -> ``label`` of a dictionary table (d_labitems / d_items)."""
     d = scan_table(path, ["itemid", "label"]).collect()
-    return d.select(pl.col("itemid").str.strip_chars(), pl.col("label"))
+    d = d.with_columns(as_int(d, path, "itemid"))
+    check_unique(d, path, "itemid")  # a repeated itemid would duplicate its events
+    return d.select("itemid", "label")
 
 
 def _events(files: dict[str, Path | None], keys: pl.DataFrame, lookback_hours: float) -> pl.DataFrame:
@@ -274,10 +313,11 @@ def _events(files: dict[str, Path | None], keys: pl.DataFrame, lookback_hours: f
             continue
         required = sorted({"subject_id", on, "itemid", "charttime", "valuenum"})
         df = _window_scan(path, required, keys, on, "charttime", start, "valuenum")
+        df = df.with_columns(as_int(df, path, "itemid", "subject_id"))
         df = df.filter(pl.col("_v").is_not_null())  # valuenum is empty for text-only results
-        df = df.with_columns(pl.col("itemid").str.strip_chars())
         df = df.join(_labels_of(files[dictionary]), on="itemid", how="left")
-        parts.append(df.select("patient_id", "time", variable=pl.coalesce("label", "itemid"), value="_v"))
+        variable = pl.coalesce("label", pl.col("itemid").cast(pl.String))
+        parts.append(df.select("patient_id", "time", variable=variable, value="_v"))
     if not parts:
         schema = {"patient_id": pl.String, "time": pl.Float64, "variable": pl.String, "value": pl.Float64}
         return pl.DataFrame(schema=schema)
@@ -308,6 +348,10 @@ def _ecg_records(path: Path, root: Path, keys: pl.DataFrame, lookback_hours: flo
     start = pl.col("intime") - pl.duration(hours=lookback_hours)
     df = _window_scan(path, ["subject_id", "study_id", "file_name", "ecg_time", "path"], keys, "subject_id",
                       "ecg_time", start)
+    empty = df.filter(pl.col("path").str.strip_chars().fill_null("") == "")
+    if empty.height:
+        raise ValueError(f"{path}: column 'path' is empty in data row {empty[ROW][0]} "
+                         f"(subject_id {empty['subject_id'][0]})")
     df = df.sort("patient_id", "_t", ROW).unique("patient_id", keep="last", maintain_order=True)
     records = [str((root / p).resolve()) for p in df["path"]]
     keep = []
