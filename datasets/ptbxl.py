@@ -9,6 +9,7 @@ Page: ``docs/sources/ptbxl.md``.
 from __future__ import annotations
 
 import ast
+import math
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -18,13 +19,14 @@ import pandas as pd
 
 from clinfuse.datasets.conversion import fingerprint, is_current, write_cohort_info
 from clinfuse.datasets.ecg import STANDARD_LEADS
-from clinfuse.datasets.source_tables import prepare_out
+from clinfuse.datasets.source_tables import check_out, staged_out
 
 FORMAT = "ptbxl"
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
 AGE_OVER_89 = 300  # PTB-XL writes the age of patients older than 89 as 300 (HIPAA)
 _DB_COLUMNS = ("ecg_id", "patient_id", "age", "sex", "height", "weight", "scp_codes", "strat_fold",
                "filename_lr", "filename_hr")
+_NON_NEGATIVE = ("age", "height", "weight")  # age 300 (over 89) is valid; only negatives are impossible
 _OWNED = ("labels.parquet", "splits.csv", "tabular.parquet", "ecg/records.csv")
 
 
@@ -55,9 +57,15 @@ def convert_ptbxl(
         ``out``.
 
     Raises:
-        ValueError: a missing file/column, a wrong dtype, NaN/inf, duplicate ``ecg_id``, an
-            unparsable ``scp_codes``, an unknown scp code, a bad ``strat_fold`` or a patient in
-            two folds; each names the file, the column and the ECG or patient.
+        ValueError: an ``out`` that is a file or a foreign non-empty folder (before any input is
+            read); a missing file/column, an empty file, a wrong dtype, NaN/inf, a negative
+            age/height/weight, duplicate ``ecg_id``, an unparsable ``scp_codes`` or a likelihood in
+            it that is not a number, an unknown scp code, a code listed twice in
+            ``scp_statements.csv``, an empty record file name, a bad ``strat_fold``, a patient in two
+            folds, or no ECG left after dropping the unlabelled ones; each names the file, the
+            column and the ECG or patient. Everything is checked before ``out`` is changed, and the
+            cohort is written aside and moved in at the end, so a failed conversion leaves a
+            previous one in ``out`` intact.
     """
     if sampling_rate not in (100, 500):
         raise ValueError(f"sampling_rate must be 100 or 500, got {sampling_rate!r}")
@@ -68,15 +76,36 @@ def convert_ptbxl(
     if not overwrite and is_current(out, FORMAT, fp):
         print(f"reusing converted cohort {out} (inputs unchanged)")
         return out
+    check_out(out, FORMAT, overwrite)  # a file or a foreign folder fails before the inputs are read
 
     classes = _statement_classes(scp_path)
     db = _read_database(db_path)
+    column = "filename_lr" if sampling_rate == 100 else "filename_hr"
+    _check_filenames(db, column, db_path)
     labels = _labels(db, classes, db_path, scp_path, min_likelihood)
     keep = labels[list(SUPERCLASSES)].any(axis=1) | (not drop_unlabelled)
+    if not keep.any():
+        raise ValueError(f"{db_path}: column 'scp_codes': none of the {len(db)} ECGs has a diagnostic statement "
+                         f"(diagnostic == 1 in {scp_path}) with likelihood >= {min_likelihood}, so every ECG "
+                         f"would be dropped as unlabelled and the cohort would be empty; lower min_likelihood "
+                         f"or pass drop_unlabelled=False")
     db, labels = db[keep.to_numpy()], labels[keep.to_numpy()]
     _check_folds(db, db_path)
+    with staged_out(out, FORMAT, overwrite, _OWNED) as stage:  # moved into out only if all is written
+        _write_tables(db, labels, stage)
+        _write_records(db, src, stage, column, db_path)
+        write_cohort_info(
+            stage, FORMAT, fp, name=f"ptbxl_{sampling_rate}hz", n_patients=len(db),
+            modalities=["tabular", "ecg"], labels=["binary", *[f"label_{c}" for c in SUPERCLASSES]],
+            time_unit="hours from the ECG recording (the index time); no survival labels",
+            ecg={"fs": sampling_rate, "seconds": 10, "leads": list(STANDARD_LEADS)},
+            min_likelihood=min_likelihood, drop_unlabelled=drop_unlabelled,
+        )
+    return out
 
-    prepare_out(out, FORMAT, overwrite, _OWNED)
+
+def _write_tables(db: pd.DataFrame, labels: pd.DataFrame, out: Path) -> None:
+    """``labels.parquet``, ``splits.csv`` and ``tabular.parquet`` of the kept ECGs."""
     ids = db["ecg_id"].astype(str).tolist()
     frame = pd.DataFrame({"patient_id": ids, "binary": 1 - labels["NORM"].to_numpy()})
     for name in SUPERCLASSES:
@@ -89,15 +118,6 @@ def convert_ptbxl(
     pd.DataFrame({"patient_id": ids, "age": age.to_numpy(), "sex": sex.to_numpy(),
                   "height": db["height"].to_numpy(), "weight": db["weight"].to_numpy()}).to_parquet(
         out / "tabular.parquet", index=False)
-    _write_records(db, src, out, sampling_rate, db_path)
-    write_cohort_info(
-        out, FORMAT, fp, name=f"ptbxl_{sampling_rate}hz", n_patients=len(ids),
-        modalities=["tabular", "ecg"], labels=["binary", *[f"label_{c}" for c in SUPERCLASSES]],
-        time_unit="hours from the ECG recording (the index time); no survival labels",
-        ecg={"fs": sampling_rate, "seconds": 10, "leads": list(STANDARD_LEADS)},
-        min_likelihood=min_likelihood, drop_unlabelled=drop_unlabelled,
-    )
-    return out
 
 
 def _read_database(path: Path) -> pd.DataFrame:
@@ -109,6 +129,8 @@ def _read_database(path: Path) -> pd.DataFrame:
     missing = [c for c in _DB_COLUMNS if c not in db.columns]
     if missing:
         raise ValueError(f"{path}: missing required column(s) {missing}; found {sorted(db.columns)}")
+    if db.empty:
+        raise ValueError(f"{path}: has a header but no data rows; no ECG to convert")
     raw_ids = db["ecg_id"].copy()
     for col in ("ecg_id", "patient_id", "age", "sex", "height", "weight", "strat_fold"):
         raw = db[col]
@@ -116,9 +138,12 @@ def _read_database(path: Path) -> pd.DataFrame:
         bad = (raw.notna() & num.isna()) | np.isinf(num.fillna(0.0))
         if col in ("ecg_id", "patient_id", "strat_fold"):
             bad |= num.isna() | (num != num.round())
+        what = "invalid value"
+        if col in _NON_NEGATIVE and not bad.any():
+            bad, what = num < 0, "negative value"
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"{path}: column '{col}' has invalid value {raw.iloc[row]!r} in data row {row} "
+            raise ValueError(f"{path}: column '{col}' has {what} {raw.iloc[row]!r} in data row {row} "
                              f"(ecg_id {raw_ids.iloc[row]})")
         db[col] = num.astype(np.float64)
     db["ecg_id"] = db["ecg_id"].astype(np.int64)
@@ -147,6 +172,16 @@ def _statement_classes(path: Path) -> dict[str, str | None]:
     missing = [c for c in ("diagnostic", "diagnostic_class") if c not in scp.columns]
     if missing:
         raise ValueError(f"{path}: missing required column(s) {missing}; found {sorted(scp.columns)}")
+    if scp.index.isna().any():
+        raise ValueError(f"{path}: the first column (the scp code) is empty in data row "
+                         f"{int(np.flatnonzero(scp.index.isna())[0])}")
+    codes = scp.index.astype(str)
+    dup = codes.duplicated(keep=False)
+    if dup.any():  # a second row would silently replace the first one's diagnostic class
+        code = codes[dup][0]
+        rows = np.flatnonzero(codes == code).tolist()
+        raise ValueError(f"{path}: scp code {code!r} is listed {len(rows)} times in the first column (data rows "
+                         f"{rows}); each code must have exactly one statement row")
     diagnostic = pd.to_numeric(scp["diagnostic"], errors="coerce")
     bad = scp["diagnostic"].notna() & (diagnostic != 1.0)
     if bad.any():
@@ -171,14 +206,18 @@ def _labels(db: pd.DataFrame, classes: dict[str, str | None], db_path: Path, scp
             codes = ast.literal_eval(text)  # the file stores a Python dict literal, e.g. "{'NORM': 100.0}"
             if not isinstance(codes, dict):
                 raise ValueError(f"not a dict: {type(codes).__name__}")
-        except (ValueError, SyntaxError) as err:
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
             raise ValueError(f"{db_path}: column 'scp_codes' of ecg_id {ecg_id} is not a dict literal: "
                              f"{text!r} ({err})") from err
         for code, likelihood in codes.items():
             if code not in classes:
                 raise ValueError(f"{db_path}: column 'scp_codes' of ecg_id {ecg_id} has code {code!r} "
                                  f"unknown to {scp_path}")
-            if classes[code] is not None and float(likelihood) >= min_likelihood:
+            number = isinstance(likelihood, (int, float)) and not isinstance(likelihood, bool)
+            if not number or not math.isfinite(likelihood):  # e.g. 'high', None, [1], True, 1e999
+                raise ValueError(f"{db_path}: column 'scp_codes' of ecg_id {ecg_id}: the likelihood of code {code!r} "
+                                 f"is {likelihood!r}, not a finite number")
+            if classes[code] is not None and likelihood >= min_likelihood:
                 rows[i, position[classes[code]]] = 1
     return pd.DataFrame(rows, columns=list(SUPERCLASSES))
 
@@ -193,14 +232,22 @@ def _check_folds(db: pd.DataFrame, path: Path) -> None:
                          f"a patient must stay in one fold")
 
 
-def _write_records(db: pd.DataFrame, src: Path, out: Path, sampling_rate: int, db_path: Path) -> None:
+def _check_filenames(db: pd.DataFrame, column: str, path: Path) -> None:
+    """Raise if a record file name of ``column`` is empty (it would name no record, or ``src`` itself)."""
+    bad = db[column].isna() | (db[column].astype(str).str.strip() == "")
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{path}: column '{column}' has an empty record file name in data row {row} "
+                         f"(ecg_id {db['ecg_id'].iloc[row]})")
+
+
+def _write_records(db: pd.DataFrame, src: Path, out: Path, column: str, db_path: Path) -> None:
     """``ecg/records.csv`` with absolute record paths; a missing header leaves that ECG absent (warning)."""
-    column = "filename_lr" if sampling_rate == 100 else "filename_hr"
     records = [str((src / name).resolve()) for name in db[column]]
     exists = np.array([Path(f"{rec}.hea").is_file() for rec in records], dtype=bool)
     for ecg_id, rec in zip(db["ecg_id"][~exists], np.array(records)[~exists]):
         warnings.warn(f"{db_path}: column '{column}' of ecg_id {ecg_id}: WFDB header {rec}.hea does not "
-                      f"exist; its ECG is left absent", stacklevel=3)
+                      f"exist; its ECG is left absent", stacklevel=4)
     (out / "ecg").mkdir(exist_ok=True)
     pd.DataFrame({"patient_id": db["ecg_id"].astype(str)[exists], "record": np.array(records)[exists],
                   "time": 0.0}).to_csv(out / "ecg" / "records.csv", index=False)

@@ -3,12 +3,17 @@
 Every column is scanned as a string (``infer_schema=False``) and cast explicitly afterwards, so a
 wrong dtype or an unparsable timestamp becomes a ``ValueError`` naming the file, the column, the
 data row (0-based, header excluded) and the subject, instead of a silent null or a polars error.
+The output folder helpers (``check_out``, ``prepare_out``, ``staged_out``) are shared too.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -126,21 +131,73 @@ def split_by_group(groups: Sequence[str], fractions: Sequence[float], seed: int)
     return {unique[i]: str(names[k]) for k, i in enumerate(order)}
 
 
-def prepare_out(out: Path, source_format: str, overwrite: bool, owned: Iterable[str]) -> None:
-    """Create ``out``; clear what a previous conversion of the same format wrote (cohort.json first).
+def check_out(out: Path, source_format: str, overwrite: bool) -> None:
+    """Refuse an unusable ``out`` before any input is read; changes nothing on disk.
 
     Raises:
-        ValueError: ``out`` is a non-empty folder that is no conversion of ``source_format`` and
-            ``overwrite`` is False.
+        ValueError: ``out`` or a folder above it exists and is not a folder, or ``out`` is a
+            non-empty folder that is no conversion of ``source_format`` and ``overwrite`` is False
+            (naming the path).
     """
-    if out.exists() and any(out.iterdir()) and not overwrite and not _is_conversion(out, source_format):
+    out = Path(out)
+    for path in (out, *out.parents):  # the nearest existing one must be a folder
+        if path.exists():
+            if path.is_dir():
+                break
+            if path == out:
+                raise ValueError(f"out {str(out)!r} exists and is not a directory")
+            raise ValueError(f"out {str(out)!r} cannot be created: {path} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not _is_conversion(out, source_format):
         raise ValueError(
             f"{out} is a non-empty folder that is not a {source_format} conversion; pass overwrite=True"
         )
+
+
+def prepare_out(out: Path, source_format: str, overwrite: bool, owned: Iterable[str]) -> None:
+    """Create ``out``; clear what a previous conversion of the same format wrote (cohort.json first).
+
+    A converter should call ``check_out`` before reading its inputs, or write through
+    ``staged_out``, so that a bad ``out`` fails at once and a failed conversion keeps the previous one.
+
+    Raises:
+        ValueError: see ``check_out``.
+    """
+    check_out(out, source_format, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cohort.json").unlink(missing_ok=True)  # an interrupted rewrite is never taken as current
     for name in owned:  # files only: a user's folder (e.g. ecg/ with WFDB files) is never removed
         (out / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_out(out: Path, source_format: str, overwrite: bool, owned: Iterable[str]) -> Iterator[Path]:
+    """A private folder to write a conversion into, moved into ``out`` only when the block succeeds.
+
+    The converter writes its ``owned`` files and ``cohort.json`` (last) into the yielded folder, a
+    hidden sibling of ``out``. When the block ends normally, ``prepare_out`` clears the previous
+    conversion's files from ``out`` and the new ones are moved in, ``cohort.json`` last; when it raises,
+    the private folder is deleted and ``out`` is left as it was (a previous cohort stays intact and
+    current). Files of ``out`` that are not ``owned`` are never touched.
+
+    Raises:
+        ValueError: see ``check_out`` (before anything is written).
+    """
+    owned = tuple(owned)
+    out = Path(out)
+    check_out(out, source_format, overwrite)
+    target = Path(os.path.abspath(out))  # "." and ".." have no name to derive a sibling from
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    stage.mkdir()
+    try:
+        yield stage
+        prepare_out(out, source_format, overwrite, owned)
+        for name in (*owned, "cohort.json"):  # cohort.json last: an interrupted move is never current
+            if (stage / name).exists():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(stage / name, target / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _is_conversion(out: Path, source_format: str) -> bool:
