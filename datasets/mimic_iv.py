@@ -25,14 +25,15 @@ from clinfuse.datasets.source_tables import (
     as_datetime,
     as_float,
     as_int,
+    check_out,
     check_unique,
     datetime_expr,
     float_expr,
     find_table,
     hours_between,
-    prepare_out,
     scan_table,
     split_by_group,
+    staged_out,
 )
 
 FORMAT = "mimic_iv"
@@ -97,44 +98,47 @@ def convert_mimic_iv(
         print(f"reusing converted cohort {out} (inputs unchanged)")
         return out
 
+    check_out(out, FORMAT, overwrite)  # a file or a foreign folder: refused before reading anything
     stays = _stays(files, task, all_stays)
-    prepare_out(out, FORMAT, overwrite, _OWNED)
-    label_cols = ["time", "event"] if task == "survival" else ["binary"]
-    stays.select(pl.col("patient_id"), *label_cols).write_parquet(out / "labels.parquet")
-    split = split_by_group(stays["subject_id"].cast(pl.String).to_list(), split_fractions, seed)
-    pd.DataFrame({"patient_id": stays["patient_id"].to_list(),
-                  "split": [split[str(s)] for s in stays["subject_id"]]}).to_csv(out / "splits.csv", index=False)
-    stays.select("patient_id", "subject_id", "hadm_id", "stay_id", "intime", "prediction_time").write_csv(
-        out / "sample_map.csv"
-    )
-    tab_cols = ["gender", "age", *[c for c in (*_TABULAR_ADMISSION, "first_careunit") if c in stays.columns]]
-    stays.select("patient_id", *tab_cols).to_pandas().astype(
-        {c: "string" for c in tab_cols if c != "age"}
-    ).to_parquet(out / "tabular.parquet", index=False)
+    # written into a staging folder and moved into out at the end: a bad row found while reading the
+    # event, note or ECG tables leaves a previous cohort in out intact
+    with staged_out(out, FORMAT, overwrite, _OWNED) as stage:
+        label_cols = ["time", "event"] if task == "survival" else ["binary"]
+        stays.select(pl.col("patient_id"), *label_cols).write_parquet(stage / "labels.parquet")
+        split = split_by_group(stays["subject_id"].cast(pl.String).to_list(), split_fractions, seed)
+        pd.DataFrame({"patient_id": stays["patient_id"].to_list(),
+                      "split": [split[str(s)] for s in stays["subject_id"]]}).to_csv(stage / "splits.csv", index=False)
+        stays.select("patient_id", "subject_id", "hadm_id", "stay_id", "intime", "prediction_time").write_csv(
+            stage / "sample_map.csv"
+        )
+        tab_cols = ["gender", "age", *[c for c in (*_TABULAR_ADMISSION, "first_careunit") if c in stays.columns]]
+        stays.select("patient_id", *tab_cols).to_pandas().astype(
+            {c: "string" for c in tab_cols if c != "age"}
+        ).to_parquet(stage / "tabular.parquet", index=False)
 
-    keys = stays.select("patient_id", "subject_id", "stay_id", "intime", "prediction_time")
-    modalities = ["tabular"]
-    events = _events(files, keys, lookback_hours)
-    if events.height:
-        events.write_parquet(out / "timeseries.parquet")
-        modalities.append("timeseries")
-    notes = _notes(files, keys)
-    if notes.height:
-        notes.write_parquet(out / "notes.parquet")
-        modalities.append("notes")
-    if ecg is not None:
-        records = _ecg_records(files["record_list"], Path(ecg), keys, ecg_lookback_hours)
-        if records.height:
-            (out / "ecg").mkdir(exist_ok=True)
-            records.write_csv(out / "ecg" / "records.csv")
-            modalities.append("ecg")
-    write_cohort_info(
-        out, FORMAT, fp, name=f"mimic_iv_{task}", n_patients=stays.height, task=task,
-        modalities=modalities, labels=label_cols,
-        time_unit="modality times: hours from ICU intime; survival time: days from the prediction time",
-        prediction_hours=PREDICTION_HOURS, lookback_hours=lookback_hours,
-        ecg={"fs": 500, "seconds": 10, "leads": list(STANDARD_LEADS)} if "ecg" in modalities else None,
-    )
+        keys = stays.select("patient_id", "subject_id", "stay_id", "intime", "prediction_time")
+        modalities = ["tabular"]
+        events = _events(files, keys, lookback_hours)
+        if events.height:
+            events.write_parquet(stage / "timeseries.parquet")
+            modalities.append("timeseries")
+        notes = _notes(files, keys)
+        if notes.height:
+            notes.write_parquet(stage / "notes.parquet")
+            modalities.append("notes")
+        if ecg is not None:
+            records = _ecg_records(files["record_list"], Path(ecg), keys, ecg_lookback_hours)
+            if records.height:
+                (stage / "ecg").mkdir(exist_ok=True)
+                records.write_csv(stage / "ecg" / "records.csv")
+                modalities.append("ecg")
+        write_cohort_info(
+            stage, FORMAT, fp, name=f"mimic_iv_{task}", n_patients=stays.height, task=task,
+            modalities=modalities, labels=label_cols,
+            time_unit="modality times: hours from ICU intime; survival time: days from the prediction time",
+            prediction_hours=PREDICTION_HOURS, lookback_hours=lookback_hours,
+            ecg={"fs": 500, "seconds": 10, "leads": list(STANDARD_LEADS)} if "ecg" in modalities else None,
+        )
     return out
 
 

@@ -162,3 +162,20 @@ def test_zero_lookback_keeps_events_from_intime(pristine, tmp_path):
     out = convert_mimic_iv(pristine[0], tmp_path / "o", task=TASK, lookback_hours=0)
     ts = pd.read_parquet(out / "timeseries.parquet")
     assert len(ts) and ts["time"].between(0.0, 48.0).all()
+
+
+def test_a_failed_reconversion_keeps_the_previous_cohort(fx, tmp_path):
+    out = convert_mimic_iv(fx[0], tmp_path / "o", task=TASK, ecg=fx[1])
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    edit(source(fx, "hosp/labevents"), set_cell("valuenum", 0, "abc"))  # found while reading events, after the labels
+    with pytest.raises(ValueError, match="labevents.csv.gz: column 'valuenum'"):
+        convert_mimic_iv(fx[0], out, task=TASK, ecg=fx[1])
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before and not list(tmp_path.glob(".o.*"))  # untouched, no staging folder left
+
+
+def test_out_that_is_a_file_is_refused_before_reading(fx, tmp_path):
+    (tmp_path / "o").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        convert_mimic_iv(fx[0], tmp_path / "o", task=TASK, ecg=fx[1])
+    assert (tmp_path / "o").read_text() == "mine"
