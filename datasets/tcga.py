@@ -13,7 +13,9 @@ Inputs (unchanged files, see ``docs/sources/tcga.md``):
   (a ``(P, F)`` float tensor), ``<slides_dir>/h5_files/<stem>.h5`` or ``<slides_dir>/<stem>.h5``
   (CLAM: ``features``, ``coords``), where ``stem`` is ``slide_id`` without a trailing ``.svs``.
 
-Output modalities: ``tabular`` (the covariates), ``genomics`` (rnaseq -> expression; cnv ->
+Output modalities: ``tabular`` (the covariates: numbers as float, with empty cells, ``NA`` and TCGA's
+``[Not Available]``-style markers missing and any other text in a numeric column an error; text
+columns and the codes ``site``, ``oncotree_code`` as strings), ``genomics`` (rnaseq -> expression; cnv ->
 extra expression-like features ``<gene>_cnv`` or dropped; mut -> mutations), ``wsi`` (absolute
 paths to the feature files, read lazily). Labels: ``event = 1 - censorship``, ``time`` in days =
 ``survival_months * 30.4375`` (365.25 / 12). No ``binary``/``multiclass`` label exists in these
@@ -23,9 +25,12 @@ files, so none is written. TCGA has no time-stamped modality, so no prediction-t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -48,7 +53,14 @@ NOT_COVARIATES = frozenset({*REQUIRED, "train", "unnamed: 0", "label", "disc_lab
 OUTCOME_PREFIXES = ("survival", "censorship", "vital_status", "days_to_death", "days_to_last_follow",
                     "os_", "dss_", "pfi_", "dfi_")
 GENOMIC_SUFFIXES = ("_rnaseq", "_cnv", "_mut")
+#: code columns, written as strings even where every code is a number (tissue source sites '05', '38', 'J2')
+CODE_COLUMNS = ("site", "oncotree_code")
+#: TCGA's missing-value markers (BCR biotab files; GDC's ``'--``), read as missing in covariates like the
+#: empty cell, ``NA``, ``N/A``, ``NaN``, ``null`` that pandas reads as missing
+MISSING_MARKERS = frozenset({"[Not Available]", "[Not Applicable]", "[Unknown]", "[Not Evaluated]", "[Discrepancy]",
+                             "'--"})
 _OWNED = ("labels.parquet", "splits.csv", "tabular.parquet", "genomics.csv", "gene_groups.csv", "wsi/slides.csv")
+_STAGING = ".clinfuse-tcga-staging-"  # prefix of the folder inside ``out`` a conversion is written to first
 
 
 def convert_tcga(
@@ -89,14 +101,17 @@ def convert_tcga(
         ``out`` as a Path.
 
     Raises:
-        ValueError: naming the file, column and case for bad input (see ``docs/sources/tcga.md``).
+        ValueError: naming the file, column and case for bad input (see ``docs/sources/tcga.md``), or
+            naming ``out`` when it is a file or a foreign folder (before any input is read). Nothing
+            in ``out`` changes until every input, the first slide file included, has been read.
     """
     if cnv not in ("expression", "drop"):
         raise ValueError(f"cnv must be 'expression' or 'drop'; got {cnv!r}")
     if signatures is not None and genomics is None:
         raise ValueError(f"signatures {signatures} given without a genomics CSV: gene groups need genes")
     src_clinical, out = Path(src_clinical), Path(out)
-    clin = _read_csv(src_clinical, {"case_id": str, "slide_id": str})
+    _check_out(out, overwrite)  # before reading anything: a file or a foreign folder is refused at once
+    clin = _read_csv(src_clinical, {c: str for c in ("case_id", "slide_id", *CODE_COLUMNS)})
     slide_files = _find_slide_files(Path(slides_dir), clin) if slides_dir is not None else {}
     inputs = [p for p in (src_clinical, genomics, signatures, splits) if p is not None] + list(slide_files.values())
     options = dict(cnv=cnv, tabular_columns=tabular_columns, fold=fold, n_folds=n_folds, seed=seed,
@@ -105,37 +120,47 @@ def convert_tcga(
     if not overwrite and is_current(out, FORMAT, fp):
         print(f"reusing converted cohort {out} (inputs unchanged)")
         return out
-    # read and validate everything in memory first: bad input leaves an existing cohort untouched
+    # read and validate everything (the first slide file included) before writing: bad input leaves an
+    # existing cohort untouched. The cohort is written to a staging folder inside `out`, then moved in.
     labels, cases = _labels(clin, src_clinical)
     tabular = _tabular(clin, cases, src_clinical, tabular_columns)
     if splits is not None:
         split = _read_splits(Path(splits), cases)
     else:
-        split = cv_splits(labels["event"].to_numpy(), fold, n_folds, seed)
+        try:
+            split = cv_splits(labels["event"].to_numpy(), fold, n_folds, seed)
+        except ValueError as err:  # too few cases for n_folds: name the file the cases come from
+            raise ValueError(f"{src_clinical}: {len(cases)} case(s): {err}") from err
     table, groups = None, None
     if genomics is not None:
         table, groups = convert_genomics(Path(genomics), None if signatures is None else Path(signatures), cases, cnv)
-    _prepare_out(out, overwrite)
-    modalities, info = [], {}
-    labels.to_parquet(out / "labels.parquet", index=False)
-    pd.DataFrame({"patient_id": cases, "split": split}).to_csv(out / "splits.csv", index=False)
-    if tabular is not None:
-        tabular.to_parquet(out / "tabular.parquet", index=False)
-        modalities.append("tabular")
-    if slide_files:
-        info["wsi"] = {"feature_dim": _write_slides(out, clin, slide_files)}
-        modalities.append("wsi")
-    if table is not None:
-        table.to_csv(out / "genomics.csv", index=False, float_format="%.17g")
-        modalities.append("genomics")
-        if groups is not None and len(groups):
-            groups.to_csv(out / "gene_groups.csv", index=False)
-    write_cohort_info(
-        out, FORMAT, fp, name=src_clinical.stem, n_patients=len(cases), seed=int(seed),
-        fold=None if splits is not None else int(fold), n_folds=None if splits is not None else int(n_folds),
-        modalities=modalities, missingness={}, time_unit="days", **info,
-        labels={"time": f"survival_months * {DAYS_PER_MONTH} (days)", "event": "1 - censorship (1 = death observed)"},
-    )
+    slides, feature_dim = _slide_table(clin, slide_files) if slide_files else (None, None)
+    with _staging(out) as tmp:
+        modalities, info = [], {}
+        labels.to_parquet(tmp / "labels.parquet", index=False)
+        pd.DataFrame({"patient_id": cases, "split": split}).to_csv(tmp / "splits.csv", index=False)
+        if tabular is not None:
+            tabular.to_parquet(tmp / "tabular.parquet", index=False)
+            modalities.append("tabular")
+        if slides is not None:
+            (tmp / "wsi").mkdir()
+            slides.to_csv(tmp / "wsi" / "slides.csv", index=False)
+            info["wsi"] = {"feature_dim": feature_dim}
+            modalities.append("wsi")
+        if table is not None:
+            table.to_csv(tmp / "genomics.csv", index=False, float_format="%.17g")
+            modalities.append("genomics")
+            if groups is not None and len(groups):
+                groups.to_csv(tmp / "gene_groups.csv", index=False)
+        write_cohort_info(
+            tmp, FORMAT, fp, name=src_clinical.stem, n_patients=len(cases), seed=int(seed),
+            fold=None if splits is not None else int(fold), n_folds=None if splits is not None else int(n_folds),
+            modalities=modalities, missingness={}, time_unit="days", **info,
+            labels={"time": f"survival_months * {DAYS_PER_MONTH} (days)",
+                    "event": "1 - censorship (1 = death observed)"},
+        )
+        if overwrite or not is_current(out, FORMAT, fp):  # a concurrent process may have written this cohort
+            _swap_in(tmp, out)
     return out
 
 
@@ -150,6 +175,8 @@ def _read_csv(path: Path, dtype: dict | None = None) -> pd.DataFrame:
 def _labels(clin: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[str]]:
     """Validated per-case labels (``patient_id, time, event``) and the cases in file order."""
     require_columns(clin.columns, REQUIRED, path)
+    if clin.empty:
+        raise ValueError(f"{path}: no case in the clinical CSV (a header but no data row)")
     for col in ("case_id", "slide_id"):
         if clin[col].isna().any():
             rows = (np.flatnonzero(clin[col].isna().to_numpy()) + 2)[:10].tolist()  # +2: header, 1-based
@@ -217,12 +244,32 @@ def _tabular(clin: pd.DataFrame, cases: list[str], path: Path, columns: Sequence
     first = clin.drop_duplicates("case_id").set_index("case_id").loc[cases]
     table = pd.DataFrame({"patient_id": cases})
     for col in columns:
-        values = first[col]
-        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            table[col] = values.to_numpy(dtype=np.float64)
-        else:
-            table[col] = values.astype("string").to_numpy()
+        table[col] = _covariate(first[col], path, col)
     return table
+
+
+def _covariate(values: pd.Series, path: Path, col: str) -> np.ndarray:
+    """A per-case column (index: case) as float where every value is a number or missing, else as strings.
+
+    ``MISSING_MARKERS`` are missing. A column of numbers with a few text cells (``age`` 'unknown') is an
+    error naming the cells, never a silent categorical column; a mostly-text column is categorical.
+    """
+    values = values.where(~values.isin(MISSING_MARKERS))
+    if pd.api.types.is_bool_dtype(values) or col in CODE_COLUMNS:
+        return values.astype("string").to_numpy()
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float64)
+    num = pd.to_numeric(values, errors="coerce")
+    text = (num.isna() & values.notna()).to_numpy()
+    if not text.any():
+        return num.to_numpy(dtype=np.float64)
+    if num.notna().sum() >= text.sum():  # mostly numbers: the text cells are bad values, not categories
+        raise ValueError(
+            f"{path}: column '{col}' holds numbers but non-numeric value(s) {pd.unique(values[text])[:5].tolist()} "
+            f"for case(s) {values.index[text][:10].tolist()}; leave a missing value empty (or NA, [Not Available]), "
+            "or leave the column out with tabular_columns"
+        )
+    return values.astype("string").to_numpy()
 
 
 def _read_splits(path: Path, cases: list[str]) -> np.ndarray:
@@ -278,34 +325,71 @@ def _find_slide_files(slides_dir: Path, clin: pd.DataFrame) -> dict[str, Path]:
     return found
 
 
-def _write_slides(out: Path, clin: pd.DataFrame, files: dict[str, Path]) -> int:
-    """``wsi/slides.csv`` with absolute paths; returns the feature width of the first slide."""
+def _slide_table(clin: pd.DataFrame, files: dict[str, Path]) -> tuple[pd.DataFrame, int]:
+    """``wsi/slides.csv`` (absolute paths) and the feature width, read from the first slide file."""
     rows = clin.loc[clin["slide_id"].isin(list(files)), ["case_id", "slide_id"]]
     lost = sorted(set(clin["case_id"]) - set(rows["case_id"]))
     if lost:
         warnings.warn(f"case(s) {lost[:20]} have no slide feature file left: their wsi modality is absent",
                       stacklevel=3)
     paths = [str(files[s]) for s in rows["slide_id"]]
-    (out / "wsi").mkdir(exist_ok=True)
-    pd.DataFrame({"patient_id": rows["case_id"].to_numpy(), "slide_id": [_slide_stem(s) for s in rows["slide_id"]],
-                  "path": paths}).to_csv(out / "wsi" / "slides.csv", index=False)
+    table = pd.DataFrame({"patient_id": rows["case_id"].to_numpy(),
+                          "slide_id": [_slide_stem(s) for s in rows["slide_id"]], "path": paths})
     first_case = rows["case_id"].iloc[0]
-    return int(read_slide_features(paths[0], where=f"(case {first_case})").shape[1])
+    return table, int(read_slide_features(paths[0], where=f"(case {first_case})").shape[1])
 
 
 # ---------------------------------------------------------------------- output folder
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Create ``out``; clear the files a previous conversion wrote (cohort.json first)."""
-    if out.exists() and any(out.iterdir()) and not overwrite and not _is_tcga_cohort(out):
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that is a file (or under one), or a non-empty folder that is not a TCGA conversion."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {str(out)!r} exists and is not a directory")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"out {str(out)!r} cannot be created: {above} exists and is not a directory")
+    if overwrite or not out.is_dir():
+        return
+    if any(not p.name.startswith(_STAGING) for p in out.iterdir()) and not _is_tcga_cohort(out):
         raise ValueError(
             f"{out} is a non-empty folder that is not a TCGA conversion; pass overwrite=True to write into it"
         )
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A private folder inside ``out`` (same file system) that is removed afterwards, with ``out`` if new."""
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cohort.json").unlink(missing_ok=True)  # an interrupted rewrite is never taken as current
+    tmp = out / f"{_STAGING}{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            try:
+                out.rmdir()  # a failed first conversion leaves no empty folder behind
+            except OSError:  # a concurrent conversion has started writing into it
+                pass
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Move the cohort written in ``tmp`` into ``out`` (same file system: each move is atomic).
+
+    The previous conversion's files are replaced or removed, other files kept; ``cohort.json`` goes
+    first and comes back last, so a half-swapped folder is never taken as current.
+    """
+    (out / "cohort.json").unlink(missing_ok=True)
+    new = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.name != "cohort.json")
     for name in _OWNED:
-        (out / name).unlink(missing_ok=True)
+        if name not in new:
+            (out / name).unlink(missing_ok=True)
     if (out / "wsi").is_dir() and not any((out / "wsi").iterdir()):
-        shutil.rmtree(out / "wsi")
+        (out / "wsi").rmdir()
+    for name in new:
+        (out / name).parent.mkdir(exist_ok=True)
+        os.replace(tmp / name, out / name)
+    os.replace(tmp / "cohort.json", out / "cohort.json")
 
 
 def _is_tcga_cohort(out: Path) -> bool:
