@@ -197,8 +197,8 @@ def _sort(cols: dict) -> None:
 class ScanResult:
     """What the single read of the shards gives to the rest of the conversion."""
 
-    static: pl.DataFrame  # _file, subject_id, code (String), numeric_value: every null-time row
-    birth: pl.DataFrame  # subject_id, _birth: earliest MEDS_BIRTH time per subject
+    static: pl.DataFrame  # _file, subject_id, code (String), numeric_value, _text: null-time rows but MEDS_BIRTH
+    birth: pl.DataFrame  # subject_id, _birth, _birth_file: the MEDS_BIRTH time per subject (checked)
     n_unused: int  # timed rows (MEDS_BIRTH aside) with neither a numeric nor a text value
     codes: list[str]  # code id -> code
     events: _Spill  # rank, time, code, value
@@ -311,11 +311,12 @@ def scan_shards(shards: list[Path], samples: Samples, has_text: bool, lookback_u
                 birth = code == code_id[BIRTH_CODE] if BIRTH_CODE in code_id else np.zeros(n, bool)
                 birth &= code_ok
                 if not time_ok.all():
-                    rows = np.flatnonzero(~time_ok & sid_ok & code_ok)
-                    statics.append((np.full(len(rows), shard_no, np.uint32), sid[rows], code[rows], val[rows], val_ok[rows]))
+                    rows = np.flatnonzero(~time_ok & sid_ok & code_ok & ~birth)
+                    statics.append((np.full(len(rows), shard_no, np.uint32), sid[rows], code[rows], val[rows],
+                                    val_ok[rows], text_ok[rows]))
                 if birth.any():
                     rows = np.flatnonzero(birth & sid_ok)
-                    births.append((sid[rows], t[rows], time_ok[rows]))
+                    births.append((sid[rows], t[rows], time_ok[rows], np.full(len(rows), shard_no, np.uint32)))
                 # ---- timed events with a value, joined to the samples, spilled by bucket
                 timed = time_ok & code_ok & ~birth
                 valued = val_ok | text_ok
@@ -347,7 +348,8 @@ def scan_shards(shards: list[Path], samples: Samples, has_text: bool, lookback_u
     release_free_memory()
     problems.raise_first()
     codes = list(code_id)
-    return ScanResult(_static_frame(statics, shards, codes), _birth_frame(births), n_unused, codes, events, notes)
+    return ScanResult(_static_frame(statics, shards, codes), _birth_frame(births, shards), n_unused, codes, events,
+                      notes)
 
 
 def _concat(parts: list[tuple], i: int, dtype) -> np.ndarray:
@@ -355,21 +357,46 @@ def _concat(parts: list[tuple], i: int, dtype) -> np.ndarray:
 
 
 def _static_frame(parts: list[tuple], shards: list[Path], codes: list[str]) -> pl.DataFrame:
-    """``_file, subject_id, code, numeric_value`` of the static rows (one frame, strings by lookup)."""
+    """``_file, subject_id, code, numeric_value, _text`` of the static rows (one frame, strings by
+    lookup; ``_text``: the row has a ``text_value``)."""
     values = pa.array(_concat(parts, 3, np.float64), mask=~_concat(parts, 4, bool))
     return pl.DataFrame({
         "_file": pl.Series([str(p) for p in shards], dtype=pl.String).gather(_concat(parts, 0, np.uint32)).cast(pl.Categorical),
         "subject_id": _concat(parts, 1, np.int64),
         "code": pl.Series(codes, dtype=pl.String).gather(_concat(parts, 2, np.uint32)),
         "numeric_value": pl.from_arrow(values).cast(pl.Float64),
+        "_text": _concat(parts, 5, bool),
     })
 
 
-def _birth_frame(parts: list[tuple]) -> pl.DataFrame:
-    """``subject_id, _birth``: the earliest ``MEDS_BIRTH`` time per subject (null when only null times)."""
+def _birth_frame(parts: list[tuple], shards: list[Path]) -> pl.DataFrame:
+    """``subject_id, _birth, _birth_file``: the ``MEDS_BIRTH`` time per subject and the shard of its
+    first birth row.
+
+    Raises:
+        ValueError: a ``MEDS_BIRTH`` row with a null time, or two different birth times of one
+            subject (naming the shard and subject, as conflicting static values are).
+    """
     times = pa.array(_concat(parts, 1, np.int64), mask=~_concat(parts, 2, bool)).cast(pa.timestamp("us"))
-    return (pl.DataFrame({"subject_id": _concat(parts, 0, np.int64), "_birth": pl.from_arrow(times)})
-            .group_by("subject_id").agg(pl.col("_birth").min()))
+    files = pl.Series([str(p) for p in shards], dtype=pl.String).gather(_concat(parts, 3, np.uint32))
+    rows = pl.DataFrame({"subject_id": _concat(parts, 0, np.int64), "_birth": pl.from_arrow(times), "_birth_file": files})
+    null = rows.filter(pl.col("_birth").is_null())
+    if len(null):
+        raise ValueError(
+            f"{null['_birth_file'][0]}: {BIRTH_CODE} row(s) with a null 'time' for subject(s) "
+            f"{null['subject_id'].unique(maintain_order=True).to_list()[:10]}: a birth needs its time (age_years)"
+        )
+    per_subject = rows.group_by("subject_id", maintain_order=True).agg(
+        pl.col("_birth").first(), pl.col("_birth_file").first(), pl.col("_birth").n_unique().alias("_n"),
+        pl.col("_birth").unique(maintain_order=True).head(3).alias("_times"))
+    conflict = per_subject.filter(pl.col("_n") > 1)
+    if len(conflict):
+        row = conflict.row(0, named=True)
+        raise ValueError(
+            f"{row['_birth_file']}: subject {row['subject_id']} has {row['_n']} different {BIRTH_CODE} times "
+            f"(column 'time': {[str(t) for t in row['_times']]}); one birth time per subject expected"
+        )
+    return per_subject.select("subject_id", "_birth", "_birth_file")
 
 
 def _valid(arr: pa.Array) -> np.ndarray:

@@ -11,6 +11,9 @@ columns with at least one non-null value are used):
 - time-to-event extension: ``time_to_event`` (float days from ``prediction_time``, > 0) and
   ``event`` (bool: True = the event was observed at ``time_to_event``, False = censored then)
   -> ``time``, ``event``.
+
+``prediction_time`` must be time-zone-naive (as MEDS times are); label files with no row at all
+are an error.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ def read_labels(files: Sequence[Path]) -> tuple[pl.DataFrame, dict[str, Any]]:
         if set(df.columns) != cols:
             raise ValueError(f"{path}: label columns {sorted(df.columns)} differ from {files[0]}'s {sorted(cols)}")
     lab = pl.concat([df.select(sorted(cols)) for df in frames]).sort("subject_id", "prediction_time", "_file")
+    if not len(lab):
+        where = str(files[0]) if len(files) == 1 else f"label files {[str(f) for f in files[:5]]}"
+        raise ValueError(f"{where}: no label rows (one row per subject and prediction time expected)")
     dup = lab.filter(pl.struct("subject_id", "prediction_time").is_duplicated())
     if len(dup):
         row = dup.row(0, named=True)
@@ -132,6 +138,13 @@ def _check_label_frame(df: pl.DataFrame, path: Path) -> pl.DataFrame:
         if col in df.columns and not (ok[kind](df.schema[col]) or (kind != "timestamp" and df[col].null_count() == len(df)
                                                                      and df.schema[col] == pl.Null)):
             raise ValueError(f"{path}: column '{col}' has dtype {df.schema[col]}; expected {kind}")
+    zone = df.schema["prediction_time"].time_zone
+    if zone is not None:
+        raise ValueError(
+            f"{path}: column 'prediction_time' has time zone {zone!r}; MEDS times are time-zone-naive "
+            "(timestamp[us]), as the shards' 'time' is. Store naive local (or UTC) times, e.g. polars "
+            "pl.col('prediction_time').dt.convert_time_zone(<zone>).dt.replace_time_zone(None)"
+        )
     for col in ("subject_id", "prediction_time") + (("event",) if "event" in df.columns else ()):
         if df[col].null_count():
             who = df.filter(pl.col(col).is_null())["subject_id"].to_list()[:10]
