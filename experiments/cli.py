@@ -52,7 +52,7 @@ class ClinFuseCLI(LightningCLI):
         # LightningModule.configure_callbacks is replaced at test time, which breaks MLFlowLogger).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.mode": "max", "checkpoint.filename": "best-{epoch}"})
-        parser.link_arguments("model.task", "checkpoint.monitor", compute_fn=monitor_for)
+        # checkpoint.monitor stays settable: unset, it becomes the task's metric (before_instantiate_classes)
 
     def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
         """``--lr_scheduler`` alone schedules the model's own AdamW (``model.lr``,
@@ -71,6 +71,18 @@ class ClinFuseCLI(LightningCLI):
             return LightningCLI.configure_optimizers(model, optimizer, instantiate_class(optimizer, scheduler))
 
         self.model.configure_optimizers = MethodType(configure_optimizers, self.model)
+
+    def before_instantiate_classes(self) -> None:
+        """``checkpoint.monitor`` defaults to the task's metric (``monitor_for``); a metric the user
+        names where lower is better (a loss, ``ibs``, a Brier score) is minimised."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        ckpt = config.get("checkpoint")
+        if ckpt is None:
+            return
+        if not ckpt.get("monitor"):
+            ckpt["monitor"] = monitor_for(config["model"]["task"])
+        elif ckpt.get("mode") == "max" and str(ckpt["monitor"]).split("/")[-1].startswith(LOWER_IS_BETTER):
+            ckpt["mode"] = "min"
 
     def before_fit(self) -> None:
         self._check_ckpt_path("fit")
@@ -298,6 +310,9 @@ def _json_object(text: str) -> dict:
             f"must be a JSON object of modality -> settings, e.g. '{example}'; got a {type(value).__name__}: {text}")
     return value
 
+
+#: validation metrics where lower is better: a checkpoint monitoring one of them is minimised
+LOWER_IS_BETTER = ("loss", "ibs", "brier", "step_loss")
 
 #: command -> (module, function taking the remaining arguments, one-line summary for ``clinfuse --help``);
 #: LightningCLI owns fit/validate/test/predict

@@ -44,12 +44,12 @@ def stack_encoder_configs(args: Sequence[str]) -> list[str]:
     while i < len(args):
         arg = args[i]
         path = None
-        if arg == "--config" and i + 1 < len(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):  # -c: the short form LightningCLI offers
             path = args[i + 1]
             out += args[i : i + 2]
             i += 2
         else:
-            if arg.startswith("--config="):
+            if arg.startswith(("--config=", "-c=")):
                 path = arg.split("=", 1)[1]
             out.append(arg)
             i += 1

@@ -117,7 +117,14 @@ class ClinFuseModule(pl.LightningModule):
         self.n_classes = n_classes
         self.encoders = nn.ModuleDict({m: encoders[m](d_model, spec[m]) for m in self.modalities})
         self.fusion = (fusion or TransformerFusion)(d_model, self.modalities)
-        self.dropout = ModalityDropout(modality_dropout)
+        if isinstance(modality_dropout, Mapping):  # a known modality this run does not load: no effect, say so
+            idle = sorted(k for k in modality_dropout if k in ENCODERS and k not in self.modalities)
+            if idle:
+                rank_zero_warn(f"model.modality_dropout names {idle}, which this run does not load; "
+                               f"their rates have no effect (loaded: {self.modalities})")
+                modality_dropout = {k: v for k, v in modality_dropout.items() if k not in idle}
+        # a name that is no modality at all (a typo) is an error, naming the loaded ones
+        self.dropout = ModalityDropout(modality_dropout, modalities=self.modalities)
         self.objective = (
             SurvivalObjective(survival_loss, n_time_bins, cox_ties, risk_memory, n_causes=n_causes)
             if task == "survival" else None

@@ -111,3 +111,17 @@ def test_bad_input_to_clinfuses_own_commands_is_a_message_not_a_traceback(tmp_pa
     monkeypatch.setenv("CLINFUSE_DEBUG", "1")
     with pytest.raises(ValueError, match="not a prognosis folder"):
         main()
+
+
+@pytest.mark.parametrize("extra, monitor, mode", [
+    ([], "val/c_index", "max"),
+    (["--checkpoint.monitor", "val/ibs"], "val/ibs", "min"),
+    (["--checkpoint.monitor", "val/uno_c_index"], "val/uno_c_index", "max"),
+    (["--model.task", "binary"], "val/auroc", "max"),
+])
+def test_checkpoint_monitor_defaults_to_the_task_and_can_be_set(synthetic_cohort, tmp_path, extra, monitor, mode):
+    cli = cli_main(["--config", str(Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"),
+                    f"--data.root={synthetic_cohort}", "--data.modalities=[tabular]", "--trainer.logger=false",
+                    f"--trainer.default_root_dir={tmp_path}", *extra], run=False)
+    ckpt = cli.trainer.checkpoint_callback
+    assert (ckpt.monitor, ckpt.mode) == (monitor, mode)

@@ -61,3 +61,11 @@ def test_a_later_file_for_the_same_modality_wins(later, synthetic_cohort, tmp_pa
         "--data.root", str(synthetic_cohort), "--data.synth_if_missing=false", "--trainer.logger=false",
     ], run=False)
     assert type(cli.model.encoders["timeseries"]).__name__ == {"utde.yaml": "UTDEEncoder", "strats.yaml": "STraTSEncoder"}[later]
+
+
+def test_the_short_form_c_stacks_like_config(tmp_path):
+    a = _write(tmp_path / "a.yaml", {"tabular": {"class_path": "A"}})
+    b = _write(tmp_path / "b.yaml", {"ecg": {"class_path": "E2"}})
+    assert stack_encoder_configs(["fit", "-c", a, "-c", b]) == [
+        "fit", "-c", a, "-c", b, '--model.encoders.tabular={"class_path": "A"}']
+    assert stack_encoder_configs(["fit", f"-c={a}", "--config", b])[-1] == '--model.encoders.tabular={"class_path": "A"}'
