@@ -145,7 +145,8 @@ class Prognosis:
 
     # ------------------------------------------------------------------ prediction
     def _items(self, record: Any) -> tuple[str, dict[str, Any]]:
-        """One record -> (patient id, modality -> item); ValueError naming patient and field."""
+        """One record -> (patient id, modality -> item, the parsers' notices for ``input_warnings``);
+        ValueError naming patient and field."""
         if not isinstance(record, dict):
             raise ValueError(f"record must be a dict, got {type(record).__name__}")
         pid = record.get("patient_id")
