@@ -144,7 +144,7 @@ class Prognosis:
                    meta.get("summary"))
 
     # ------------------------------------------------------------------ prediction
-    def _items(self, record: Any) -> tuple[str, dict[str, Any]]:
+    def _items(self, record: Any) -> tuple[str, dict[str, Any], list[str]]:
         """One record -> (patient id, modality -> item, the parsers' notices for ``input_warnings``);
         ValueError naming patient and field."""
         if not isinstance(record, dict):
