@@ -30,15 +30,60 @@ def _values(a, n: int, name: str, low: float = -np.inf, high: float = np.inf) ->
 
 
 def _quantile_groups(values: np.ndarray, n_groups: int, name: str, arg: str = "n_groups") -> np.ndarray:
-    """0..n_groups-1 labels by quantiles of ``values`` (0 = lowest values)."""
+    """0..k-1 labels by quantiles of ``values`` (0 = lowest values), ``k <= n_groups``.
+
+    Equal-frequency groups as ``pandas.qcut`` forms them. Tied values always share a group, so when
+    ties make quantile edges coincide (e.g. every patient without a modality gets the same
+    prediction) ``pandas.qcut`` cannot form ``n_groups`` groups; then :func:`_tied_groups` forms
+    ordered groups of whole runs of ties, as many as the ties allow (one when every value is the
+    same), never failing.
+    """
     if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or n_groups < 2:
         raise ValueError(f"{arg} must be an integer >= 2, got {n_groups!r}")
     if len(values) < n_groups:
         raise ValueError(f"{name} has {len(values)} values, fewer than the {n_groups} groups asked for")
     try:
-        return np.asarray(pd.qcut(values, n_groups, labels=False), dtype=int)
-    except ValueError as err:  # duplicate bin edges: too many ties for this many groups
-        raise ValueError(f"{name} has too many tied values to split into {n_groups} quantile groups") from err
+        groups = np.asarray(pd.qcut(values, n_groups, labels=False), dtype=int)
+    except ValueError:  # duplicate bin edges: too many ties for this many equal-frequency groups
+        return _tied_groups(values, n_groups)
+    return np.unique(groups, return_inverse=True)[1].reshape(-1)  # a bin left empty is dropped
+
+
+def _tied_groups(values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Ordered groups made of whole runs of tied values: as many as the runs allow (at most
+    ``n_groups``), with sizes as equal as the ties allow (least sum of squared sizes, found by
+    dynamic programming over the runs in order of value)."""
+    uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    m, k = len(uniq), min(n_groups, len(uniq))
+    cum = np.concatenate([[0], np.cumsum(counts)]).astype(float)  # cum[j] = size of the first j runs
+    cost = cum**2  # cost[j]: the first j runs as one group
+    cuts = np.zeros((k, m + 1), dtype=int)  # cuts[g, j]: where the last of g + 1 groups of the first j runs starts
+    for g in range(1, k):
+        new = np.full(m + 1, np.inf)
+        for j in range(g + 1, m + 1):
+            i = np.arange(g, j)  # the last group is runs i..j-1; the first g groups hold runs 0..i-1
+            total = cost[i] + (cum[j] - cum[i]) ** 2
+            best = int(np.argmin(total))
+            new[j], cuts[g, j] = total[best], i[best]
+        cost = new
+    label, j = np.empty(m, dtype=int), m
+    for g in range(k - 1, -1, -1):
+        i = cuts[g, j] if g else 0
+        label[i:j] = g
+        j = i
+    return label[inverse.reshape(-1)]
+
+
+def _groups_note(sizes, asked: int, what: str) -> str:
+    """Title note on the groups formed: ``sizes`` per group, ``asked`` for (ties can leave fewer or
+    unequal ones, and the note then starts on a new line; equal-frequency groups of untied values
+    differ in size by at most one)."""
+    sizes = np.asarray(sizes)
+    if len(sizes) < asked:
+        return f"\n({len(sizes)} of {asked} {what}: ties kept together)"
+    if sizes.max() - sizes.min() > 1:
+        return f"\n({asked} unequal {what}: ties kept together)"
+    return f" ({asked} {what})"
 
 
 def _save(fig: Figure, path) -> None:
@@ -47,7 +92,8 @@ def _save(fig: Figure, path) -> None:
 
 
 def risk_groups(risk, n_groups: int = 3) -> np.ndarray:
-    """Quantile groups of predicted risk: 0 = lowest risk, ``n_groups - 1`` = highest."""
+    """Quantile groups of predicted risk: 0 = lowest risk, the last = highest (tied risks share a
+    group, so ties may leave fewer than ``n_groups``)."""
     risk = np.asarray(risk, dtype=float)
     return _quantile_groups(_values(risk, len(risk), "risk"), n_groups, "risk")
 
@@ -59,26 +105,33 @@ def km_by_risk_group(risk, time, event, n_groups: int = 3, path=None) -> tuple[F
         risk: (n,) predicted risk (higher = worse), e.g. a Cox log-risk.
         time: (n,) observed times, finite and > 0.
         event: (n,) event indicators, 0/1 or bool.
-        n_groups: number of quantile groups (>= 2).
+        n_groups: number of quantile groups (>= 2); fewer are formed when ties demand it.
         path: if given, the figure is saved there as PNG.
 
     Returns:
         (figure, p-value of ``lifelines.statistics.multivariate_logrank_test`` across the groups).
 
     Raises:
-        ValueError: bad arrays (named, with the first bad index), bad ``n_groups``, or ties that
-            make quantile groups impossible.
+        ValueError: bad arrays (named, with the first bad index), bad ``n_groups``, or fewer
+            values than ``n_groups``. Tied risks never fail: they share a group, and when ties leave
+            fewer groups than ``n_groups`` the title says how many were formed (one group, every
+            risk tied: the p-value is NaN).
     """
     time, event = validate_survival(time, event)
     groups = _quantile_groups(_values(risk, len(time), "risk"), n_groups, "risk")
-    p_value = float(multivariate_logrank_test(time, groups, event).p_value)
+    formed = int(groups.max()) + 1
+    # one group (every risk tied): nothing to compare, the test is undefined
+    p_value = float(multivariate_logrank_test(time, groups, event).p_value) if formed > 1 else float("nan")
 
     fig = Figure(figsize=(7, 5.5))
     ax = fig.add_subplot(111)
     fitters = []
-    for g in range(n_groups):
+    for g in range(formed):
         m = groups == g
-        label = "lowest risk" if g == 0 else "highest risk" if g == n_groups - 1 else f"risk group {g + 1}"
+        if formed == 1:
+            label = "all patients (risks tied)"
+        else:
+            label = "lowest risk" if g == 0 else "highest risk" if g == formed - 1 else f"risk group {g + 1}"
         kmf = KaplanMeierFitter(label=f"{label} (n={m.sum()})").fit(time[m], event[m])
         kmf.plot_survival_function(ax=ax, ci_show=True)
         fitters.append(kmf)
@@ -86,7 +139,9 @@ def km_by_risk_group(risk, time, event, n_groups: int = 3, path=None) -> tuple[F
     ax.set_xlabel("time")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"Kaplan-Meier by predicted risk ({n_groups} groups)\nlog-rank p = {p_value:.3g}")
+    note = _groups_note(np.bincount(groups), n_groups, "groups")
+    test = f"log-rank p = {p_value:.3g}" if formed > 1 else "log-rank test: one group, nothing to compare"
+    ax.set_title(f"Kaplan-Meier by predicted risk{note}\n{test}")
     fig.tight_layout()
     _save(fig, path)
     return fig, p_value
@@ -99,7 +154,8 @@ def calibration_table(pred_surv_at_t, time, event, t: float, n_bins: int = 5) ->
     where a bin's follow-up ends before ``t`` the KM value is its last one (flat), as lifelines does.
 
     Returns:
-        One row per bin (0 = lowest predicted survival) with columns ``bin, n, n_events,
+        One row per bin formed (0 = lowest predicted survival; fewer than ``n_bins`` rows when tied
+        predictions fill more than a bin, see :func:`_quantile_groups`) with columns ``bin, n, n_events,
         predicted`` (mean predicted survival), ``observed`` (KM at t), ``observed_lower``,
         ``observed_upper`` (lifelines' 95% KM confidence band at t).
     """
@@ -109,7 +165,7 @@ def calibration_table(pred_surv_at_t, time, event, t: float, n_bins: int = 5) ->
         raise ValueError(f"t must be finite and > 0, got {t}")
     bins = _quantile_groups(pred, n_bins, "pred_surv_at_t", "n_bins")
     rows = []
-    for b in range(n_bins):
+    for b in range(int(bins.max()) + 1):
         m = bins == b
         kmf = KaplanMeierFitter().fit(time[m], event[m])
         ci = kmf.confidence_interval_survival_function_
@@ -136,7 +192,8 @@ def calibration_plot(pred_surv_at_t, time, event, t: float, n_bins: int = 5, pat
         time: (n,) observed times, finite and > 0.
         event: (n,) event indicators, 0/1 or bool.
         t: the horizon (> 0).
-        n_bins: number of quantile bins of predicted survival (>= 2).
+        n_bins: number of quantile bins of predicted survival (>= 2); fewer are formed when ties
+            demand it, and the title says so.
         path: if given, the figure is saved there as PNG.
 
     Returns:
@@ -153,7 +210,7 @@ def calibration_plot(pred_surv_at_t, time, event, t: float, n_bins: int = 5, pat
     ax.set_ylim(0, 1)
     ax.set_xlabel(f"predicted survival at t = {t:g}")
     ax.set_ylabel(f"observed survival at t = {t:g}")
-    ax.set_title(f"Calibration at t = {t:g} ({n_bins} bins)")
+    ax.set_title(f"Calibration at t = {t:g}{_groups_note(table['n'], n_bins, 'bins')}")
     ax.legend(loc="upper left")
     fig.tight_layout()
     _save(fig, path)

@@ -35,8 +35,11 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: in
 
     Writes ``km_risk_groups.png`` (Kaplan-Meier curves of predicted-risk tertiles with the
     log-rank p-value) and ``calibration.png`` (predicted vs Kaplan-Meier survival at the median
-    test follow-up) into ``outdir``; competing-risks models also ``cumulative_incidence.png``
-    (mean predicted CIF per cause vs Aalen-Johansen).
+    test follow-up, in quintiles of predicted survival) into ``outdir``; competing-risks models also
+    ``cumulative_incidence.png`` (mean predicted CIF per cause vs Aalen-Johansen). Tied predictions
+    (every patient without a modality may get the same one) stay in one group, so ties can leave
+    fewer or unequal groups, as the figure titles then say
+    (:func:`~clinfuse.experiments.survival_plots.risk_groups`).
 
     Also computes the full test report (:func:`survival_report`: Harrell and Uno C with bootstrap
     intervals over ``n_boot`` resamples, mean time-dependent AUC, IBS, D-calibration).

@@ -9,7 +9,9 @@ pruning callback on the sweep's metric, and returns the best validation value of
 (the checkpoint callback's best score). Every trial is an MLflow run nested under one parent run
 per study (tag ``mlflow.parentRunId``); the parent records the best value so far and, at the end,
 ``best_config.yaml``, the best trial's full resolved config, also written to
-``<out>/<study>/best_config.yaml`` ready for ``clinfuse fit --config``.
+``<out>/<study>/best_config.yaml`` ready for ``clinfuse fit --config``. The parent run is FINISHED
+when the command ends (FAILED when the sweep raised, KILLED on Ctrl-C; left RUNNING while another
+worker still runs a trial, which then finishes it); resuming the study reopens it.
 
 Storage: sqlite in the working directory by default; any SQLAlchemy URL (e.g.
 ``postgresql://user@host/db``) lets workers on several machines share one study: start the same
@@ -176,9 +178,9 @@ def _find_or_create_parent(space: SweepSpace, study: optuna.Study) -> str | None
 
     from clinfuse.experiments.tracking import EXPERIMENT_NAME, default_tracking_uri
 
+    mlflow.set_tracking_uri(default_tracking_uri())  # also for a resumed study: write_best logs to it
     if study.user_attrs.get("mlflow_parent_run"):
         return study.user_attrs["mlflow_parent_run"]
-    mlflow.set_tracking_uri(default_tracking_uri())
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT_NAME)
     exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT_NAME, artifact_location=str(Path.cwd() / "mlartifacts"))
@@ -217,7 +219,8 @@ def run_sweep(
     outdir = Path(out) / space.study_name
     outdir.mkdir(parents=True, exist_ok=True)
     parent = _parent_run(space, study)
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(default_tracking_uri())
+    _set_parent_status(client, parent, study, "RUNNING")  # a resumed study's parent ran before: open again
 
     def record_best(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -225,10 +228,35 @@ def run_sweep(
             with local_store_lock(default_tracking_uri()):
                 _retry(lambda: client.log_metric(parent, f"best/{space.metric}", study.best_value, step=trial.number))
 
-    study.optimize(Objective(space, configs, extra, outdir, parent), n_trials=n_trials, callbacks=[record_best],
-                   catch=(ValueError, RuntimeError), gc_after_trial=True)
-    write_best(study, outdir, parent)
+    try:
+        study.optimize(Objective(space, configs, extra, outdir, parent), n_trials=n_trials, callbacks=[record_best],
+                       catch=(ValueError, RuntimeError), gc_after_trial=True)
+        write_best(study, outdir, parent)
+    except BaseException as err:  # the parent run must not stay RUNNING: marked, then the error goes on
+        _set_parent_status(client, parent, study, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    _set_parent_status(client, parent, study, "FINISHED")
     return study
+
+
+def _set_parent_status(client, parent_run: str | None, study: optuna.Study,  # noqa: ANN001 - an MlflowClient
+                       status: str) -> None:
+    """Set the parent run's status. ``RUNNING`` reopens a terminated one (a resumed study); a
+    terminal status ends it, except ``FINISHED`` while another worker still runs a trial of the
+    study: the last worker to finish ends it."""
+    from clinfuse.experiments.tracking import default_tracking_uri
+
+    if not parent_run:
+        return
+    with local_store_lock(default_tracking_uri()):
+        current = client.get_run(parent_run).info.status
+        if status == "RUNNING":
+            if current != "RUNNING":
+                _retry(lambda: client.update_run(parent_run, status="RUNNING"))
+            return
+        if status == "FINISHED" and study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            return
+        _retry(lambda: client.set_terminated(parent_run, status))
 
 
 def write_best(study: optuna.Study, outdir: Path, parent_run: str | None = None) -> Path | None:

@@ -1,8 +1,9 @@
-"""MLflow defaults: an embedded sqlite store in the working directory, no server needed."""
+"""MLflow defaults: an embedded sqlite store in the working directory, no server needed; run names."""
 
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,57 @@ def default_logger_config(workdir: str | os.PathLike | None = None) -> dict[str,
     }
 
 
+def fusion_name(fusion: Any) -> str:
+    """The fusion head's registry name (``masked_mean``, ``transformer``, ...); for a head outside
+    the registry its class name without ``Fusion``, lower case."""
+    from clinfuse.fusion.registry import FUSION_HEADS
+
+    for name, cls in FUSION_HEADS.items():
+        if type(fusion) is cls:
+            return name
+    return type(fusion).__name__.removesuffix("Fusion").lower() or "fusion"
+
+
+def run_name(model: Any, run_id: str, stage: str = "fit", now: datetime | None = None) -> str:
+    """``<fusion head>-<task>[-<survival loss>][-<stage>]-<MMDD-HHMMSS>-<run id[:4]>``, e.g.
+    ``transformer-survival-cox-0612-153012-9f1c`` (the stage only when it is not ``fit``; the run id
+    keeps names of runs started in the same second apart)."""
+    hp = model.hparams
+    parts = [fusion_name(model.fusion), str(hp.get("task", "model"))]
+    if hp.get("task") == "survival" and hp.get("survival_loss"):
+        parts.append(str(hp["survival_loss"]))
+    if stage != "fit":
+        parts.append(stage)
+    return "-".join([*parts, (now or datetime.now()).strftime("%m%d-%H%M%S"), run_id[:4]])
+
+
+def name_run(logger: MLFlowLogger, model: Any, stage: str = "fit") -> None:
+    """Give the logger's run a :func:`run_name` unless it has one of its own.
+
+    MLflow names an unnamed run from Python's ``random``, which ``seed_everything`` seeds: every
+    seeded fit would get the same name. Kept as they are: a name given to the logger (``run_name``
+    or a ``mlflow.runName`` tag, as ``clinfuse sweep`` sets for its trials) and a run that already
+    holds params or metrics (one resumed with ``run_id``). The run exists by now (Lightning creates
+    it before any callback's ``setup``), so it is renamed.
+    """
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    if logger._run_name is not None or MLFLOW_RUN_NAME in (logger.tags or {}):
+        return
+    client = logger.experiment
+    run = client.get_run(logger.run_id)
+    if run.data.params or run.data.metrics:
+        return
+    client.update_run(logger.run_id, name=run_name(model, logger.run_id, stage))
+
+
 class MLflowSaveConfigCallback(SaveConfigCallback):
-    """Records the resolved CLI config as ``config.yaml`` in the MLflow run (any other logger: no-op)."""
+    """Names the MLflow run (:func:`name_run`) and records the resolved CLI config as
+    ``config.yaml`` in it (any other logger: no-op)."""
 
     def save_config(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001 - Lightning hook
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
+                name_run(logger, pl_module, stage)
                 text = self.parser.dump(self.config, skip_none=False)
                 logger.experiment.log_text(logger.run_id, text, "config.yaml")

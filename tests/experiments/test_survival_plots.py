@@ -9,7 +9,7 @@ import pytest
 from lifelines import KaplanMeierFitter
 from lifelines.statistics import multivariate_logrank_test
 
-from clinfuse.experiments.survival_plots import calibration_plot, calibration_table, km_by_risk_group
+from clinfuse.experiments.survival_plots import calibration_plot, calibration_table, km_by_risk_group, risk_groups
 
 
 def _cohort(n=300, seed=0, beta=1.5):
@@ -95,7 +95,6 @@ def test_calibrated_model_is_close_to_diagonal():
         ({"event": [1, 0, 3, 1]}, "event.*index 2"),
         ({"t": 0.0}, "t must be"),
         ({"n_bins": 1}, "n_bins must be an integer"),
-        ({"pred": [0.5, 0.5, 0.5, 0.5]}, "tied"),
     ],
 )
 def test_calibration_validation(kwargs, match):
@@ -112,3 +111,109 @@ def test_km_validation():
         km_by_risk_group([0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [1, 1, 0], n_groups=1)
     with pytest.raises(ValueError, match="fewer than"):
         km_by_risk_group([0.0, 1.0], [1.0, 2.0], [1, 1], n_groups=3)
+
+
+# --- tied predictions (e.g. every patient without genomics gets the same one): fewer groups, no error ----
+
+
+def _ordered(values, groups):
+    """Groups are ordered by value and tied values share a group."""
+    for v in np.unique(values):
+        assert len(set(groups[values == v])) == 1, f"ties at {v} split over groups {set(groups[values == v])}"
+    order = np.argsort(values, kind="stable")
+    assert (np.diff(groups[order]) >= 0).all()
+
+
+def test_risk_groups_keep_a_large_tied_block_together():
+    # 42 of 100 patients tied in the middle: qcut's tertile edges coincide; 3 groups are still possible
+    rng = np.random.default_rng(0)
+    risk = np.r_[np.full(42, 0.0), -rng.uniform(0.1, 1, 29), rng.uniform(0.1, 1, 29)]
+    with pytest.raises(ValueError):
+        pd.qcut(risk, 3, labels=False)  # what used to fail
+    groups = risk_groups(risk, 3)
+    _ordered(risk, groups)
+    assert np.bincount(groups).tolist() == [29, 42, 29]
+    assert (groups[risk == 0.0] == 1).all() and (groups[risk < 0] == 0).all() and (groups[risk > 0] == 2).all()
+
+
+def test_risk_groups_split_the_rest_evenly_around_a_tied_block():
+    # 60 tied at the lowest value: it is one group, the 40 others share the remaining groups evenly
+    risk = np.r_[np.zeros(60), np.arange(1.0, 41.0)]
+    for n_groups, sizes in [(3, [60, 20, 20]), (5, [60, 10, 10, 10, 10])]:
+        groups = risk_groups(risk, n_groups)
+        _ordered(risk, groups)
+        assert np.bincount(groups).tolist() == sizes
+        assert (groups[:60] == 0).all()
+    # two distinct values: only two groups can be formed, whatever is asked for
+    two = np.r_[np.zeros(5), np.ones(7)]
+    np.testing.assert_array_equal(risk_groups(two, 4), (two == 1).astype(int))
+
+
+def test_risk_groups_without_ties_are_pandas_qcut():
+    x = np.random.default_rng(4).normal(size=101)
+    np.testing.assert_array_equal(risk_groups(x, 3), pd.qcut(x, 3, labels=False))
+
+
+def test_km_with_constant_risk_is_one_group_with_a_figure(tmp_path):
+    _, time, event = _cohort(n=80, seed=5)
+    path = tmp_path / "km.png"
+    fig, p = km_by_risk_group(np.full(80, 0.3), time, event, n_groups=3, path=path)
+    assert np.isnan(p)  # nothing to compare
+    ax = fig.axes[0]
+    assert "(1 of 3 groups: ties kept together)" in ax.get_title()
+    assert "one group, nothing to compare" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["all patients (risks tied) (n=80)"]
+    _check_png(path)
+
+
+def test_km_with_heavily_tied_risk_uses_the_groups_formed(tmp_path):
+    # 42% tied at the lowest risk: tertiles are impossible; the tied block is one group, the rest two
+    x, time, event = _cohort(n=200, seed=6)
+    risk = x.copy()
+    risk[np.argsort(x)[:84]] = x.min()
+    path = tmp_path / "km.png"
+    fig, p = km_by_risk_group(risk, time, event, n_groups=3, path=path)
+    groups = risk_groups(risk, 3)
+    assert np.bincount(groups).tolist() == [84, 58, 58]
+    assert p == pytest.approx(multivariate_logrank_test(time, groups, event).p_value, rel=1e-12)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["lowest risk (n=84)", "risk group 2 (n=58)", "highest risk (n=58)"]
+    assert "(3 unequal groups: ties kept together)" in fig.axes[0].get_title()
+    _check_png(path)
+
+
+def test_calibration_with_tied_predictions_keeps_them_in_one_bin(tmp_path):
+    # 84 of 200 patients share one prediction (no genomics): quintile bins are impossible; the tied
+    # block is one bin and the others split evenly below and above it
+    x, time, event = _cohort(n=200, seed=7)
+    t = 0.5
+    pred = np.exp(-t * np.exp(1.5 * x))
+    order = np.argsort(pred)
+    pred[order[58:142]] = pred[order[100]]
+    path = tmp_path / "cal.png"
+    fig, table = calibration_plot(pred, time, event, t, n_bins=5, path=path)
+    assert list(table["n"]) == [29, 29, 84, 29, 29] and list(table["bin"]) == [0, 1, 2, 3, 4]
+    bins = risk_groups(pred, 5)
+    _ordered(pred, bins)
+    assert (bins[order[58:142]] == 2).all()
+    for b in range(5):  # every bin is still Kaplan-Meier of its own patients
+        m = bins == b
+        assert table.loc[b, "observed"] == pytest.approx(KaplanMeierFitter().fit(time[m], event[m]).predict(t))
+        assert table.loc[b, "predicted"] == pytest.approx(pred[m].mean())
+    assert "(5 unequal bins: ties kept together)" in fig.axes[0].get_title()
+    _check_png(path)
+
+
+def test_calibration_with_few_distinct_predictions_forms_fewer_bins(tmp_path):
+    _, time, event = _cohort(n=200, seed=8)
+    t = 0.5
+    pred = np.repeat([0.2, 0.5, 0.8], [50, 90, 60])  # three distinct predictions: at most three bins
+    fig, table = calibration_plot(pred, time, event, t, n_bins=5, path=tmp_path / "cal.png")
+    assert list(table["n"]) == [50, 90, 60]
+    np.testing.assert_allclose(table["predicted"], [0.2, 0.5, 0.8])
+    assert "(3 of 5 bins: ties kept together)" in fig.axes[0].get_title()
+    _check_png(tmp_path / "cal.png")
+    # every prediction the same: one bin, the whole split
+    _, one = calibration_plot(np.full(200, 0.5), time, event, t, n_bins=5)
+    assert list(one["n"]) == [200]
+    assert one.loc[0, "observed"] == pytest.approx(KaplanMeierFitter().fit(time, event).predict(t))

@@ -222,3 +222,67 @@ def test_storage_creation_race_on_a_server_database_is_retried(monkeypatch):
     monkeypatch.setattr(sweep_module, "RDBStorage", always)
     with pytest.raises(IntegrityError):
         make_storage("postgresql://u@h/db")
+
+
+# --- the parent run ends with the sweep ----------------------------------------------------------
+
+
+def _parent_status(tmp_path: Path, study_name: str) -> str:
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("clinfuse").experiment_id],
+                              filter_string=f"tags.`optuna.study` = '{study_name}' and tags.`clinfuse.sweep` = 'parent'")
+    assert len(runs) == 1
+    return runs[0].info.status
+
+
+def _quick_objective(monkeypatch, fail_on: int | None = None, error: type[BaseException] = TypeError) -> None:
+    """Trials that train nothing: a sampled value as the score (``fail_on``: that trial raises ``error``)."""
+    import clinfuse.experiments.sweep as sweep_module
+
+    def call(self, trial):
+        if trial.number == fail_on:
+            raise error("boom")
+        trial.set_user_attr("config", "model:\n  lr: 0.001\n")
+        return trial.suggest_float("model.lr", 1e-4, 1e-2, log=True)
+
+    monkeypatch.setattr(sweep_module.Objective, "__call__", call)
+
+
+def test_sweep_parent_run_is_finished_at_the_end_and_reopened_on_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _quick_objective(monkeypatch)
+    space = SweepSpace.load(_sweep_file(tmp_path, "ends"))
+    run_sweep(space, [str(QUICKSTART)], n_trials=2)
+    assert _parent_status(tmp_path, "ends") == "FINISHED"
+    # resuming the study reopens the same parent run while trials run, and finishes it again
+    seen = []
+    monkeypatch.setattr(optuna.Study, "optimize", lambda self, *a, **k: seen.append(_parent_status(tmp_path, "ends")))
+    study = run_sweep(space, [str(QUICKSTART)], n_trials=1)
+    assert seen == ["RUNNING"] and len(study.trials) == 2
+    assert _parent_status(tmp_path, "ends") == "FINISHED"
+
+
+def test_sweep_parent_run_is_failed_when_the_sweep_raises(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _quick_objective(monkeypatch, fail_on=1)  # a TypeError is no failed trial: it ends the sweep
+    with pytest.raises(TypeError, match="boom"):
+        run_sweep(SweepSpace.load(_sweep_file(tmp_path, "raises")), [str(QUICKSTART)], n_trials=3)
+    assert _parent_status(tmp_path, "raises") == "FAILED"
+
+
+def test_sweep_parent_run_stays_running_while_another_worker_has_a_trial(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _quick_objective(monkeypatch)
+    space = SweepSpace.load(_sweep_file(tmp_path, "shared_parent"))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    other = optuna.create_study(study_name="shared_parent", storage=storage, direction="maximize")
+    running = other.ask()  # another worker's trial, still RUNNING
+    running.set_user_attr("config", "model:\n  lr: 0.002\n")
+    run_sweep(space, [str(QUICKSTART)], n_trials=1, storage=storage)
+    assert _parent_status(tmp_path, "shared_parent") == "RUNNING"
+    other.tell(running, 0.5)  # that worker's trial ends; its run_sweep would then finish the parent
+    run_sweep(space, [str(QUICKSTART)], n_trials=1, storage=storage)
+    assert _parent_status(tmp_path, "shared_parent") == "FINISHED"
