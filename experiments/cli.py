@@ -190,7 +190,7 @@ def log_survival_figures(cli: LightningCLI) -> None:
     outdir = Path(cli.trainer.default_root_dir) / "figures"
     figs = survival_figures(cli.model, cli.datamodule, outdir)
     print(format_report(figs["report"]))
-    print(f"test log-rank p (risk tertiles) = {figs['logrank_p']:.3g}; figures in {outdir}")
+    print(f"test log-rank p (risk groups, tertiles unless ties merge them) = {figs['logrank_p']:.3g}; figures in {outdir}")
     for logger in cli.trainer.loggers:
         if isinstance(logger, MLFlowLogger):
             for path in figs["paths"]:
