@@ -155,21 +155,19 @@ class Prognosis:
         unknown = sorted(set(record) - set(self.modalities) - {"patient_id"})
         if unknown:
             raise ValueError(f"patient {pid}: field(s) {unknown}: unknown modality; the model uses {self.modalities}")
-        items = {}
-        with warnings.catch_warnings(record=True) as caught:  # the parsers' notices, for input_warnings
-            warnings.simplefilter("always")
-            for m in self.modalities:
-                if record.get(m) is None:
-                    continue
-                try:
-                    if isinstance(record[m], _BadJSON):
-                        raise ValueError(str(record[m]))
-                    item = raw_to_item(m, self.states[m], record[m], pid)
-                except (ValueError, TypeError, OSError) as err:
-                    raise ValueError(f"patient {pid}: {err}") from err
-                if item is not None:
-                    items[m] = item
-        return pid, items, [_notice(w.message) for w in caught]
+        items, notices = {}, []  # notices: the parsers' notes on doubtful inputs, for input_warnings
+        for m in self.modalities:
+            if record.get(m) is None:
+                continue
+            try:
+                if isinstance(record[m], _BadJSON):
+                    raise ValueError(str(record[m]))
+                item = raw_to_item(m, self.states[m], record[m], pid, notices)
+            except (ValueError, TypeError, OSError) as err:
+                raise ValueError(f"patient {pid}: {err}") from err
+            if item is not None:
+                items[m] = item
+        return pid, items, [_notice(n) for n in notices]
 
     def _batch(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
         return {m: self._shells[m].collate([it.get(m) for it in items]) for m in self.modalities}
@@ -452,7 +450,7 @@ class Prognosis:
             )
 
 
-def _notice(message: Warning | str) -> str:
+def _notice(message: str) -> str:
     """A parser's warning (``field 'x.y': text``) as an ``input_warnings`` entry (``x.y: text``)."""
     text = str(message)
     return text[len("field '"):].replace("': ", ": ", 1) if text.startswith("field '") else text

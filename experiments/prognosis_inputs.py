@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,7 +42,7 @@ from clinfuse.datasets.ecg_leads import PickedLeads
 from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, split_note, tokenize
 from clinfuse.datasets.reader import ModalityReader, huge_values
-from clinfuse.experiments.raw_signals import Item, ecg_item, ecg_leads, finish_items, wsi_item
+from clinfuse.experiments.raw_signals import Item, ecg_item, ecg_leads, finish_items, notify, wsi_item
 from clinfuse.experiments.raw_signals import as_number as _float
 
 __all__ = ["ecg_item", "ecg_leads", "finish_items", "wsi_item", "raw_to_item", "collate_shell",
@@ -110,6 +109,9 @@ def tabular_item(state: dict, raw: Any) -> Item:
     return {"numeric": np.where(observed, z, 0.0).astype(np.float32), "numeric_observed": observed, "categorical": codes}
 
 
+_NOT_NUMBERS = frozenset({bool, np.bool_, str, np.str_, bytes})
+
+
 def _is_missing(value: Any) -> bool:
     """None, or a float/pandas missing scalar (NaN of any float type, ``pd.NA``, ``NaT``)."""
     if value is None or value is pd.NA or value is pd.NaT:
@@ -122,8 +124,8 @@ def _columns(raw: Any, columns: Sequence[str], field: str) -> dict[str, np.ndarr
     one array per column (``variable`` as objects, the others numeric)."""
     if isinstance(raw, Mapping) and all(c in raw for c in columns):
         for c in (c for c in columns if c != "variable" and isinstance(raw[c], (list, tuple))):
-            bad = next((i for i, v in enumerate(raw[c]) if isinstance(v, (bool, str, np.bool_))), None)
-            if bad is not None:  # numpy would turn True into 1 and "1.5" into 1.5; the list-of-dicts form refuses them
+            if _NOT_NUMBERS & set(map(type, raw[c])):  # numpy would read True as 1 and "1.5" as 1.5
+                bad = next(i for i, v in enumerate(raw[c]) if type(v) in _NOT_NUMBERS)
                 raise ValueError(f"field '{field}.{c}[{bad}]': expected a number, got {raw[c][bad]!r}")
         try:
             cols = {c: np.asarray(raw[c], dtype=object if c == "variable" else None) for c in columns}
@@ -167,7 +169,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-def timeseries_item(state: dict, raw: Any) -> Item | None:
+def timeseries_item(state: dict, raw: Any, notices: list[str] | None = None) -> Item | None:
     """Events -> ``times``, ``variables``, ``values`` (TimeseriesReader); None if none is kept.
 
     ``raw``: a list of ``{"time", "variable", "value"}``, a DataFrame with those columns, or a dict
@@ -183,7 +185,7 @@ def timeseries_item(state: dict, raw: Any) -> Item | None:
     var = np.fromiter((lookup.get(str(v), -1) for v in cols["variable"]), dtype=np.int64, count=len(cols["variable"]))
     if (var < 0).any():
         unseen = sorted({str(v) for v in cols["variable"][var < 0]})
-        warnings.warn(f"field 'timeseries': dropping events of variables unseen in training: {unseen[:10]}", stacklevel=3)
+        notify(notices, f"field 'timeseries': dropping events of variables unseen in training: {unseen[:10]}")
     order = np.argsort(times, kind="stable")
     order = order[var[order] >= 0][-max_events:]  # keep the most recent events
     if not len(order):
@@ -287,18 +289,22 @@ def genomics_item(state: dict, raw: Any) -> Item:
     return {"expression": z, "mutations": mut}
 
 
-def raw_to_item(modality: str, state: dict, raw: Any, patient_id: str) -> Item | PickedLeads | None:
+def raw_to_item(
+    modality: str, state: dict, raw: Any, patient_id: str, notices: list[str] | None = None
+) -> Item | PickedLeads | None:
     """Dispatch one modality's raw value to its transform (None = nothing usable: absent).
 
     The ECG comes back validated but not yet resampled (a :class:`PickedLeads`): call
-    :func:`finish_items` on the batch's items once all patients are parsed.
+    :func:`finish_items` on the batch's items once all patients are parsed. Notes on usable but
+    doubtful inputs (unseen time-series variables, an ECG padded or cropped to the window) go to
+    ``notices`` when given, else are ``UserWarning``s.
     """
     if modality == "tabular":
         return tabular_item(state, raw)
     if modality == "timeseries":
-        return timeseries_item(state, raw)
+        return timeseries_item(state, raw, notices)
     if modality == "ecg":
-        return ecg_leads(state, raw, patient_id)
+        return ecg_leads(state, raw, patient_id, notices)
     if modality == "notes":
         return notes_item(state, raw)
     if modality == "wsi":

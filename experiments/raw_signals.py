@@ -20,7 +20,7 @@ import numpy as np
 import wfdb
 
 from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked
-from clinfuse.datasets.reader import FLOAT32_MAX, huge_values
+from clinfuse.datasets.reader import FLOAT32_MAX
 from clinfuse.datasets.wsi import check_bag, read_slide_features
 from clinfuse.experiments.wire import decode_array
 
@@ -48,9 +48,10 @@ def ecg_item(state: dict, raw: Any, patient_id: str) -> Item:
     return _resolve_ecg(state, [ecg_leads(state, raw, patient_id)])[0]
 
 
-def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
+def ecg_leads(state: dict, raw: Any, patient_id: str, notices: list[str] | None = None) -> PickedLeads:
     """Read and validate one patient's ECG and pick its leads; resampling is left to
-    :func:`finish_items` (batched over patients). Raw formats and errors as :func:`ecg_item`."""
+    :func:`finish_items` (batched over patients). Raw formats and errors as :func:`ecg_item`;
+    ``notices`` (see :func:`notify`) receives a note on a recording shorter or longer than the window."""
     leads, aliases = list(state["config"]["leads"]), state["config"].get("lead_aliases") or {}
     if isinstance(raw, Mapping):
         key = "signal_b64" if "signal_b64" in raw else "signal"
@@ -71,10 +72,12 @@ def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
         signal = signal.astype(np.float64, copy=False)
         if signal.ndim != 2 or signal.shape[0] != len(names):
             raise ValueError(f"field 'ecg.signal': expected shape (L, S) with L = {len(names)} leads, got {signal.shape}")
-        if np.isinf(signal).any() or huge_values(signal).any():
+        # fmax/fmin skip NaN (an all-NaN lead is a missing lead), inf is beyond the range; no copies
+        if np.fmax.reduce(signal, axis=None, initial=0.0) > FLOAT32_MAX or np.fmin.reduce(signal, axis=None, initial=0.0) < -FLOAT32_MAX:
             raise ValueError("field 'ecg.signal': infinite samples (or beyond float32's range)")
         fs_in = as_number(raw["fs"], "ecg.fs")
-        return _check_duration(state, pick_leads(signal.T, names, ["mV"] * len(names), fs_in, leads, aliases, where="field 'ecg'"))
+        picked = pick_leads(signal.T, names, ["mV"] * len(names), fs_in, leads, aliases, where="field 'ecg'")
+        return _check_duration(state, picked, notices)
     if not isinstance(raw, (str, Path)):
         raise ValueError(f"field 'ecg': expected a WFDB record path or {{signal, fs, leads}}, got {type(raw).__name__}")
     path = Path(str(raw)).with_suffix("") if str(raw).endswith((".hea", ".dat")) else Path(str(raw))
@@ -86,21 +89,31 @@ def ecg_leads(state: dict, raw: Any, patient_id: str) -> PickedLeads:
     except Exception as err:  # wfdb raises OSError/ValueError/IndexError on bad files
         raise ValueError(f"field 'ecg': {path}: cannot read WFDB record: {type(err).__name__}: {err}") from err
     units = record.units or [""] * len(record.sig_name)
-    return _check_duration(state, pick_leads(data, record.sig_name, units, float(record.fs), leads, aliases,
-                                             where=f"field 'ecg' ({path})"))
+    picked = pick_leads(data, record.sig_name, units, float(record.fs), leads, aliases, where=f"field 'ecg' ({path})")
+    return _check_duration(state, picked, notices)
 
 
-def _check_duration(state: dict, picked: PickedLeads) -> PickedLeads:
-    """``picked``, with a warning when its duration differs from the model's window by over 5%:
+def notify(notices: list[str] | None, message: str) -> None:
+    """A parser's note on a usable but doubtful input (``field 'x': text``): appended to ``notices``
+    when the caller collects them (the prognosis API puts them in ``input_warnings``), else a
+    ``UserWarning``."""
+    if notices is None:
+        warnings.warn(message, stacklevel=3)
+    else:
+        notices.append(message)
+
+
+def _check_duration(state: dict, picked: PickedLeads, notices: list[str] | None) -> PickedLeads:
+    """``picked``, with a note when its duration differs from the model's window by over 5%:
     shorter recordings are zero-padded to the window, longer ones cropped to their start, as the
-    reader does in training (the caller turns the warning into an ``input_warnings`` entry)."""
+    reader does in training."""
     seconds = picked.signal.shape[1] / picked.fs_in
     window = int(state["fitted"]["n_samples"]) / float(state["config"]["fs"])
     if seconds < 0.95 * window:
-        warnings.warn(f"field 'ecg': {seconds:.3g} s recorded, the model reads {window:g} s windows: the last "
-                      f"{window - seconds:.3g} s are zero-padded", stacklevel=3)
+        notify(notices, f"field 'ecg': {seconds:.3g} s recorded, the model reads {window:g} s windows: the last "
+                        f"{window - seconds:.3g} s are zero-padded")
     elif seconds > 1.05 * window:
-        warnings.warn(f"field 'ecg': {seconds:.3g} s recorded, the model reads the first {window:g} s only", stacklevel=3)
+        notify(notices, f"field 'ecg': {seconds:.3g} s recorded, the model reads the first {window:g} s only")
     return picked
 
 
