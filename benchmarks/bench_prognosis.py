@@ -37,6 +37,11 @@ Parsing + validation of the batch fell from 177 to 101 ms; collate + model 141 m
 patients/s for that part). Through the pyfunc wire DataFrame with contributions, ECG and slides as
 JSON lists: 82 patients/s (182 MB); both as base64: 308 patients/s (83 MB).
 
+At the end of that session, after the input checks its audit added (same command, idle machine):
+in-memory slides 896 patients/s (450 with contributions), one patient 5.0 ms p50; parsing 111 ms,
+collate + model 124 ms (2,063 patients/s for that part in this run; 1,660-2,063 over the
+session's three runs); pyfunc wire 80 (lists) / 290 (base64) patients/s; ``predict_cohort`` 1,013.
+
 The REST path (the earlier run, slides still as file paths): ``PrognosisPyfunc.predict`` on the wire DataFrame of 256 in-memory
 records with contributions: 147 patients/s with the ECG as JSON lists (75.7 MB of JSON, most of
 the time in ``json.loads``), 309 patients/s with the ECG as base64 float32
