@@ -125,6 +125,12 @@ class Prognosis:
 
         folder = Path(path)
         if not folder.is_dir() and (":/" in str(path)):  # runs:/, models:/, s3://, file://...
+            store = mlflow.get_tracking_uri()
+            if str(path).startswith(("runs:/", "models:/")) and store.startswith("sqlite:///"):
+                db = Path(store.removeprefix("sqlite:///"))
+                if not db.is_file():  # MLflow would create an empty store there, then not find the run
+                    raise ValueError(f"{path}: no MLflow store at {db}; run from the folder holding the "
+                                     f"training runs' mlflow.db, or set MLFLOW_TRACKING_URI")
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(path)))
             found = [p.parent for p in local.rglob("meta.json")]
             if not found:

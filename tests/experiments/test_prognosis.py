@@ -411,3 +411,17 @@ def test_pyfunc_row_without_patient_id_gets_its_own_error(trained, test_records)
     assert "field 'patient_id': a non-empty string is required" in rows["error"].iloc[0]
     assert rows["prediction"].iloc[0] is None and rows["patient_id"].iloc[0] is None
     assert "risk" in json.loads(rows["prediction"].iloc[1]) and rows["patient_id"].iloc[1] == test_records[1]["patient_id"]
+
+
+def test_loading_a_run_uri_without_a_store_says_so(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with pytest.raises(ValueError, match=r"runs:/abc/prognosis: no MLflow store at .*mlflow.db; run from the folder"):
+            Prognosis.load("runs:/abc/prognosis")
+        assert not (tmp_path / "mlflow.db").exists()  # nothing created
+    finally:
+        mlflow.set_tracking_uri(None)
