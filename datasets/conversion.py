@@ -34,17 +34,43 @@ def fingerprint(files: Iterable[str | Path], options: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def conversion_format(out: str | Path) -> str | None:
+    """The ``source.format`` of ``out/cohort.json`` (``meds``, ``tcga``, ...); None when the file is
+    absent, unreadable or not a converter's."""
+    src = _source(out)
+    return src.get("format") if src is not None else None
+
+
 def is_current(out: str | Path, source_format: str, fp: str) -> bool:
     """Whether ``out`` already holds a conversion of the same inputs and options."""
-    info_path = Path(out) / "cohort.json"
-    if not info_path.exists():
-        return False
+    src = _source(out)
+    return src is not None and src.get("format") == source_format and src.get("fingerprint") == fp
+
+
+def _source(out: str | Path) -> dict | None:
+    """The ``source`` entry of ``out/cohort.json``, or None."""
     try:
-        info = json.loads(info_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
+        info = json.loads((Path(out) / "cohort.json").read_text())
+    except (OSError, ValueError):
+        return None
     src = info.get("source") if isinstance(info, dict) else None
-    return isinstance(src, dict) and src.get("format") == source_format and src.get("fingerprint") == fp
+    return src if isinstance(src, dict) else None
+
+
+def check_out_location(out: str | Path) -> None:
+    """Refuse an ``out`` that is, or lies under, something other than a folder (nothing is changed).
+
+    Raises:
+        ValueError: ``out`` or the nearest existing folder above it is not a folder (naming it).
+    """
+    out = Path(out)
+    for path in (out, *out.parents):  # the nearest existing one (a dangling link too) must be a folder
+        if path.exists() or path.is_symlink():
+            if path.is_dir():
+                return
+            if path == out:
+                raise ValueError(f"out {str(out)!r} exists and is not a directory")
+            raise ValueError(f"out {str(out)!r} cannot be created: {path} exists and is not a directory")
 
 
 def write_cohort_info(out: str | Path, source_format: str, fp: str, **info: Any) -> Path:

@@ -37,7 +37,6 @@ when the whole conversion succeeded, so a failed conversion leaves an earlier co
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import warnings
@@ -46,7 +45,13 @@ from pathlib import Path
 
 import polars as pl
 
-from clinfuse.datasets.conversion import fingerprint, is_current, write_cohort_info
+from clinfuse.datasets.conversion import (
+    check_out_location,
+    conversion_format,
+    fingerprint,
+    is_current,
+    write_cohort_info,
+)
 from clinfuse.datasets.arrow_memory import arrow_system_pool
 from clinfuse.datasets.meds_events import BIRTH_CODE  # noqa: F401  (re-exported: meds.BIRTH_CODE)
 from clinfuse.datasets.meds_events import (
@@ -330,22 +335,12 @@ def _no_conflicts(df: pl.DataFrame, key: list[str], value: str) -> None:
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse an ``out`` that is a file, or (unless ``overwrite``) a non-empty folder that is not a
     MEDS conversion."""
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                where = "" if folder == out else f": {folder}"
-                raise ValueError(f"out {str(out)!r}{where} exists and is not a directory")
-            break
+    check_out_location(out)
     if overwrite or not out.is_dir() or not any(out.iterdir()):
         return
     if not (out / "cohort.json").exists():
         raise ValueError(f"{out} is a non-empty folder that is not a cohort; pass overwrite=True to write into it")
-    try:
-        info = json.loads((out / "cohort.json").read_text())
-    except (OSError, ValueError):
-        info = None
-    source = info.get("source") if isinstance(info, dict) else None
-    fmt = source.get("format") if isinstance(source, dict) else None
+    fmt = conversion_format(out)
     if fmt != FORMAT:
         what = f"a {fmt!r} conversion" if fmt else "not from a converter"
         raise ValueError(f"{out} is a non-empty folder that is not a MEDS conversion (its cohort.json is {what}); "

@@ -8,7 +8,6 @@ The output folder helpers (``check_out``, ``prepare_out``, ``staged_out``) are s
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from clinfuse.datasets.conversion import check_out_location, conversion_format
 
 ROW = "_row"  # the 0-based data row of the source file, carried for error messages
 _DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d")
@@ -140,14 +141,8 @@ def check_out(out: Path, source_format: str, overwrite: bool) -> None:
             (naming the path).
     """
     out = Path(out)
-    for path in (out, *out.parents):  # the nearest existing one must be a folder
-        if path.exists():
-            if path.is_dir():
-                break
-            if path == out:
-                raise ValueError(f"out {str(out)!r} exists and is not a directory")
-            raise ValueError(f"out {str(out)!r} cannot be created: {path} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite and not _is_conversion(out, source_format):
+    check_out_location(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite and conversion_format(out) != source_format:
         raise ValueError(
             f"{out} is a non-empty folder that is not a {source_format} conversion; pass overwrite=True"
         )
@@ -198,12 +193,3 @@ def staged_out(out: Path, source_format: str, overwrite: bool, owned: Iterable[s
                 shutil.move(stage / name, target / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def _is_conversion(out: Path, source_format: str) -> bool:
-    try:
-        info = json.loads((out / "cohort.json").read_text())
-    except (OSError, ValueError):
-        return False
-    source = info.get("source") if isinstance(info, dict) else None
-    return isinstance(source, dict) and source.get("format") == source_format

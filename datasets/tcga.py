@@ -24,7 +24,6 @@ files, so none is written. TCGA has no time-stamped modality, so no prediction-t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -38,7 +37,13 @@ import numpy as np
 import pandas as pd
 
 from clinfuse.datasets.builtin import cv_splits
-from clinfuse.datasets.conversion import fingerprint, is_current, write_cohort_info
+from clinfuse.datasets.conversion import (
+    check_out_location,
+    conversion_format,
+    fingerprint,
+    is_current,
+    write_cohort_info,
+)
 from clinfuse.datasets.reader import check_finite, require_columns, to_float
 from clinfuse.datasets.tcga_genomics import convert_genomics
 from clinfuse.datasets.wsi import read_slide_features
@@ -342,14 +347,10 @@ def _slide_table(clin: pd.DataFrame, files: dict[str, Path]) -> tuple[pd.DataFra
 # ---------------------------------------------------------------------- output folder
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse an ``out`` that is a file (or under one), or a non-empty folder that is not a TCGA conversion."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out {str(out)!r} exists and is not a directory")
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise ValueError(f"out {str(out)!r} cannot be created: {above} exists and is not a directory")
+    check_out_location(out)
     if overwrite or not out.is_dir():
         return
-    if any(not p.name.startswith(_STAGING) for p in out.iterdir()) and not _is_tcga_cohort(out):
+    if any(not p.name.startswith(_STAGING) for p in out.iterdir()) and conversion_format(out) != FORMAT:
         raise ValueError(
             f"{out} is a non-empty folder that is not a TCGA conversion; pass overwrite=True to write into it"
         )
@@ -390,11 +391,3 @@ def _swap_in(tmp: Path, out: Path) -> None:
         (out / name).parent.mkdir(exist_ok=True)
         os.replace(tmp / name, out / name)
     os.replace(tmp / "cohort.json", out / "cohort.json")
-
-
-def _is_tcga_cohort(out: Path) -> bool:
-    try:
-        info = json.loads((out / "cohort.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and isinstance(info.get("source"), dict) and info["source"].get("format") == FORMAT
