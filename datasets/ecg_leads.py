@@ -109,7 +109,28 @@ def pick_leads(
     lead_aliases = dict(lead_aliases or {})
     wanted = _wanted(_channels(names, units, lead_aliases), names, leads, where)
     found = [k for k, (j, _) in enumerate(wanted) if j is not None]
-    x = data.T[[wanted[k][0] for k in found]]  # (L_found, S_in), one row gather
+    if not found:
+        raise ValueError(
+            f"{where}: none of the leads {list(leads)} found; the signal has {list(names)} (lead_aliases: {lead_aliases})"
+        )
+    cols = [wanted[k][0] for k in found]
+    x = data if cols == list(range(data.shape[1])) else data[:, cols]  # (S_in, L_found), a view when all
+    factors = np.array([wanted[k][1] for k in found])
+    x = x * factors if (factors != 1).any() else x  # in mV
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range -> inf, caught below
+        x = np.asarray(x.T, dtype=np.float32)  # (L_found, S_in), one pass in the input's memory order
+        total = np.add.reduce(x, axis=None)
+    if np.isfinite(total):  # every sample finite (a float32 sum that overflows takes the slow path)
+        mask = np.zeros(len(leads), dtype=bool)
+        mask[found] = True
+        return PickedLeads(x, mask, float(fs_in))
+    return _picked_with_gaps(x, found, leads, names, lead_aliases, fs_in, where)
+
+
+def _picked_with_gaps(x: np.ndarray, found: list[int], leads: Sequence[str], names: Sequence[str],
+                      lead_aliases: Mapping[str, str], fs_in: float, where: str) -> PickedLeads:
+    """:func:`pick_leads` for a signal with non-finite samples: an all-NaN lead is a missing lead
+    (masked), a lead with some NaN or any infinite sample is an error naming it."""
     nan = np.isnan(x)
     all_nan, any_nan = nan.all(1), nan.any(1)
     mask = np.zeros(len(leads), dtype=bool)
@@ -118,16 +139,15 @@ def pick_leads(
             continue
         if any_nan[row]:
             raise ValueError(f"{where}: lead {leads[k]} has NaN samples")
+        if not np.isfinite(x[row]).all():
+            raise ValueError(f"{where}: lead {leads[k]} has infinite samples (or values beyond float32's range)")
         mask[k] = True
     if not mask.any():
         raise ValueError(
-            f"{where}: none of the leads {list(leads)} found; the signal has {list(names)} (lead_aliases: {lead_aliases})"
+            f"{where}: none of the leads {list(leads)} found; the signal has {list(names)} (lead_aliases: {dict(lead_aliases)})"
         )
     keep = ~all_nan
-    x = x if keep.all() else x[keep]  # (L_kept, S_in)
-    factors = np.array([wanted[k][1] for k in np.flatnonzero(mask)])
-    x = x * factors[:, None] if (factors != 1).any() else x  # in mV
-    return PickedLeads(x.astype(np.float32), mask, float(fs_in))
+    return PickedLeads(x if keep.all() else x[keep], mask, float(fs_in))  # (L_kept, S_in)
 
 
 def resample_picked(picked: Sequence[PickedLeads], fs: float, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -163,11 +183,13 @@ _RESAMPLE_ROWS = 128
 
 def _resample_into(out: list, picked: Sequence[PickedLeads], members: list[int], fs_in: float, fs: float, n_samples: int) -> None:
     """Resample ``picked[members]`` (same rate and length) in one call and write them into ``out``."""
-    x = np.concatenate([picked[i].signal for i in members]) if len(members) > 1 else picked[members[0]].signal
     ratio = Fraction(float(fs) / float(fs_in)).limit_denominator(1000)
     if ratio != 1:  # one filter for all leads, designed once per rate pair; float32 halves the work
         up, down = ratio.numerator, ratio.denominator
-        x = resample_poly_rows(torch.from_numpy(x), up, down, _lowpass(up, down), n_keep=n_samples).numpy()
+        blocks = [torch.from_numpy(picked[i].signal) for i in members]  # stacked by the resampler, no concat copy
+        x = resample_poly_rows(blocks, up, down, _lowpass(up, down), n_keep=n_samples).numpy()
+    else:
+        x = np.concatenate([picked[i].signal for i in members]) if len(members) > 1 else picked[members[0]].signal
     n = min(x.shape[1], n_samples)
     start = 0
     for i in members:

@@ -13,21 +13,25 @@ case; ``tests/datasets/test_ecg_resample.py`` checks it against scipy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 #: minimum output samples per block (the block also has to cover the filter's spill-over)
 _MIN_BLOCK = 16
 
 
 def resample_poly_rows(
-    x: torch.Tensor, up: int, down: int, window: np.ndarray | torch.Tensor, n_keep: int | None = None
+    x: torch.Tensor | Sequence[torch.Tensor], up: int, down: int, window: np.ndarray | torch.Tensor,
+    n_keep: int | None = None,
 ) -> torch.Tensor:
     """``scipy.signal.resample_poly(x, up, down, axis=-1, window=window)`` for every row of ``x``.
 
     Args:
-        x: the signals, one per row, all at the same rate and length.
+        x: the signals, one per row, all at the same rate and length; or several such blocks of
+            rows (stacked in order, without a concatenated copy: each is copied once, into the
+            zero-stuffed buffer).
         up, down: the rate change ``up / down`` (any common factor is removed first, as scipy does).
         window: the FIR filter taps (e.g. ``firwin``'s), odd or even length.
         n_keep: return only the first ``n_keep`` output samples (default: all ``ceil(S * up / down)``).
@@ -38,13 +42,15 @@ def resample_poly_rows(
     Shapes:
         - x: ``(R, S)`` -> ``(R, min(n_keep, ceil(S * up / down)))``
     """
+    blocks = [x] if isinstance(x, torch.Tensor) else list(x)
+    x = blocks[0]
     g = np.gcd(int(up), int(down))
     up, down = int(up) // g, int(down) // g
     if up == down == 1:
-        return x.clone()[:, :n_keep]
+        return torch.cat(blocks)[:, :n_keep]
     h = torch.tensor(np.asarray(window), dtype=x.dtype, device=x.device) * up
     half_len = (h.shape[0] - 1) // 2
-    rows, n_in = x.shape
+    rows, n_in = sum(b.shape[0] for b in blocks), x.shape[1]
     n_out = -(-n_in * up // down)
     n_out = n_out if n_keep is None else min(n_out, n_keep)
     # scipy's alignment: pre-pad h so output 0 sits at input 0, then drop n_pre_remove outputs
@@ -65,7 +71,15 @@ def resample_poly_rows(
     i_lo, i_hi = j_lo * up - s0, j_hi * up - s0
     xp = x.new_zeros(rows, total) if up > 1 or j_hi < j_lo else x.new_empty(rows, total)
     if j_hi >= j_lo:
-        xp[:, i_lo : i_hi + 1 : up] = x[:, j_lo : j_hi + 1]
+        r0 = 0
+        for block in blocks:
+            dst, src = xp[r0 : r0 + block.shape[0], i_lo : i_hi + 1 : up], block[:, j_lo : j_hi + 1]
+            if dst.device.type == "cpu" and not src.requires_grad:
+                # numpy's strided copy: torch's took 80x longer for Fortran-order (transposed) rows
+                dst.numpy()[...] = src.numpy()
+            else:
+                dst.copy_(src)
+            r0 += block.shape[0]
         if up == 1:
             xp[:, :i_lo] = 0
             xp[:, i_hi + 1 :] = 0

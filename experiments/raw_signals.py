@@ -69,12 +69,9 @@ def ecg_leads(state: dict, raw: Any, patient_id: str, notices: list[str] | None 
             raise ValueError(f"field 'ecg.signal': not a numeric (L, S) array: {err}") from None
         if signal.dtype.kind not in "fiu":  # numbers only: numpy would also read "0.1" strings and bools
             raise ValueError(f"field 'ecg.signal': not a numeric (L, S) array (elements of type {signal.dtype})")
-        signal = signal.astype(np.float64, copy=False)
         if signal.ndim != 2 or signal.shape[0] != len(names):
             raise ValueError(f"field 'ecg.signal': expected shape (L, S) with L = {len(names)} leads, got {signal.shape}")
-        # fmax/fmin skip NaN (an all-NaN lead is a missing lead), inf is beyond the range; no copies
-        if np.fmax.reduce(signal, axis=None, initial=0.0) > FLOAT32_MAX or np.fmin.reduce(signal, axis=None, initial=0.0) < -FLOAT32_MAX:
-            raise ValueError("field 'ecg.signal': infinite samples (or beyond float32's range)")
+        # pick_leads refuses NaN and infinite samples (or beyond float32's range) in the leads it keeps
         fs_in = as_number(raw["fs"], "ecg.fs")
         picked = pick_leads(signal.T, names, ["mV"] * len(names), fs_in, leads, aliases, where="field 'ecg'")
         return _check_duration(state, picked, notices)

@@ -69,3 +69,51 @@ def test_resample_picked_batches_equal_one_by_one_and_scipy(rows_per_call, monke
             n = min(len(want), 250)
             np.testing.assert_allclose(signal[k, :n], want[:n], atol=1e-5)
             assert not signal[k, n:].any()  # zero-padded to n_samples
+
+
+def test_blocks_of_rows_in_any_memory_order_equal_one_stacked_array():
+    rng = np.random.default_rng(3)
+    blocks = [rng.standard_normal((12, 700)).astype(np.float32) for _ in range(3)]
+    blocks[1] = np.asfortranarray(blocks[1])  # a transposed (channel-last) signal, as wfdb returns
+    blocks[2] = blocks[2][::2]  # a row-strided view
+    h = _lowpass(1, 5)
+    stacked = resample_poly_rows(torch.from_numpy(np.concatenate(blocks)), 1, 5, h, n_keep=100)
+    listed = resample_poly_rows([torch.from_numpy(b) for b in blocks], 1, 5, h, n_keep=100)
+    assert listed.shape == (30, 100)
+    np.testing.assert_array_equal(listed.numpy(), stacked.numpy())
+    want = resample_poly(blocks[1][4].astype(np.float64), 1, 5)[:100]
+    np.testing.assert_allclose(listed[12 + 4].numpy(), want, atol=1e-5)
+    same_rate = resample_poly_rows([torch.from_numpy(b) for b in blocks], 2, 2, h)  # ratio 1: stacked copy
+    np.testing.assert_array_equal(same_rate.numpy(), np.concatenate(blocks))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_pick_leads_checks_the_picked_leads_only(order):
+    rng = np.random.default_rng(4)
+    x = np.asarray(rng.standard_normal((500, 4)), order=order)  # channels I, II, V1, RESP (all mV)
+    names, units = ["I", "II", "V1", "RESP"], ["mV", "mV", "mV", "mV"]
+    leads = ["I", "II", "V1"]
+    got = pick_leads(x, names, units, 500.0, leads)
+    np.testing.assert_array_equal(got.signal, x[:, :3].T.astype(np.float32))
+    assert got.mask.tolist() == [True, True, True]
+    bad = x.copy(order=order)
+    bad[7, 3] = np.inf  # in a channel that is not one of the leads: not read, not an error
+    np.testing.assert_array_equal(pick_leads(bad, names, units, 500.0, leads).signal, got.signal)
+    for value, match in ((np.inf, "lead II has infinite samples"), (1e39, "lead II has infinite samples .*float32's range"),
+                         (np.nan, "lead II has NaN samples")):
+        bad = x.copy(order=order)
+        bad[7, 1] = value
+        with pytest.raises(ValueError, match=match):
+            pick_leads(bad, names, units, 500.0, leads, where="rec1")
+    gap = x.copy(order=order)
+    gap[:, 2] = np.nan  # an all-NaN lead is a missing lead: masked and dropped, the others kept
+    got = pick_leads(gap, names, units, 500.0, leads)
+    assert got.mask.tolist() == [True, True, False]
+    np.testing.assert_array_equal(got.signal, x[:, :2].T.astype(np.float32))
+    big = np.full((500, 3), 3e38)  # finite in float32, though its float32 sum overflows
+    got = pick_leads(big, leads, ["mV"] * 3, 500.0, leads)
+    assert got.mask.all() and np.isfinite(got.signal).all()
+    microvolts = pick_leads(x[:, :3] * 1000, leads, ["uV"] * 3, 500.0, leads)
+    np.testing.assert_allclose(microvolts.signal, x[:, :3].T, rtol=1e-6)
+    with pytest.raises(ValueError, match="none of the leads"):
+        pick_leads(x[:, 3:], ["RESP"], ["mV"], 500.0, leads)

@@ -85,6 +85,9 @@ def test_in_memory_ecg_equals_the_same_record_read_from_disk(tmp_path):
         ({"signal": [[0.0] * 10], "fs": 500, "leads": ["II", "V1"]}, "shape"),
         ({"signal": [[0.0] * 10], "fs": float("nan"), "leads": ["II"]}, "ecg.fs"),
         ({"signal": [[0.0] * 10], "fs": 500, "leads": ["PLETH"]}, "none of the leads"),
+        ({"signal": [[0.0, float("inf")] * 5], "fs": 500, "leads": ["II"]}, "field 'ecg': lead II has infinite samples"),
+        ({"signal": [[0.0, 1e39] * 5], "fs": 500, "leads": ["II"]}, "field 'ecg': lead II has infinite samples"),
+        ({"signal": [[0.0, float("nan")] * 5], "fs": 500, "leads": ["II"]}, "field 'ecg': lead II has NaN samples"),
         ("/nonexistent/record", "cannot read WFDB record"),
     ],
 )
