@@ -17,12 +17,16 @@ from clinfuse.experiments.compare import markdown_table, paired_auroc, paired_c_
 
 #: a numeric ``--by`` column with more distinct values than this is cut into quartiles
 MAX_LEVELS = 10
+#: a subgroup with fewer patients gets no metric: a C-index or AUROC of 2-9 patients (e.g. 0.0 from
+#: one discordant pair) reads like a finding, and its bootstrap interval is degenerate
+MIN_GROUP_SIZE = 10
 #: the footnote of a subgroup table holding an undefined metric (``-``), per metric
 UNDEFINED_NOTE = {
-    "events": ("`-`: undefined in this subgroup: too few patients or events (the C-index needs a comparable pair, "
-               "an event before another patient's time), or no bootstrap resample where it is defined (interval)."),
-    "positives": ("`-`: undefined in this subgroup: one class only (the AUROC needs positives and negatives), or "
-                  "no bootstrap resample with both classes (interval)."),
+    "events": (f"`-`: not reported in this subgroup: fewer than {MIN_GROUP_SIZE} patients, or too few events (the "
+               "C-index needs a comparable pair, an event before another patient's time), or no bootstrap resample "
+               "where it is defined (interval)."),
+    "positives": (f"`-`: not reported in this subgroup: fewer than {MIN_GROUP_SIZE} patients, or one class only (the "
+                  "AUROC needs positives and negatives), or no bootstrap resample with both classes (interval)."),
 }
 
 
@@ -106,11 +110,12 @@ def tabular_groups(root, column: str, patient_ids: Sequence[str]) -> pd.Series:
 
 
 def by_subgroup(scores: Sequence[np.ndarray], names: Sequence[str], labels: dict[str, np.ndarray],
-                groups: pd.Series, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+                groups: pd.Series, n_boot: int = 200, seed: int = 0, min_size: int = MIN_GROUP_SIZE) -> pd.DataFrame:
     """Per subgroup, in :func:`group_order`: ``n``, the label counts (``events`` or ``positives``)
     and every model's metric with its bootstrap interval (``<name>`` and ``<name> 95% CI``
-    columns; NaN / None where the metric or its interval is undefined in the group). ``labels``:
-    ``{"time", "event"}`` (Harrell C) or ``{"binary"}`` (AUROC)."""
+    columns; NaN / None where the metric or its interval is undefined in the group, or the group
+    has fewer than ``min_size`` patients). ``labels``: ``{"time", "event"}`` (Harrell C) or
+    ``{"binary"}`` (AUROC)."""
     out = []
     group = np.asarray(groups).astype(str)
     survival = "time" in labels
@@ -120,10 +125,12 @@ def by_subgroup(scores: Sequence[np.ndarray], names: Sequence[str], labels: dict
         count = lab["event"] if survival else lab["binary"]
         row = {"group": g, "n": int(rows.sum()), ("events" if survival else "positives"): int(count.sum())}
         try:
+            if rows.sum() < min_size:
+                raise ValueError(f"fewer than {min_size} patients")
             part = [np.asarray(r)[rows] for r in scores]
             table = (paired_c_index(part, lab["time"], lab["event"], n_boot=n_boot, seed=seed) if survival
                      else paired_auroc(part, lab["binary"], n_boot=n_boot, seed=seed))
-        except ValueError:  # no event / one class in this group
+        except ValueError:  # too small, no event or one class in this group
             out.append({**row, **{k: v for name in names for k, v in ((name, np.nan), (f"{name} 95% CI", None))}})
             continue
         metric = table.columns[0]

@@ -116,3 +116,13 @@ def test_clinfuse_compare_binary_models_by_auroc(synthetic_cohort, tmp_path, cap
     auroc = roc_auc_score(frame["binary"], frame["probability"])
     assert f"| AUROC [95% CI] |" in out and f"| model 0: {folder} | {auroc:.4f} [" in out
     assert "positives (split test)" in out
+
+
+def test_subgroups_smaller_than_the_minimum_get_no_metric():
+    x, time, event = _data(n=60, seed=5)
+    groups = pd.Series(np.where(np.arange(60) < 4, "tiny", np.where(np.arange(60) < 14, "ten", "rest")))
+    sub = by_subgroup([x], ["m"], {"time": time, "event": event}, groups, n_boot=20).set_index("group")
+    assert sub.loc["tiny", "n"] == 4 and np.isnan(sub.loc["tiny", "m"]) and sub.loc["tiny", "m 95% CI"] is None
+    assert sub.loc["ten", "m"] == pytest.approx(harrell_c_index(x[4:14], time[4:14], event[4:14]))
+    small = by_subgroup([x], ["m"], {"time": time, "event": event}, groups, n_boot=20, min_size=2).set_index("group")
+    assert small.loc["tiny", "m"] == pytest.approx(harrell_c_index(x[:4], time[:4], event[:4]))

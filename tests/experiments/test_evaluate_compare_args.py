@@ -136,8 +136,8 @@ def test_evaluate_by_site_one_marker_for_undefined_and_natural_order(folders, tm
     assert [r for r in rows if r != "missing"] == [w for w in want if w in rows]
     assert rows[-1] == "missing" or "missing" not in rows
     assert "nan" not in table
-    # a subgroup with one patient or no event has an undefined C: '-' and the footnote saying why
-    assert "| - |" in table and "`-`: undefined" in table
+    # a subgroup of under 10 patients or without an event has no C: '-' and the footnote saying why
+    assert "| - |" in table and "`-`: not reported in this subgroup: fewer than 10 patients" in table
 
 
 def test_compare_by_site_one_marker_for_undefined(folders, capsys):
@@ -148,4 +148,4 @@ def test_compare_by_site_one_marker_for_undefined(folders, capsys):
     table = out.split("C-index by site")[1]
     rows = [line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| s")]
     assert rows == sorted(rows, key=lambda g: int(g[1:]))
-    assert "nan" not in table and "`-`: undefined" in table
+    assert "nan" not in table and "`-`: not reported" in table
