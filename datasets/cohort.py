@@ -108,6 +108,9 @@ class Cohort:
             oracle = read_table(root / "oracle.parquet", ["patient_id"])
             check_unique_ids(oracle["patient_id"].tolist(), root / "oracle.parquet")
             check_known_ids(oracle["patient_id"], set(ids), root / "oracle.parquet")
+            for column in oracle.columns.drop("patient_id"):  # the oracle's risks are compared, never imputed
+                if pd.api.types.is_numeric_dtype(oracle[column]):
+                    check_finite(oracle[column].to_numpy(), oracle["patient_id"].to_numpy(), root / "oracle.parquet", column)
         readers = {
             name: READERS[name](root, ids, **reader_kwargs.get(name, {}))
             for name in READERS

@@ -307,3 +307,14 @@ def test_genomics_bad_values(tiny, column, value, match):
 def test_ecg_record_without_requested_leads(tiny):
     with pytest.raises(ValueError, match=r"r_p00.*p00.*none of the leads"):
         fitted(tiny, "ecg", leads=["X1", "Y2"])
+
+
+def test_oracle_with_nan_risk_is_refused_naming_the_patient(tiny):
+    ids = pd.read_parquet(tiny.root / "labels.parquet")["patient_id"].tolist()
+    risk = np.linspace(-1, 1, len(ids))
+    pd.DataFrame({"patient_id": ids, "risk_full": risk}).to_parquet(tiny.root / "oracle.parquet")
+    assert Cohort.load(tiny.root, ["tabular"]).oracle["risk_full"].tolist() == risk.tolist()
+    risk[2] = np.nan
+    pd.DataFrame({"patient_id": ids, "risk_full": risk}).to_parquet(tiny.root / "oracle.parquet")
+    with pytest.raises(ValueError, match=rf"oracle\.parquet.*'risk_full'.*{ids[2]}"):
+        Cohort.load(tiny.root, ["tabular"])
