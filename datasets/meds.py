@@ -31,13 +31,13 @@ The shards are read once, one record batch at a time, and the event tables are s
 of bounded memory through a disk spill (``datasets/meds_events.py``), so peak memory does not grow
 with the dataset (``memory_mb``).
 
-The new cohort is written into a temporary folder next to ``out`` and moved into ``out`` only
-when the whole conversion succeeded, so a failed conversion leaves an earlier cohort as it was.
+The new cohort is written into a staging folder inside ``out`` and moved into place only when the
+whole conversion succeeded (``datasets/staging.py``), so a failed conversion leaves an earlier cohort
+as it was.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -45,21 +45,19 @@ from pathlib import Path
 
 import polars as pl
 
-from clinfuse.datasets.conversion import (
-    check_out_location,
-    conversion_format,
-    fingerprint,
-    is_current,
-    write_cohort_info,
-)
+from clinfuse.datasets.conversion import fingerprint, is_current, write_cohort_info
 from clinfuse.datasets.arrow_memory import arrow_system_pool
-from clinfuse.datasets.meds_events import BIRTH_CODE  # noqa: F401  (re-exported: meds.BIRTH_CODE)
+from clinfuse.datasets.meds_events import BIRTH_CODE as _BIRTH_CODE
 from clinfuse.datasets.meds_events import (
     _PASS_FACTOR, US_PER_HOUR, Samples, plan_buckets, scan_shards, write_events,
 )
 from clinfuse.datasets.meds_labels import SPLIT_NAMES, read_labels, read_subject_splits
+from clinfuse.datasets.staging import check_out, staged_out
+
+BIRTH_CODE = _BIRTH_CODE  # re-exported (meds.BIRTH_CODE); defined in meds_events
 
 FORMAT = "meds"
+_NAME = "MEDS"  # as messages spell the format
 _DATA_DTYPES = {
     "subject_id": (pl.Int64, pl.Int32, pl.UInt32, pl.UInt64),
     "time": (pl.Datetime,),
@@ -110,14 +108,16 @@ def convert_meds(
         ``out`` as a Path.
 
     Raises:
-        ValueError: naming the file, column and subject for bad input.
+        ValueError: naming the file, column and subject for bad input; naming ``out`` when it is a file
+            or a non-empty folder that is no MEDS conversion and ``overwrite`` is False (before any
+            input is read, and again before the new cohort is moved in).
     """
     src, out, labels = Path(src), Path(out), Path(labels)
     if max_hours_before is not None and not max_hours_before > 0:
         raise ValueError(f"max_hours_before must be > 0 hours; got {max_hours_before}")
     if not memory_mb > 0:
         raise ValueError(f"memory_mb must be > 0; got {memory_mb}")
-    _check_out(out, overwrite)  # before reading anything: a file, or a folder that is not a MEDS conversion
+    check_out(out, FORMAT, overwrite, _NAME)  # before reading anything: a file, or a folder that is no MEDS conversion
     shards = sorted((src / "data").rglob("*.parquet"))
     if not shards:
         raise ValueError(f"{src / 'data'}: no parquet shard found (MEDS layout: data/**/*.parquet)")
@@ -145,34 +145,33 @@ def convert_meds(
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-spill-", dir=out.parent) as spill, arrow_system_pool():
         # the one read of the shards; it validates them
         scan = scan_shards(shards, samples, has_text, lookback_us, Path(spill), n_buckets)
-        # the new cohort goes to a folder inside the spill folder (deleted on any error) and is
-        # moved into `out` at the end: a failed conversion never touches `out`
-        new = Path(spill) / "cohort"
-        new.mkdir()
-        n_ts, n_notes = write_events(scan, samples, lookback_us, new, pass_bytes)
-        # the small tables after the events, so that their polars work does not add to the sort's peak
-        tabular = _tabular(scan.static, scan.birth, lab, tabular_codes, shards)
-        scan.static = scan.birth = None
-        modalities = []
-        if tabular is not None:
-            tabular.write_parquet(new / "tabular.parquet")
-            modalities.append("tabular")
-            del tabular
-        lab.select("patient_id", *label_info["columns"]).write_parquet(new / "labels.parquet")
-        splits.write_csv(new / "splits.csv")
-        n_unused = scan.n_unused
-        modalities += [m for m, n in (("timeseries", n_ts), ("notes", n_notes)) if n]
+        # the new cohort is staged and moved into `out` only at the end (a failed conversion never
+        # touches `out`); after the scan, so that bad values in the shards do not even create `out`
+        with staged_out(out, FORMAT, overwrite, _OWNED, name=_NAME, fp=fp) as new:
+            n_ts, n_notes = write_events(scan, samples, lookback_us, new, pass_bytes)
+            # the small tables after the events, so that their polars work does not add to the sort's peak
+            tabular = _tabular(scan.static, scan.birth, lab, tabular_codes, shards)
+            scan.static = scan.birth = None
+            modalities = []
+            if tabular is not None:
+                tabular.write_parquet(new / "tabular.parquet")
+                modalities.append("tabular")
+                del tabular
+            lab.select("patient_id", *label_info["columns"]).write_parquet(new / "labels.parquet")
+            splits.write_csv(new / "splits.csv")
+            n_unused = scan.n_unused
+            modalities += [m for m, n in (("timeseries", n_ts), ("notes", n_notes)) if n]
 
-        write_cohort_info(
-            new, FORMAT, fp, name=task or labels.stem, task=task or labels.stem, n_patients=len(lab),
-            n_subjects=int(lab["subject_id"].n_unique()), modalities=modalities, missingness={},
-            time_unit="hours from the index time (docs/sources/meds.md); survival time in days from prediction_time",
-            index_time="prediction_time - max_hours_before" if max_hours_before else "first timeseries/notes event",
-            max_hours_before=max_hours_before,
-            n_events={"timeseries": n_ts, "notes": n_notes, "timed_without_value": n_unused},
-            splits_from=dict(SPLIT_NAMES), **label_info["info"],
-        )
-        _install(new, out, overwrite)
+            write_cohort_info(
+                new, FORMAT, fp, name=task or labels.stem, task=task or labels.stem, n_patients=len(lab),
+                n_subjects=int(lab["subject_id"].n_unique()), modalities=modalities, missingness={},
+                time_unit="hours from the index time (docs/sources/meds.md); survival time in days from "
+                          "prediction_time",
+                index_time="prediction_time - max_hours_before" if max_hours_before else "first timeseries/notes event",
+                max_hours_before=max_hours_before,
+                n_events={"timeseries": n_ts, "notes": n_notes, "timed_without_value": n_unused},
+                splits_from=dict(SPLIT_NAMES), **label_info["info"],
+            )
     return out
 
 
@@ -329,33 +328,3 @@ def _no_conflicts(df: pl.DataFrame, key: list[str], value: str) -> None:
             f"{row['_file']}: subject {row['subject_id']} has conflicting static values for "
             f"{ {k: row[k] for k in key if k != 'subject_id'} } (column '{value}')"
         )
-
-
-# ---------------------------------------------------------------------- output folder
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an ``out`` that is a file, or (unless ``overwrite``) a non-empty folder that is not a
-    MEDS conversion."""
-    check_out_location(out)
-    if overwrite or not out.is_dir() or not any(out.iterdir()):
-        return
-    if not (out / "cohort.json").exists():
-        raise ValueError(f"{out} is a non-empty folder that is not a cohort; pass overwrite=True to write into it")
-    fmt = conversion_format(out)
-    if fmt != FORMAT:
-        what = f"a {fmt!r} conversion" if fmt else "not from a converter"
-        raise ValueError(f"{out} is a non-empty folder that is not a MEDS conversion (its cohort.json is {what}); "
-                         "pass overwrite=True to write into it")
-
-
-def _install(new: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished conversion in ``new`` into ``out``: the old ``cohort.json`` first (an
-    interrupted move is never taken as current), then the owned files (removing those the new
-    conversion lacks), the new ``cohort.json`` last. Other files in ``out`` are kept."""
-    _check_out(out, overwrite)  # again: `out` may have changed during the conversion
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cohort.json").unlink(missing_ok=True)
-    for name in _OWNED:
-        (out / name).unlink(missing_ok=True)
-        if (new / name).exists():
-            shutil.move(new / name, out / name)
-    shutil.move(new / "cohort.json", out / "cohort.json")

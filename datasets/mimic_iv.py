@@ -25,7 +25,6 @@ from clinfuse.datasets.source_tables import (
     as_datetime,
     as_float,
     as_int,
-    check_out,
     check_unique,
     datetime_expr,
     float_expr,
@@ -33,8 +32,8 @@ from clinfuse.datasets.source_tables import (
     hours_between,
     scan_table,
     split_by_group,
-    staged_out,
 )
+from clinfuse.datasets.staging import check_out, staged_out
 
 FORMAT = "mimic_iv"
 TASKS = ("mortality_48h", "los_7d", "survival")
@@ -102,7 +101,7 @@ def convert_mimic_iv(
     stays = _stays(files, task, all_stays)
     # written into a staging folder and moved into out at the end: a bad row found while reading the
     # event, note or ECG tables leaves a previous cohort in out intact
-    with staged_out(out, FORMAT, overwrite, _OWNED) as stage:
+    with staged_out(out, FORMAT, overwrite, _OWNED, fp=fp) as stage:
         label_cols = ["time", "event"] if task == "survival" else ["binary"]
         stays.select(pl.col("patient_id"), *label_cols).write_parquet(stage / "labels.parquet")
         split = split_by_group(stays["subject_id"].cast(pl.String).to_list(), split_fractions, seed)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from clinfuse.datasets.conversion import fingerprint, is_current, write_cohort_info
 from clinfuse.datasets.ecg import STANDARD_LEADS
-from clinfuse.datasets.source_tables import check_out, staged_out
+from clinfuse.datasets.staging import check_out, staged_out
 
 FORMAT = "ptbxl"
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
@@ -91,7 +91,7 @@ def convert_ptbxl(
                          f"or pass drop_unlabelled=False")
     db, labels = db[keep.to_numpy()], labels[keep.to_numpy()]
     _check_folds(db, db_path)
-    with staged_out(out, FORMAT, overwrite, _OWNED) as stage:  # moved into out only if all is written
+    with staged_out(out, FORMAT, overwrite, _OWNED, fp=fp) as stage:  # moved into out only if all is written
         _write_tables(db, labels, stage)
         _write_records(db, src, stage, column, db_path)
         write_cohort_info(

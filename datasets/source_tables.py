@@ -3,22 +3,22 @@
 Every column is scanned as a string (``infer_schema=False``) and cast explicitly afterwards, so a
 wrong dtype or an unparsable timestamp becomes a ``ValueError`` naming the file, the column, the
 data row (0-based, header excluded) and the subject, instead of a silent null or a polars error.
-The output folder helpers (``check_out``, ``prepare_out``, ``staged_out``) are shared too.
+The output folder helpers (``check_out``, ``prepare_out``, ``staged_out``) live in ``datasets/staging.py``
+and can still be imported from here.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from clinfuse.datasets.conversion import check_out_location, conversion_format
+from clinfuse.datasets import staging as _staging
+
+# moved to datasets/staging.py (one implementation for every converter); importable from here as before
+check_out, prepare_out, staged_out = _staging.check_out, _staging.prepare_out, _staging.staged_out
 
 ROW = "_row"  # the 0-based data row of the source file, carried for error messages
 _DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d")
@@ -130,66 +130,3 @@ def split_by_group(groups: Sequence[str], fractions: Sequence[float], seed: int)
     n_val = int(round(fractions[1] * len(unique)))
     names = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (len(unique) - n_train - n_val))
     return {unique[i]: str(names[k]) for k, i in enumerate(order)}
-
-
-def check_out(out: Path, source_format: str, overwrite: bool) -> None:
-    """Refuse an unusable ``out`` before any input is read; changes nothing on disk.
-
-    Raises:
-        ValueError: ``out`` or a folder above it exists and is not a folder, or ``out`` is a
-            non-empty folder that is no conversion of ``source_format`` and ``overwrite`` is False
-            (naming the path).
-    """
-    out = Path(out)
-    check_out_location(out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite and conversion_format(out) != source_format:
-        raise ValueError(
-            f"{out} is a non-empty folder that is not a {source_format} conversion; pass overwrite=True"
-        )
-
-
-def prepare_out(out: Path, source_format: str, overwrite: bool, owned: Iterable[str]) -> None:
-    """Create ``out``; clear what a previous conversion of the same format wrote (cohort.json first).
-
-    A converter should call ``check_out`` before reading its inputs, or write through
-    ``staged_out``, so that a bad ``out`` fails at once and a failed conversion keeps the previous one.
-
-    Raises:
-        ValueError: see ``check_out``.
-    """
-    check_out(out, source_format, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cohort.json").unlink(missing_ok=True)  # an interrupted rewrite is never taken as current
-    for name in owned:  # files only: a user's folder (e.g. ecg/ with WFDB files) is never removed
-        (out / name).unlink(missing_ok=True)
-
-
-@contextmanager
-def staged_out(out: Path, source_format: str, overwrite: bool, owned: Iterable[str]) -> Iterator[Path]:
-    """A private folder to write a conversion into, moved into ``out`` only when the block succeeds.
-
-    The converter writes its ``owned`` files and ``cohort.json`` (last) into the yielded folder, a
-    hidden sibling of ``out``. When the block ends normally, ``prepare_out`` clears the previous
-    conversion's files from ``out`` and the new ones are moved in, ``cohort.json`` last; when it raises,
-    the private folder is deleted and ``out`` is left as it was (a previous cohort stays intact and
-    current). Files of ``out`` that are not ``owned`` are never touched.
-
-    Raises:
-        ValueError: see ``check_out`` (before anything is written).
-    """
-    owned = tuple(owned)
-    out = Path(out)
-    check_out(out, source_format, overwrite)
-    target = Path(os.path.abspath(out))  # "." and ".." have no name to derive a sibling from
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-    stage.mkdir()
-    try:
-        yield stage
-        prepare_out(out, source_format, overwrite, owned)
-        for name in (*owned, "cohort.json"):  # cohort.json last: an interrupted move is never current
-            if (stage / name).exists():
-                (target / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(stage / name, target / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)

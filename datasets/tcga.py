@@ -24,12 +24,8 @@ files, so none is written. TCGA has no time-stamped modality, so no prediction-t
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -37,18 +33,14 @@ import numpy as np
 import pandas as pd
 
 from clinfuse.datasets.builtin import cv_splits
-from clinfuse.datasets.conversion import (
-    check_out_location,
-    conversion_format,
-    fingerprint,
-    is_current,
-    write_cohort_info,
-)
+from clinfuse.datasets.conversion import fingerprint, is_current, write_cohort_info
 from clinfuse.datasets.reader import check_finite, require_columns, to_float
+from clinfuse.datasets.staging import check_out, staged_out
 from clinfuse.datasets.tcga_genomics import convert_genomics
 from clinfuse.datasets.wsi import read_slide_features
 
 FORMAT = "tcga"
+_NAME = "TCGA"  # as messages spell the format
 DAYS_PER_MONTH = 30.4375  # 365.25 / 12, the mean Gregorian month
 REQUIRED = ("case_id", "slide_id", "survival_months", "censorship")
 #: clinical columns that are ids, outcomes or bookkeeping, never covariates.
@@ -65,7 +57,6 @@ CODE_COLUMNS = ("site", "oncotree_code")
 MISSING_MARKERS = frozenset({"[Not Available]", "[Not Applicable]", "[Unknown]", "[Not Evaluated]", "[Discrepancy]",
                              "'--"})
 _OWNED = ("labels.parquet", "splits.csv", "tabular.parquet", "genomics.csv", "gene_groups.csv", "wsi/slides.csv")
-_STAGING = ".clinfuse-tcga-staging-"  # prefix of the folder inside ``out`` a conversion is written to first
 
 
 def convert_tcga(
@@ -115,7 +106,7 @@ def convert_tcga(
     if signatures is not None and genomics is None:
         raise ValueError(f"signatures {signatures} given without a genomics CSV: gene groups need genes")
     src_clinical, out = Path(src_clinical), Path(out)
-    _check_out(out, overwrite)  # before reading anything: a file or a foreign folder is refused at once
+    check_out(out, FORMAT, overwrite, _NAME)  # before reading anything: a file or a foreign folder is refused at once
     clin = _read_csv(src_clinical, {c: str for c in ("case_id", "slide_id", *CODE_COLUMNS)})
     slide_files = _find_slide_files(Path(slides_dir), clin) if slides_dir is not None else {}
     inputs = [p for p in (src_clinical, genomics, signatures, splits) if p is not None] + list(slide_files.values())
@@ -140,7 +131,8 @@ def convert_tcga(
     if genomics is not None:
         table, groups = convert_genomics(Path(genomics), None if signatures is None else Path(signatures), cases, cnv)
     slides, feature_dim = _slide_table(clin, slide_files) if slide_files else (None, None)
-    with _staging(out) as tmp:
+    # moved into `out` only at the end, unless a concurrent conversion of the same inputs got there first
+    with staged_out(out, FORMAT, overwrite, _OWNED, name=_NAME, fp=fp) as tmp:
         modalities, info = [], {}
         labels.to_parquet(tmp / "labels.parquet", index=False)
         pd.DataFrame({"patient_id": cases, "split": split}).to_csv(tmp / "splits.csv", index=False)
@@ -164,8 +156,6 @@ def convert_tcga(
             labels={"time": f"survival_months * {DAYS_PER_MONTH} (days)",
                     "event": "1 - censorship (1 = death observed)"},
         )
-        if overwrite or not is_current(out, FORMAT, fp):  # a concurrent process may have written this cohort
-            _swap_in(tmp, out)
     return out
 
 
@@ -342,52 +332,3 @@ def _slide_table(clin: pd.DataFrame, files: dict[str, Path]) -> tuple[pd.DataFra
                           "slide_id": [_slide_stem(s) for s in rows["slide_id"]], "path": paths})
     first_case = rows["case_id"].iloc[0]
     return table, int(read_slide_features(paths[0], where=f"(case {first_case})").shape[1])
-
-
-# ---------------------------------------------------------------------- output folder
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an ``out`` that is a file (or under one), or a non-empty folder that is not a TCGA conversion."""
-    check_out_location(out)
-    if overwrite or not out.is_dir():
-        return
-    if any(not p.name.startswith(_STAGING) for p in out.iterdir()) and conversion_format(out) != FORMAT:
-        raise ValueError(
-            f"{out} is a non-empty folder that is not a TCGA conversion; pass overwrite=True to write into it"
-        )
-
-
-@contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A private folder inside ``out`` (same file system) that is removed afterwards, with ``out`` if new."""
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{_STAGING}{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            try:
-                out.rmdir()  # a failed first conversion leaves no empty folder behind
-            except OSError:  # a concurrent conversion has started writing into it
-                pass
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Move the cohort written in ``tmp`` into ``out`` (same file system: each move is atomic).
-
-    The previous conversion's files are replaced or removed, other files kept; ``cohort.json`` goes
-    first and comes back last, so a half-swapped folder is never taken as current.
-    """
-    (out / "cohort.json").unlink(missing_ok=True)
-    new = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.name != "cohort.json")
-    for name in _OWNED:
-        if name not in new:
-            (out / name).unlink(missing_ok=True)
-    if (out / "wsi").is_dir() and not any((out / "wsi").iterdir()):
-        (out / "wsi").rmdir()
-    for name in new:
-        (out / name).parent.mkdir(exist_ok=True)
-        os.replace(tmp / name, out / name)
-    os.replace(tmp / "cohort.json", out / "cohort.json")

@@ -14,6 +14,7 @@ import pytest
 
 from clinfuse.datasets.mimic_iv import convert_mimic_iv
 from clinfuse.datasets.mimic_iv_fixture import write_mimic_iv_fixture
+from clinfuse.datasets.staging import STAGING_PREFIX
 
 TASK = "mortality_48h"
 
@@ -171,7 +172,7 @@ def test_a_failed_reconversion_keeps_the_previous_cohort(fx, tmp_path):
     with pytest.raises(ValueError, match="labevents.csv.gz: column 'valuenum'"):
         convert_mimic_iv(fx[0], out, task=TASK, ecg=fx[1])
     after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    assert after == before and not list(tmp_path.glob(".o.*"))  # untouched, no staging folder left
+    assert after == before and not list(out.glob(f"{STAGING_PREFIX}*"))  # untouched, no staging folder left
 
 
 def test_out_that_is_a_file_is_refused_before_reading(fx, tmp_path):

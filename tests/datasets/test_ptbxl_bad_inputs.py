@@ -14,6 +14,7 @@ from clinfuse.datasets import ptbxl
 from clinfuse.datasets.ptbxl import convert_ptbxl
 from clinfuse.datasets.ptbxl_fixture import write_ptbxl_fixture
 from clinfuse.datasets.source_tables import check_out, prepare_out
+from clinfuse.datasets.staging import STAGING_PREFIX
 
 DB = r"ptbxl_database\.csv"
 
@@ -97,6 +98,7 @@ def test_failed_write_keeps_the_previous_cohort(src, tmp_path, monkeypatch):
         convert_ptbxl(src, out)
     assert snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "src"]  # no staging folder left behind
+    assert not list(out.glob(f"{STAGING_PREFIX}*"))
 
 
 def test_reconversion_keeps_files_it_does_not_own(src, tmp_path, monkeypatch):
@@ -104,14 +106,15 @@ def test_reconversion_keeps_files_it_does_not_own(src, tmp_path, monkeypatch):
     (out / "ecg").mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
     (out / "ecg" / "extra.hea").write_text("mine too")
-    with pytest.raises(ValueError, match=r"is a non-empty folder that is not a ptbxl conversion"):
+    with pytest.raises(ValueError, match=r"is a non-empty folder that is not a cohort \(it has no cohort.json\), so "
+                                         r"not a ptbxl conversion; pass overwrite=True"):
         convert_ptbxl(src, out)
     monkeypatch.chdir(out)
-    convert_ptbxl(src, ".", overwrite=True)  # "." has no name: the staging sibling uses the absolute path
+    convert_ptbxl(src, ".", overwrite=True)  # a relative out without a name: staged inside it all the same
     assert (out / "notes.txt").read_text() == "mine" and (out / "ecg" / "extra.hea").read_text() == "mine too"
     assert json.loads((out / "cohort.json").read_text())["source"]["format"] == "ptbxl"
     assert (out / "ecg" / "records.csv").is_file() and (out / "labels.parquet").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "src"] and not list(out.glob(f"{STAGING_PREFIX}*"))
 
 
 # ---------------------------------------------------------------------- nothing left
