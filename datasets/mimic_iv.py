@@ -298,6 +298,18 @@ def _window_scan(path: Path, required: list[str], keys: pl.DataFrame, on: str, t
     return df.with_columns(time=hours_between(pl.col("_t"), pl.col("intime")))
 
 
+def _check_stay_subject(df: pl.DataFrame, path: Path) -> None:
+    """Chart events are matched to samples by ``stay_id``; a row whose ``subject_id`` is not its
+    stay's (a corrupt extract or a bad join upstream) would give one patient another's vitals."""
+    subject = as_int(df, path, "subject_id", "stay_id")
+    wrong = df.filter((subject != pl.col("subject_id_right")).fill_null(False))
+    if wrong.height:
+        row = wrong.row(0, named=True)
+        raise ValueError(f"{path}: column 'subject_id' {row['subject_id']} in data row {row[ROW]} (stay_id "
+                         f"{row['stay_id']}) does not match subject_id {row['subject_id_right']} of that ICU stay "
+                         f"({wrong.height} such row(s))")
+
+
 def _labels_of(path: Path) -> pl.DataFrame:
     """``itemid`` (Int64, unique) -> ``label`` of a dictionary table (d_labitems / d_items)."""
     d = scan_table(path, ["itemid", "label"]).collect()
@@ -316,6 +328,8 @@ def _events(files: dict[str, Path | None], keys: pl.DataFrame, lookback_hours: f
             continue
         required = sorted({"subject_id", on, "itemid", "charttime", "valuenum"})
         df = _window_scan(path, required, keys, on, "charttime", start, "valuenum")
+        if on == "stay_id":
+            _check_stay_subject(df, path)
         df = df.with_columns(as_int(df, path, "itemid", "subject_id"))
         df = df.filter(pl.col("_v").is_not_null())  # valuenum is empty for text-only results
         df = df.join(_labels_of(files[dictionary]), on="itemid", how="left")

@@ -180,3 +180,14 @@ def test_out_that_is_a_file_is_refused_before_reading(fx, tmp_path):
     with pytest.raises(ValueError, match="exists and is not a directory"):
         convert_mimic_iv(fx[0], tmp_path / "o", task=TASK, ecg=fx[1])
     assert (tmp_path / "o").read_text() == "mine"
+
+
+def test_chart_event_of_another_subject_than_its_stay(fx, tmp_path):
+    chart = pd.read_csv(source(fx, "icu/chartevents"), dtype=str)
+    row = 0
+    stay, subject = chart.loc[row, "stay_id"], chart.loc[row, "subject_id"]
+    other = str(int(subject) + 1)
+    edit(source(fx, "icu/chartevents"), set_cell("subject_id", row, other))
+    with pytest.raises(ValueError, match=rf"chartevents\.csv\.gz: column 'subject_id' {other} in data row {row} "
+                                         rf"\(stay_id {stay}\) does not match subject_id {subject} of that ICU stay"):
+        convert_mimic_iv(fx[0], tmp_path / "o", task=TASK)
