@@ -110,6 +110,7 @@ class ECGReader(ModalityReader):
         if self.cache and npy.exists() and meta_path.exists():
             meta = json.loads(meta_path.read_text())
             if meta.get("patient_ids") == df["patient_id"].tolist():
+                self._warn_short(df, meta.get("seconds"))  # caches written before durations were kept: none
                 return npy, np.asarray(meta["lead_mask"], dtype=bool).reshape(len(df), len(self.leads))
         if self.cache:
             try:
@@ -119,7 +120,23 @@ class ECGReader(ModalityReader):
                     f"{cache.parent}: cannot write the ECG cache ({err}); records will be read on "
                     f"every access", stacklevel=2,
                 )
-        return None, self._read_all(df, None)
+        lead_mask, seconds = self._read_all(df, None)
+        self._warn_short(df, seconds)
+        return None, lead_mask
+
+    def _warn_short(self, df: pd.DataFrame, seconds: Sequence[float] | None) -> None:
+        """Warn about records over 5% shorter than the ``seconds`` window: they are zero-padded at
+        the end (their lead masks stay True), which a model may learn as a signal."""
+        if seconds is None:
+            return
+        short = np.asarray(seconds, dtype=float) < 0.95 * self.seconds
+        if short.any():
+            who = df.loc[short, "patient_id"].tolist()
+            warnings.warn(
+                f"{self.path}: {int(short.sum())} of {len(df)} ECG records are shorter than the {self.seconds:g} s "
+                f"window (shortest {float(np.min(np.asarray(seconds)[short])):.3g} s) and are zero-padded at the end: "
+                f"patient(s) {who[:10]}{' ...' if len(who) > 10 else ''}", stacklevel=3,
+            )
 
     def _write_cache(self, cache: Path, df: pd.DataFrame) -> np.ndarray:
         """Fill a ``(N, L, S)`` float32 ``.npy`` (memory-mapped) in chunks of records, in worker
@@ -131,8 +148,9 @@ class ECGReader(ModalityReader):
         try:
             out = np.lib.format.open_memmap(tmp.with_suffix(".npy"), mode="w+", dtype=np.float32, shape=shape)
             del out  # the chunks open it themselves (in this process or in workers)
-            lead_mask = self._read_all(df, tmp.with_suffix(".npy"))
-            meta = {"patient_ids": df["patient_id"].tolist(), "lead_mask": lead_mask.tolist()}
+            lead_mask, seconds = self._read_all(df, tmp.with_suffix(".npy"))
+            self._warn_short(df, seconds)
+            meta = {"patient_ids": df["patient_id"].tolist(), "lead_mask": lead_mask.tolist(), "seconds": seconds}
             tmp.with_suffix(".json").write_text(json.dumps(meta))
             os.replace(tmp.with_suffix(".npy"), cache.with_suffix(".npy"))
             os.replace(tmp.with_suffix(".json"), cache.with_suffix(".json"))
@@ -141,8 +159,9 @@ class ECGReader(ModalityReader):
                 leftover.unlink(missing_ok=True)
         return lead_mask
 
-    def _read_all(self, df: pd.DataFrame, npy: Path | None) -> np.ndarray:
-        """Read and validate every record (into rows of ``npy`` when given); the ``(N, L)`` lead masks."""
+    def _read_all(self, df: pd.DataFrame, npy: Path | None) -> tuple[np.ndarray, list[float]]:
+        """Read and validate every record (into rows of ``npy`` when given); the ``(N, L)`` lead
+        masks and each record's duration in seconds."""
         settings = {"leads": self.leads, "fs": self.fs, "n_samples": self.n_samples, "lead_aliases": self.lead_aliases}
         paths = [str(self.root / "ecg" / rec) for rec in df["record"]]
         ids = df["patient_id"].tolist()
@@ -150,9 +169,11 @@ class ECGReader(ModalityReader):
             {"start": i, "paths": paths[i : i + CACHE_CHUNK], "ids": ids[i : i + CACHE_CHUNK], "npy": npy and str(npy), **settings}
             for i in range(0, len(df), CACHE_CHUNK)
         ]
-        masks = run_chunks(_read_chunk, tasks, [len(t["paths"]) for t in tasks], "ECG cache",
-                           show_progress=len(df) >= PROGRESS_MIN_RECORDS)
-        return np.concatenate(masks) if masks else np.zeros((0, len(self.leads)), dtype=bool)
+        chunks = run_chunks(_read_chunk, tasks, [len(t["paths"]) for t in tasks], "ECG cache",
+                            show_progress=len(df) >= PROGRESS_MIN_RECORDS)
+        if not chunks:
+            return np.zeros((0, len(self.leads)), dtype=bool), []
+        return np.concatenate([m for m, _ in chunks]), [float(x) for _, sec in chunks for x in sec]
 
     def _read_record(self, path: Path, patient_id: str) -> tuple[np.ndarray, np.ndarray]:
         """One record as ``(L, S)`` float32 at ``fs`` and its ``(L,)`` lead mask."""
@@ -259,10 +280,12 @@ PROGRESS_MIN_RECORDS = 500
 
 
 def read_ecg_record(
-    path: str | Path, patient_id: str, leads: Sequence[str], fs: float, n_samples: int, lead_aliases: Mapping[str, str]
-) -> tuple[np.ndarray, np.ndarray]:
+    path: str | Path, patient_id: str, leads: Sequence[str], fs: float, n_samples: int, lead_aliases: Mapping[str, str],
+    with_seconds: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, float]:
     """One WFDB record (path without extension) as ``(L, n_samples)`` float32 at ``fs`` and its
-    ``(L,)`` lead mask; ValueError naming the files and the patient when it cannot be read."""
+    ``(L,)`` lead mask (and, with ``with_seconds``, the record's duration in seconds before
+    cropping / zero-padding); ValueError naming the files and the patient when it cannot be read."""
     try:
         record = wfdb.rdrecord(str(path))
         data = record.p_signal
@@ -273,24 +296,28 @@ def read_ecg_record(
             f"{path}.hea/.dat (patient {patient_id}): cannot read WFDB record: {type(err).__name__}: {err}"
         ) from err
     units = record.units or [""] * len(record.sig_name)
-    return select_leads(
+    signal, mask = select_leads(
         data, record.sig_name, units, float(record.fs), leads, fs, n_samples, lead_aliases,
         where=f"{path} (patient {patient_id})",
     )
+    return (signal, mask, data.shape[0] / float(record.fs)) if with_seconds else (signal, mask)
 
 
-def _read_chunk(task: dict[str, Any]) -> np.ndarray:
+def _read_chunk(task: dict[str, Any]) -> tuple[np.ndarray, list[float]]:
     """Read one chunk of records (runs in a worker): write them to their rows of ``task["npy"]``
-    (when given) and return their ``(n, L)`` lead masks."""
+    (when given) and return their ``(n, L)`` lead masks and durations (s)."""
     if multiprocessing.parent_process() is not None:  # a worker: one torch thread each, no oversubscription
         torch.set_num_threads(1)
     out = np.load(task["npy"], mmap_mode="r+") if task["npy"] else None
     masks = np.zeros((len(task["paths"]), len(task["leads"])), dtype=bool)
+    seconds = []
     for k, (path, pid) in enumerate(zip(task["paths"], task["ids"])):
-        signal, masks[k] = read_ecg_record(path, pid, task["leads"], task["fs"], task["n_samples"], task["lead_aliases"])
+        signal, masks[k], sec = read_ecg_record(path, pid, task["leads"], task["fs"], task["n_samples"],
+                                                task["lead_aliases"], with_seconds=True)
+        seconds.append(sec)
         if out is not None:
             out[task["start"] + k] = signal
     if out is not None:
         out.flush()
         del out
-    return masks
+    return masks, seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 
 import h5py
 import numpy as np
@@ -140,7 +141,14 @@ def test_timeseries_missing_column_and_unknown_patient(tiny):
 
 # ---------------------------------------------------------------------------- ecg
 def test_ecg_resampled_selected_cropped_padded(tiny):
-    reader = fitted(tiny, "ecg")
+    with pytest.warns(UserWarning, match=r"records\.csv: 1 of 3 ECG records are shorter than the 10 s window "
+                                         r"\(shortest 6 s\) and are zero-padded at the end: patient\(s\) \['p08'\]"):
+        reader = fitted(tiny, "ecg")
+    with pytest.warns(UserWarning, match=r"1 of 3 ECG records are shorter"):  # again from the cache
+        fitted(tiny, "ecg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a 6 s window: no record is short (p03 is cropped, not noted)
+        fitted(tiny, "ecg", seconds=6.0)
     assert reader.spec() == {"leads": LEADS, "fs": 100.0, "n_samples": 1000}
     p00, p03, p08 = (reader.get(p) for p in ("p00", "p03", "p08"))
     assert p00["signal"].shape == (12, 1000) and p00["signal"].dtype == np.float32
