@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from clinfuse.encoders.base import ModalityTokens
 from clinfuse.experiments.input_checks import DEFAULT_MAX_SD, out_of_range
-from clinfuse.experiments.prognosis_mlflow import PrognosisPyfunc, _BadJSON, _requirements, params_signature, records_from_frame  # noqa: F401 (re-exported: logged models name prognosis.PrognosisPyfunc)
+from clinfuse.experiments.prognosis_mlflow import PrognosisPyfunc, _BadJSON, _requirements, input_example, params_signature, records_from_frame  # noqa: F401 (re-exported: logged models name prognosis.PrognosisPyfunc)
 from clinfuse.experiments.prognosis_inputs import collate_shell, finish_items, raw_to_item
 from clinfuse.experiments.survival_curves import BreslowBaseline
 
@@ -449,6 +449,9 @@ class Prognosis:
         ``mlflow.pyfunc.log_model``'s ModelInfo (``.model_uri`` loads it back)."""
         kwargs.setdefault("pip_requirements", _requirements())
         kwargs.setdefault("signature", params_signature())  # without a params schema MLflow drops params
+        example = input_example(self.states)
+        if example is not None:  # MLflow checks it by predicting it, and serves it as the request example
+            kwargs.setdefault("input_example", example)
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save(Path(tmp) / "prognosis")
             return mlflow.pyfunc.log_model(

@@ -36,6 +36,19 @@ def params_signature():
     ]))
 
 
+def input_example(states: dict[str, dict]) -> pd.DataFrame | None:
+    """A one-patient wire DataFrame for the logged model's ``input_example`` (MLflow stores it as
+    ``serving_input_example.json``, the body a REST client can copy): tabular data only, each
+    numeric column at its training mean and each categorical one at its first level, so it
+    holds no patient's values. None when the model has no tabular modality."""
+    fitted = (states.get("tabular") or {}).get("fitted")
+    if not fitted:
+        return None
+    values: dict[str, Any] = {c: round(float(m), 3) for c, m in zip(fitted["numeric_features"], fitted["mean"])}
+    values.update({c: levels[0] for c, levels in fitted.get("levels", {}).items() if levels})
+    return pd.DataFrame([{"patient_id": "example", "tabular": json.dumps(values)}])
+
+
 def _requirements() -> list[str]:
     """Pinned requirements of the logged model (skips MLflow's slow inference by import tracing)."""
     from importlib.metadata import PackageNotFoundError, version

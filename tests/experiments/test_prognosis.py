@@ -206,6 +206,16 @@ def test_mlflow_pyfunc_matches_predict(trained, test_records, tmp_path):
             assert got["contributions"] == pytest.approx(w["contributions"], rel=1e-6)
             assert got["survival_curve"]["survival"] == pytest.approx(w["survival_curve"]["survival"])
         assert Prognosis.load(info.model_uri).predict(records)[0]["risk"] == pytest.approx(want[0]["risk"])
+        # the stored request example is tabular means / first levels, and it predicts without error
+        from mlflow.models import Model
+
+        example = Model.load(info.model_uri).load_input_example(mlflow.artifacts.download_artifacts(info.model_uri))
+        values = json.loads(example["tabular"][0])
+        fitted = prog.states["tabular"]["fitted"]
+        assert values[fitted["numeric_features"][0]] == pytest.approx(fitted["mean"][0], abs=1e-3)
+        assert example["patient_id"].tolist() == ["example"]
+        pred = mlflow.pyfunc.load_model(info.model_uri).predict(example)
+        assert pred["error"].isna().all() and json.loads(pred["prediction"][0])["modalities_used"] == ["tabular"]
         # inference params reach the model (MLflow drops params a model was logged without)
         params = {"horizons": [100.0, 200.0], "contributions": False, "feature_contributions": True}
         out = mlflow.pyfunc.load_model(info.model_uri).predict(_wire(records), params=params)
