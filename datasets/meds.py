@@ -13,8 +13,8 @@ subject's events at or before ``prediction_time``:
   subject has no static row at all). A static row's ``text_value`` is not used (a warning names
   the shard, codes and subjects): the row counts by its code and ``numeric_value`` only;
 - ``MEDS_BIRTH`` (timed) -> tabular ``age_years`` at the prediction time. A ``MEDS_BIRTH`` row
-  without a time, two different birth times of one subject, a birth after a prediction time and a
-  static code named ``age_years`` are errors;
+  without a time, two different birth times of one subject, a birth after a prediction time or
+  after one of the subject's kept events, and a static code named ``age_years`` are errors;
 - timed rows with ``numeric_value`` -> ``timeseries.parquet`` (variable = code);
 - timed rows with ``text_value`` -> ``notes.parquet``;
 - timed rows with neither value (e.g. ``DIAGNOSIS//ICD10//I10``, ``ADMISSION``) are not used
@@ -145,6 +145,9 @@ def convert_meds(
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-spill-", dir=out.parent) as spill, arrow_system_pool():
         # the one read of the shards; it validates them
         scan = scan_shards(shards, samples, has_text, lookback_us, Path(spill), n_buckets)
+        if len(scan.birth):  # before the events, which are also checked against the birth
+            _no_birth_after_prediction(lab.select(pl.col("subject_id").cast(pl.Int64), "prediction_time")
+                                       .join(scan.birth, on="subject_id"))
         # the new cohort is staged and moved into `out` only at the end (a failed conversion never
         # touches `out`); after the scan, so that bad values in the shards do not even create `out`
         with staged_out(out, FORMAT, overwrite, _OWNED, name=_NAME, fp=fp) as new:
@@ -265,8 +268,7 @@ def _tabular(static: pl.DataFrame, birth: pl.DataFrame, lab: pl.DataFrame, selec
         absent = pl.when(pl.col("subject_id").is_in(has_static.implode())).then(0.0)
         table = table.with_columns(pl.col(flag_columns).fill_null(absent))
     if len(birth):
-        table = table.join(birth, on="subject_id", how="left")
-        _no_birth_after_prediction(table)
+        table = table.join(birth, on="subject_id", how="left")  # no birth after a prediction: checked after the scan
         age = (pl.col("prediction_time") - pl.col("_birth")).dt.total_microseconds() / (US_PER_HOUR * 24 * 365.25)
         table = table.with_columns(age.alias("age_years")).drop("_birth", "_birth_file")
     known = [c for c in table.columns if c not in ("subject_id", "prediction_time", "patient_id")]

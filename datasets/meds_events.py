@@ -433,9 +433,12 @@ def write_events(scan: ScanResult, samples: Samples, lookback_us: int | None, ou
     ts_writer = _Writer(out / "timeseries.parquet", [("time", pa.float64()), ("variable", pa.large_string()),
                                                       ("value", pa.float64())])
     notes_writer = _Writer(out / "notes.parquet", [("time", pa.float64()), ("text", pa.large_string())])
+    births = _BirthCheck(scan.birth, samples)
     try:
         for group in groups:
             parts = [sp.load(group) for sp in spills]
+            for p in parts:
+                births.check(p["time"], p["rank"])
             if start_of_rank is not None:
                 index_of = lambda r: start_of_rank[r]  # noqa: E731
             else:  # the sample's earliest kept event (timeseries or notes): first of its run
@@ -467,6 +470,42 @@ def write_events(scan: ScanResult, samples: Samples, lookback_us: int | None, ou
         ts_writer.close()
         notes_writer.close()
     return ts_writer.rows, notes_writer.rows
+
+
+class _BirthCheck:
+    """Kept events (timeseries or notes) before their subject's ``MEDS_BIRTH`` are impossible data
+    (a shifted birth, another person's rows): they would become events at a negative age, so
+    :meth:`check` raises ``ValueError`` naming the subject, the birth and the event time."""
+
+    def __init__(self, birth: pl.DataFrame, samples: Samples) -> None:
+        self.file, self.of_rank, self.subject_of_rank = birth, None, None
+        if not len(birth):
+            return
+        by_subject = birth.sort("subject_id")
+        known = by_subject["subject_id"].to_numpy()
+        born = by_subject["_birth"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy()
+        subject = np.repeat(samples.subjects, samples.count)  # each sample's subject, in label order
+        at = np.clip(np.searchsorted(known, subject), 0, len(known) - 1)
+        has = known[at] == subject
+        self.of_rank = np.full(len(samples.rank), np.iinfo(np.int64).min, np.int64)  # no birth: never before
+        self.of_rank[samples.rank[has]] = born[at[has]]
+        self.subject_of_rank = np.empty(len(samples.rank), np.int64)
+        self.subject_of_rank[samples.rank] = subject
+
+    def check(self, time: np.ndarray, rank: np.ndarray) -> None:
+        if self.of_rank is None or not len(time):
+            return
+        before = time < self.of_rank[rank]
+        if before.any():
+            k = int(np.flatnonzero(before)[0])
+            subject = int(self.subject_of_rank[rank[k]])
+            row = self.file.filter(pl.col("subject_id") == subject).row(0, named=True)
+            event = np.datetime64(int(time[k]), "us")
+            raise ValueError(
+                f"{row['_birth_file']}: subject {subject} has MEDS_BIRTH at {row['_birth']}, after one of its "
+                f"events (at {event}; {int(before.sum())} such event(s) in this pass): an event before birth; fix "
+                "the birth time or drop those events"
+            )
 
 
 def _hours(time: np.ndarray, index: np.ndarray) -> pa.Array:

@@ -200,3 +200,17 @@ def test_static_text_value_is_warned(fresh, tmp_path):
     tab = pl.read_parquet(out / "tabular.parquet")  # as documented: the code alone, a level of BIO
     assert tab.filter(pl.col("BIO").is_not_null())["patient_id"].str.starts_with("1003@").all()
     assert not pl.read_parquet(out / "notes.parquet")["text"].str.contains("lives alone").any()
+
+
+def test_event_before_birth(fresh, tmp_path):
+    converted = convert_meds(fresh.root, tmp_path / "ok", labels=fresh.tte_labels)  # the pristine copy converts
+    assert (converted / "timeseries.parquet").exists()
+    early = BIRTH & (pl.col("subject_id") == 1003)  # birth moved past the subject's events, before its prediction
+    shard = pl.read_parquet(_shard(fresh))
+    events = shard.filter((pl.col("subject_id") == 1003) & ~BIRTH & pl.col("time").is_not_null())["time"]
+    pred = pl.read_parquet(fresh.tte_labels).filter(pl.col("subject_id") == 1003)["prediction_time"].min()
+    moved = min(pred, events.max()) - timedelta(seconds=1)
+    path = _edit(fresh, lambda d: d.with_columns(time=pl.when(early).then(pl.lit(moved)).otherwise(pl.col("time"))))
+    with pytest.raises(ValueError, match=rf"{_at(path)}: subject 1003 has MEDS_BIRTH at .*, after one of its events"):
+        convert_meds(fresh.root, tmp_path / "c", labels=fresh.tte_labels)
+    assert not (tmp_path / "c").exists()
