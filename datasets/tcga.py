@@ -69,6 +69,7 @@ def convert_tcga(
     splits: str | Path | None = None,
     cnv: Literal["expression", "drop"] = "expression",
     tabular_columns: Sequence[str] | None = None,
+    categorical_columns: Sequence[str] = (),
     fold: int = 0,
     n_folds: int = 5,
     seed: int = 0,
@@ -87,6 +88,8 @@ def convert_tcga(
             (grouped with the gene's signatures); ``"drop"`` leaves copy number out.
         tabular_columns: the clinical covariates to keep; None = every column that is not an id,
             an outcome (``survival*``, ``censorship*``, ``vital_status``...) or a genomic column.
+        categorical_columns: covariates to keep as categories even when they hold numbers (a grade
+            ``1, 2, 3, GX``, a stage code); each must be one of the kept covariates.
         fold: the test fold of the seeded K-fold stratified by event (ignored with ``splits``).
         n_folds: number of folds.
         seed: seed of the folds and of the val draw (15% of the non-test cases).
@@ -110,7 +113,7 @@ def convert_tcga(
     clin = _read_csv(src_clinical, {c: str for c in ("case_id", "slide_id", *CODE_COLUMNS)})
     slide_files = _find_slide_files(Path(slides_dir), clin) if slides_dir is not None else {}
     inputs = [p for p in (src_clinical, genomics, signatures, splits) if p is not None] + list(slide_files.values())
-    options = dict(cnv=cnv, tabular_columns=tabular_columns, fold=fold, n_folds=n_folds, seed=seed,
+    options = dict(cnv=cnv, tabular_columns=tabular_columns, categorical_columns=sorted(categorical_columns), fold=fold, n_folds=n_folds, seed=seed,
                    slides_dir=None if slides_dir is None else str(Path(slides_dir).resolve()))
     fp = fingerprint(inputs, options)
     if not overwrite and is_current(out, FORMAT, fp):
@@ -119,7 +122,7 @@ def convert_tcga(
     # read and validate everything (the first slide file included) before writing: bad input leaves an
     # existing cohort untouched. The cohort is written to a staging folder inside `out`, then moved in.
     labels, cases = _labels(clin, src_clinical)
-    tabular = _tabular(clin, cases, src_clinical, tabular_columns)
+    tabular = _tabular(clin, cases, src_clinical, tabular_columns, categorical_columns)
     if splits is not None:
         split = _read_splits(Path(splits), cases)
     else:
@@ -224,8 +227,10 @@ def _covariates(columns: Sequence[str]) -> list[str]:
     return keep
 
 
-def _tabular(clin: pd.DataFrame, cases: list[str], path: Path, columns: Sequence[str] | None) -> pd.DataFrame | None:
-    """One row per case: numeric covariates as float, the others as strings (null = missing)."""
+def _tabular(clin: pd.DataFrame, cases: list[str], path: Path, columns: Sequence[str] | None,
+             categorical: Sequence[str] = ()) -> pd.DataFrame | None:
+    """One row per case: numeric covariates as float, the others (and ``categorical``) as strings
+    (null = missing)."""
     if columns is None:
         columns = _covariates(clin.columns)
     else:
@@ -233,24 +238,29 @@ def _tabular(clin: pd.DataFrame, cases: list[str], path: Path, columns: Sequence
         leaks = [c for c in columns if c in REQUIRED]
         if leaks:
             raise ValueError(f"{path}: tabular_columns {leaks} are ids or outcomes, not covariates")
+    if isinstance(categorical, str):
+        raise ValueError(f"categorical_columns must be a list of column names, got the string {categorical!r}")
+    stray = [c for c in categorical if c not in columns]
+    if stray:
+        raise ValueError(f"{path}: categorical_columns {stray} are not among the kept covariates {list(columns)}")
     if not columns:
         return None
     _check_constant_per_case(clin, list(columns), path)
     first = clin.drop_duplicates("case_id").set_index("case_id").loc[cases]
     table = pd.DataFrame({"patient_id": cases})
     for col in columns:
-        table[col] = _covariate(first[col], path, col)
+        table[col] = _covariate(first[col], path, col, col in categorical)
     return table
 
 
-def _covariate(values: pd.Series, path: Path, col: str) -> np.ndarray:
+def _covariate(values: pd.Series, path: Path, col: str, categorical: bool = False) -> np.ndarray:
     """A per-case column (index: case) as float where every value is a number or missing, else as strings.
 
     ``MISSING_MARKERS`` are missing. A column of numbers with a few text cells (``age`` 'unknown') is an
     error naming the cells, never a silent categorical column; a mostly-text column is categorical.
     """
     values = values.where(~values.isin(MISSING_MARKERS))
-    if pd.api.types.is_bool_dtype(values) or col in CODE_COLUMNS:
+    if categorical or pd.api.types.is_bool_dtype(values) or col in CODE_COLUMNS:
         return values.astype("string").to_numpy()
     if pd.api.types.is_numeric_dtype(values):
         return values.to_numpy(dtype=np.float64)
@@ -262,7 +272,8 @@ def _covariate(values: pd.Series, path: Path, col: str) -> np.ndarray:
         raise ValueError(
             f"{path}: column '{col}' holds numbers but non-numeric value(s) {pd.unique(values[text])[:5].tolist()} "
             f"for case(s) {values.index[text][:10].tolist()}; leave a missing value empty (or NA, [Not Available]), "
-            "or leave the column out with tabular_columns"
+            "or list the column in categorical_columns when its values are categories (a grade 1, 2, 3, GX), or "
+            "leave it out with tabular_columns"
         )
     return values.astype("string").to_numpy()
 

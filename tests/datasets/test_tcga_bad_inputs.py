@@ -168,3 +168,21 @@ def test_mostly_text_covariate_with_a_number_stays_categorical(src, tmp_path):
     clin.to_csv(src["clinical"], index=False)
     table = pd.read_parquet(convert_tcga(src["clinical"], tmp_path / "out") / "tabular.parquet")
     assert table.set_index("patient_id")["stage"].to_dict() == stage
+
+
+def test_a_grade_with_numbers_and_gx_is_an_error_unless_listed_as_categorical(src, tmp_path):
+    clin = _clinical_text(src)
+    cases = clin["case_id"].unique()
+    grade = {case: ("1", "2", "3")[i % 3] for i, case in enumerate(cases)}
+    grade[cases[0]] = "GX"
+    clin["grade"] = clin["case_id"].map(grade)
+    clin.to_csv(src["clinical"], index=False)
+    with pytest.raises(ValueError, match=r"column 'grade' holds numbers .*\['GX'\].*categorical_columns"):
+        convert_tcga(src["clinical"], tmp_path / "out")
+    out = convert_tcga(src["clinical"], tmp_path / "out", categorical_columns=["grade"])
+    table = pd.read_parquet(out / "tabular.parquet").set_index("patient_id")
+    assert table["grade"].to_dict() == grade and table["age"].dtype == np.float64  # the others as before
+    with pytest.raises(ValueError, match=r"categorical_columns \['grde'\] are not among the kept covariates"):
+        convert_tcga(src["clinical"], tmp_path / "out2", categorical_columns=["grde"])
+    with pytest.raises(ValueError, match="a list of column names"):
+        convert_tcga(src["clinical"], tmp_path / "out2", categorical_columns="grade")
