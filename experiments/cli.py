@@ -188,7 +188,11 @@ def log_survival_figures(cli: LightningCLI) -> None:
     from clinfuse.experiments.survival_report import format_report, survival_figures
 
     outdir = Path(cli.trainer.default_root_dir) / "figures"
-    figs = survival_figures(cli.model, cli.datamodule, outdir)
+    try:
+        figs = survival_figures(cli.model, cli.datamodule, outdir)
+    except ValueError as err:  # a tiny or event-free test split: the run keeps its model and metrics
+        warnings.warn(f"after fit: no survival figures or report: {err}", stacklevel=2)
+        return
     print(format_report(figs["report"]))
     print(f"test log-rank p (risk groups, tertiles unless ties merge them) = {figs['logrank_p']:.3g}; figures in {outdir}")
     for logger in cli.trainer.loggers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sksurv.exceptions import NoComparablePairException
 from sksurv.metrics import concordance_index_censored
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -21,7 +22,10 @@ def harrell_c_index(risk: np.ndarray, time: np.ndarray, event: np.ndarray) -> fl
     risk, time, event = (np.asarray(a, dtype=float).ravel() for a in (risk, time, event))
     if event.sum() == 0 or len(np.unique(time)) < 2:
         return float("nan")
-    return float(concordance_index_censored(event.astype(bool), time, risk)[0])
+    try:
+        return float(concordance_index_censored(event.astype(bool), time, risk)[0])
+    except NoComparablePairException:  # e.g. the only events are at the largest time (a small val split)
+        return float("nan")
 
 
 def classification_metrics(scores: torch.Tensor, target: torch.Tensor, task: str, n_classes: int = 2) -> dict[str, float]:

@@ -189,6 +189,30 @@ def uno_c_index(train, test, risk, tau: float | None = None) -> float:
     return float(concordance_index_ipcw(train.structured, test.structured, risk, tau=tau)[0])
 
 
+def _events_until(test: SurvivalData, times) -> SurvivalData:
+    """``test`` with its events after the last of ``times`` marked censored.
+
+    sksurv's IPCW metrics weight every test *event* by the training censoring distribution, which
+    is undefined past the last training time, so one test event later than every training time made
+    them raise, whatever the grid. At a grid time ``t``, a patient with time ``> t`` counts as a
+    control (AUC) or as still event-free (Brier) whether or not the event happens later, and the
+    test Kaplan-Meier up to ``t`` does not depend on later events, so for ``times`` the metrics are
+    unchanged (tests/experiments/test_survival_metrics.py checks the AUC against a hand computation).
+    """
+    late = test.event & (test.time > float(np.max(times)))
+    return test if not late.any() else SurvivalData(test.time, test.event & ~late, "test")
+
+
+def _follow_up_within(train: SurvivalData, test: SurvivalData, times) -> SurvivalData:
+    """For the Brier score, which also weights each test patient's own time by the training
+    censoring distribution: :func:`_events_until`, and times past the last training time moved
+    back to it. A patient whose time stays beyond the last of ``times`` enters every grid time
+    only as event-free, weighted at the grid time, so the scores are unchanged."""
+    test = _events_until(test, times)
+    last = float(train.time.max())
+    return test if not (test.time > last).any() else SurvivalData(np.minimum(test.time, last), test.event, "test")
+
+
 def time_dependent_auc(train, test, risk, times) -> tuple[np.ndarray, float]:
     """Cumulative/dynamic AUC (sksurv ``cumulative_dynamic_auc``).
 
@@ -197,6 +221,7 @@ def time_dependent_auc(train, test, risk, times) -> tuple[np.ndarray, float]:
     """
     train, test = _as_data(train, "train"), _as_data(test, "test")
     risk = _check_scores(risk, len(test), "risk")
+    test = _events_until(test, times)
     auc, mean_auc = cumulative_dynamic_auc(train.structured, test.structured, risk, np.asarray(times, float))
     return np.asarray(auc), float(mean_auc)
 
@@ -212,6 +237,7 @@ def brier_scores(train, test, surv_probs, times) -> np.ndarray:
     """
     train, test = _as_data(train, "train"), _as_data(test, "test")
     surv_probs = _check_scores(surv_probs, len(test), "surv_probs", ndim=2)
+    test = _follow_up_within(train, test, times)
     return np.asarray(brier_score(train.structured, test.structured, surv_probs, np.asarray(times, float))[1])
 
 
@@ -219,6 +245,7 @@ def integrated_brier(train, test, surv_probs, times) -> float:
     """Integrated Brier score over ``times`` (sksurv ``integrated_brier_score``; needs T >= 2)."""
     train, test = _as_data(train, "train"), _as_data(test, "test")
     surv_probs = _check_scores(surv_probs, len(test), "surv_probs", ndim=2)
+    test = _follow_up_within(train, test, times)
     return float(integrated_brier_score(train.structured, test.structured, surv_probs, np.asarray(times, float)))
 
 

@@ -12,6 +12,9 @@ from clinfuse.experiments.survival_curves import BreslowBaseline
 from clinfuse.experiments.survival_metrics import survival_report
 from clinfuse.experiments.survival_plots import calibration_plot, km_by_risk_group
 
+#: fewer test patients give no figures or report (tertiles and calibration bins of one or two patients)
+MIN_TEST_PATIENTS = 6
+
 
 @torch.no_grad()
 def predict_split(model: Any, datamodule: Any, split: str) -> tuple[list[str], np.ndarray]:
@@ -47,6 +50,10 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: in
     Returns:
         The baseline (None for discrete-time models), the log-rank p-value, the horizon, the PNG
         paths and the report dict.
+
+    Raises:
+        ValueError: a test split of fewer than ``MIN_TEST_PATIENTS`` patients or without an event
+            (``clinfuse fit`` then warns and goes on to log the prediction model).
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -62,13 +69,16 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: in
     te = labels.loc[te_ids]
     time, event = te["time"].to_numpy(float), te["event"].to_numpy(float)
     km_path, cal_path = outdir / "km_risk_groups.png", outdir / "calibration.png"
+    if len(time) < MIN_TEST_PATIENTS or not event.any():
+        raise ValueError(f"the test split has {len(time)} patient(s) and {int(event.sum())} event(s); the survival "
+                         f"figures and report need at least {MIN_TEST_PATIENTS} patients and one event")
     _, p_value = km_by_risk_group(te_risk, time, event, n_groups=3, path=km_path)
     horizon = float(np.median(time))
     if baseline is not None:
         surv = baseline.survival_at(te_risk, horizon)
     else:
         surv = objective.survival(torch.as_tensor(te_out), torch.tensor([horizon]))[:, 0].numpy()
-    calibration_plot(surv, time, event, horizon, path=cal_path)
+    calibration_plot(surv, time, event, horizon, n_bins=min(5, len(time) // 2), path=cal_path)
     tr_all = labels.loc[list(datamodule.cohort.splits["train"])]
 
     def surv_fn(times: np.ndarray) -> np.ndarray:

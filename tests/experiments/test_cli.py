@@ -200,3 +200,24 @@ def test_lightning_subcommands_are_not_shadowed_by_clinfuse_commands(sub, monkey
         main()
     assert done.value.code == 0
     assert "--ckpt_path" in capsys.readouterr().out  # LightningCLI's own subcommand parser
+
+
+def test_fit_with_a_tiny_test_split_warns_and_still_logs_the_model(synthetic_cohort, tmp_path, monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    root = tmp_path / "tiny_test"
+    shutil.copytree(synthetic_cohort, root, ignore=shutil.ignore_patterns("ecg", "wsi", ".clinfuse_cache"))
+    splits = pd.read_csv(root / "splits.csv")
+    test = splits.index[splits["split"] == "test"]
+    splits.loc[test[4:], "split"] = "train"  # 4 test patients: too few for tertiles and calibration bins
+    splits.to_csv(root / "splits.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.warns(UserWarning, match=r"after fit: no survival figures or report: the test split has 4 patient"):
+        cli_main(["fit", *_base(root), "--data.modalities=[tabular, genomics]", "--trainer.max_epochs=1",
+                  "--trainer.enable_progress_bar=false"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("clinfuse").experiment_id])
+    assert run.info.status == "FINISHED" and "clinfuse.prognosis_model_uri" in run.data.tags

@@ -220,3 +220,61 @@ def test_survival_report(gbsg):
     assert 0.0 <= rep["d_calibration_p"] <= 1.0
     no_curves = survival_report(g["tt"], g["te_"], g["st"], g["se"], g["risk"], n_boot=10)
     assert np.isnan(no_curves["ibs"]) and np.isnan(no_curves["d_calibration_p"])
+
+
+def _censoring_survival(train_t, train_e):
+    """G: the Kaplan-Meier of the training censoring times (lifelines), as a function."""
+    from lifelines import KaplanMeierFitter
+
+    sf = KaplanMeierFitter().fit(train_t, 1 - train_e).survival_function_["KM_estimate"]
+    return lambda x: float(sf[sf.index <= x].iloc[-1]) if (sf.index <= x).any() else 1.0
+
+
+def _hand_brier(train_t, train_e, test_t, test_e, surv, t):
+    """IPCW Brier score at ``t`` from its definition (Graf et al.)."""
+    g = _censoring_survival(train_t, train_e)
+    case, control = (test_t <= t) & (test_e == 1), test_t > t
+    return np.mean([surv[i] ** 2 / g(test_t[i]) if case[i] else (1 - surv[i]) ** 2 / g(t) if control[i] else 0.0
+                    for i in range(len(test_t))])
+
+
+def _hand_cd_auc(train_t, train_e, test_t, test_e, risk, t):
+    """Cumulative/dynamic AUC at ``t`` from its definition: cases (event by t) weighted by 1 / G(T_i)."""
+    g = _censoring_survival(train_t, train_e)
+    cases = np.flatnonzero((test_t <= t) & (test_e == 1))
+    controls = np.flatnonzero(test_t > t)
+    num = sum((1.0 if risk[i] > risk[j] else 0.5 if risk[i] == risk[j] else 0.0) / g(test_t[i])
+              for i in cases for j in controls)
+    return num / (sum(1 / g(test_t[i]) for i in cases) * len(controls))
+
+
+def test_ipcw_metrics_with_a_test_event_after_every_training_time():
+    rng = np.random.default_rng(7)
+    train_t, train_e = rng.uniform(1, 100, 80), rng.integers(0, 2, 80)  # untied: both KMs agree on ties otherwise
+    test_t, test_e = rng.uniform(1, 100, 60), rng.integers(0, 2, 60)
+    test_t[0], test_e[0] = 150.0, 1  # an event later than every training time: sksurv alone raises
+    risk = -test_t + rng.normal(0, 20, 60)
+    train, test = SurvivalData(train_t, train_e, "train"), SurvivalData(test_t, test_e, "test")
+    times = evaluation_times(train_t, train_e, test_t, test_e, n=5)
+    with pytest.raises(ValueError, match="smaller than largest observed time"):
+        cumulative_dynamic_auc(train.structured, test.structured, risk, times)
+    auc, mean_auc = time_dependent_auc(train, test, risk, times)
+    for k, t in enumerate(times):
+        assert auc[k] == pytest.approx(_hand_cd_auc(train_t, train_e, test_t, test_e, risk, t), rel=1e-9)
+    surv = np.clip(np.exp(-np.outer(np.exp(risk / 50), times) / 100), 0, 1)
+    bs = brier_scores(train, test, surv, times)
+    test_t[1], test_e[1] = 120.0, 0  # also a censored time past every training time (Brier weights it too)
+    test = SurvivalData(test_t, test_e, "test")
+    bs = brier_scores(train, test, surv, times)
+    for k, t in enumerate(times):
+        assert bs[k] == pytest.approx(_hand_brier(train_t, train_e, test_t, test_e, surv[:, k], t), rel=1e-9)
+    assert np.isfinite(bs).all() and np.isfinite(integrated_brier(train, test, surv, times)) and np.isfinite(mean_auc)
+    report = survival_report(train_t, train_e, test_t, test_e, risk, n_boot=20)
+    assert np.isfinite(report["mean_td_auc"]) and np.isfinite(report["harrell"])
+
+
+def test_harrell_without_a_comparable_pair_is_nan():
+    from clinfuse.experiments.metrics import harrell_c_index
+
+    assert np.isnan(harrell_c_index(np.array([0.1, 0.5, 0.2]), np.array([1.0, 2.0, 3.0]), np.array([0, 0, 1])))
+    assert harrell_c_index(np.array([0.1, 0.5, 0.2]), np.array([1.0, 2.0, 3.0]), np.array([0, 1, 1])) == 1.0
