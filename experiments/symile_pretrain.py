@@ -123,6 +123,18 @@ class SymilePretrainModule(pl.LightningModule):
         self.fusion.mlp.requires_grad_(False)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
 
+    def setup(self, stage: str) -> None:
+        """With a logger, Lightning merges this module's hyperparameters with the data module's and
+        refuses a ``modalities`` that differs between them; say what to pass instead."""
+        dm = getattr(self.trainer, "datamodule", None)
+        theirs = getattr(dm, "hparams", {}).get("modalities", self.hparams["modalities"])
+        if self.trainer.loggers and theirs != self.hparams["modalities"]:
+            raise ValueError(
+                f"the data module loads modalities {theirs or 'all'} but SymilePretrainModule got modalities="
+                f"{self.hparams['modalities']}: pass the same list to both, e.g. ClinicalDataModule(..., "
+                f"modalities={self.modalities}) (it then loads only these); Lightning's logger needs them to agree"
+            )
+
     # ------------------------------------------------------------------ representations
     def encode(self, inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, ModalityTokens]:
         """Tokens of the contrasted modalities the batch holds (others are ignored)."""

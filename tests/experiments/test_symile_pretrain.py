@@ -193,3 +193,27 @@ def test_bad_arguments(spec):
         SymilePretrainModule(spec, objective="infonce")
     with pytest.raises(ValueError, match="spec"):
         SymilePretrainModule(None)
+
+
+def test_the_readme_snippet_runs_with_lightnings_default_logger(synthetic_cohort, tmp_path, monkeypatch):
+    """README "Symile pretraining from Python", 1 short epoch: the data module's and the module's
+    ``modalities`` hyperparameters must agree, or Lightning refuses to merge them for its logger."""
+    from clinfuse.datasets import ClinicalDataModule
+    from clinfuse.experiments.module import ClinFuseModule
+    from clinfuse.fusion import SymileFusion
+
+    monkeypatch.chdir(tmp_path)
+    contrast = ["tabular", "ecg", "genomics"]
+    everything = ClinicalDataModule(root=str(synthetic_cohort), batch_size=32)
+    with pytest.raises(ValueError, match=r"data module loads modalities all but .*modalities=\['tabular', 'ecg', 'genomics'\]"):
+        pl.Trainer(max_epochs=1, enable_progress_bar=False, default_root_dir=tmp_path).fit(
+            SymilePretrainModule(spec=everything.spec, modalities=contrast), datamodule=everything)
+    dm = ClinicalDataModule(root=str(synthetic_cohort), modalities=contrast, batch_size=32)
+    pre = SymilePretrainModule(spec=dm.spec, modalities=contrast)
+    pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False,
+               default_root_dir=tmp_path).fit(pre, datamodule=dm)
+    model = ClinFuseModule(spec=dm.spec, fusion=SymileFusion, task="survival")
+    pre.load_into(model)
+    enc = pre.encoders["tabular"].state_dict()
+    for k, v in model.encoders["tabular"].state_dict().items():
+        assert torch.equal(v, enc[k])
