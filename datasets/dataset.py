@@ -111,7 +111,7 @@ class Collator:
             "patient_id": [item["patient_id"] for item in items],
             "inputs": inputs,
             "labels": {
-                key: _stack_labels(items, key, torch.long if key == "multiclass" else torch.float32)
+                key: _stack_labels(items, key, torch.long if LABEL_DTYPES.get(key) is np.int64 else torch.float32)
                 for key in keys
             },
         }

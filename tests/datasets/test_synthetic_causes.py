@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy.special import softmax
 
 from clinfuse.datasets.synthetic import generate_cohort
@@ -81,3 +82,14 @@ def test_full_oracle_by_hand_and_observed_against_a_larger_monte_carlo(pair):
 def test_bad_n_causes_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"n_causes must be an integer in \[1, 5\]"):
         generate_cohort(tmp_path / "c", n_patients=20, n_causes=0, show_progress=False)
+
+
+def test_cause_reaches_the_batch_as_long_as_docs_formats_says(pair):
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+
+    _, three = pair
+    dm = ClinicalDataModule(root=str(three), modalities=["tabular"], batch_size=64)
+    dm.setup("fit")
+    labels = next(iter(dm.train_dataloader()))["labels"]
+    assert labels["cause"].dtype == torch.long and labels["event"].dtype == torch.float32
+    assert torch.equal(labels["cause"] > 0, labels["event"] > 0)
