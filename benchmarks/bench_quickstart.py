@@ -26,8 +26,11 @@ def main() -> None:
     p.add_argument("--patients", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="/tmp/clinfuse-bench")
-    p.add_argument("--extra", nargs="*", default=[], help="more CLI args, e.g. --trainer.max_epochs=5")
-    a = p.parse_args()
+    p.add_argument("--extra", action="append", default=[],
+                   help="one more `clinfuse fit` argument (repeatable), e.g. --extra=--trainer.max_epochs=5; any "
+                        "option this script does not know is passed on too (--trainer.max_epochs=5)")
+    a, passed_on = p.parse_known_args()
+    a.extra += passed_on
     work = Path(a.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

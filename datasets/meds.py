@@ -101,7 +101,7 @@ def convert_meds(
         overwrite: rewrite ``out`` even when it holds a current conversion, or when it is a
             non-empty folder that is not a MEDS conversion (other files in it are kept).
         memory_mb: about how much memory (MiB) one sorting pass over the event rows may take; a
-            smaller budget means more, smaller passes (the output is the same). Needs about 25
+            smaller budget means more, smaller passes (the output is the same). Needs about 24
             bytes per kept event (plus note text) of temporary disk space next to ``out``.
 
     Returns:
