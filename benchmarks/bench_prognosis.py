@@ -42,6 +42,13 @@ in-memory slides 896 patients/s (450 with contributions), one patient 5.0 ms p50
 collate + model 124 ms (2,063 patients/s for that part in this run; 1,660-2,063 over the
 session's three runs); pyfunc wire 80 (lists) / 290 (base64) patients/s; ``predict_cohort`` 1,013.
 
+Fifth session (2026-12-01, after ECG leads came to be picked in one float32 pass and resampled
+without a concatenated copy; idle machine, but slower across the board than the run before): one
+patient 6.1 ms p50 (7.5 with contributions); batch 256 in memory 812 patients/s (388 with them);
+parsing 119 ms, collate + model 159 ms (1,605 patients/s); pyfunc wire 77 (lists) / 271 (base64);
+``predict_cohort`` 998 / 448. ``parse_break``-style timing of the ECG part alone: lead picking
+34 -> 21-25 ms, resampling 30 -> 32-37 ms (the blocks are now transposed views).
+
 The REST path (the earlier run, slides still as file paths): ``PrognosisPyfunc.predict`` on the wire DataFrame of 256 in-memory
 records with contributions: 147 patients/s with the ECG as JSON lists (75.7 MB of JSON, most of
 the time in ``json.loads``), 309 patients/s with the ECG as base64 float32
