@@ -65,12 +65,27 @@ class Prognosis:
         The preprocessing is the checkpoint's saved data-module state when present (else the data
         module's); the Breslow baseline is fitted on the training split's predicted log-risks
         (eval mode, deterministic WSI patches).
+
+        Raises:
+            ValueError: ``checkpoint_path`` is no readable ClinFuseModule checkpoint, or the data
+                module differs from the checkpoint's (other modalities, spec or fitted statistics:
+                :func:`~clinfuse.experiments.training_match.check_training_data`).
+            TypeError: ``datamodule`` is not a data module.
         """
         from clinfuse.datasets.dataset import ClinicalDataset, Collator
         from clinfuse.experiments.module import ClinFuseModule
 
-        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        from clinfuse.experiments.training_match import check_training_data
+
+        try:
+            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError, OSError... on a non-checkpoint
+            raise ValueError(f"{checkpoint_path}: not a readable checkpoint: {type(err).__name__}: {err}") from err
+        if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt:
+            raise ValueError(f"{checkpoint_path}: not a Lightning checkpoint of a ClinFuseModule (no hyper_parameters)")
         saved = ckpt.get(type(datamodule).__qualname__) or {}
+        # another cohort, modalities or split would fit the baseline on the wrong patients, silently
+        check_training_data(checkpoint_path, ckpt["hyper_parameters"].get("spec") or {}, saved.get("preprocessing"), datamodule)
         preprocessing = saved.get("preprocessing") or datamodule.preprocessing_state()
         model = ClinFuseModule.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=False).eval()
         baseline = None

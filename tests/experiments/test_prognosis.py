@@ -435,3 +435,28 @@ def test_loading_a_run_uri_without_a_store_says_so(tmp_path, monkeypatch):
         assert not (tmp_path / "mlflow.db").exists()  # nothing created
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_from_training_refuses_a_datamodule_other_than_the_checkpoints(trained, synthetic_cohort, tmp_path):
+    import shutil
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+
+    dm, prog = trained
+    ckpt = prog.checkpoint_path
+    again = Prognosis.from_training(ckpt, ClinicalDataModule(str(synthetic_cohort), batch_size=32, max_patches=32))
+    assert again.baseline.state_dict() == prog.baseline.state_dict()  # the same data module: accepted, same baseline
+    with pytest.raises(ValueError, match=r"trained on modalities \[.*'wsi'\], the datamodule loads \['tabular'\]"):
+        Prognosis.from_training(ckpt, ClinicalDataModule(str(synthetic_cohort), modalities=["tabular"]))
+    other = tmp_path / "other_split"  # the same patients, another split: other training statistics
+    shutil.copytree(synthetic_cohort, other, ignore=shutil.ignore_patterns(".clinfuse_cache"))
+    splits = pd.read_csv(other / "splits.csv")
+    splits.loc[splits.index[splits["split"] == "train"][:40], "split"] = "test"
+    splits.to_csv(other / "splits.csv", index=False)
+    with pytest.raises(ValueError, match=r"training statistic .* differs from the one the model was trained with"):
+        Prognosis.from_training(ckpt, ClinicalDataModule(str(other), batch_size=32, max_patches=32))
+    with pytest.raises(TypeError, match="datamodule must be the ClinicalDataModule"):
+        Prognosis.from_training(ckpt, str(synthetic_cohort))
+    (tmp_path / "x.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"x\.ckpt: not a readable checkpoint"):
+        Prognosis.from_training(tmp_path / "x.ckpt", dm)
