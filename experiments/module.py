@@ -168,10 +168,21 @@ class ClinFuseModule(pl.LightningModule):
         return self.objective.risk(out) if self.objective is not None else out
 
     def setup(self, stage: str) -> None:
-        """Discrete-time survival: fit the time bins on the data module's training split."""
+        """Check the data module serves the modalities the model was built for; discrete-time
+        survival: fit the time bins on the data module's training split."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        data_spec = getattr(datamodule, "spec", None)
+        if data_spec is not None and set(data_spec) != set(self.hparams.spec):
+            # a modality the data lacks would be "absent" for every patient: trained, tested, all silently without it
+            lacking, extra = sorted(set(self.hparams.spec) - set(data_spec)), sorted(set(data_spec) - set(self.hparams.spec))
+            raise ValueError(
+                f"the model was built for modalities {sorted(self.hparams.spec)}, the data module serves "
+                f"{sorted(data_spec)} (lacking {lacking}, extra {extra}): build the model from this data module's "
+                "spec (ClinFuseModule(spec=datamodule.spec, ...)) or load the same modalities"
+            )
         if self.objective is None or self.objective.fitted:
             return
-        cohort = getattr(getattr(self._trainer, "datamodule", None), "cohort", None) if self._trainer else None
+        cohort = getattr(datamodule, "cohort", None)
         if cohort is None:
             raise ValueError(
                 f"survival_loss={self.objective.loss_name!r} needs time bins from the training split: fit "

@@ -40,3 +40,22 @@ def test_binary_task_trains_on_binary_only_cohort(tmp_path):
     loss = model.loss(out, batch["labels"])
     ref = torch.nn.functional.binary_cross_entropy(torch.sigmoid(out), batch["labels"]["binary"])
     assert torch.isfinite(loss) and torch.allclose(loss, ref, atol=1e-6)
+
+
+def test_fitting_on_a_data_module_without_one_of_the_models_modalities_is_refused(synthetic_cohort, tmp_path):
+    import lightning
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+
+    spec = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"]).spec
+    model = ClinFuseModule(spec=spec, d_model=16)
+    def trainer():
+        return lightning.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
+                                 enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+
+    with pytest.raises(ValueError, match=r"built for modalities \['genomics', 'tabular'\], the data module serves "
+                                         r"\['tabular'\] \(lacking \['genomics'\], extra \[\]\)"):
+        trainer().fit(model, datamodule=ClinicalDataModule(str(synthetic_cohort), modalities=["tabular"], batch_size=32))
+    genomics = {k: v.clone() for k, v in model.encoders["genomics"].state_dict().items()}
+    trainer().fit(model, datamodule=ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"], batch_size=32))
+    assert any(not torch.equal(v, genomics[k]) for k, v in model.encoders["genomics"].state_dict().items())
