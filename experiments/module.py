@@ -41,6 +41,26 @@ def monitor_for(task: str) -> str:
     return "val/c_index" if task == "survival" else "val/auroc"
 
 
+def _factory(value: Any, argument: str, what: str) -> Callable[..., nn.Module]:
+    """An encoder / fusion-head class or factory: a registry name is looked up (``"masked_mean"``,
+    ``"FTTransformerEncoder"``); a built module is refused, since the model builds its own from
+    ``d_model`` and the data's spec."""
+    from clinfuse.encoders.registry import ENCODER_CLASSES
+    from clinfuse.fusion.registry import FUSION_HEADS
+
+    names = FUSION_HEADS if what == "fusion head" else ENCODER_CLASSES
+    if isinstance(value, str):
+        if value not in names:
+            raise ValueError(f"{argument}={value!r}: no such {what}; known: {sorted(names)}")
+        return names[value]
+    if isinstance(value, nn.Module):
+        raise TypeError(f"{argument}: pass the {what} class (or a factory such as functools.partial(cls, ...)), "
+                        f"not a built {type(value).__name__}: the model builds it from d_model and the data's spec")
+    if not callable(value):
+        raise TypeError(f"{argument}: expected a {what} class, factory or name, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
 class ClinFuseModule(pl.LightningModule):
     """A multimodal model for one task, trained with modality dropout.
 
@@ -48,9 +68,11 @@ class ClinFuseModule(pl.LightningModule):
         spec: modality -> input spec (formats.md section 3); normally linked from the data module
             by the CLI, and saved in the checkpoint so the model rebuilds without the data.
         d_model: token width shared by every encoder and the head.
-        encoders: modality -> encoder factory. Modalities of ``spec`` not named here get the
-            default encoder of ``clinfuse.encoders.registry.ENCODERS``.
-        fusion: fusion-head factory; default ``TransformerFusion``.
+        encoders: modality -> encoder class or factory, or its class name (``"FTTransformerEncoder"``).
+            Modalities of ``spec`` not named here get the default encoder of
+            ``clinfuse.encoders.registry.ENCODERS``.
+        fusion: fusion-head class or factory ``(d_model, modalities) -> head``, or its name in
+            ``clinfuse.fusion.registry.FUSION_HEADS`` (``"masked_mean"``); default ``TransformerFusion``.
         task: ``survival``, ``binary`` or ``multiclass``.
         n_classes: classes of the multiclass label (linked from the data module by the CLI).
         modality_dropout: per-modality drop probability during training (a float for all).
@@ -112,11 +134,12 @@ class ClinFuseModule(pl.LightningModule):
                 if m not in ENCODERS:
                     raise ValueError(f"no default encoder for modality {m!r}; name one under model.encoders")
                 encoders[m] = ENCODERS[m]
+            encoders[m] = _factory(encoders[m], f"encoders[{m!r}]", "encoder")
         self.modalities = list(spec)
         self.task = task
         self.n_classes = n_classes
         self.encoders = nn.ModuleDict({m: encoders[m](d_model, spec[m]) for m in self.modalities})
-        self.fusion = (fusion or TransformerFusion)(d_model, self.modalities)
+        self.fusion = _factory(fusion or TransformerFusion, "fusion", "fusion head")(d_model, self.modalities)
         if isinstance(modality_dropout, Mapping):  # a known modality this run does not load: no effect, say so
             idle = sorted(k for k in modality_dropout if k in ENCODERS and k not in self.modalities)
             if idle:

@@ -59,3 +59,19 @@ def test_fitting_on_a_data_module_without_one_of_the_models_modalities_is_refuse
     genomics = {k: v.clone() for k, v in model.encoders["genomics"].state_dict().items()}
     trainer().fit(model, datamodule=ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"], batch_size=32))
     assert any(not torch.equal(v, genomics[k]) for k, v in model.encoders["genomics"].state_dict().items())
+
+
+def test_fusion_and_encoders_by_name_and_built_modules_refused():
+    from clinfuse.encoders.ft_tabular import FTTransformerEncoder
+    from clinfuse.encoders.tabular import TabularMLPEncoder
+    from clinfuse.fusion.masked_mean import MaskedMeanFusion
+
+    spec = {"tabular": TabularMLPEncoder.example_spec()}
+    model = ClinFuseModule(spec=spec, d_model=16, fusion="masked_mean", encoders={"tabular": "FTTransformerEncoder"})
+    assert isinstance(model.fusion, MaskedMeanFusion) and isinstance(model.encoders["tabular"], FTTransformerEncoder)
+    with pytest.raises(ValueError, match=r"fusion='maskedmean': no such fusion head; known: \['cascaded'"):
+        ClinFuseModule(spec=spec, fusion="maskedmean")
+    with pytest.raises(TypeError, match="fusion: pass the fusion head class .* not a built MaskedMeanFusion"):
+        ClinFuseModule(spec=spec, d_model=16, fusion=MaskedMeanFusion(16, ["tabular"]))
+    with pytest.raises(TypeError, match=r"encoders\['tabular'\]: pass the encoder class .* not a built TabularMLPEncoder"):
+        ClinFuseModule(spec=spec, d_model=16, encoders={"tabular": TabularMLPEncoder(16, spec["tabular"])})
