@@ -92,6 +92,10 @@ class Cohort:
         available = cls.available_modalities(root)
         if modalities is None:
             modalities = available
+        if isinstance(modalities, str) or not all(isinstance(m, str) for m in modalities):
+            raise TypeError(f"modalities must be a list of modality names (e.g. ['tabular']), got {modalities!r}")
+        if not modalities:
+            raise ValueError(f"{root}: no modality to load (modalities={list(modalities)}; the folder has {available})")
         for name in list(modalities) + list(reader_kwargs):
             if name not in READERS:
                 raise ValueError(f"unknown modality {name!r}; known modalities: {list(READERS)}")
@@ -138,7 +142,16 @@ class Cohort:
         return int(self.labels["multiclass"].max()) + 1
 
     def fit(self) -> "Cohort":
-        """Fit every reader's preprocessing on the train split only."""
+        """Fit every reader's preprocessing on the train split only.
+
+        Raises:
+            ValueError: the train split is empty (naming ``splits.csv`` and the split sizes); a cohort
+                scored by an already trained model (all ``test``) is read through ``load_state_dict``.
+        """
+        if not self.splits["train"]:
+            sizes = {k: len(v) for k, v in self.splits.items()}
+            raise ValueError(f"{self.root / 'splits.csv'}: no patient is in the train split ({sizes}); the "
+                             "preprocessing is fitted on training patients only")
         for reader in self.readers.values():
             reader.fit(self.splits["train"])
         return self

@@ -326,3 +326,16 @@ def test_oracle_with_nan_risk_is_refused_naming_the_patient(tiny):
     pd.DataFrame({"patient_id": ids, "risk_full": risk}).to_parquet(tiny.root / "oracle.parquet")
     with pytest.raises(ValueError, match=rf"oracle\.parquet.*'risk_full'.*{ids[2]}"):
         Cohort.load(tiny.root, ["tabular"])
+
+
+def test_cohort_modalities_argument_and_empty_train_split(tiny):
+    with pytest.raises(TypeError, match=r"modalities must be a list of modality names .* got 'tabular'"):
+        Cohort.load(tiny.root, "tabular")
+    with pytest.raises(ValueError, match=r"no modality to load \(modalities=\[\]"):
+        Cohort.load(tiny.root, [])
+    splits = pd.read_csv(tiny.root / "splits.csv")
+    splits["split"] = "test"
+    splits.to_csv(tiny.root / "splits.csv", index=False)
+    cohort = Cohort.load(tiny.root, ["tabular"])  # an all-test cohort still loads (scored by a trained model)
+    with pytest.raises(ValueError, match=r"splits\.csv: no patient is in the train split \(\{'train': 0"):
+        cohort.fit()
