@@ -200,6 +200,13 @@ class NotesReader(ModalityReader):
         for pid in train_ids:
             patients.update({w for text in self._texts.get(pid, []) for w in tokenize(text)})
         shared = {w for w, n in patients.items() if n >= self.min_patients}
+        if not shared:  # every note becomes unknown tokens: present, but only its time and length say anything
+            n_train = sum(1 for pid in train_ids if self._texts.get(pid))
+            warnings.warn(
+                f"{self.path}: no word occurs in the notes of at least min_patients={self.min_patients} training "
+                f"patients ({n_train} training patients have notes): the vocabulary is empty and every word is "
+                "unknown; lower min_patients (notes_min_patients) to learn words", stacklevel=2,
+            )
         if self.tokenizer == "bpe":
             def keep_shared(m: re.Match) -> str:
                 return m.group(0) if m.group(0) in shared else ""

@@ -82,7 +82,7 @@ def test_words_tokenizer_is_the_default_and_unknown_tokenizer_raises(tiny):
 
 def test_datamodule_passes_the_tokenizer_options(tiny, assert_batch_format):
     dm = ClinicalDataModule(root=str(tiny.root), modalities=["notes"], batch_size=12,
-                            notes_tokenizer="bpe", notes_vocab_size=30, max_words=6)
+                            notes_tokenizer="bpe", notes_vocab_size=30, max_words=6, notes_min_patients=1)
     spec = dm.spec
     assert spec["notes"]["vocab_size"] <= 32 and spec["notes"]["max_words"] == 6
     state = dm.preprocessing_state()["modalities"]["notes"]

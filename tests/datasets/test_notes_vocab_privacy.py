@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 import pytest
 from tokenizers import Tokenizer
@@ -52,3 +54,14 @@ def test_bpe_never_sees_rare_words(tiny):
 def test_min_patients_must_be_positive(tiny):
     with pytest.raises(ValueError, match=r"notes\.parquet.*min_patients"):
         _reader(tiny, min_patients=0)
+
+
+def test_a_threshold_no_word_meets_warns_that_the_vocabulary_is_empty(tiny):
+    _notes(tiny, n_common=5)
+    with pytest.warns(UserWarning, match=r"notes\.parquet: no word occurs in the notes of at least min_patients=10000 "
+                                         r"training patients \(8 training patients have notes\): the vocabulary is empty"):
+        reader = _reader(tiny, min_patients=10000)
+    assert reader.state_dict()["fitted"]["vocab"] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _reader(tiny, min_patients=5).state_dict()["fitted"]["vocab"] == ["sepsis", "stable"]
