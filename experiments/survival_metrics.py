@@ -175,17 +175,54 @@ def _check_scores(a, n: int, name: str, ndim: int = 1) -> np.ndarray:
     return arr
 
 
+def _check_times(times, name: str = "times", increasing: bool = True) -> np.ndarray:
+    """``times`` as a non-empty 1-D finite float array; strictly increasing when ``increasing``."""
+    arr = np.asarray(times, dtype=float)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = _first_bad(bad)
+        raise ValueError(f"{name} must be finite; first bad index {i} (value {arr[i]})")
+    if increasing:
+        bad = np.diff(arr) <= 0
+        if bad.any():
+            i = _first_bad(bad) + 1
+            raise ValueError(f"{name} must be strictly increasing (columns of surv_probs are matched to it in order); "
+                             f"first bad index {i} (value {arr[i]} after {arr[i - 1]})")
+    return arr
+
+
+def _check_surv_probs(surv_probs, n: int, n_times: int, name: str = "surv_probs") -> np.ndarray:
+    """(n, n_times) survival probabilities, finite and in [0, 1]; errors name the first bad (row, column)."""
+    arr = np.asarray(surv_probs, dtype=float)
+    if arr.shape != (n, n_times):
+        raise ValueError(f"{name} must have shape ({n}, {n_times}) (test patients, times), got {arr.shape}")
+    bad = ~np.isfinite(arr) | (arr < 0) | (arr > 1)
+    if bad.any():
+        i, j = (int(k) for k in np.argwhere(bad)[0])
+        raise ValueError(f"{name} must be finite survival probabilities in [0, 1]; first bad row {i}, "
+                         f"column {j} (value {arr[i, j]})")
+    return arr
+
+
 def uno_c_index(train, test, risk, tau: float | None = None) -> float:
     """Uno's IPCW concordance (sksurv ``concordance_index_ipcw``), truncated at ``tau``.
 
     Args:
         train, test: SurvivalData, (time, event) tuples or sksurv structured arrays.
         risk: (n_test,) higher = earlier event.
-        tau: truncation time; None uses all test times (then test event times must lie where the
-            train censoring estimate is > 0, else sksurv raises).
+        tau: truncation time, finite and above the smallest test time (pairs are only compared
+            when the earlier time is below ``tau``); None uses all test times (then test event
+            times must lie where the train censoring estimate is > 0, else sksurv raises).
     """
     train, test = _as_data(train, "train"), _as_data(test, "test")
     risk = _check_scores(risk, len(test), "risk")
+    if tau is not None:
+        first = float(test.time.min())
+        if isinstance(tau, bool) or not np.isscalar(tau) or not (np.isfinite(tau) and tau > first):
+            raise ValueError(f"tau must be None or a finite number above the smallest test time ({first}); got {tau!r}")
+        tau = float(tau)
     return float(concordance_index_ipcw(train.structured, test.structured, risk, tau=tau)[0])
 
 
@@ -221,8 +258,9 @@ def time_dependent_auc(train, test, risk, times) -> tuple[np.ndarray, float]:
     """
     train, test = _as_data(train, "train"), _as_data(test, "test")
     risk = _check_scores(risk, len(test), "risk")
+    times = _check_times(times, increasing=False)  # one AUC per sorted unique time, as sksurv returns them
     test = _events_until(test, times)
-    auc, mean_auc = cumulative_dynamic_auc(train.structured, test.structured, risk, np.asarray(times, float))
+    auc, mean_auc = cumulative_dynamic_auc(train.structured, test.structured, risk, times)
     return np.asarray(auc), float(mean_auc)
 
 
@@ -230,23 +268,32 @@ def brier_scores(train, test, surv_probs, times) -> np.ndarray:
     """IPCW Brier score at each time (sksurv ``brier_score``).
 
     Args:
-        surv_probs: (n_test, T) predicted S(times[j] | x_i), columns matching sorted ``times``.
+        surv_probs: (n_test, T) predicted S(times[j] | x_i), finite and in [0, 1].
+        times: (T,) finite and strictly increasing. Required because sksurv sorts ``times`` but not
+            the columns of ``surv_probs``, so unsorted times would silently pair columns with the
+            wrong times.
 
     Returns:
         (T,) Brier scores.
     """
     train, test = _as_data(train, "train"), _as_data(test, "test")
-    surv_probs = _check_scores(surv_probs, len(test), "surv_probs", ndim=2)
+    times = _check_times(times)
+    surv_probs = _check_surv_probs(surv_probs, len(test), len(times))
     test = _follow_up_within(train, test, times)
-    return np.asarray(brier_score(train.structured, test.structured, surv_probs, np.asarray(times, float))[1])
+    return np.asarray(brier_score(train.structured, test.structured, surv_probs, times)[1])
 
 
 def integrated_brier(train, test, surv_probs, times) -> float:
-    """Integrated Brier score over ``times`` (sksurv ``integrated_brier_score``; needs T >= 2)."""
+    """Integrated Brier score over ``times`` (sksurv ``integrated_brier_score``; needs T >= 2).
+
+    ``surv_probs`` (n_test, T) and ``times`` (T,) are checked as in :func:`brier_scores`: finite
+    probabilities in [0, 1], times finite and strictly increasing.
+    """
     train, test = _as_data(train, "train"), _as_data(test, "test")
-    surv_probs = _check_scores(surv_probs, len(test), "surv_probs", ndim=2)
+    times = _check_times(times)
+    surv_probs = _check_surv_probs(surv_probs, len(test), len(times))
     test = _follow_up_within(train, test, times)
-    return float(integrated_brier_score(train.structured, test.structured, surv_probs, np.asarray(times, float)))
+    return float(integrated_brier_score(train.structured, test.structured, surv_probs, times))
 
 
 def d_calibration(surv_at_time, event, n_bins: int = 10) -> dict:
@@ -313,7 +360,7 @@ def bootstrap_ci(metric_fn: Callable[..., float], *arrays, n_boot: int = 200, al
     Args:
         metric_fn: ``metric_fn(*arrays) -> float``; NaN or ValueError marks an undefined resample.
         arrays: arrays with equal first dimension n.
-        n_boot: number of resamples.
+        n_boot: number of resamples, an integer >= 1.
         alpha: 1 - confidence level.
         seed: numpy Generator seed.
 
@@ -328,6 +375,8 @@ def bootstrap_ci(metric_fn: Callable[..., float], *arrays, n_boot: int = 200, al
     for k, a in enumerate(arrays):
         if len(a) != n:
             raise ValueError(f"arrays[{k}] has {len(a)} rows, expected {n} (as arrays[0])")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be an integer >= 1, got {n_boot!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     estimate = float(metric_fn(*arrays))
@@ -365,7 +414,8 @@ def survival_report(
     Args:
         train_time, train_event, test_time, test_event: (n,) outcomes per split.
         risk: (n_test,) risk scores, higher = earlier event.
-        surv_fn: ``surv_fn(times (T,)) -> (n_test, T)`` predicted survival probabilities.
+        surv_fn: ``surv_fn(times (T,)) -> (n_test, T)`` predicted survival probabilities, finite
+            and in [0, 1] (a ValueError names the first bad row and column otherwise).
         n_boot, seed: bootstrap settings for the C-index intervals.
 
     Returns:
@@ -391,8 +441,9 @@ def survival_report(
     out["ibs"] = out["d_calibration_p"] = float("nan")
     if surv_fn is not None:
         if len(times) >= 2:
-            out["ibs"] = integrated_brier(train, test, surv_fn(times), times)
+            out["ibs"] = integrated_brier(train, test, _check_surv_probs(surv_fn(times), len(test), len(times),
+                                                                         "surv_fn(evaluation times)"), times)
         uniq, inv = np.unique(test.time, return_inverse=True)
-        own = np.asarray(surv_fn(uniq))[np.arange(len(test)), inv.ravel()]
-        out["d_calibration_p"] = d_calibration(np.clip(own, 0.0, 1.0), test.event)["p_value"]
+        curves = _check_surv_probs(surv_fn(uniq), len(test), len(uniq), "surv_fn(test times)")
+        out["d_calibration_p"] = d_calibration(curves[np.arange(len(test)), inv.ravel()], test.event)["p_value"]
     return out

@@ -1,12 +1,15 @@
 """Survival plots: Kaplan-Meier curves by predicted-risk group, and calibration at a horizon.
 
 Kaplan-Meier estimation, at-risk tables and the log-rank test are delegated to lifelines.
-Figures are built as bare :class:`matplotlib.figure.Figure` objects (rendered by the Agg canvas
-when saved), never through ``pyplot``: nothing is displayed, no global backend is switched and no
-figure is left registered in pyplot's figure manager.
+Figures are built as bare :class:`matplotlib.figure.Figure` objects (rendered by matplotlib's Agg,
+PDF or SVG canvas when saved, as the path's suffix says), never through ``pyplot``: nothing is
+displayed, no global backend is switched and no figure is left registered in pyplot's figure manager.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -86,9 +89,42 @@ def _groups_note(sizes, asked: int, what: str) -> str:
     return f" ({asked} {what})"
 
 
+SAVE_FORMATS = ("png", "pdf", "svg")
+
+
+def _check_path(path) -> tuple[Path, str] | None:
+    """``(path, format)`` for :func:`_save`, or None when ``path`` is None; called before any work
+    so a bad path fails at once.
+
+    The format is the one the suffix names: ``.png``, ``.pdf`` or ``.svg`` (any case). A missing
+    parent folder is an error rather than created: a mistyped folder name would otherwise scatter
+    figures into a new folder unnoticed (``open``, matplotlib's ``savefig`` and pandas' writers
+    refuse too); create the output folder first.
+
+    Raises:
+        ValueError: ``path`` is not a str / os.PathLike, has another suffix (or none), or its
+            parent folder does not exist (the path and the folder are named).
+    """
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    target = Path(path)
+    fmt = target.suffix.lower().lstrip(".")
+    if fmt not in SAVE_FORMATS:
+        raise ValueError(f"path must end in one of {tuple('.' + f for f in SAVE_FORMATS)} (the format written), "
+                         f"got {str(path)!r}")
+    if not target.parent.is_dir():
+        raise ValueError(f"the folder of path does not exist: {str(target.parent)!r} (for {str(path)!r}); "
+                         "create it first")
+    return target, fmt
+
+
 def _save(fig: Figure, path) -> None:
-    if path is not None:
-        fig.savefig(path, format="png", dpi=100)
+    """Save ``fig`` to ``path`` (if not None) in the format its suffix names (see :func:`_check_path`)."""
+    checked = _check_path(path)
+    if checked is not None:
+        fig.savefig(checked[0], format=checked[1], dpi=100)
 
 
 def risk_groups(risk, n_groups: int = 3) -> np.ndarray:
@@ -106,7 +142,8 @@ def km_by_risk_group(risk, time, event, n_groups: int = 3, path=None) -> tuple[F
         time: (n,) observed times, finite and > 0.
         event: (n,) event indicators, 0/1 or bool.
         n_groups: number of quantile groups (>= 2); fewer are formed when ties demand it.
-        path: if given, the figure is saved there as PNG.
+        path: if given, the figure is saved there, as PNG, PDF or SVG as its suffix (``.png``,
+            ``.pdf``, ``.svg``) says; its folder must exist (see :func:`_save`).
 
     Returns:
         (figure, p-value of ``lifelines.statistics.multivariate_logrank_test`` across the groups).
@@ -115,8 +152,9 @@ def km_by_risk_group(risk, time, event, n_groups: int = 3, path=None) -> tuple[F
         ValueError: bad arrays (named, with the first bad index), bad ``n_groups``, or fewer
             values than ``n_groups``. Tied risks never fail: they share a group, and when ties leave
             fewer groups than ``n_groups`` the title says how many were formed (one group, every
-            risk tied: the p-value is NaN).
+            risk tied: the p-value is NaN). A bad ``path`` (see :func:`_check_path`), before any work.
     """
+    _check_path(path)
     time, event = validate_survival(time, event)
     groups = _quantile_groups(_values(risk, len(time), "risk"), n_groups, "risk")
     formed = int(groups.max()) + 1
@@ -194,11 +232,17 @@ def calibration_plot(pred_surv_at_t, time, event, t: float, n_bins: int = 5, pat
         t: the horizon (> 0).
         n_bins: number of quantile bins of predicted survival (>= 2); fewer are formed when ties
             demand it, and the title says so.
-        path: if given, the figure is saved there as PNG.
+        path: if given, the figure is saved there, as PNG, PDF or SVG as its suffix (``.png``,
+            ``.pdf``, ``.svg``) says; its folder must exist (see :func:`_save`).
 
     Returns:
         (figure, table from :func:`calibration_table`).
+
+    Raises:
+        ValueError: bad inputs (see :func:`calibration_table`), or a bad ``path`` (see
+            :func:`_check_path`), before any work.
     """
+    _check_path(path)
     table = calibration_table(pred_surv_at_t, time, event, t, n_bins)
     fig = Figure(figsize=(5.5, 5.5))
     ax = fig.add_subplot(111)

@@ -278,3 +278,75 @@ def test_harrell_without_a_comparable_pair_is_nan():
 
     assert np.isnan(harrell_c_index(np.array([0.1, 0.5, 0.2]), np.array([1.0, 2.0, 3.0]), np.array([0, 0, 1])))
     assert harrell_c_index(np.array([0.1, 0.5, 0.2]), np.array([1.0, 2.0, 3.0]), np.array([0, 1, 1])) == 1.0
+
+
+# --- Brier inputs: times strictly increasing, probabilities in [0, 1] -------------------------------
+
+
+def test_brier_refuses_unsorted_times_that_sksurv_would_mispair(gbsg):
+    g = gbsg
+    ytr, yte = _y(g["tt"], g["te_"]), _y(g["st"], g["se"])
+    times = evaluation_times(g["tt"], g["te_"], g["st"], g["se"])
+    surv = g["surv_fn"](times)
+    # reversing times and columns together describes the same predictions; sksurv sorts the times
+    # but not the columns, so it pairs them wrongly: refused, never a different number
+    for fn in (brier_scores, integrated_brier):
+        with pytest.raises(ValueError, match=r"times must be strictly increasing.*first bad index 1"):
+            fn(ytr, yte, surv[:, ::-1], times[::-1])
+        with pytest.raises(ValueError, match=r"times must be strictly increasing.*first bad index 3"):
+            fn(ytr, yte, surv[:, [0, 1, 2, 2]], times[[0, 1, 2, 2]])  # a repeated time
+        with pytest.raises(ValueError, match=r"times must be finite; first bad index 2"):
+            fn(ytr, yte, surv[:, :3], np.r_[times[:2], np.nan])
+        with pytest.raises(ValueError, match=r"times must be a non-empty 1-D array"):
+            fn(ytr, yte, surv[:, :0], times[:0])
+    assert integrated_brier(ytr, yte, surv, times) == integrated_brier_score(ytr, yte, surv, times)
+
+
+@pytest.mark.parametrize(
+    "row, col, value",
+    [(2, 3, np.nan), (5, 0, 1.2), (0, 7, -0.1), (9, 1, np.inf)],
+)
+def test_brier_refuses_probabilities_outside_unit_interval(gbsg, row, col, value):
+    g = gbsg
+    ytr, yte = _y(g["tt"], g["te_"]), _y(g["st"], g["se"])
+    times = evaluation_times(g["tt"], g["te_"], g["st"], g["se"])
+    surv = g["surv_fn"](times).copy()
+    surv[row, col] = value
+    for fn in (brier_scores, integrated_brier):
+        with pytest.raises(ValueError, match=rf"surv_probs must be finite survival probabilities in \[0, 1\]; "
+                                             rf"first bad row {row}, column {col}"):
+            fn(ytr, yte, surv, times)
+        with pytest.raises(ValueError, match=rf"surv_probs must have shape \({len(surv)}, {len(times)}\)"):
+            fn(ytr, yte, g["surv_fn"](times)[:, 1:], times)
+
+
+def test_integrated_brier_is_the_trapezoid_of_hand_brier_scores():
+    rng = np.random.default_rng(11)
+    train_t, train_e = rng.uniform(1, 100, 80), rng.integers(0, 2, 80)
+    test_t, test_e = rng.uniform(1, 100, 60), rng.integers(0, 2, 60)
+    risk = -test_t + rng.normal(0, 20, 60)
+    times = evaluation_times(train_t, train_e, test_t, test_e, n=6)
+    surv = np.exp(-np.outer(np.exp(risk / 50), times) / 100)
+    hand = np.array([_hand_brier(train_t, train_e, test_t, test_e, surv[:, k], t) for k, t in enumerate(times)])
+    want = np.sum(np.diff(times) * (hand[1:] + hand[:-1]) / 2) / (times[-1] - times[0])
+    assert integrated_brier((train_t, train_e), (test_t, test_e), surv, times) == pytest.approx(want, rel=1e-9)
+
+
+def test_survival_report_refuses_survival_above_one_on_the_grid(gbsg):
+    g = gbsg
+    args = (g["tt"], g["te_"], g["st"], g["se"], g["risk"])
+    with pytest.raises(ValueError, match=r"surv_fn\(evaluation times\) must be finite .* first bad row \d+, column \d+"):
+        survival_report(*args, lambda t: g["surv_fn"](t) * 1.05, n_boot=5)  # > 1 where S is near 1
+
+
+def test_survival_report_refuses_survival_above_one_for_d_calibration(gbsg):
+    # used to be clipped to [0, 1] silently before the D-calibration test
+    g = gbsg
+    args = (g["tt"], g["te_"], g["st"], g["se"], g["risk"])
+    first = evaluation_times(g["tt"], g["te_"], g["st"], g["se"])[0]
+
+    def above_one_before_the_grid(t):  # fine on the evaluation grid (IBS), > 1 at the earliest test times
+        return g["surv_fn"](t) + 0.5 * (np.asarray(t) < first)[None, :]
+
+    with pytest.raises(ValueError, match=r"surv_fn\(test times\) must be finite .* first bad row \d+, column 0 "):
+        survival_report(*args, above_one_before_the_grid, n_boot=5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -217,3 +219,41 @@ def test_calibration_with_few_distinct_predictions_forms_fewer_bins(tmp_path):
     _, one = calibration_plot(np.full(200, 0.5), time, event, t, n_bins=5)
     assert list(one["n"]) == [200]
     assert one.loc[0, "observed"] == pytest.approx(KaplanMeierFitter().fit(time, event).predict(t))
+
+
+# --- saving: the format the suffix names; a missing folder is an error naming it --------------------
+
+
+def _plots(path):
+    """Every plot function that saves through ``path``, called on one cohort."""
+    x, time, event = _cohort(n=120, seed=9)
+    t = 0.5
+    return [lambda: km_by_risk_group(x, time, event, n_groups=3, path=path),
+            lambda: calibration_plot(np.exp(-t * np.exp(1.5 * x)), time, event, t, n_bins=3, path=path)]
+
+
+@pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF-"), (".svg", b"<svg"), (".PNG", b"\x89PNG\r\n\x1a\n")])
+def test_plots_write_the_format_the_suffix_names(tmp_path, suffix, magic):
+    for k in range(2):
+        path = tmp_path / f"fig{k}{suffix}"
+        _plots(path)[k]()
+        head = path.read_bytes()[:2000]
+        assert (magic in head) if suffix == ".svg" else head.startswith(magic)
+        if suffix == ".PNG":
+            _check_png(path)
+
+
+@pytest.mark.parametrize("name", ["fig.jpg", "fig", "fig.png.txt"])
+def test_plots_refuse_a_suffix_they_do_not_write(tmp_path, name):
+    for plot in _plots(tmp_path / name):
+        with pytest.raises(ValueError, match=r"path must end in one of \('\.png', '\.pdf', '\.svg'\).*" + re.escape(name)):
+            plot()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plots_refuse_a_missing_folder_naming_it(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    for plot in _plots(missing / "fig.png"):
+        with pytest.raises(ValueError, match=f"folder of path does not exist: '{re.escape(str(missing))}'"):
+            plot()
+    assert not missing.exists()  # not created behind the user's back
