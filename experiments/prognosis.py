@@ -14,7 +14,7 @@ import json
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,19 @@ class Prognosis:
         self.modalities = list(model.modalities)
         self.baseline = baseline
         self.checkpoint_path = Path(checkpoint_path)
-        #: inputs beyond this many training sd from the training mean get an ``input_warnings`` entry
         self.max_input_sd = DEFAULT_MAX_SD
         self._shells = {m: collate_shell(self.states[m], model.hparams.spec.get(m)) for m in self.modalities}
+
+    @property
+    def max_input_sd(self) -> float:
+        """Inputs beyond this many training sd from the training mean get an ``input_warnings`` entry."""
+        return self._max_input_sd
+
+    @max_input_sd.setter
+    def max_input_sd(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"max_input_sd must be a number > 0 (training sd), got {value!r}")
+        self._max_input_sd = float(value)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -261,6 +271,14 @@ class Prognosis:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(records, dict):
             raise ValueError("records must be a list of patient dicts; got one dict (wrap it in a list)")
+        if isinstance(records, pd.DataFrame):  # iterating a DataFrame yields its column names
+            raise ValueError("records must be a list of patient dicts, got a DataFrame: for the MLflow wire format "
+                             "(JSON strings per modality) use clinfuse.experiments.prognosis_mlflow.records_from_frame(df)")
+        if isinstance(records, (str, bytes)) or not isinstance(records, Iterable):
+            raise ValueError(f"records must be a list of patient dicts, got {type(records).__name__}")
+        for name, flag in (("contributions", contributions), ("feature_contributions", feature_contributions)):
+            if not isinstance(flag, (bool, np.bool_)):  # "no" / "false" would be truthy
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         records = list(records)
         starts = range(0, len(records), batch_size)
         quiet = (len(starts) < 8) if show_progress is None else not show_progress
@@ -317,6 +335,8 @@ class Prognosis:
         if isinstance(horizons, (str, bytes)):
             raise ValueError(f"horizons must be a list of numbers, got the string {horizons!r}")
         try:
+            if any(isinstance(h, (bool, np.bool_)) for h in horizons):  # True would be the horizon 1.0
+                raise TypeError
             values = tuple(dict.fromkeys(float(h) for h in horizons))  # in order, each once
         except (TypeError, ValueError):
             raise ValueError(f"horizons must be numbers, got {horizons!r}") from None

@@ -200,7 +200,7 @@ def _variable_index(variables: tuple[str, ...]) -> dict[str, int]:
     return {v: i for i, v in enumerate(variables)}
 
 
-def notes_item(state: dict, raw: Any) -> Item | None:
+def notes_item(state: dict, raw: Any, notices: list[str] | None = None) -> Item | None:
     """Notes -> the NotesReader's item: ``token_ids``/``token_mask`` (word or BPE vocabulary) or,
     for a frozen pretrained model, ``embeddings``; plus ``note_times``. None if all are empty.
 
@@ -210,7 +210,7 @@ def notes_item(state: dict, raw: Any) -> Item | None:
     cfg, fitted = state["config"], state["fitted"]
     rows = _rows(raw, ("time", "text"), "notes")
     split = cfg.get("long_notes", "truncate") == "split"
-    notes = []
+    notes, wordless = [], 0
     for i, r in enumerate(rows):
         if not isinstance(r["text"], str):
             raise ValueError(f"field 'notes[{i}].text': expected a string, got {type(r['text']).__name__}")
@@ -219,6 +219,11 @@ def notes_item(state: dict, raw: Any) -> Item | None:
             words = tokenize(text)
             if words:  # the reader drops notes without any word too
                 notes.append((t, text, words))
+            else:
+                wordless += 1
+    if wordless:
+        notify(notices, f"field 'notes': {wordless} note(s) without any word ignored"
+                        + ("; the patient's notes count as absent" if not notes else ""))
     if not notes:
         return None
     notes = sorted(notes, key=lambda n: n[0])[-int(cfg["max_notes"]) :]  # stable: ties keep input order
@@ -306,7 +311,7 @@ def raw_to_item(
     if modality == "ecg":
         return ecg_leads(state, raw, patient_id, notices)
     if modality == "notes":
-        return notes_item(state, raw)
+        return notes_item(state, raw, notices)
     if modality == "wsi":
         return wsi_item(state, raw, patient_id)
     if modality == "genomics":

@@ -460,3 +460,25 @@ def test_from_training_refuses_a_datamodule_other_than_the_checkpoints(trained, 
     (tmp_path / "x.ckpt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"x\.ckpt: not a readable checkpoint"):
         Prognosis.from_training(tmp_path / "x.ckpt", dm)
+
+
+def test_predict_refuses_misused_arguments_and_notes_wordless_notes(trained, test_records):
+    _, prog = trained
+    rec = test_records[1]
+    with pytest.raises(ValueError, match="got a DataFrame: .*records_from_frame"):
+        prog.predict(pd.DataFrame([{"patient_id": "a"}]))
+    with pytest.raises(ValueError, match="records must be a list of patient dicts, got NoneType"):
+        prog.predict(None)
+    with pytest.raises(ValueError, match="contributions must be True or False, got 'no'"):
+        prog.predict([rec], contributions="no")
+    with pytest.raises(ValueError, match="feature_contributions must be True or False"):
+        prog.predict([rec], feature_contributions="false")
+    with pytest.raises(ValueError, match=r"horizons must be numbers, got \[True\]"):
+        prog.predict([rec], horizons=[True])
+    with pytest.raises(ValueError, match="max_input_sd must be a number > 0"):
+        prog.max_input_sd = -1
+    only_empty = {"patient_id": "e", "tabular": rec["tabular"], "notes": [{"time": 1.0, "text": "  "}]}
+    (pred,) = prog.predict([only_empty], contributions=False)
+    assert "notes" not in pred["modalities_used"]
+    assert any(w.startswith("notes: 1 note(s) without any word ignored; the patient's notes count as absent")
+               for w in pred["input_warnings"])
