@@ -164,15 +164,23 @@ class Prognosis:
         for name in ("model.ckpt", "preprocessing.json", "meta.json"):
             if not (folder / name).is_file():
                 raise ValueError(f"{folder}: not a prognosis folder, {name} is missing")
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = _read_json(folder / "meta.json")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{folder / 'meta.json'}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-        model = ClinFuseModule.load_from_checkpoint(folder / "model.ckpt", map_location="cpu", weights_only=False)
+        preprocessing = _read_json(folder / "preprocessing.json")
+        if not isinstance(preprocessing.get("modalities"), dict):
+            raise ValueError(f"{folder / 'preprocessing.json'}: no 'modalities' preprocessing state (a damaged or foreign file)")
+        try:
+            model = ClinFuseModule.load_from_checkpoint(folder / "model.ckpt", map_location="cpu", weights_only=False)
+        except Exception as err:  # torch/Lightning raise many types on a damaged or foreign file
+            raise ValueError(f"{folder / 'model.ckpt'}: not a readable ClinFuseModule checkpoint: "
+                             f"{type(err).__name__}: {err}") from err
         baseline = None
-        if meta["has_baseline"]:
-            baseline = BreslowBaseline.from_state(json.loads((folder / "baseline.json").read_text()))
-        return cls(model, json.loads((folder / "preprocessing.json").read_text()), baseline, folder / "model.ckpt",
-                   meta.get("summary"))
+        if meta.get("has_baseline"):
+            if not (folder / "baseline.json").is_file():
+                raise ValueError(f"{folder}: meta.json says the predictor has a Breslow baseline, baseline.json is missing")
+            baseline = BreslowBaseline.from_state(_read_json(folder / "baseline.json"))
+        return cls(model, preprocessing, baseline, folder / "model.ckpt", meta.get("summary"))
 
     # ------------------------------------------------------------------ prediction
     def _items(self, record: Any) -> tuple[str, dict[str, Any], list[str]]:
@@ -492,6 +500,17 @@ class Prognosis:
             return mlflow.pyfunc.log_model(
                 name=artifact_path, python_model=PrognosisPyfunc(), artifacts={"prognosis": str(folder)}, **kwargs
             )
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ValueError naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _notice(message: str) -> str:

@@ -482,3 +482,19 @@ def test_predict_refuses_misused_arguments_and_notes_wordless_notes(trained, tes
     assert "notes" not in pred["modalities_used"]
     assert any(w.startswith("notes: 1 note(s) without any word ignored; the patient's notes count as absent")
                for w in pred["input_warnings"])
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda f: (f / "meta.json").write_text("{not json"), r"meta\.json: not valid JSON"),
+    (lambda f: (f / "preprocessing.json").write_text("{}"), r"preprocessing\.json: no 'modalities' preprocessing state"),
+    (lambda f: (f / "preprocessing.json").write_text("[1, 2]"), r"preprocessing\.json: expected a JSON object, got list"),
+    (lambda f: (f / "baseline.json").unlink(), r"meta\.json says the predictor has a Breslow baseline, baseline\.json is missing"),
+    (lambda f: (f / "model.ckpt").write_bytes(b"garbage"), r"model\.ckpt: not a readable ClinFuseModule checkpoint"),
+])
+def test_load_of_a_damaged_folder_names_the_file(trained, tmp_path, damage, match):
+    _, prog = trained
+    folder = prog.save(tmp_path / "p")
+    assert Prognosis.load(folder).modalities == prog.modalities
+    damage(folder)
+    with pytest.raises(ValueError, match=match):
+        Prognosis.load(folder)
