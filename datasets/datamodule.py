@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
@@ -101,6 +102,12 @@ class ClinicalDataModule(pl.LightningDataModule):
         self.synth_patients = synth_patients
         self.synth_seed = synth_seed
         self.seed = seed
+        # whole numbers: a float (max_patches=2.5) was truncated silently further down
+        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("max_patches", max_patches, 1),
+                                 ("max_events", max_events, 1), ("max_notes", max_notes, 1), ("max_words", max_words, 1),
+                                 ("notes_min_patients", notes_min_patients, 1), ("synth_patients", synth_patients, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
         if predict_split not in PREDICT_SPLITS:
             raise ValueError(f"predict_split={predict_split!r}: expected one of {list(PREDICT_SPLITS)}")
         self.predict_split = predict_split

@@ -122,6 +122,13 @@ class ClinFuseModule(pl.LightningModule):
         from clinfuse.encoders.registry import ENCODERS
         from clinfuse.fusion.transformer import TransformerFusion
 
+        # each would be accepted and then ignored or fail deep in torch: lr 0 never updates, a
+        # negative step_loss_weight skips the step loss (it is added only when > 0)
+        for name, value, ok, want in (("lr", lr, lr > 0, "> 0"), ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+                                      ("step_loss_weight", step_loss_weight, step_loss_weight >= 0, ">= 0"),
+                                      ("head_dropout", head_dropout, 0 <= head_dropout < 1, "in [0, 1)")):
+            if isinstance(value, bool) or not ok:
+                raise ValueError(f"{name} must be {want}, got {value!r}")
         encoders = dict(encoders or {})
         unknown = sorted(set(encoders) - set(spec))
         if unknown:

@@ -75,3 +75,24 @@ def test_fusion_and_encoders_by_name_and_built_modules_refused():
         ClinFuseModule(spec=spec, d_model=16, fusion=MaskedMeanFusion(16, ["tabular"]))
     with pytest.raises(TypeError, match=r"encoders\['tabular'\]: pass the encoder class .* not a built TabularMLPEncoder"):
         ClinFuseModule(spec=spec, d_model=16, encoders={"tabular": TabularMLPEncoder(16, spec["tabular"])})
+
+
+@pytest.mark.parametrize("kwargs, match", [({"lr": 0.0}, "lr must be > 0"), ({"lr": -1e-3}, "lr must be > 0"),
+                                           ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+                                           ({"step_loss_weight": -1.0}, "step_loss_weight must be >= 0"),
+                                           ({"head_dropout": 1.0}, r"head_dropout must be in \[0, 1\)")])
+def test_optimisation_arguments_out_of_range_are_refused(kwargs, match):
+    from clinfuse.encoders.tabular import TabularMLPEncoder
+
+    with pytest.raises(ValueError, match=match):
+        ClinFuseModule(spec={"tabular": TabularMLPEncoder.example_spec()}, d_model=16, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"max_patches": 2.5}, "max_patches must be a whole number >= 1, got 2.5"),
+                                           ({"num_workers": 1.5}, "num_workers must be a whole number >= 0"),
+                                           ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0")])
+def test_data_module_whole_number_arguments(kwargs, match):
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+
+    with pytest.raises(ValueError, match=match):
+        ClinicalDataModule("anywhere", **kwargs)
