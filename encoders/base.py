@@ -83,7 +83,7 @@ class ModalityTokens:
         mask = mask.bool()
         if present is not None:
             mask = mask & present.bool()[:, None]
-        tokens = tokens * mask[..., None].to(tokens.dtype)  # (B, N, D)
+        tokens = torch.where(mask[..., None], tokens, torch.zeros_like(tokens))  # (B, N, D); NaN * 0 would stay NaN
         if times is not None:
             times = times.masked_fill(~mask, 0.0)
         return cls(tokens=tokens, mask=mask, present=mask.any(1), times=times)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -67,6 +68,11 @@ class ModalityDropout(nn.Module):
         """
         names = list(inputs)
         rates = [self.rate(m) for m in names]
+        if self.training and names and isinstance(self.p, dict) and self.p and not set(self.p) & set(names):
+            if not getattr(self, "_warned", False):  # once: every batch would say the same
+                self._warned = True
+                warnings.warn(f"ModalityDropout: p names {sorted(self.p)}, none of which is in the batch "
+                              f"({names}): nothing is dropped (pass modalities= to catch a typo early)", stacklevel=2)
         if not self.training or not names or all(r == 0.0 for r in rates):
             return dict(inputs)
         device = inputs[names[0]].present.device

@@ -86,3 +86,26 @@ def test_dict_keys_checked_against_known_modalities():
     with pytest.raises(ValueError, match=r"unknown modalities \['ecgs'\]"):
         ModalityDropout({"ecgs": 0.2}, modalities=["ecg", "notes"])
     assert ModalityDropout({"ecg": 0.2}, modalities=["ecg", "notes"]).rate("notes") == 0.0
+
+
+def test_rates_naming_no_modality_of_the_batch_warn_once():
+    drop = ModalityDropout({"ecgg": 0.5}).train()
+    toks = batch(["ecg", "tabular"], 64)
+    with pytest.warns(UserWarning, match=r"p names \['ecgg'\], none of which is in the batch .*nothing is dropped"):
+        out = drop(toks)
+    assert torch.equal(presence(out), presence(toks))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drop(toks)  # once only
+        ModalityDropout({"ecg": 0.5}).train()(toks)  # a named modality: no warning
+
+
+def test_from_tokens_zeroes_masked_positions_even_when_they_hold_nan():
+    tokens = torch.randn(2, 3, 4)
+    tokens[0, 2] = float("nan")
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    out = ModalityTokens.from_tokens(tokens, mask)
+    assert torch.equal(out.tokens[0, 2], torch.zeros(4)) and torch.isfinite(out.tokens).all()
+    assert torch.equal(out.tokens[0, :2], tokens[0, :2])
