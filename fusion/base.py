@@ -13,6 +13,7 @@ the task loss (that lives in the LightningModule). Rules every head obeys (check
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -65,8 +66,10 @@ class FusionHead(nn.Module):
 
     def __init__(self, d_model: int, modalities: Sequence[str]) -> None:
         super().__init__()
-        if d_model <= 0:
-            raise ValueError(f"d_model must be positive, got {d_model}")
+        if isinstance(d_model, bool) or not isinstance(d_model, numbers.Integral) or d_model <= 0:
+            raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
+        if isinstance(modalities, str) or not all(isinstance(m, str) for m in modalities):
+            raise TypeError(f"modalities must be a list of modality names, got {modalities!r}")
         if len(modalities) == 0:
             raise ValueError("a fusion head needs at least one modality")
         if len(set(modalities)) != len(modalities):
@@ -80,8 +83,14 @@ class FusionHead(nn.Module):
         Raises:
             ValueError: an unknown modality, an empty dict, a batch-size or width mismatch.
         """
+        if not isinstance(inputs, Mapping):
+            raise TypeError(f"{type(self).__name__}: inputs must be a dict modality -> ModalityTokens, got {type(inputs).__name__}")
         if not inputs:
             raise ValueError(f"{type(self).__name__}: got no modalities (expected some of {self.modalities})")
+        wrong = sorted(m for m, t in inputs.items() if not isinstance(t, ModalityTokens))
+        if wrong:
+            raise TypeError(f"{type(self).__name__}: inputs {wrong} must be ModalityTokens (an encoder's output, or "
+                            f"ModalityTokens.from_tokens(tokens, mask)), got {type(inputs[wrong[0]]).__name__}")
         unknown = sorted(set(inputs) - set(self.modalities))
         if unknown:
             raise ValueError(f"{type(self).__name__}: unknown modalities {unknown}; this head was built for {self.modalities}")

@@ -65,6 +65,10 @@ class TransformerFusion(FusionHead):
         max_tokens_per_modality: int | None = None,
     ) -> None:
         super().__init__(d_model, modalities)
+        if n_layers < 1 or n_heads < 1:
+            raise ValueError(f"TransformerFusion: n_layers and n_heads must be >= 1, got {n_layers}, {n_heads}")
+        if not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(f"TransformerFusion: attention_dropout must be in [0, 1), got {attention_dropout}")
         if d_model % n_heads != 0:
             raise ValueError(f"TransformerFusion: n_heads={n_heads} must divide d_model={d_model}")
         if max_tokens_per_modality is not None and max_tokens_per_modality < 1:

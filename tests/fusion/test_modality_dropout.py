@@ -109,3 +109,4 @@ def test_from_tokens_zeroes_masked_positions_even_when_they_hold_nan():
     out = ModalityTokens.from_tokens(tokens, mask)
     assert torch.equal(out.tokens[0, 2], torch.zeros(4)) and torch.isfinite(out.tokens).all()
     assert torch.equal(out.tokens[0, :2], tokens[0, :2])
+
