@@ -43,6 +43,9 @@ def resolve_missingness(missingness: dict | None) -> dict:
         ValueError: For an unknown modality or mechanism, a rate outside ``[0, 1)`` or an unknown key.
     """
     resolved = {m: dict(spec) for m, spec in DEFAULT_MISSINGNESS.items()}
+    if missingness is not None and not isinstance(missingness, dict):
+        raise ValueError(f"missingness must be a dict modality -> {{'mechanism', 'rate'}}, e.g. "
+                         f"{{'wsi': {{'rate': 0.3}}}}; got {type(missingness).__name__} {missingness!r:.80}")
     for modality, spec in (missingness or {}).items():
         if modality not in resolved:
             raise ValueError(f"missingness: unknown modality {modality!r}; expected one of {MODALITIES}")

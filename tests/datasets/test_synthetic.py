@@ -279,6 +279,7 @@ def test_renderers_carry_their_view():
         ({"missingness": {"ecg": {"mechanism": "sometimes", "rate": 0.1}}}, "sometimes"),
         ({"missingness": {"wsi": {"mechanism": "mcar", "rate": 1.0}}}, "rate"),
         ({"missingness": {"notes": {"rate": -0.1}}}, "notes"),
+        ({"missingness": [("wsi", 0.3)]}, "missingness must be a dict"),
         ({"n_patients": 5}, "n_patients"),
         ({"n_classes": 1}, "n_classes"),
         ({"wsi_patches": (50, 10)}, "wsi_patches"),
