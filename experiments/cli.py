@@ -176,7 +176,12 @@ def _differs(a: object, b: object) -> bool:
 def report_against_oracle(cli: LightningCLI, test_metrics: dict[str, float]) -> dict[str, float]:
     """Print model vs oracle on the test split and log the oracle figures to every logger."""
     oracle = oracle_metrics(cli.datamodule, cli.model.task)
-    print(format_comparison(test_metrics, oracle, cli.model.task))
+    if oracle:
+        from clinfuse.datasets.cohort import Cohort
+
+        cohort = cli.datamodule.cohort
+        print(format_comparison(test_metrics, oracle, cli.model.task, cohort.modalities,
+                                Cohort.available_modalities(cohort.root)))
     if oracle and cli.trainer.is_global_zero:
         for logger in cli.trainer.loggers:
             logger.log_metrics({f"oracle/{k}": v for k, v in oracle.items()})

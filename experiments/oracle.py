@@ -46,18 +46,31 @@ def oracle_metrics(datamodule: Any, task: str) -> dict[str, float]:
     return out
 
 
-def format_comparison(test: dict[str, float], oracle: dict[str, float], task: str) -> str:
-    """A small table: metric, model, oracle (full data), oracle (observed modalities), ratio."""
+def format_comparison(test: dict[str, float], oracle: dict[str, float], task: str,
+                      loaded: list[str] | None = None, cohort_modalities: list[str] | None = None) -> str:
+    """A small table on the test split: metric, model, oracle with full data, oracle given each
+    patient's modalities, and model / oracle(full), with notes on what the oracle columns are.
+
+    ``loaded`` / ``cohort_modalities``: the modalities the model reads and those the cohort has;
+    when they differ the notes say that the oracle columns use all of the cohort's.
+    """
     names = ["c_index"] if task == "survival" else (["auroc", "auprc"] if task == "binary" else ["auroc"])
     if task == "survival":  # competing causes: a row per cause the oracle and the model both have
         names += sorted({k[: -len("_full")] for k in oracle if k.startswith("c_index_cause") and k.endswith("_full")}
                         & {k[len("test/"):] for k in test})
     w = max(10, *(len(n) for n in names))
-    rows = [f"{'metric':<{w}} {'model':>8} {'oracle(full)':>13} {'oracle(observed)':>17} {'model/oracle':>13}"]
+    rows = [f"{'metric':<{w}} {'model':>8} {'oracle(full)':>13} {'oracle(observed)':>17} {'model/oracle(full)':>19}"]
     for n in names:
         model = float(test.get(f"test/{n}", math.nan))
         full = oracle.get(f"{n}_full", math.nan)
         obs = oracle.get(f"{n}_observed", math.nan)
-        ratio = model / full if full and not math.isnan(full) else math.nan
-        rows.append(f"{n:<{w}} {model:>8.4f} {full:>13.4f} {obs:>17.4f} {ratio:>13.3f}")
-    return "\n".join(["", "Test split: model vs oracle", *rows, ""])
+        # a ratio of AUPRCs says little: their chance level is the prevalence, not 0.5
+        ratio = model / full if n != "auprc" and full and not math.isnan(full) else math.nan
+        ratio_text = f"{ratio:>19.3f}" if not math.isnan(ratio) else f"{'-':>19}"
+        rows.append(f"{n:<{w}} {model:>8.4f} {full:>13.4f} {obs:>17.4f} {ratio_text}")
+    notes = ["oracle: the generator's Bayes-optimal risk on the same test patients; full = from the latent state "
+             "(no missing data), observed = given the modalities each patient has in the cohort. Chance is 0.5."]
+    if loaded is not None and cohort_modalities is not None and sorted(loaded) != sorted(cohort_modalities):
+        notes.append(f"this model reads {sorted(loaded)} only; oracle(observed) uses every modality of the cohort "
+                     f"({sorted(cohort_modalities)}), so it is not reachable with this model's inputs.")
+    return "\n".join(["", "Test split: model vs oracle", *rows, *notes, ""])
