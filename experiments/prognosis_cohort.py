@@ -229,19 +229,43 @@ def score_main(argv: Sequence[str]) -> None:
         feature_contributions=a.feature_contributions)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False) if out.suffix == ".csv" else frame.to_parquet(out, index=False)
-    print(f"scored {len(frame)} patients -> {out}" + _agreement(frame, prog.model.task))
+    where = f" (split {a.split})" if a.split else ""
+    print(f"scored {len(frame)} patients{where} -> {out}" + _agreement(frame, prog.model.task, _splits(Path(a.root), a.split)))
 
 
-def _agreement(frame: pd.DataFrame, task: str) -> str:
-    """The task's metric against the folder's labels, as the end of ``score``'s summary line."""
+def _splits(root: Path, split: str | None) -> pd.Series | None:
+    """patient_id -> split of the folder's ``splits.csv`` when every split was scored (else None)."""
+    if split is not None or not (root / "splits.csv").is_file():
+        return None
+    table = pd.read_csv(root / "splits.csv", dtype=str)
+    return table.set_index("patient_id")["split"] if {"patient_id", "split"} <= set(table.columns) else None
+
+
+def _agreement(frame: pd.DataFrame, task: str, splits: pd.Series | None = None) -> str:
+    """The task's metric against the folder's labels, as the end of ``score``'s summary line; per
+    split too when the folder has several (a model scores best on its own training patients)."""
     import torch
 
     from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
 
+    def metric(part: pd.DataFrame) -> float:
+        if task == "survival":
+            return harrell_c_index(part["risk"].to_numpy(), part["time"].to_numpy(), part["event"].to_numpy())
+        target = torch.tensor(part["binary"].to_numpy())
+        return classification_metrics(torch.tensor(part["risk"].to_numpy()), target, "binary")["auroc"]
+
     if task == "survival" and {"time", "event", "risk"} <= set(frame.columns):
-        c = harrell_c_index(frame["risk"].to_numpy(), frame["time"].to_numpy(), frame["event"].to_numpy())
-        return f"; Harrell C-index against the folder's labels: {c:.4f}"
-    if task == "binary" and {"binary", "risk"} <= set(frame.columns):
-        auroc = classification_metrics(torch.tensor(frame["risk"].to_numpy()), torch.tensor(frame["binary"].to_numpy()), "binary")["auroc"]
-        return f"; AUROC against the folder's binary labels: {auroc:.4f}"
-    return ""
+        text = "Harrell C-index against the folder's labels"
+    elif task == "binary" and {"binary", "risk"} <= set(frame.columns):
+        text = "AUROC against the folder's binary labels"
+    else:
+        return ""
+    out = f"; {text}: {metric(frame):.4f}"
+    of = frame["patient_id"].map(splits) if splits is not None else None
+    if of is not None and of.nunique() > 1:
+        parts = [f"{name} (n={int((of == name).sum())}) {metric(frame[of == name]):.4f}"
+                 for name in ("train", "val", "test") if (of == name).any()]
+        out += f"; by split: {', '.join(parts)}"
+        if (of == "train").any():
+            out += " (the training patients flatter the model: use --split test for held-out figures)"
+    return out

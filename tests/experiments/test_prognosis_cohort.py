@@ -169,3 +169,18 @@ def test_score_refuses_to_overwrite_the_cohort_and_scores_binary_models_by_auroc
     from sklearn.metrics import roc_auc_score
 
     assert _agreement(frame, "binary") == f"; AUROC against the folder's binary labels: {roc_auc_score(frame['binary'], frame['risk']):.4f}"
+
+
+def test_score_of_every_split_reports_the_metric_per_split(synthetic_cohort, tmp_path, train_predictor, capsys):
+    from sklearn.metrics import roc_auc_score
+
+    from clinfuse.experiments.prognosis_cohort import score_main
+
+    _, prog = train_predictor(synthetic_cohort, tmp_path, ["tabular"], task="binary")
+    model = prog.save(tmp_path / "binary")
+    score_main(["--model", str(model), "--root", str(synthetic_cohort), "--out", str(tmp_path / "all.csv")])
+    printed = capsys.readouterr().out
+    frame = pd.read_csv(tmp_path / "all.csv").merge(pd.read_csv(synthetic_cohort / "splits.csv"), on="patient_id")
+    parts = {s: frame[frame["split"] == s] for s in ("train", "val", "test")}
+    want = ", ".join(f"{s} (n={len(f)}) {roc_auc_score(f['binary'], f['risk']):.4f}" for s, f in parts.items())
+    assert f"; by split: {want} (the training patients flatter the model" in printed
