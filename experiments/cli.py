@@ -25,6 +25,7 @@ import importlib
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import MethodType
@@ -192,7 +193,9 @@ def log_survival_figures(cli: LightningCLI) -> None:
     """KM curves by predicted-risk group and a calibration plot, saved and logged to MLflow."""
     from clinfuse.experiments.survival_report import format_report, survival_figures
 
-    outdir = Path(cli.trainer.default_root_dir) / "figures"
+    # one folder per run: a second fit in the same folder must not overwrite the first one's figures
+    run = next((lg.run_id for lg in cli.trainer.loggers if isinstance(lg, MLFlowLogger) and lg.run_id), None)
+    outdir = Path(cli.trainer.default_root_dir) / "figures" / (run or time.strftime("%Y%m%d-%H%M%S"))
     try:
         figs = survival_figures(cli.model, cli.datamodule, outdir)
     except ValueError as err:  # a tiny or event-free test split: the run keeps its model and metrics

@@ -60,6 +60,8 @@ def test_fit_trains_tests_and_records_everything_in_mlflow(synthetic_cohort, tmp
     assert "config.yaml" in artifacts
     assert any(a.endswith(".ckpt") for a in artifacts), artifacts
     assert {"figures/km_risk_groups.png", "figures/calibration.png"} <= set(artifacts)
+    local = Path(cli.trainer.default_root_dir) / "figures" / run.info.run_id  # one folder per run, named by it
+    assert (local / "km_risk_groups.png").exists() and f"figures in {local}" in out
     assert 0.0 <= run.data.metrics["test/logrank_p"] <= 1.0
     config_text = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
     assert str(synthetic_cohort) in config_text and "TransformerFusion" in config_text

@@ -33,7 +33,8 @@ def test_fit_logs_cause_specific_c_and_predicts_cumulative_incidence(competing_c
     model = cli.model
     assert model.objective.n_causes == 2 and model.objective.n_outputs == 2 * 4 + 1  # linked from the data
     metrics = cli.trainer.callback_metrics
-    assert (tmp_path / "figures" / "cumulative_incidence.png").stat().st_size > 1000  # next to the KM plot
+    (run_dir,) = (tmp_path / "figures").iterdir()  # one folder per run (no logger: named by time)
+    assert (run_dir / "cumulative_incidence.png").stat().st_size > 1000 and (run_dir / "km_risk_groups.png").exists()
     for name in ("test/c_index", "test/c_index_cause1", "test/c_index_cause2"):
         assert 0.0 <= float(metrics[name]) <= 1.0, name
 
