@@ -134,7 +134,8 @@ def risk_groups(risk, n_groups: int = 3) -> np.ndarray:
     return _quantile_groups(_values(risk, len(risk), "risk"), n_groups, "risk")
 
 
-def km_by_risk_group(risk, time, event, n_groups: int = 3, path=None) -> tuple[Figure, float]:
+def km_by_risk_group(risk, time, event, n_groups: int = 3, path=None, time_unit: str | None = None,
+                     what: str | None = None) -> tuple[Figure, float]:
     """Kaplan-Meier curves per predicted-risk quantile group, with the multivariate log-rank test.
 
     Args:
@@ -144,6 +145,8 @@ def km_by_risk_group(risk, time, event, n_groups: int = 3, path=None) -> tuple[F
         n_groups: number of quantile groups (>= 2); fewer are formed when ties demand it.
         path: if given, the figure is saved there, as PNG, PDF or SVG as its suffix (``.png``,
             ``.pdf``, ``.svg``) says; its folder must exist (see :func:`_save`).
+        time_unit: the unit of ``time`` for the axis label (e.g. ``"days"``).
+        what: the patients shown, for the title (e.g. ``"test split"``); ``n`` is added.
 
     Returns:
         (figure, p-value of ``lifelines.statistics.multivariate_logrank_test`` across the groups).
@@ -174,12 +177,13 @@ def km_by_risk_group(risk, time, event, n_groups: int = 3, path=None) -> tuple[F
         kmf.plot_survival_function(ax=ax, ci_show=True)
         fitters.append(kmf)
     add_at_risk_counts(*fitters, ax=ax, fig=fig, rows_to_show=["At risk"])
-    ax.set_xlabel("time")
+    ax.set_xlabel(f"time ({time_unit})" if time_unit else "time")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)
     note = _groups_note(np.bincount(groups), n_groups, "groups")
     test = f"log-rank p = {p_value:.3g}" if formed > 1 else "log-rank test: one group, nothing to compare"
-    ax.set_title(f"Kaplan-Meier by predicted risk{note}\n{test}")
+    who = f"{what}, n = {len(time)}: " if what else ""
+    ax.set_title(f"{who}Kaplan-Meier by predicted risk{note}\n{test}")
     fig.tight_layout()
     _save(fig, path)
     return fig, p_value
@@ -222,7 +226,8 @@ def calibration_table(pred_surv_at_t, time, event, t: float, n_bins: int = 5) ->
     return pd.DataFrame(rows)
 
 
-def calibration_plot(pred_surv_at_t, time, event, t: float, n_bins: int = 5, path=None) -> tuple[Figure, pd.DataFrame]:
+def calibration_plot(pred_surv_at_t, time, event, t: float, n_bins: int = 5, path=None, time_unit: str | None = None,
+                     what: str | None = None) -> tuple[Figure, pd.DataFrame]:
     """Calibration plot of survival at horizon ``t``: predicted vs Kaplan-Meier observed per bin.
 
     Args:
@@ -234,6 +239,9 @@ def calibration_plot(pred_surv_at_t, time, event, t: float, n_bins: int = 5, pat
             demand it, and the title says so.
         path: if given, the figure is saved there, as PNG, PDF or SVG as its suffix (``.png``,
             ``.pdf``, ``.svg``) says; its folder must exist (see :func:`_save`).
+        time_unit: the unit of ``t`` for the labels (e.g. ``"days"``).
+        what: the patients and the choice of ``t``, for the title (e.g. ``"test split; t = median
+            follow-up"``); ``n`` is added.
 
     Returns:
         (figure, table from :func:`calibration_table`).
@@ -252,9 +260,11 @@ def calibration_plot(pred_surv_at_t, time, event, t: float, n_bins: int = 5, pat
                 label="Kaplan-Meier per bin (95% CI)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel(f"predicted survival at t = {t:g}")
-    ax.set_ylabel(f"observed survival at t = {t:g}")
-    ax.set_title(f"Calibration at t = {t:g}{_groups_note(table['n'], n_bins, 'bins')}")
+    at = f"t = {t:g} {time_unit}" if time_unit else f"t = {t:g}"
+    ax.set_xlabel(f"predicted survival at {at}")
+    ax.set_ylabel(f"observed (Kaplan-Meier) survival at {at}")
+    who = f"\n({what}, n = {int(table['n'].sum())})" if what else ""
+    ax.set_title(f"Calibration at {at}{_groups_note(table['n'], n_bins, 'bins')}{who}")
     ax.legend(loc="upper left")
     fig.tight_layout()
     _save(fig, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,19 @@ def predict_split(model: Any, datamodule: Any, split: str) -> tuple[list[str], n
         outs.append(model(inputs)[0].float().cpu())
     model.train(was_training)
     return ids, torch.cat(outs).numpy()
+
+
+def short_time_unit(time_unit: str | None) -> str | None:
+    """The survival time's unit as one word for axis labels (``cohort.json``'s ``time_unit`` is a
+    word for the built-in and synthetic cohorts, a sentence for converted ones such as MIMIC-IV:
+    "...; survival time: days from the prediction time"); None when it cannot be told."""
+    if not time_unit:
+        return None
+    text = str(time_unit).strip().lower()
+    if text in ("days", "hours", "months", "years", "weeks"):
+        return text
+    found = re.search(r"survival time[^;]*?\b(days|hours|months|years|weeks)\b", text)
+    return found.group(1) if found else None
 
 
 def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: int = 200) -> dict[str, Any]:
@@ -72,13 +86,15 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: in
     if len(time) < MIN_TEST_PATIENTS or not event.any():
         raise ValueError(f"the test split has {len(time)} patient(s) and {int(event.sum())} event(s); the survival "
                          f"figures and report need at least {MIN_TEST_PATIENTS} patients and one event")
-    _, p_value = km_by_risk_group(te_risk, time, event, n_groups=3, path=km_path)
+    unit = short_time_unit(datamodule.cohort.info.get("time_unit", "days"))  # as the model card: synth writes days
+    _, p_value = km_by_risk_group(te_risk, time, event, n_groups=3, path=km_path, time_unit=unit, what="test split")
     horizon = float(np.median(time))
     if baseline is not None:
         surv = baseline.survival_at(te_risk, horizon)
     else:
         surv = objective.survival(torch.as_tensor(te_out), torch.tensor([horizon]))[:, 0].numpy()
-    calibration_plot(surv, time, event, horizon, n_bins=min(5, len(time) // 2), path=cal_path)
+    calibration_plot(surv, time, event, horizon, n_bins=min(5, len(time) // 2), path=cal_path, time_unit=unit,
+                     what="test split; t = its median follow-up")
     tr_all = labels.loc[list(datamodule.cohort.splits["train"])]
 
     def surv_fn(times: np.ndarray) -> np.ndarray:

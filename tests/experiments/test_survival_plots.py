@@ -257,3 +257,20 @@ def test_plots_refuse_a_missing_folder_naming_it(tmp_path):
         with pytest.raises(ValueError, match=f"folder of path does not exist: '{re.escape(str(missing))}'"):
             plot()
     assert not missing.exists()  # not created behind the user's back
+
+
+def test_figure_labels_name_the_unit_the_patients_and_n():
+    from clinfuse.experiments.survival_report import short_time_unit
+
+    rng = np.random.default_rng(0)
+    time, event, risk = rng.exponential(100, 60) + 1, rng.integers(0, 2, 60), rng.normal(size=60)
+    fig, _ = km_by_risk_group(risk, time, event, time_unit="days", what="test split")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "time (days)" and ax.get_title().startswith("test split, n = 60: Kaplan-Meier")
+    surv = np.clip(np.exp(-time / 200), 0, 1)
+    fig, _ = calibration_plot(surv, time, event, 80.0, time_unit="days", what="test split; t = its median follow-up")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "predicted survival at t = 80 days"
+    assert "(test split; t = its median follow-up, n = 60)" in ax.get_title()
+    assert short_time_unit("modality times: hours from ICU intime; survival time: days from the prediction time") == "days"
+    assert short_time_unit("hours from the ECG recording (the index time); no survival labels") is None
