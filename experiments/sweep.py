@@ -231,7 +231,7 @@ def run_sweep(
     try:
         study.optimize(Objective(space, configs, extra, outdir, parent), n_trials=n_trials, callbacks=[record_best],
                        catch=(ValueError, RuntimeError), gc_after_trial=True)
-        write_best(study, outdir, parent)
+        write_best(study, outdir, parent, metric=space.metric)
     except BaseException as err:  # the parent run must not stay RUNNING: marked, then the error goes on
         _set_parent_status(client, parent, study, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
@@ -259,8 +259,9 @@ def _set_parent_status(client, parent_run: str | None, study: optuna.Study,  # n
         _retry(lambda: client.set_terminated(parent_run, status))
 
 
-def write_best(study: optuna.Study, outdir: Path, parent_run: str | None = None) -> Path | None:
-    """Write the best COMPLETE trial's resolved config to ``outdir/best_config.yaml`` (and MLflow)."""
+def write_best(study: optuna.Study, outdir: Path, parent_run: str | None = None, metric: str | None = None) -> Path | None:
+    """Write the best COMPLETE trial's resolved config to ``outdir/best_config.yaml`` (and MLflow);
+    ``metric`` names the value in what is printed and written."""
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         print(f"study {study.study_name}: no completed trial yet")
         return None
@@ -273,7 +274,8 @@ def write_best(study: optuna.Study, outdir: Path, parent_run: str | None = None)
     # workers finishing together write the same file and the same parent-run tags: one at a time
     # (a local sqlite MLflow store rejects two concurrent upserts of one tag)
     with FileLock(str(outdir / ".best_config.lock"), timeout=600), local_store_lock(default_tracking_uri()):
-        path.write_text(f"# best trial {best.number} of study {study.study_name}: value {best.value}\n"
+        named = f"best {metric} (validation)" if metric else "value"
+        path.write_text(f"# best trial {best.number} of study {study.study_name}: {named} {best.value}\n"
                         f"# params {best.params}\n" + best.user_attrs["config"])
         if parent_run:
             tags = {"best_trial": str(best.number)}
@@ -281,7 +283,8 @@ def write_best(study: optuna.Study, outdir: Path, parent_run: str | None = None)
                 tags["best_run_id"] = best.user_attrs["mlflow_run_id"]
             _retry(lambda: _write_parent(parent_run, path, tags))
     counts = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
-    print(f"study {study.study_name}: best trial {best.number}, value {best.value:.4f}, params {best.params}")
+    named = f"best {metric} (validation)" if metric else "value"
+    print(f"study {study.study_name}: best trial {best.number}, {named} {best.value:.4f}, params {best.params}")
     print(f"trials: { {k: v for k, v in counts.items() if v} }; best config: {path}")
     return path
 

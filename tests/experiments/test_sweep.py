@@ -105,6 +105,7 @@ def test_sweep_trials_are_nested_mlflow_runs_and_best_config_fits(synthetic_coho
     assert best.exists() and "best_config.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     cfg = yaml.safe_load(best.read_text())
     assert cfg["model"]["lr"] == pytest.approx(study.best_params["model.lr"])
+    assert best.read_text().startswith(f"# best trial {study.best_trial.number} of study tiny: best val/c_index (validation)")
     cli = cli_main(["fit", "--config", str(best), "--trainer.fast_dev_run=1", "--trainer.logger=false"])
     assert cli.trainer.state.finished and cli.model.hparams.lr == pytest.approx(study.best_params["model.lr"])
 
