@@ -11,6 +11,7 @@ The MLflow pyfunc wrapper and its wire format: :mod:`clinfuse.experiments.progno
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -495,11 +496,30 @@ class Prognosis:
         example = input_example(self.states)
         if example is not None:  # MLflow checks it by predicting it, and serves it as the request example
             kwargs.setdefault("input_example", example)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save(Path(tmp) / "prognosis")
-            return mlflow.pyfunc.log_model(
-                name=artifact_path, python_model=PrognosisPyfunc(), artifacts={"prognosis": str(folder)}, **kwargs
-            )
+        quiet = _DropMessages("Passing a Python object as `python_model`", "Validating input example")
+        logger = logging.getLogger("mlflow.pyfunc")
+        logger.addFilter(quiet)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = self.save(Path(tmp) / "prognosis")
+                return mlflow.pyfunc.log_model(
+                    name=artifact_path, python_model=PrognosisPyfunc(), artifacts={"prognosis": str(folder)}, **kwargs
+                )
+        finally:
+            logger.removeFilter(quiet)
+
+
+class _DropMessages(logging.Filter):
+    """Drops MLflow log records a user cannot act on when clinfuse logs its model: the generic
+    CloudPickle caution (the pyfunc class is clinfuse's own, loaded from the installed package) and
+    the note that the input example is being validated."""
+
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.starts)
 
 
 def _read_json(path: Path) -> dict:

@@ -193,9 +193,17 @@ def test_mlflow_pyfunc_matches_predict(trained, test_records, tmp_path):
     _, prog = trained
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("prognosis-test")
+    import logging
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("mlflow.pyfunc").addHandler(handler)
     try:
         with mlflow.start_run():
             info = prog.log_to_mlflow()
+        logging.getLogger("mlflow.pyfunc").removeHandler(handler)
+        assert not [m for m in seen if "CloudPickle" in m or "Validating input example" in m], seen
         records = [test_records[0], {"patient_id": "tab_only", "tabular": test_records[1]["tabular"]}]
         out = mlflow.pyfunc.load_model(info.model_uri).predict(_wire(records))
         want = prog.predict(records)
