@@ -1,8 +1,9 @@
 """External validation of a saved binary predictor (``clinfuse evaluate`` on a binary model).
 
 Writes ``report.md`` (AUROC and AUPRC with 95% bootstrap intervals, the Brier score, and the
-calibration intercept and slope of a logistic recalibration ``logit P(y) = a + b logit(p)``:
-``a = 0, b = 1`` for a calibrated model, ``b < 1`` for predictions too extreme), the reliability
+calibration slope of a logistic recalibration ``logit P(y) = a + b logit(p)`` (``b < 1`` for
+predictions too extreme) and the calibration-in-the-large (``a`` with ``b`` fixed at 1; 0 when
+calibrated, < 0 for over-prediction)), the reliability
 diagram ``calibration.png`` (observed rate per decile of predicted probability, with Wilson 95%
 intervals) and ``predictions.csv``. Metrics are scikit-learn's; the intervals come from
 :func:`~clinfuse.experiments.survival_metrics.bootstrap_ci`.
@@ -26,6 +27,22 @@ def calibration_fit(probability: np.ndarray, target: np.ndarray) -> tuple[float,
     x = np.log(p / (1 - p))[:, None]
     fit = LogisticRegression(penalty=None, solver="lbfgs").fit(x, np.asarray(target, int))
     return float(fit.intercept_[0]), float(fit.coef_[0, 0])
+
+
+def calibration_in_the_large(probability: np.ndarray, target: np.ndarray) -> float:
+    """The calibration intercept with the slope fixed at 1 (``logit P(y) = a + logit(p)``): 0 when the
+    mean prediction matches the event rate, < 0 for over-prediction. Unlike the intercept of
+    :func:`calibration_fit` (fitted jointly with the slope) it reads as calibration-in-the-large.
+    scikit-learn's logistic regression has no offset term, so its one-parameter score equation
+    ``sum(y - expit(a + logit p)) = 0``, monotone in ``a``, is solved with scipy's ``brentq``."""
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    p = np.clip(np.asarray(probability, float), 1e-7, 1 - 1e-7)
+    z, y = np.log(p / (1 - p)), np.asarray(target, float)
+    if y.min() == y.max():
+        return float("nan")  # one class: no finite solution
+    return float(brentq(lambda a: float(np.sum(y - expit(a + z))), -50.0, 50.0, xtol=1e-12))
 
 
 def reliability_table(probability: np.ndarray, target: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
@@ -63,8 +80,9 @@ def validate_binary(prognosis: Any, root: str | Path, out: Path, split: str | No
     auroc = bootstrap_ci(lambda pp, yy: roc_auc_score(yy, pp), p, y, n_boot=n_boot)
     auprc = bootstrap_ci(lambda pp, yy: average_precision_score(yy, pp), p, y, n_boot=n_boot)
     intercept, slope = calibration_fit(p, y)
+    citl = calibration_in_the_large(p, y)
     report = {"auroc": auroc, "auprc": auprc, "brier": float(brier_score_loss(y, p)),
-              "calibration_intercept": intercept, "calibration_slope": slope,
+              "calibration_intercept": intercept, "calibration_slope": slope, "calibration_in_the_large": citl,
               "prevalence": float(y.mean()), "mean_predicted": float(p.mean())}
     table = reliability_table(p, y)
     fig = Figure(figsize=(5.5, 5.5))
@@ -73,7 +91,7 @@ def validate_binary(prognosis: Any, root: str | Path, out: Path, split: str | No
     yerr = np.clip(np.vstack([table["observed"] - table["observed_lower"], table["observed_upper"] - table["observed"]]), 0, None)
     ax.errorbar(table["predicted"], table["observed"], yerr=yerr, fmt="o-", capsize=3, label="observed per decile (95% CI)")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed rate",
-           title=f"Calibration: intercept {intercept:+.2f}, slope {slope:.2f}")
+           title=f"Calibration-in-the-large {citl:+.2f}, slope {slope:.2f}\n({len(y)} patients, prevalence {y.mean():.3f})")
     ax.legend(loc="upper left")
     fig.tight_layout()
     cal_path = out / "calibration.png"
@@ -87,7 +105,8 @@ def validate_binary(prognosis: Any, root: str | Path, out: Path, split: str | No
         f"| AUROC | {auroc[0]:.4f} [{auroc[1]:.4f}, {auroc[2]:.4f}] |",
         f"| AUPRC | {auprc[0]:.4f} [{auprc[1]:.4f}, {auprc[2]:.4f}] |",
         f"| Brier score | {report['brier']:.4f} |",
-        f"| calibration intercept / slope | {intercept:+.3f} / {slope:.3f} |", "",
+        f"| calibration-in-the-large (intercept with the slope fixed at 1; < 0: over-prediction) | {citl:+.3f} |",
+        f"| calibration slope (< 1: predictions too extreme) / its joint intercept | {slope:.3f} / {intercept:+.3f} |", "",
     ]
     dev = (prognosis.summary or {}).get("test", {})
     if "auroc" in dev:

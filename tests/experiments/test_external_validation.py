@@ -74,6 +74,15 @@ def test_binary_model_report(synthetic_cohort, tmp_path, train_predictor):
     assert abs(a) < 0.05 and abs(b - 1) < 0.05
     table = reliability_table(p, rng.uniform(size=p.size) < p)
     assert len(table) == 10 and (table["observed_lower"] <= table["observed"]).all()
+    # calibration-in-the-large: the a solving sum(y - expit(a + logit p)) = 0; over-prediction gives a < 0
+    from scipy.special import expit, logit
+
+    from clinfuse.experiments.binary_validation import calibration_in_the_large
+
+    y = rng.uniform(size=p.size) < p * 0.8  # events at 80% of the predicted rate
+    a = calibration_in_the_large(p, y)
+    assert a < -0.1 and abs(np.sum(y - expit(a + logit(p)))) < 1e-6
+    assert "| calibration-in-the-large" in (tmp_path / "v" / "report.md").read_text()
     assert np.abs(table["observed"] - table["predicted"]).max() < 0.05
 
 
