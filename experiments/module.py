@@ -254,6 +254,8 @@ class ClinFuseModule(pl.LightningModule):
         labels = batch["labels"]
         self._check_labels(labels)
         loss = self.loss(out, labels)
+        # the task loss alone, comparable across heads: `loss` adds step and auxiliary losses for some
+        self.log(f"{stage}/task_loss", loss, on_step=False, on_epoch=True, batch_size=out.shape[0], sync_dist=True)
         steps = self.step_outputs(fused) if self.hparams.step_loss_weight > 0 else []
         if steps:
             step_loss = torch.stack([self.loss(o, labels) for o in steps]).mean()

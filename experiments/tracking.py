@@ -78,6 +78,25 @@ def name_run(logger: MLFlowLogger, model: Any, stage: str = "fit") -> None:
     client.update_run(logger.run_id, name=run_name(model, logger.run_id, stage))
 
 
+def log_run_facts(logger: MLFlowLogger, trainer: Any) -> None:
+    """Params the hyperparameters do not show: the modalities actually loaded (``data.modalities``
+    is None for "all"), the patients per split and ``trainer.max_epochs``. A resumed run that
+    already holds other values keeps them (MLflow params cannot change)."""
+    from mlflow.exceptions import MlflowException
+
+    facts: dict[str, Any] = {"trainer.max_epochs": trainer.max_epochs}
+    dm = getattr(trainer, "datamodule", None)
+    cohort = getattr(dm, "_cohort", None)  # loaded by the data module's setup, before callbacks' setup
+    if cohort is not None:
+        facts["data.loaded_modalities"] = ",".join(cohort.modalities)
+        facts.update({f"data.n_{split}": len(ids) for split, ids in cohort.splits.items()})
+    for key, value in facts.items():
+        try:
+            logger.experiment.log_param(logger.run_id, key, value)
+        except MlflowException:  # resumed with another value: the first one stays
+            pass
+
+
 class MLflowSaveConfigCallback(SaveConfigCallback):
     """Names the MLflow run (:func:`name_run`) and records the resolved CLI config as
     ``config.yaml`` in it (any other logger: no-op)."""
@@ -88,3 +107,4 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
                 name_run(logger, pl_module, stage)
                 text = self.parser.dump(self.config, skip_none=False)
                 logger.experiment.log_text(logger.run_id, text, "config.yaml")
+                log_run_facts(logger, trainer)

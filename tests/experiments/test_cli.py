@@ -50,6 +50,10 @@ def test_fit_trains_tests_and_records_everything_in_mlflow(synthetic_cohort, tmp
     exp = client.get_experiment_by_name("clinfuse")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.params["task"] == "survival" and run.data.params["d_model"] == "64"
+    splits = pd.read_csv(synthetic_cohort / "splits.csv")["split"].value_counts()
+    assert run.data.params["data.n_test"] == str(splits["test"]) and run.data.params["trainer.max_epochs"] == "2"
+    assert run.data.params["data.loaded_modalities"] == "tabular,timeseries,ecg,notes,wsi,genomics"
+    assert len(client.get_metric_history(run.info.run_id, "val/task_loss")) == 2
     history = client.get_metric_history(run.info.run_id, "val/c_index")
     assert len(history) == 2  # one value per epoch
     assert 0.0 <= run.data.metrics["test/c_index"] <= 1.0
@@ -206,8 +210,6 @@ def test_lightning_subcommands_are_not_shadowed_by_clinfuse_commands(sub, monkey
 
 def test_fit_with_a_tiny_test_split_warns_and_still_logs_the_model(synthetic_cohort, tmp_path, monkeypatch):
     import shutil
-
-    import pandas as pd
 
     root = tmp_path / "tiny_test"
     shutil.copytree(synthetic_cohort, root, ignore=shutil.ignore_patterns("ecg", "wsi", ".clinfuse_cache"))
