@@ -188,7 +188,7 @@ def compare_main(argv: Sequence[str]) -> None:
         p.error(f"{root}: clinfuse compare needs {' and '.join(need)} labels in labels.parquet for every scored patient")
     if survival:
         labels = {"time": base["time"].to_numpy(float), "event": base["event"].to_numpy(float)}
-        scores, metric, count = [f["risk"].to_numpy(float) for f in frames], "C-index", "events"
+        scores, metric, count = [f["risk"].to_numpy(float) for f in frames], "Harrell C", "events"
         table = paired_c_index(scores, labels["time"], labels["event"], n_boot=a.n_boot, seed=a.seed)
     else:
         labels = {"binary": base["binary"].to_numpy(float)}
@@ -199,7 +199,10 @@ def compare_main(argv: Sequence[str]) -> None:
     print(f"{len(base)} patients, {n_count} {count}{f' (split {a.split})' if a.split else ''}; "
           f"95% paired bootstrap intervals over {a.n_boot} resamples")
     print(f"| model | {metric} [95% CI] | difference to model 0 [95% CI] | p |\n|---|---|---|---|")
-    for name, path, t in zip(names, a.models, table.to_dict("records")):
+    from clinfuse.experiments.tracking import fusion_name
+
+    for name, path, model, t in zip(names, a.models, models, table.to_dict("records")):
+        path = f"{path} ({fusion_name(model.model.fusion)}; {', '.join(model.modalities)})"  # what an opaque URI holds
         diff = "-" if np.isnan(t["delta"]) else f"{t['delta']:+.4f} [{t['delta_low']:+.4f}, {t['delta_high']:+.4f}]"
         p_text = "-" if np.isnan(t["p_value"]) else f"{t['p_value']:.3g}"
         print(f"| {name}: {path} | {t[table.columns[0]]:.4f} [{t['low']:.4f}, {t['high']:.4f}] | {diff} | {p_text} |")

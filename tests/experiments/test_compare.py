@@ -76,7 +76,7 @@ def test_clinfuse_compare_prints_both_tables(trained_prognosis, synthetic_cohort
         sys.argv = old
     out = capsys.readouterr().out
     assert "| model 1: " in out and "+0.0000 [+0.0000, +0.0000] | 1 |" in out
-    assert "C-index by sex" in out and "| F |" in out and "| M |" in out
+    assert "Harrell C by sex" in out and "| F |" in out and "| M |" in out
 
 
 def test_paired_auroc_equals_sklearn_and_flags_the_worse_model():
@@ -114,7 +114,7 @@ def test_clinfuse_compare_binary_models_by_auroc(synthetic_cohort, tmp_path, cap
     out = capsys.readouterr().out
     frame = prog.predict_cohort(synthetic_cohort, split="test", show_progress=False)
     auroc = roc_auc_score(frame["binary"], frame["probability"])
-    assert f"| AUROC [95% CI] |" in out and f"| model 0: {folder} | {auroc:.4f} [" in out
+    assert f"| AUROC [95% CI] |" in out and f"| model 0: {folder} (transformer; tabular, genomics) | {auroc:.4f} [" in out
     assert "positives (split test)" in out
 
 

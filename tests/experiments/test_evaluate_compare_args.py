@@ -145,7 +145,7 @@ def test_compare_by_site_one_marker_for_undefined(folders, capsys):
     compare_main([str(a) for a in ["--models", model, model, "--root", sites, "--split", "test", "--by", "site",
                                    "--n-boot", 20]])
     out = capsys.readouterr().out
-    table = out.split("C-index by site")[1]
+    table = out.split("Harrell C by site")[1]
     rows = [line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| s")]
     assert rows == sorted(rows, key=lambda g: int(g[1:]))
     assert "nan" not in table and "`-`: not reported" in table
