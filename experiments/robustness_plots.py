@@ -38,15 +38,16 @@ def plot_subset_heatmap(results: pd.DataFrame, path: Path) -> Path:
     heads, subsets = _ordered(r["head"]), _ordered(r["condition"])
     grid = r.pivot(index="condition", columns="head", values="value").loc[subsets, heads].to_numpy(float)
     fig, ax = plt.subplots(figsize=(3.2 + 1.3 * len(heads), 1.4 + 0.28 * len(subsets)))
-    im = ax.imshow(grid, aspect="auto", cmap="viridis")
-    mid = np.nanmean(grid) if np.isfinite(grid).any() else 0.0
+    # a diverging scale centred on chance (0.5 for C-index and AUROC): below-chance cells stand out
+    spread = max(0.05, float(np.nanmax(np.abs(grid - 0.5)))) if np.isfinite(grid).any() else 0.5
+    im = ax.imshow(grid, aspect="auto", cmap="RdBu", vmin=0.5 - spread, vmax=0.5 + spread)
     ax.set_xticks(range(len(heads)), heads, rotation=30, ha="right")
     ax.set_yticks(range(len(subsets)), subsets, fontsize=7)
     if grid.size <= 400:
         for (i, j), v in np.ndenumerate(grid):
-            colour = "k" if not math.isnan(v) and v > mid else "w"  # readable on both ends of viridis
+            colour = "w" if not math.isnan(v) and abs(v - 0.5) > 0.6 * spread else "k"  # dark ends: white text
             ax.text(j, i, "nan" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=6, color=colour)
-    fig.colorbar(im, ax=ax, label=r["metric"].iloc[0])
+    fig.colorbar(im, ax=ax, label=f"{r['metric'].iloc[0]} (white = 0.5, chance)")
     ax.set_title("test metric with only these modalities")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -91,7 +92,7 @@ def oracle_gaps(results: pd.DataFrame) -> pd.DataFrame:
 def plot_oracle_gap(results: pd.DataFrame, path: Path) -> Path:
     """Grouped bars: gap to the oracle per model (x) and evaluation kind (bar colour)."""
     gaps = oracle_gaps(results)
-    fig, ax = plt.subplots(figsize=(1.5 + 1.4 * max(len(gaps), 1), 4))
+    fig, ax = plt.subplots(figsize=(3.5 + 1.4 * max(len(gaps), 1), 4))
     if gaps.empty:
         ax.text(0.5, 0.5, "the cohort has no oracle", ha="center", va="center", transform=ax.transAxes)
     else:
@@ -100,9 +101,9 @@ def plot_oracle_gap(results: pd.DataFrame, path: Path) -> Path:
             ax.bar(np.arange(len(gaps)) + (k - (len(gaps.columns) - 1) / 2) * width, gaps[kind], width, label=kind)
         ax.set_xticks(range(len(gaps)), gaps.index, rotation=30, ha="right")
         ax.axhline(0, color="k", lw=0.8)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # beside the bars
     ax.set_ylabel(f"oracle - model ({results['metric'].iloc[0]})")
-    ax.set_title("gap to the oracle (lower is better)")
+    ax.set_title("gap to the oracle (lower is better; mcar: mean over rates)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
