@@ -142,14 +142,20 @@ def _validate_survival(prognosis: Any, root: str | Path, out: Path, split: str |
 
 
 def _markdown(result: dict[str, Any], root: str | Path, split: str | None, prognosis: Any, table: str) -> str:
-    unit = (prognosis.summary or {}).get("time_unit", "days")
+    from clinfuse.experiments.survival_report import short_time_unit
+
+    unit = short_time_unit((prognosis.summary or {}).get("time_unit", "days")) or "(the cohort's time unit)"
     dev = (prognosis.summary or {}).get("test", {})
     lines = [
         "# External validation", "",
         f"Cohort `{root}`{f', split {split}' if split else ''}: {result['n']} patients, {result['events']} events; "
         f"median observed time {result['horizon']:.4g} {unit} (the calibration horizon).", "",
         table, "",
-        f"Log-rank p of the predicted-risk tertiles: {result['logrank_p']:.3g}.",
+        f"Log-rank p of the predicted-risk tertiles: {result['logrank_p']:.3g}.", "",
+        "The IPCW metrics (Uno C, time-dependent AUC, IBS) weight by the censoring of this cohort itself, so they "
+        "differ slightly from those `clinfuse fit` reports on the same patients (weighted by the training split's "
+        "censoring); the time-dependent metrics use a grid over the 10th-90th percentiles of the observed times, "
+        "clipped to where the censoring estimate is defined.",
     ]
     if result["causes"]:
         lines += ["", "| cause | Harrell C, other causes censored [95% bootstrap CI] |", "|---|---|"]
