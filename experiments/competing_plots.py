@@ -61,9 +61,11 @@ def incidence_table(pred_cif, times, time, cause, cause_names: Sequence[str] | N
     return pd.DataFrame(rows, columns=["cause", "time", "predicted", "observed", "observed_lower", "observed_upper"])
 
 
-def incidence_plot(pred_cif, times, time, cause, cause_names=None, path=None) -> tuple[Figure, pd.DataFrame]:
+def incidence_plot(pred_cif, times, time, cause, cause_names=None, path=None,
+                   time_unit: str | None = None) -> tuple[Figure, pd.DataFrame]:
     """One panel per cause: mean predicted CIF (steps) and the Aalen-Johansen estimate with its 95%
-    interval; saved as PNG at ``path`` when given. Arguments as :func:`incidence_table`."""
+    interval; saved as PNG at ``path`` when given. Arguments as :func:`incidence_table`;
+    ``time_unit`` labels the time axis."""
     table = incidence_table(pred_cif, times, time, cause, cause_names)
     causes = list(dict.fromkeys(table["cause"]))
     fig = Figure(figsize=(4.2 * len(causes), 4.0))
@@ -71,11 +73,12 @@ def incidence_plot(pred_cif, times, time, cause, cause_names=None, path=None) ->
         ax = fig.add_subplot(1, len(causes), k + 1)
         t = table[table["cause"] == name]
         ax.step(t["time"], t["observed"], where="post", color="black", label="Aalen-Johansen (observed)")
-        ax.fill_between(t["time"], t["observed_lower"], t["observed_upper"], step="post", color="grey", alpha=0.25)
+        ax.fill_between(t["time"], t["observed_lower"], t["observed_upper"], step="post", color="grey", alpha=0.25,
+                        label="95% interval (observed)")
         ax.step(t["time"], t["predicted"], where="post", color="tab:red", label="mean predicted")
         ax.set_ylim(0, 1)
-        ax.set_xlabel("time")
-        ax.set_title(f"cumulative incidence: {name}")
+        ax.set_xlabel(f"time ({time_unit})" if time_unit else "time")
+        ax.set_title(f"cumulative incidence: {name}\n(test split, n = {len(time)})")
         if k == 0:
             ax.set_ylabel("cumulative incidence")
             ax.legend(loc="upper left")

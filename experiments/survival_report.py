@@ -107,12 +107,24 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: in
     )
     paths = [km_path, cal_path]
     if objective.competing:
-        path = _incidence_figure(objective, te_out, time, te["cause"].to_numpy(), outdir)
+        names = cause_names(datamodule.cohort.info, objective.n_causes)
+        path = _incidence_figure(objective, te_out, time, te["cause"].to_numpy(), outdir, names, unit)
         paths += [path] if path is not None else []
     return {"baseline": baseline, "logrank_p": p_value, "horizon": horizon, "paths": paths, "report": report}
 
 
-def _incidence_figure(objective: Any, out: np.ndarray, time: np.ndarray, cause: np.ndarray, outdir: Path) -> Path | None:
+def cause_names(info: dict, n_causes: int) -> list[str] | None:
+    """The names of causes ``1..R`` from ``cohort.json``'s ``labels.cause`` text (the built-in
+    competing-risks cohorts write e.g. ``"0 censored, 1 cGvHD, 2 relapse, 3 death"``); None when it
+    does not name every cause."""
+    text = str(((info or {}).get("labels") or {}).get("cause", ""))
+    named = {int(k): v.strip() for k, v in re.findall(r"(\d+)\s+([^,;]+)", text)}
+    names = [named.get(r) for r in range(1, n_causes + 1)]
+    return names if all(names) else None
+
+
+def _incidence_figure(objective: Any, out: np.ndarray, time: np.ndarray, cause: np.ndarray, outdir: Path,
+                      names: list[str] | None = None, unit: str | None = None) -> Path | None:
     """``cumulative_incidence.png``: mean predicted CIF per cause vs Aalen-Johansen on the test
     split (over 0..the last test time); None, with a warning, when a cause has no test event."""
     import warnings
@@ -123,7 +135,7 @@ def _incidence_figure(objective: Any, out: np.ndarray, time: np.ndarray, cause: 
     pred = objective.cumulative_incidence_at(torch.as_tensor(out), torch.as_tensor(grid)).numpy()  # (n, R, T)
     path = outdir / "cumulative_incidence.png"
     try:
-        incidence_plot(pred, grid, time, cause, path=path)
+        incidence_plot(pred, grid, time, cause, cause_names=names, path=path, time_unit=unit)
     except ValueError as err:
         warnings.warn(f"cumulative incidence plot skipped: {err}", stacklevel=2)
         return None

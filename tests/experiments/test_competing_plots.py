@@ -48,3 +48,16 @@ def test_plot_written_and_bad_inputs_named(tmp_path):
         incidence_table(pred, times, time, np.where(cause == 3, 0, cause))
     with pytest.raises(ValueError, match=r"integers in \[0, 3\]"):
         incidence_table(pred, times, time, np.where(cause == 3, 4, cause))
+
+
+def test_panels_named_by_cause_with_the_time_unit_and_the_band_in_the_legend():
+    from clinfuse.experiments.survival_report import cause_names
+
+    time, cause = _cgvhd()
+    times = np.linspace(0, 2.5, 20)
+    names = cause_names({"labels": {"cause": "0 censored, 1 cGvHD, 2 relapse, 3 death"}}, 3)
+    fig, _ = incidence_plot(np.zeros((len(time), 3, len(times))), times, time, cause, cause_names=names, time_unit="years")
+    assert [ax.get_title().splitlines()[0] for ax in fig.axes] == [f"cumulative incidence: {n}" for n in ("cGvHD", "relapse", "death")]
+    assert fig.axes[0].get_xlabel() == "time (years)" and f"n = {len(time)}" in fig.axes[0].get_title()
+    assert "95% interval (observed)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert cause_names({}, 3) is None
