@@ -114,7 +114,7 @@ def test_clinfuse_compare_binary_models_by_auroc(synthetic_cohort, tmp_path, cap
     out = capsys.readouterr().out
     frame = prog.predict_cohort(synthetic_cohort, split="test", show_progress=False)
     auroc = roc_auc_score(frame["binary"], frame["probability"])
-    assert f"| AUROC [95% CI] |" in out and f"| model 0: {folder} (transformer; tabular, genomics) | {auroc:.4f} [" in out
+    assert "| AUROC [95% CI] |" in out and f"| model 0: {folder} (transformer; tabular, genomics) | {auroc:.4f} [" in out
     assert "positives (split test)" in out
 
 
