@@ -16,9 +16,8 @@ import pandas as pd
 
 from clinfuse.datasets.synthetic.generate import STREAMS, patient_ids
 from clinfuse.datasets.synthetic.latent import MODALITIES, LatentModel, draw_latent, make_model
-from clinfuse.datasets.synthetic.oracle import gaussian_posterior
-
 from clinfuse.datasets.reader import read_cohort_info
+from clinfuse.datasets.synthetic.oracle import gaussian_posterior, oracle_table
 
 def rebuild_latent(seed: int, n_patients: int, n_classes: int = 3) -> tuple[LatentModel, np.ndarray, dict]:
     """The latent model, latent states and views that ``generate_cohort(seed=..., n_patients=...)`` drew.
@@ -84,3 +83,33 @@ def subset_risk_table(root, subsets: dict[str, Iterable[str]]) -> pd.DataFrame:
     for name, observed in subsets.items():
         table[name] = subset_risk(model, views, observed)
     return pd.DataFrame(table)
+
+
+def oracle_for_modalities(root, modalities: Iterable[str]) -> pd.DataFrame:
+    """``oracle.parquet`` as if the cohort held only ``modalities``: ``risk_observed`` and
+    ``prob_observed`` condition on the views of those of ``modalities`` each patient has
+    (``presence.parquet``); the ``*_full`` columns are unchanged. With every modality it equals the
+    generator's own ``oracle.parquet`` (checked by tests/datasets/test_oracle_subsets.py).
+
+    Raises:
+        ValueError: not a synthetic cohort folder (see :func:`subset_risk_table`), no
+            ``presence.parquet``, or an unknown modality.
+    """
+    root = Path(root)
+    path = root / "cohort.json"
+    meta = read_cohort_info(path) if path.is_file() else {}
+    if meta.get("name") != "synthetic" or "seed" not in meta:
+        raise ValueError(f"{path}: not a synthetic cohort; its oracle cannot be rebuilt")
+    wanted = set(modalities)
+    unknown = sorted(wanted - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"oracle_for_modalities: unknown modalities {unknown}; expected a subset of {MODALITIES}")
+    if not (root / "presence.parquet").is_file():
+        raise ValueError(f"{root / 'presence.parquet'}: not found; it records which patient has which modality")
+    n = int(meta["n_patients"])
+    model, z, views = rebuild_latent(int(meta["seed"]), n, int(meta.get("n_classes", 3)))
+    ids = list(patient_ids(n))
+    has = pd.read_parquet(root / "presence.parquet").set_index("patient_id").reindex(ids)
+    presence = {m: (has[m].fillna(False).to_numpy(bool) if m in has else np.zeros(n, bool)) & (m in wanted)
+                for m in MODALITIES}
+    return oracle_table(model, z, views, presence, ids)

@@ -63,3 +63,23 @@ def test_errors_name_the_problem(tmp_path):
         subset_risk(model, views, ["xray"])
     with pytest.raises(ValueError, match="cohort.json"):
         subset_risk_table(tmp_path, {"ecg": ["ecg"]})
+
+
+def test_oracle_for_the_modalities_a_model_reads(tmp_path):
+    from clinfuse.datasets.synthetic.oracle_subsets import oracle_for_modalities
+
+    root = generate_cohort(tmp_path / "c", n_patients=40, seed=2, **SMALL)  # default missingness
+    stored = pd.read_parquet(root / "oracle.parquet")
+    every = oracle_for_modalities(root, MODALITIES)  # all modalities: the generator's own table
+    for col in ("risk_full", "risk_observed", "prob_full", "prob_observed"):
+        np.testing.assert_allclose(every[col], stored[col], rtol=1e-12, atol=1e-12)
+    two = oracle_for_modalities(root, ["tabular", "ecg"])
+    presence = pd.read_parquet(root / "presence.parquet")
+    model, _, views = rebuild_latent(seed=2, n_patients=40)
+    for i in range(40):  # by hand: each patient's own modalities among the two
+        observed = [m for m in ("tabular", "ecg") if presence.loc[i, m]]
+        one = {m: v[i : i + 1] for m, v in views.items()}
+        assert two.loc[i, "risk_observed"] == pytest.approx(subset_risk(model, one, observed)[0], abs=1e-12)
+    np.testing.assert_allclose(two["risk_full"], stored["risk_full"])
+    with pytest.raises(ValueError, match="unknown modalities"):
+        oracle_for_modalities(root, ["xray"])

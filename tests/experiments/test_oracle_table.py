@@ -18,4 +18,27 @@ def test_fewer_loaded_modalities_are_named_and_auprc_has_no_ratio():
     text = format_comparison({"test/auroc": 0.72, "test/auprc": 0.5}, oracle, "binary", ["tabular"], ["tabular", "wsi"])
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith(("auroc", "auprc"))}
     assert rows["auroc"][-1] == "0.800" and rows["auprc"][-1] == "-"
-    assert "this model reads ['tabular'] only; oracle(observed) uses every modality of the cohort (['tabular', 'wsi'])" in text
+    assert "this model reads ['tabular'] of the cohort's ['tabular', 'wsi']: oracle(observed) is given those" in text
+
+
+def test_oracle_observed_is_given_the_modalities_the_data_module_loads(synthetic_cohort):
+    import pandas as pd
+
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.datasets.synthetic.oracle_subsets import oracle_for_modalities
+    from clinfuse.experiments.metrics import harrell_c_index
+    from clinfuse.experiments.oracle import oracle_metrics
+
+    labels = pd.read_parquet(synthetic_cohort / "labels.parquet").set_index("patient_id")
+    splits = pd.read_csv(synthetic_cohort / "splits.csv")
+    test = splits.loc[splits["split"] == "test", "patient_id"].tolist()
+    t, e = labels.loc[test, "time"].to_numpy(), labels.loc[test, "event"].to_numpy()
+
+    def c(table):
+        return harrell_c_index(table.set_index("patient_id").loc[test, "risk_observed"].to_numpy(), t, e)
+
+    two = oracle_metrics(ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"]), "survival")
+    every = oracle_metrics(ClinicalDataModule(str(synthetic_cohort), max_patches=32), "survival")
+    assert two["c_index_observed"] == c(oracle_for_modalities(synthetic_cohort, ["tabular", "genomics"]))
+    assert every["c_index_observed"] == c(pd.read_parquet(synthetic_cohort / "oracle.parquet"))
+    assert two["c_index_full"] == every["c_index_full"] and two["c_index_observed"] < every["c_index_observed"]
