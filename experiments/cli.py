@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -241,6 +242,14 @@ def log_prognosis_model(cli: LightningCLI) -> None:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
+class _NoLightningTips(logging.Filter):
+    """Drops Lightning's "Tip: try installing litlogger / litmodels" adverts from clinfuse's
+    commands: they suggest a cloud service, not anything about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI:
     """Build (and with ``run`` execute) the Lightning CLI; importable for tests and sweeps."""
     from clinfuse.experiments.config_stack import stack_encoder_configs
@@ -249,9 +258,15 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI
     # ``args`` is always handed over on purpose (the rewritten command line, or a caller's list while
     # sys.argv holds pytest's or a notebook kernel's own arguments): LightningCLI's warning about
     # that is silenced here only, while the arguments are parsed
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
-        return _build(args, run)
+    tips = _NoLightningTips()
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
+            return _build(args, run)
+    finally:
+        lightning_log.removeFilter(tips)
 
 
 def _build(args: list[str], run: bool) -> ClinFuseCLI:

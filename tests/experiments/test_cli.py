@@ -225,3 +225,20 @@ def test_fit_with_a_tiny_test_split_warns_and_still_logs_the_model(synthetic_coh
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("clinfuse").experiment_id])
     assert run.info.status == "FINISHED" and "clinfuse.prognosis_model_uri" in run.data.tags
+
+
+def test_lightning_tips_are_not_printed_by_clinfuse_commands(synthetic_cohort, tmp_path, monkeypatch):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    log.addHandler(handler)
+    try:
+        cli_main(["fit", *_base(synthetic_cohort), "--data.modalities=[tabular]", "--trainer.fast_dev_run=1",
+                  "--trainer.logger=false"])
+    finally:
+        log.removeHandler(handler)
+    assert seen and not [m for m in seen if "Tip:" in m], seen  # Lightning's other notes still come through
