@@ -264,6 +264,8 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> ClinFuseCLI
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter.*")
+            if args and args[0] in ("test", "validate", "predict"):  # no training: the old run's top-k does not matter
+                warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* won't be reloaded")
             return _build(args, run)
     finally:
         lightning_log.removeFilter(tips)

@@ -242,3 +242,17 @@ def test_lightning_tips_are_not_printed_by_clinfuse_commands(synthetic_cohort, t
     finally:
         log.removeHandler(handler)
     assert seen and not [m for m in seen if "Tip:" in m], seen  # Lightning's other notes still come through
+
+
+def test_predict_from_another_folder_does_not_warn_about_the_old_checkpoint_folder(synthetic_cohort, tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    base = [*_base(synthetic_cohort), "--data.modalities=[tabular]", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false"]
+    fit = cli_main(["fit", *base, "--trainer.max_epochs=1", "--trainer.default_root_dir", str(tmp_path / "a")])
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli_main(["test", *base, "--trainer.default_root_dir", str(tmp_path / "b"), "--ckpt_path", ckpt])
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
