@@ -25,6 +25,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -99,10 +100,13 @@ class ClinFuseCLI(LightningCLI):
         self._check_ckpt_path("predict")
 
     def _check_ckpt_path(self, subcommand: str) -> None:
-        """A ``--ckpt_path`` file must fit the model the config stack builds (see ``check_checkpoint``)."""
+        """A ``--ckpt_path`` file must fit the model the config stack builds (see ``check_checkpoint``);
+        an evaluation's MLflow run is tagged with the checkpoint and the run that trained it."""
         path = self.config_init[subcommand].get("ckpt_path")
         if path and Path(str(path)).is_file():  # not "best", "last", "hpc", "registry" or a remote URL
             check_checkpoint(path, self.model, self.datamodule.spec)
+            if subcommand != "fit":
+                tag_checkpoint_source(self.trainer, str(path))
 
     def after_fit(self) -> None:
         """Test the best checkpoint and compare with the oracle."""
@@ -124,6 +128,18 @@ class ClinFuseCLI(LightningCLI):
 
     def after_test(self) -> None:
         report_against_oracle(self, {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})
+
+
+def tag_checkpoint_source(trainer: object, path: str) -> None:
+    """Tag every MLflow run of ``trainer`` with ``clinfuse.checkpoint`` and, when the path is one
+    ``clinfuse fit`` wrote (``.../<run id>/checkpoints/...``), ``clinfuse.trained_in_run``: a test or
+    predict run is then traceable to its training run in the MLflow UI."""
+    found = re.search(r"[/\\]([0-9a-f]{32})[/\\]checkpoints[/\\]", os.path.abspath(path))
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.set_tag(logger.run_id, "clinfuse.checkpoint", os.path.abspath(path))
+            if found:
+                logger.experiment.set_tag(logger.run_id, "clinfuse.trained_in_run", found.group(1))
 
 
 def check_spec(path: str | Path, checkpoint_spec: dict, data_spec: dict) -> None:

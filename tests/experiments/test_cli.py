@@ -256,3 +256,16 @@ def test_predict_from_another_folder_does_not_warn_about_the_old_checkpoint_fold
         warnings.simplefilter("always")
         cli_main(["test", *base, "--trainer.default_root_dir", str(tmp_path / "b"), "--ckpt_path", ckpt])
     assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+
+
+def test_a_test_run_is_tagged_with_its_checkpoint_and_training_run(synthetic_cohort, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = [*_base(synthetic_cohort), "--data.modalities=[tabular]", "--trainer.enable_progress_bar=false"]
+    fit = cli_main(["fit", *base, "--trainer.max_epochs=1"])
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    trained = fit.trainer.logger.run_id
+    test = cli_main(["test", *base, "--ckpt_path", ckpt])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tags = client.get_run(test.trainer.logger.run_id).data.tags
+    assert tags["clinfuse.trained_in_run"] == trained and tags["clinfuse.checkpoint"] == str(Path(ckpt).resolve())
