@@ -73,7 +73,9 @@ def render(prognosis: Any, summary: dict[str, Any] | None) -> str:
     ]
     lines += ["## Training data", ""]
     if summary:
-        unit = summary.get("time_unit", "days")
+        from clinfuse.experiments.survival_report import short_time_unit
+
+        unit = short_time_unit(summary.get("time_unit", "days")) or "(the cohort's time unit)"  # a converter's may be a sentence
         lines.append(f"- Cohort: {summary.get('cohort')}; patients per split: "
                      + ", ".join(f"{s} {n}" for s, n in summary.get("splits", {}).items()) + ".")
         tr = summary.get("train", {})
