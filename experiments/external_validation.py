@@ -98,7 +98,7 @@ def _validate_survival(prognosis: Any, root: str | Path, out: Path, split: str |
     """The survival report (module docstring)."""
     from clinfuse.experiments.survival_metrics import survival_report
     from clinfuse.experiments.survival_plots import calibration_plot, km_by_risk_group
-    from clinfuse.experiments.survival_report import format_report
+    from clinfuse.experiments.survival_report import format_report, short_time_unit
 
     raw: list[torch.Tensor] = []
     frame = prognosis.predict_cohort(root, split=split, contributions=False, show_progress=show_progress,
@@ -115,9 +115,12 @@ def _validate_survival(prognosis: Any, root: str | Path, out: Path, split: str |
 
     report = survival_report(time, event, time, event, risk, surv_fn, n_boot=n_boot)
     km_path, cal_path = out / "km_risk_groups.png", out / "calibration.png"
-    _, logrank_p = km_by_risk_group(risk, time, event, n_groups=3, path=km_path)
+    unit = short_time_unit((prognosis.summary or {}).get("time_unit", "days"))
+    what = f"split {split}" if split else "all patients"
+    _, logrank_p = km_by_risk_group(risk, time, event, n_groups=3, path=km_path, time_unit=unit, what=what)
     horizon = float(np.median(time))
-    calibration_plot(surv_fn(np.array([horizon]))[:, 0], time, event, horizon, path=cal_path)
+    calibration_plot(surv_fn(np.array([horizon]))[:, 0], time, event, horizon, path=cal_path, time_unit=unit,
+                     what=f"{what}; t = its median follow-up")
     paths = [km_path, cal_path]
     objective = prognosis.model.objective
     causes: dict[str, tuple] = {}
