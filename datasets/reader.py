@@ -158,15 +158,23 @@ def read_cohort_info(path: Path) -> dict[str, Any]:
         ValueError: naming the file, when it is not valid JSON or not a JSON object.
     """
     path = Path(path)
-    if not path.exists():
-        return {}
+    return read_json_object(path) if path.exists() else {}
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``.
+
+    Raises:
+        ValueError: naming the file, when it is not valid JSON or not a JSON object.
+    """
+    path = Path(path)
     try:
-        info = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(info).__name__}")
-    return info
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def read_table(path: Path, required: Sequence[str], str_columns: Sequence[str] = ()) -> pd.DataFrame:

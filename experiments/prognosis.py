@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from clinfuse.datasets.reader import read_json_object
 from clinfuse.encoders.base import ModalityTokens
 from clinfuse.experiments.input_checks import DEFAULT_MAX_SD, out_of_range
 from clinfuse.experiments.prognosis_mlflow import PrognosisPyfunc, _BadJSON, _requirements, input_example, params_signature, records_from_frame  # noqa: F401 (re-exported: logged models name prognosis.PrognosisPyfunc)
@@ -165,10 +166,10 @@ class Prognosis:
         for name in ("model.ckpt", "preprocessing.json", "meta.json"):
             if not (folder / name).is_file():
                 raise ValueError(f"{folder}: not a prognosis folder, {name} is missing")
-        meta = _read_json(folder / "meta.json")
+        meta = read_json_object(folder / "meta.json")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{folder / 'meta.json'}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-        preprocessing = _read_json(folder / "preprocessing.json")
+        preprocessing = read_json_object(folder / "preprocessing.json")
         if not isinstance(preprocessing.get("modalities"), dict):
             raise ValueError(f"{folder / 'preprocessing.json'}: no 'modalities' preprocessing state (a damaged or foreign file)")
         try:
@@ -180,7 +181,7 @@ class Prognosis:
         if meta.get("has_baseline"):
             if not (folder / "baseline.json").is_file():
                 raise ValueError(f"{folder}: meta.json says the predictor has a Breslow baseline, baseline.json is missing")
-            baseline = BreslowBaseline.from_state(_read_json(folder / "baseline.json"))
+            baseline = BreslowBaseline.from_state(read_json_object(folder / "baseline.json"))
         return cls(model, preprocessing, baseline, folder / "model.ckpt", meta.get("summary"))
 
     # ------------------------------------------------------------------ prediction
@@ -520,17 +521,6 @@ class _DropMessages(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.getMessage()).startswith(self.starts)
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object from ``path``; ValueError naming the file when it is not one."""
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _notice(message: str) -> str:
