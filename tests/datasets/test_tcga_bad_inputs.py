@@ -37,6 +37,19 @@ def _set_per_case(src, col, case, value):
     clin.to_csv(src["clinical"], index=False)
 
 
+def _set_column(src, col, levels, first=None):
+    """Give every case a ``col`` value (``levels`` in turn; the first case ``first`` when given),
+    written on all its slide rows; returns case -> value."""
+    clin = _clinical_text(src)
+    cases = clin["case_id"].unique()
+    values = {case: levels[i % len(levels)] for i, case in enumerate(cases)}
+    if first is not None:
+        values[cases[0]] = first
+    clin[col] = clin["case_id"].map(values)
+    clin.to_csv(src["clinical"], index=False)
+    return values
+
+
 def _corrupt_first_slide(src):
     """Overwrite the first slide's feature file; returns it, its case and its original bytes."""
     clin = _clinical_text(src)
@@ -151,32 +164,19 @@ def test_missing_markers_in_a_numeric_covariate_are_missing(src, tmp_path, marke
 
 
 def test_site_codes_stay_strings_even_when_all_numeric(src, tmp_path):
-    clin = _clinical_text(src)
-    codes = {case: ("05", "38", "44")[i % 3] for i, case in enumerate(clin["case_id"].unique())}
-    clin["site"] = clin["case_id"].map(codes)
-    clin.to_csv(src["clinical"], index=False)
+    codes = _set_column(src, "site", ("05", "38", "44"))
     table = pd.read_parquet(convert_tcga(src["clinical"], tmp_path / "out") / "tabular.parquet")
     assert table.set_index("patient_id")["site"].to_dict() == codes
 
 
 def test_mostly_text_covariate_with_a_number_stays_categorical(src, tmp_path):
-    clin = _clinical_text(src)
-    cases = clin["case_id"].unique()
-    stage = {case: ("Stage I", "Stage II", "Stage III")[i % 3] for i, case in enumerate(cases)}
-    stage[cases[0]] = "4"
-    clin["stage"] = clin["case_id"].map(stage)
-    clin.to_csv(src["clinical"], index=False)
+    stage = _set_column(src, "stage", ("Stage I", "Stage II", "Stage III"), first="4")
     table = pd.read_parquet(convert_tcga(src["clinical"], tmp_path / "out") / "tabular.parquet")
     assert table.set_index("patient_id")["stage"].to_dict() == stage
 
 
 def test_a_grade_with_numbers_and_gx_is_an_error_unless_listed_as_categorical(src, tmp_path):
-    clin = _clinical_text(src)
-    cases = clin["case_id"].unique()
-    grade = {case: ("1", "2", "3")[i % 3] for i, case in enumerate(cases)}
-    grade[cases[0]] = "GX"
-    clin["grade"] = clin["case_id"].map(grade)
-    clin.to_csv(src["clinical"], index=False)
+    grade = _set_column(src, "grade", ("1", "2", "3"), first="GX")
     with pytest.raises(ValueError, match=r"column 'grade' holds numbers .*\['GX'\].*categorical_columns"):
         convert_tcga(src["clinical"], tmp_path / "out")
     out = convert_tcga(src["clinical"], tmp_path / "out", categorical_columns=["grade"])
