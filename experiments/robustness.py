@@ -2,7 +2,7 @@
 
     clinfuse robustness --config experiments/quickstart.yaml [--ckpt model.ckpt ...] \\
         [--heads masked_mean,transformer,cascaded,multimodn] [--rates 0,0.2,0.4,0.6 | 0 0.2 0.4 0.6] \\
-        [--out robustness] [--epochs 6] [--shift-train] [--no-mlflow] [--data.root ... (CLI overrides)]
+        [--out robustness] [--epochs 6] [--draws 5] [--shift-train] [--no-mlflow] [--data.root ... (CLI overrides)]
 
 Models: every ``--ckpt`` (a trained ``ClinFuseModule``; the data come from the ``--config`` stack);
 without ``--ckpt``, one model per head in ``--heads``, trained with the CLI on the config stack plus
@@ -10,8 +10,11 @@ without ``--ckpt``, one model per head in ``--heads``, trained with the CLI on t
 ``trainer.max_epochs``; the best validation checkpoint is evaluated and kept under
 ``<out>/checkpoints/<head>/``). Unknown ``--dotted.keys`` are passed on to the CLI.
 
-Evaluations on the test split (eval mode, removals drawn once per condition with ``--seed`` and
-shared by every head; a removed modality is marked absent, never zero-filled):
+Evaluations on the test split (eval mode; a removed modality is marked absent, never zero-filled).
+Random removals (MCAR rates above 0, mar/mnar shifts) are drawn ``--draws`` times per condition
+(default 1) from ``--seed``, and every head is scored on the same draws; the CSV has one row per
+draw (column ``draw``), the printed table and the MCAR plot show the mean and the standard deviation
+over draws. Draw 0 is the same table whatever ``--draws`` is.
 
 * ``subset``: every non-empty subset of the loaded modalities; the others are removed for everyone.
 * ``mcar``: each modality removed independently with probability ``rate`` (``--rates``), keeping at
@@ -94,6 +97,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--out", default="robustness", help="folder for the CSV, plots and checkpoints")
     p.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs of the training runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time removals")
+    p.add_argument("--draws", type=int, default=1,
+                   help="random removal tables per MCAR rate and shift (mean and sd over them are reported)")
     p.add_argument("--shift-train", action="store_true", help="also train each head under the mar/mnar shifts")
     p.add_argument("--shift-rate", type=float, default=0.5, help="mean missing rate of the mar/mnar shifts")
     p.add_argument("--shift-modalities", default=None, help="modalities the shifts remove (default: all)")
@@ -125,6 +130,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
             raise ValueError(f"file not found: {path} (given as --{'ckpt' if path in a.ckpt else 'config'})")
     if a.epochs is not None and a.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {a.epochs}")
+    if a.draws < 1:
+        raise ValueError(f"--draws must be >= 1, got {a.draws}")
     a.shift_modalities = a.shift_modalities.split(",") if a.shift_modalities else None
     a.mar_column_given = a.mar_column is not None  # a named column must drive the shift; the default may be absent
     if a.mar_column is None:
@@ -261,32 +268,41 @@ def shift_driver(kind: str, datamodule: Any, ids: list[str], task: str, mar_colu
     return values.fillna(values.median()).to_numpy(float)
 
 
+def removal_rng(seed: int, name: str, draw: int = 0) -> np.random.Generator:
+    """The generator of one removal table: draw 0 is keyed by ``(seed, name)`` alone, so it does not
+    change with the number of draws; later draws add their index."""
+    key = (seed, zlib.crc32(name.encode()))
+    return np.random.default_rng(key if draw == 0 else (*key, draw))
+
+
 def shift_removal(kind: str, direction: int, datamodule: Any, ids: list[str], task: str,
-                  a: argparse.Namespace) -> pd.DataFrame | None:
+                  a: argparse.Namespace, draw: int = 0) -> pd.DataFrame | None:
     """The removal table of a ``mar``/``mnar`` shift on ``ids``; ``direction`` +1 train, -1 test."""
     driver = shift_driver(kind, datamodule, ids, task, a.mar_column)
     if driver is None:
         return None
     presence = datamodule.cohort.presence().loc[ids]
-    rng = np.random.default_rng((a.seed, zlib.crc32(f"{kind}{direction}".encode())))
+    rng = removal_rng(a.seed, f"{kind}{direction}", draw)
     return random_removal(presence, kind, a.shift_rate, rng, a.shift_modalities, direction * driver, not a.allow_empty)
 
 
 # ---------------------------------------------------------------------------- the study
-def evaluations(datamodule: Any, task: str, a: argparse.Namespace) -> list[tuple[str, str, pd.DataFrame | None]]:
-    """``(kind, condition, removal table)`` of every test-time evaluation."""
+def evaluations(datamodule: Any, task: str, a: argparse.Namespace) -> list[tuple[str, str, int, pd.DataFrame | None]]:
+    """``(kind, condition, draw, removal table)`` of every test-time evaluation: one draw for the
+    subsets and MCAR rate 0 (nothing random), ``a.draws`` for the other rates and the shifts."""
     ids = list(datamodule.cohort.splits["test"])
     presence = datamodule.cohort.presence().loc[ids]
-    evals = [("subset", subset_name(s), subset_removal(presence, s)) for s in all_subsets(list(presence.columns))]
+    draws = getattr(a, "draws", 1)
+    evals = [("subset", subset_name(s), 0, subset_removal(presence, s)) for s in all_subsets(list(presence.columns))]
     for rate in a.rates:
-        rng = np.random.default_rng((a.seed, zlib.crc32(f"mcar{rate}".encode())))
-        evals.append(("mcar", f"{rate:g}", random_removal(presence, "mcar", rate, rng, keep_one=not a.allow_empty)))
+        for d in range(draws if rate > 0 else 1):
+            rng = removal_rng(a.seed, f"mcar{rate}", d)
+            evals.append(("mcar", f"{rate:g}", d, random_removal(presence, "mcar", rate, rng, keep_one=not a.allow_empty)))
     for kind in SHIFTS:
-        removal = shift_removal(kind, -1, datamodule, ids, task, a)
-        if removal is None:
+        if shift_driver(kind, datamodule, ids, task, a.mar_column) is None:
             print(f"no {kind} shift: {mar_column_problem(datamodule.cohort.root, a.mar_column)} (see --mar-column)")
-        else:
-            evals.append((kind, f"{a.shift_rate:g}", removal))
+            continue
+        evals += [(kind, f"{a.shift_rate:g}", d, shift_removal(kind, -1, datamodule, ids, task, a, d)) for d in range(draws)]
     return evals
 
 
@@ -301,7 +317,7 @@ def run_study(models: Sequence[StudyModel], datamodule: Any, a: argparse.Namespa
     full = subset_name(presence.columns)
     batches = list(datamodule.split_dataloader("test"))  # loaded once, scored under every removal
     rows = []
-    for kind, condition, removal in evaluations(datamodule, task, a):
+    for kind, condition, draw, removal in evaluations(datamodule, task, a):
         kept = presence & ~removal
         oracle_value = oracle.metric(ids, labels, removal)
         for sm in models:
@@ -310,7 +326,7 @@ def run_study(models: Sequence[StudyModel], datamodule: Any, a: argparse.Namespa
             torch.manual_seed(a.seed)
             scores = predict(sm.model, batches, removal).set_index("patient_id").loc[ids, "score"]
             rows.append({"head": sm.head, "trained_on": sm.trained_on, "kind": kind, "condition": condition,
-                         "metric": metric, "value": score_metric(scores.to_numpy(), labels, task),
+                         "draw": draw, "metric": metric, "value": score_metric(scores.to_numpy(), labels, task),
                          "oracle": oracle_value, "n_patients": len(ids),
                          "n_with_data": int(kept.any(axis=1).sum())})
     print(f"oracle: {oracle.mode} ({'per subset' if oracle.mode == 'subsets' else 'full set only' if oracle.mode == 'observed' else 'none'})")
@@ -374,7 +390,8 @@ def robustness_main(argv: Sequence[str]) -> pd.DataFrame:
     print(f"wrote {csv} and {', '.join(str(p) for p in pngs)}")
     if not a.no_mlflow:
         params = {"configs": ",".join(a.config), "heads": ",".join(m.head for m in models),
-                  "rates": ",".join(f"{r:g}" for r in a.rates), "seed": str(a.seed), "shift_rate": str(a.shift_rate)}
+                  "rates": ",".join(f"{r:g}" for r in a.rates), "seed": str(a.seed), "draws": str(a.draws),
+                  "shift_rate": str(a.shift_rate)}
         run_id = log_to_mlflow([csv, *pngs], results, params)
         print(f"MLflow run 'robustness': {run_id}")
     return results

@@ -1,7 +1,9 @@
 """Figures and the printed table of the robustness study (``clinfuse robustness``).
 
 Each function reads the tidy results of :func:`clinfuse.experiments.robustness.run_study`
-(columns ``head, trained_on, kind, condition, metric, value, oracle, n_patients, n_with_data``).
+(columns ``head, trained_on, kind, condition, draw, metric, value, oracle, n_patients, n_with_data``;
+results without ``draw`` count as one draw). Conditions drawn several times (``--draws``) are shown
+as the mean and the standard deviation over their draws.
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ def _ordered(values: pd.Series) -> list:
     return list(dict.fromkeys(values))  # first-appearance order (pandas pivots would sort)
 
 
+def over_draws(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per (head, trained_on, kind, condition): ``value``/``oracle``/``n_with_data`` are the
+    means over the condition's draws, ``value_sd``/``oracle_sd`` the standard deviations (ddof 1;
+    NaN for a single draw) and ``draws`` their number. First-appearance order is kept."""
+    keys = ["head", "trained_on", "kind", "condition"]
+    g = results.groupby(keys, sort=False)
+    out = g[["value", "oracle", "n_with_data"]].mean()
+    out["value_sd"], out["oracle_sd"] = g["value"].std(), g["oracle"].std()
+    out["draws"] = g.size()
+    rest = results.drop_duplicates(keys).set_index(keys)[["metric", "n_patients"]]
+    return out.join(rest).reset_index()
+
+
 def plot_subset_heatmap(results: pd.DataFrame, path: Path) -> Path:
     """Heatmap of the metric per modality subset (rows) x head (columns), cohort-trained models."""
     r = results[(results["kind"] == "subset") & (results["trained_on"] == "cohort")]
@@ -57,16 +72,20 @@ def plot_subset_heatmap(results: pd.DataFrame, path: Path) -> Path:
 
 def plot_mcar_lines(results: pd.DataFrame, path: Path) -> Path:
     """Metric vs MCAR missing rate, one line per head; the oracle dashed where known."""
-    r = results[(results["kind"] == "mcar") & (results["trained_on"] == "cohort")].copy()
+    r = over_draws(results[(results["kind"] == "mcar") & (results["trained_on"] == "cohort")])
     r["rate"] = r["condition"].astype(float)
+    draws = int(r["draws"].max()) if len(r) else 1
     fig, ax = plt.subplots(figsize=(6, 4))
     for head in _ordered(r["head"]):
         h = r[r["head"] == head].sort_values("rate")
-        ax.plot(h["rate"], h["value"], marker="o", label=head)
+        ax.errorbar(h["rate"], h["value"], yerr=h["value_sd"].fillna(0) if draws > 1 else None, marker="o",
+                    capsize=3, label=head)
     o = r.drop_duplicates("rate").sort_values("rate")
     if o["oracle"].notna().any():
-        ax.plot(o["rate"], o["oracle"], "k--", marker="x", label="oracle")
-    ax.set_xlabel("test-time MCAR missing rate per modality")
+        ax.errorbar(o["rate"], o["oracle"], yerr=o["oracle_sd"].fillna(0) if draws > 1 else None, fmt="k--",
+                    marker="x", capsize=3, label="oracle")
+    xlabel = "test-time MCAR missing rate per modality"
+    ax.set_xlabel(xlabel if draws == 1 else f"{xlabel}\n(mean and sd over {draws} random draws per rate)")
     ax.set_ylabel(r["metric"].iloc[0] if len(r) else "metric")
     ax.set_title("robustness to random test-time missingness")
     ax.legend(fontsize=8)
@@ -79,8 +98,9 @@ def plot_mcar_lines(results: pd.DataFrame, path: Path) -> Path:
 
 def oracle_gaps(results: pd.DataFrame) -> pd.DataFrame:
     """Mean ``oracle - value`` per model (rows) and group (columns: ``all modalities``, ``smaller
-    subsets`` (mean), ``mcar`` (mean over rates), ``mar``, ``mnar``), where the oracle is known."""
-    r = _labelled(results)
+    subsets`` (mean), ``mcar`` (mean over rates), ``mar``, ``mnar``), where the oracle is known; a
+    condition drawn several times counts once, with its mean over draws."""
+    r = _labelled(over_draws(results))
     full = r.loc[r["kind"] == "subset", "condition"].map(lambda c: c.count("+")).max()
     is_full = (r["kind"] == "subset") & (r["condition"].str.count(r"\+") == full)
     group = r["kind"].where(r["kind"] != "subset", "smaller subsets").where(~is_full, "all modalities")
@@ -122,17 +142,28 @@ def write_plots(results: pd.DataFrame, out: Path) -> list[Path]:
 
 def markdown_table(results: pd.DataFrame) -> str:
     """A markdown table: one row per evaluation, one column per model, then the oracle."""
-    r = _labelled(results)
+    r = _labelled(over_draws(results))
     r["evaluation"] = r["kind"] + ": " + r["condition"]
     models, evals = _ordered(r["model"]), _ordered(r["evaluation"])
-    values = r.pivot(index="evaluation", columns="model", values="value").reindex(index=evals, columns=models)
-    oracle = r.drop_duplicates("evaluation").set_index("evaluation")["oracle"].reindex(evals)
-    n = r.drop_duplicates("evaluation").set_index("evaluation")["n_with_data"].reindex(evals)
-    fmt = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    cell = r.assign(text=[_mean_sd(v, sd) for v, sd in zip(r["value"], r["value_sd"])])
+    values = cell.pivot(index="evaluation", columns="model", values="text").reindex(index=evals, columns=models)
+    first = r.drop_duplicates("evaluation").set_index("evaluation").reindex(evals)
+    draws = int(r["draws"].max())
     head = ["evaluation", *models, "oracle", "n with data"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in evals:
-        cells = [e, *(fmt(values.at[e, m]) for m in models), fmt(oracle[e]), str(int(n[e]))]
+        o = first.loc[e]
+        cells = [e, *(values.at[e, m] if isinstance(values.at[e, m], str) else "" for m in models),
+                 _mean_sd(o["oracle"], o["oracle_sd"]), f"{o['n_with_data']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join([f"\n{results['metric'].iloc[0]} on the test split ({int(results['n_patients'].iloc[0])} patients)",
-                      *lines, ""])
+    title = f"\n{results['metric'].iloc[0]} on the test split ({int(results['n_patients'].iloc[0])} patients)"
+    if draws > 1:
+        title += f"; random removals: mean ± sd over {draws} draws"
+    return "\n".join([title, *lines, ""])
+
+
+def _mean_sd(value: float, sd: float) -> str:
+    """``0.712`` (one draw), ``0.712 ± 0.004`` (several), empty for NaN."""
+    if value is None or math.isnan(value):
+        return ""
+    return f"{value:.3f}" if sd is None or math.isnan(sd) else f"{value:.3f} ± {sd:.3f}"

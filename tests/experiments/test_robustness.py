@@ -168,6 +168,34 @@ def test_checkpoints_are_scored_like_the_trained_models(study, tmp_path):
     pd.testing.assert_series_equal(after.loc[before.index], before)  # same removals, same scores
 
 
+def test_several_draws_give_a_mean_and_sd_and_keep_draw_zero(study, tmp_path):
+    from clinfuse.experiments.robustness_plots import markdown_table, oracle_gaps
+
+    path = _ckpt(study["out"], "masked_mean")
+    argv = ["--config", str(QUICKSTART), "--ckpt", str(path), "--rates", "0,1", "--draws", "3", "--out", str(tmp_path),
+            "--no-mlflow", *_overrides(study["cohort"])]
+    r = robustness_main(argv)
+    counts = r.groupby(["kind", "condition"]).size()
+    assert counts[("mcar", "0")] == 1 and counts[("subset", "+".join(MODALITIES))] == 1  # nothing random there
+    assert counts[("mcar", "1")] == 3 and counts[("mnar", "0.5")] == 3 and counts[("mar", "0.5")] == 3
+    # draw 0 is the removal a one-draw study uses, so its scores are the study's
+    before = study["results"].query("head == 'masked_mean'").set_index(["kind", "condition"])["value"]
+    first = r[r["draw"] == 0].set_index(["kind", "condition"])["value"]
+    pd.testing.assert_series_equal(first.loc[before.index], before)
+    # at rate 1 each patient keeps one modality chosen at random: the draws differ, for model and oracle
+    at_one = r[(r["kind"] == "mcar") & (r["condition"] == "1")]
+    assert at_one["value"].nunique() == 3 and at_one["oracle"].nunique() == 3
+    table = markdown_table(r)
+    assert f"| mcar: 1 | {at_one['value'].mean():.3f} ± {at_one['value'].std():.3f} |" in table
+    assert "mean ± sd over 3 draws" in table
+    assert f"| mcar: 0 | {r.loc[(r['kind'] == 'mcar') & (r['condition'] == '0'), 'value'].iloc[0]:.3f} |" in table
+    # the mcar gap averages the rates, each rate once (its mean over draws)
+    mcar = r[r["kind"] == "mcar"]
+    per_rate = (mcar["oracle"] - mcar["value"]).groupby(mcar["condition"]).mean()
+    assert oracle_gaps(r).loc["MaskedMeanFusion", "mcar"] == pytest.approx(per_rate.mean())
+    assert (tmp_path / "mcar_lines.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
@@ -175,6 +203,7 @@ def test_checkpoints_are_scored_like_the_trained_models(study, tmp_path):
         (["--rates", "0,1.5"], "1.5"),
         (["--rates", "-0.1"], "-0.1"),
         (["--ckpt", "/nowhere/model.ckpt"], "/nowhere/model.ckpt"),
+        (["--draws", "0"], "--draws must be >= 1, got 0"),
     ],
 )
 def test_bad_input_fails_with_a_clear_error(extra, match, tmp_path):
