@@ -39,6 +39,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import MLFlowLogger
 
 from clinfuse.datasets.datamodule import ClinicalDataModule
+from clinfuse.experiments.metric_direction import lower_is_better
 from clinfuse.experiments.module import ClinFuseModule, monitor_for
 from clinfuse.experiments.oracle import format_comparison, oracle_metrics
 from clinfuse.experiments.tracking import MLflowSaveConfigCallback, default_logger_config
@@ -84,7 +85,7 @@ class ClinFuseCLI(LightningCLI):
             return
         if not ckpt.get("monitor"):
             ckpt["monitor"] = monitor_for(config["model"]["task"])
-        elif ckpt.get("mode") == "max" and str(ckpt["monitor"]).split("/")[-1].startswith(LOWER_IS_BETTER):
+        elif ckpt.get("mode") == "max" and lower_is_better(ckpt["monitor"]):
             ckpt["mode"] = "min"
 
     def before_fit(self) -> None:
@@ -355,9 +356,6 @@ def _json_object(text: str) -> dict:
             f"must be a JSON object of modality -> settings, e.g. '{example}'; got a {type(value).__name__}: {text}")
     return value
 
-
-#: validation metrics where lower is better: a checkpoint monitoring one of them is minimised
-LOWER_IS_BETTER = ("loss", "ibs", "brier", "step_loss")
 
 #: command -> (module, function taking the remaining arguments, one-line summary for ``clinfuse --help``);
 #: LightningCLI owns fit/validate/test/predict

@@ -148,9 +148,9 @@ def _monitor_sweep_metric(trainer, metric: str, direction: str) -> None:  # noqa
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     old = trainer.checkpoint_callback
-    if old is not None and old.monitor == metric:
-        return
     mode = "max" if direction == "maximize" else "min"
+    if old is not None and old.monitor == metric and old.mode == mode:
+        return
     new = ModelCheckpoint(dirpath=old.dirpath if old else None, filename="best-{epoch}", monitor=metric, mode=mode)
     trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)] + [new]
 

@@ -4,7 +4,7 @@ A sweep file (``experiments/sweeps/<name>.yaml``)::
 
     study_name: quickstart-lr          # default: the file name
     metric: val/c_index                # any metric the module logs per validation epoch
-    direction: maximize                # or minimize (e.g. val/ibs)
+    direction: maximize                # or minimize; default: minimize for a loss, IBS or Brier score
     sampler: {name: tpe, seed: 0}      # tpe | random
     pruner: {name: median, n_startup_trials: 3, n_warmup_steps: 2}   # median | none
     fixed:                             # dotted config keys set in every trial
@@ -28,6 +28,8 @@ from typing import Any
 
 import optuna
 import yaml
+
+from clinfuse.experiments.metric_direction import lower_is_better
 
 PARAM_TYPES = ("float", "int", "categorical", "config")
 
@@ -60,9 +62,13 @@ class SweepSpace:
         for key in ("metric", "space"):
             if key not in doc:
                 raise ValueError(f"{path}: missing key '{key}'")
-        direction = doc.get("direction", "maximize")
+        lower = lower_is_better(doc["metric"])
+        direction = doc.get("direction", "minimize" if lower else "maximize")
         if direction not in ("maximize", "minimize"):
             raise ValueError(f"{path}: direction must be maximize or minimize, got {direction!r}")
+        if lower and direction == "maximize":
+            raise ValueError(f"{path}: direction maximize for metric {doc['metric']!r}, where lower is better "
+                             "(a loss, IBS or Brier score): use direction minimize")
         space = doc["space"]
         if not isinstance(space, dict) or not space:
             raise ValueError(f"{path}: 'space' must be a non-empty mapping of dotted key -> distribution")

@@ -118,6 +118,10 @@ def test_bad_input_to_clinfuses_own_commands_is_a_message_not_a_traceback(tmp_pa
     (["--checkpoint.monitor", "val/ibs"], "val/ibs", "min"),
     (["--checkpoint.monitor", "val/uno_c_index"], "val/uno_c_index", "max"),
     (["--model.task", "binary"], "val/auroc", "max"),
+    (["--checkpoint.monitor", "val/task_loss"], "val/task_loss", "min"),
+    (["--checkpoint.monitor", "val/loss"], "val/loss", "min"),
+    (["--checkpoint.monitor", "val/step_loss"], "val/step_loss", "min"),
+    (["--checkpoint.monitor", "val/d_calibration_p"], "val/d_calibration_p", "max"),
 ])
 def test_checkpoint_monitor_defaults_to_the_task_and_can_be_set(synthetic_cohort, tmp_path, extra, monitor, mode):
     cli = cli_main(["--config", str(Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"),

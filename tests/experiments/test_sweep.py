@@ -59,6 +59,8 @@ def _sweep_file(tmp_path: Path, name: str = "tiny", epochs: int = 2) -> Path:
         ({"metric": "m", "space": {"x": {"type": "categorical", "choices": [{"a": 1}]}}}, "type: config"),
         ({"metric": "m", "direction": "up", "space": {"x": {"type": "categorical", "choices": [1]}}}, "direction"),
         ({"metric": "m", "spaces": {}}, r"unknown key\(s\) \['spaces'\]"),
+        ({"metric": "val/task_loss", "direction": "maximize", "space": {"x": {"type": "categorical", "choices": [1]}}},
+         "direction maximize for metric 'val/task_loss', where lower is better"),
     ],
 )
 def test_bad_sweep_files_are_rejected_naming_the_key(tmp_path, doc, match):
@@ -287,3 +289,27 @@ def test_sweep_parent_run_stays_running_while_another_worker_has_a_trial(tmp_pat
     other.tell(running, 0.5)  # that worker's trial ends; its run_sweep would then finish the parent
     run_sweep(space, [str(QUICKSTART)], n_trials=1, storage=storage)
     assert _parent_status(tmp_path, "shared_parent") == "FINISHED"
+
+
+def test_a_lower_is_better_metric_defaults_to_minimize(tmp_path):
+    path = tmp_path / "ibs.yaml"
+    path.write_text(yaml.safe_dump({"metric": "val/ibs", "space": {"x": {"type": "categorical", "choices": [1]}}}))
+    assert SweepSpace.load(path).direction == "minimize"
+    path.write_text(yaml.safe_dump({"metric": "val/c_index", "space": {"x": {"type": "categorical", "choices": [1]}}}))
+    assert SweepSpace.load(path).direction == "maximize"
+
+
+def test_the_sweeps_checkpoint_follows_its_direction_even_on_the_configs_own_monitor(tmp_path):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from clinfuse.experiments.sweep import _monitor_sweep_metric
+
+    trainer = Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path, monitor="val/task_loss", mode="max")], logger=False,
+                      default_root_dir=tmp_path, enable_progress_bar=False)
+    _monitor_sweep_metric(trainer, "val/task_loss", "minimize")
+    assert (trainer.checkpoint_callback.monitor, trainer.checkpoint_callback.mode) == ("val/task_loss", "min")
+    kept = trainer.checkpoint_callback
+    _monitor_sweep_metric(trainer, "val/task_loss", "minimize")  # already right: left as it is
+    assert trainer.checkpoint_callback is kept
+    assert sum(isinstance(c, ModelCheckpoint) for c in trainer.callbacks) == 1
