@@ -76,9 +76,12 @@ def plot_mcar_lines(results: pd.DataFrame, path: Path) -> Path:
     r["rate"] = r["condition"].astype(float)
     draws = int(r["draws"].max()) if len(r) else 1
     fig, ax = plt.subplots(figsize=(6, 4))
-    for head in _ordered(r["head"]):
+    heads = _ordered(r["head"])
+    span = float(r["rate"].max() - r["rate"].min()) if len(r) else 0.0
+    for k, head in enumerate(heads):
         h = r[r["head"] == head].sort_values("rate")
-        ax.errorbar(h["rate"], h["value"], yerr=h["value_sd"].fillna(0) if draws > 1 else None, marker="o",
+        dodge = (k - (len(heads) - 1) / 2) * 0.012 * span if draws > 1 else 0.0  # error bars side by side
+        ax.errorbar(h["rate"] + dodge, h["value"], yerr=h["value_sd"].fillna(0) if draws > 1 else None, marker="o",
                     capsize=3, label=head)
     o = r.drop_duplicates("rate").sort_values("rate")
     if o["oracle"].notna().any():
