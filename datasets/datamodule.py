@@ -239,7 +239,9 @@ class ClinicalDataModule(pl.LightningDataModule):
         return {"preprocessing": self.preprocessing_state(), "spec": self.spec}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Refuse to resume on data whose fitted preprocessing differs from the checkpoint's."""
+        """Refuse to resume on data with another modality spec than the checkpoint's (``clinfuse``'s
+        commands also compare the fitted statistics and reader settings before loading one:
+        :mod:`clinfuse.experiments.training_match`)."""
         if state_dict.get("spec") is not None and state_dict["spec"] != self.spec:
             raise ValueError(
                 f"the checkpoint was trained on data with modality spec {sorted(state_dict['spec'])} "

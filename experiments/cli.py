@@ -42,6 +42,7 @@ from clinfuse.datasets.datamodule import ClinicalDataModule
 from clinfuse.experiments.metric_direction import lower_is_better
 from clinfuse.experiments.module import ClinFuseModule, monitor_for
 from clinfuse.experiments.oracle import format_comparison, oracle_metrics
+from clinfuse.experiments.training_match import check_checkpoint_data
 from clinfuse.experiments.tracking import MLflowSaveConfigCallback, default_logger_config
 
 
@@ -106,6 +107,8 @@ class ClinFuseCLI(LightningCLI):
         path = self.config_init[subcommand].get("ckpt_path")
         if path and Path(str(path)).is_file():  # not "best", "last", "hpc", "registry" or a remote URL
             check_checkpoint(path, self.model, self.datamodule.spec)
+            # other splits would test on training patients; other statistics preprocess differently
+            check_checkpoint_data(path, self.datamodule, fix=CKPT_DATA_FIX.format(subcommand=subcommand))
             if subcommand != "fit":
                 tag_checkpoint_source(self.trainer, str(path))
 
@@ -129,6 +132,12 @@ class ClinFuseCLI(LightningCLI):
 
     def after_test(self) -> None:
         report_against_oracle(self, {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")})
+
+
+#: what ``clinfuse test/validate/predict --ckpt_path`` on other data than the checkpoint's tells the user
+CKPT_DATA_FIX = ("run `clinfuse {subcommand}` with the data settings the model was trained with (its config.yaml); "
+                 "to score or validate it on another cohort use `clinfuse score` or `clinfuse evaluate` with its "
+                 "prognosis model, which apply the model's own preprocessing")
 
 
 def tag_checkpoint_source(trainer: object, path: str) -> None:

@@ -1,4 +1,5 @@
-"""Does a data module hold the data a checkpoint was trained on? (``Prognosis.from_training``)
+"""Does a data module hold the data a checkpoint was trained on? (``Prognosis.from_training``,
+``clinfuse test/validate/predict/fit --ckpt_path``)
 
 The Breslow baseline of a Cox model is fitted on the training split's predicted risks, so building
 a predictor with another cohort, other modalities or other splits than the checkpoint's gives
@@ -17,8 +18,11 @@ from typing import Any
 import numpy as np
 
 
+FIX = "pass the ClinicalDataModule the checkpoint was trained with (same root, modalities, splits and reader settings)"
+
+
 def check_training_data(checkpoint: str | Path, spec: Mapping[str, Any], saved: Mapping[str, Any] | None,
-                        datamodule: Any) -> None:
+                        datamodule: Any, fix: str = FIX) -> None:
     """Raise unless ``datamodule`` looks like the data module ``checkpoint`` was trained with.
 
     Args:
@@ -26,6 +30,7 @@ def check_training_data(checkpoint: str | Path, spec: Mapping[str, Any], saved: 
         spec: the model's modality spec (its ``spec`` hyperparameter).
         saved: the checkpoint's saved data-module preprocessing state (None: not saved, not compared).
         datamodule: a ``ClinicalDataModule``.
+        fix: what the error messages tell the user to do.
 
     Raises:
         TypeError: ``datamodule`` is not a data module (e.g. a path string).
@@ -35,7 +40,6 @@ def check_training_data(checkpoint: str | Path, spec: Mapping[str, Any], saved: 
     if not hasattr(datamodule, "preprocessing_state") or not hasattr(datamodule, "spec"):
         raise TypeError(f"datamodule must be the ClinicalDataModule the checkpoint was trained with, "
                         f"got {type(datamodule).__name__} {datamodule!r:.80}")
-    fix = "pass the ClinicalDataModule the checkpoint was trained with (same root, modalities, splits and reader settings)"
     data_spec = datamodule.spec
     if set(spec) != set(data_spec):
         raise ValueError(f"checkpoint {checkpoint} was trained on modalities {sorted(spec)}, the datamodule loads "
@@ -57,6 +61,23 @@ def check_training_data(checkpoint: str | Path, spec: Mapping[str, Any], saved: 
                 what = "reader setting" if part == "config" else "training statistic"
                 raise ValueError(f"checkpoint {checkpoint}: the datamodule's {m!r} {what} {field!r} differs from the "
                                  f"one the model was trained with (another cohort or split?): {fix}")
+
+
+def check_checkpoint_data(checkpoint: str | Path, datamodule: Any, fix: str = FIX) -> None:
+    """:func:`check_training_data` for a checkpoint file: its saved spec and data-module state
+    against ``datamodule`` (a checkpoint without them, e.g. not written by ``clinfuse fit``, passes).
+
+    Raises:
+        ValueError: as :func:`check_training_data`.
+    """
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    spec = (ckpt.get("hyper_parameters") or {}).get("spec")
+    if spec is None:
+        return
+    saved = ckpt.get(type(datamodule).__qualname__) or {}
+    check_training_data(checkpoint, spec, saved.get("preprocessing"), datamodule, fix)
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:

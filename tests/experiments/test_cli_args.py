@@ -129,3 +129,28 @@ def test_checkpoint_monitor_defaults_to_the_task_and_can_be_set(synthetic_cohort
                     f"--trainer.default_root_dir={tmp_path}", *extra], run=False)
     ckpt = cli.trainer.checkpoint_callback
     assert (ckpt.monitor, ckpt.mode) == (monitor, mode)
+
+
+@pytest.mark.parametrize("sub", ["test", "predict"])
+def test_ckpt_on_other_splits_of_the_same_files_is_refused(sub, tabular_genomics_ckpt, synthetic_cohort, tmp_path,
+                                                           monkeypatch):
+    # the same files with another splits.csv: "test" patients would include the model's training patients
+    import pandas as pd
+
+    other = tmp_path / "resplit"
+    other.mkdir()
+    for f in synthetic_cohort.iterdir():
+        if f.name != "splits.csv" and not f.name.startswith("."):
+            (other / f.name).symlink_to(f)
+    splits = pd.read_csv(synthetic_cohort / "splits.csv", dtype=str)
+    train, test = splits["split"] == "train", splits["split"] == "test"
+    swap = splits.loc[train].index[: int(test.sum())]
+    splits.loc[test, "split"], splits.loc[swap, "split"] = "train", "test"
+    splits.to_csv(other / "splits.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    args = [sub, *_args(other, "--data.modalities=[tabular, genomics]"), "--ckpt_path", str(tabular_genomics_ckpt)]
+    with pytest.raises(ValueError, match=r"training statistic .* differs from the one the model was trained with "
+                                         r"\(another cohort or split\?\): run `clinfuse " + sub + r"` with the data "
+                                         r"settings the model was trained with .*`clinfuse score` or `clinfuse evaluate`") as err:
+        cli_main(args)
+    assert str(tabular_genomics_ckpt) in str(err.value)
