@@ -190,11 +190,11 @@ class ClinicalDataModule(pl.LightningDataModule):
         return self.cohort.state_dict()
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, data: ClinicalDataset | None = None) -> DataLoader:
         self.setup()
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
-            self._datasets[split],
+            self._datasets[split] if data is None else data,
             batch_size=self.batch_size,
             shuffle=shuffle,
             generator=generator,
@@ -216,10 +216,11 @@ class ClinicalDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def split_dataloader(self, split: str) -> DataLoader:
-        """Batches of any split (``train``, ``val``, ``test``) in split order, unshuffled."""
+        """Batches of any split (``train``, ``val``, ``test``) in split order, unshuffled, read as
+        for evaluation (the training split too: fixed WSI patches, not training's random ones)."""
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; expected train, val or test")
-        return self._loader(split, shuffle=False)
+        return self._loader(split, shuffle=False, data=ClinicalDataset(self.cohort, split, training=False))
 
     def predict_dataloader(self) -> DataLoader:
         """``predict_split``'s patients in split order (eval mode: fixed WSI patches), for ``trainer.predict``."""

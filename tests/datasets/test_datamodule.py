@@ -139,3 +139,21 @@ def test_an_empty_val_split_warns(tiny):
         dm.setup("fit")
     assert not [w for w in record if "test split" in str(w.message)]
     assert len(dm._datasets["train"]) == len(tiny.train) + len(tiny.val)
+
+
+def test_split_dataloader_reads_the_training_split_as_for_evaluation(synthetic_cohort):
+    # training batches draw random WSI patches; split_dataloader (reports, Breslow baselines) must not
+    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["wsi"], max_patches=8, batch_size=64)
+
+    def features(loader):
+        torch.manual_seed(0)
+        first = next(iter(loader))["inputs"]["wsi"]
+        torch.manual_seed(1)
+        second = next(iter(loader))["inputs"]["wsi"]
+        return first, second
+
+    a, b = features(dm.split_dataloader("train"))
+    assert torch.equal(a["features"], b["features"]) and torch.equal(a["mask"], b["mask"])
+    train_loader = dm._loader("train", shuffle=False)  # the training dataset, in split order
+    c, d = features(train_loader)
+    assert not torch.equal(c["features"], d["features"])  # so the check above can fail
