@@ -88,7 +88,8 @@ class ClinFuseModule(pl.LightningModule):
             competing causes (label ``cause``: 0 censored, 1..R) ``pmf_cr`` or ``deephit_cr``.
         n_time_bins: bins of the discrete-time losses.
         risk_memory: Cox only: recent (risk, time, event) samples kept to enlarge the risk sets of
-            tiny batches during training (0 = off; see ``CoxRiskMemory``).
+            tiny batches during training (0 = off; see ``CoxRiskMemory``); emptied at the start of
+            each training epoch, so it holds earlier batches of the same epoch only.
         n_causes: competing causes of the ``*_cr`` losses (linked from the data module's largest
             ``cause`` label by the CLI).
     """
@@ -373,6 +374,12 @@ class ClinFuseModule(pl.LightningModule):
             return None
         baseline = BreslowBaseline().fit(*tr)
         return lambda t: baseline.survival(risk, t)
+
+    def on_train_epoch_start(self) -> None:
+        """Empty the Cox risk memory: within an epoch every patient is seen once, so its risk sets
+        never hold a stale copy of a patient (the event's own included) next to the current one."""
+        if self.objective is not None and self.objective.memory is not None:
+            self.objective.memory.reset()
 
     def on_train_epoch_end(self) -> None:
         self._epoch_metrics("train")

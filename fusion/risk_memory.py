@@ -8,6 +8,9 @@ current batch.
 This is an approximation: the remembered risks were produced by OLDER parameters (stale), and they
 carry no gradient, so only the current batch's samples are pushed apart from them. Remembered
 samples also never contribute their own event terms (they had their turn when they were current).
+``ClinFuseModule`` empties the memory at the start of every training epoch, so it only ever holds
+other patients of the same epoch (without that, a memory longer than the training split would hold
+several stale copies of each patient, the current event's own among them).
 The exact alternative is gradient accumulation over a larger effective batch, computing the Cox loss
 once on the concatenated risks before ``backward`` (e.g. collect the risks of several forward passes,
 or use a small-memory encoder so that a larger batch fits).
