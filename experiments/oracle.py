@@ -1,4 +1,5 @@
-"""Compare a model's test metrics with the synthetic cohort's oracle (the best achievable)."""
+"""Compare a model's test metrics with the synthetic cohort's oracle (the best achievable from the
+data's values; see ``clinfuse.datasets.synthetic.oracle`` for what it does not use)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def format_comparison(test: dict[str, float], oracle: dict[str, float], task: st
         ratio_text = f"{ratio:>19.3f}" if not math.isnan(ratio) else f"{'-':>19}"
         rows.append(f"{n:<{w}} {model:>8.4f} {full:>13.4f} {obs:>17.4f} {ratio_text}")
     notes = ["oracle: the generator's Bayes-optimal risk on the same test patients; full = from the latent state "
-             "(no missing data), observed = given the modalities each patient has. Chance is 0.5."]
+             "(no missing data), observed = from the values of the modalities each patient has (not from which are "
+             "missing, which can carry risk). Chance is 0.5."]
     if loaded is not None and cohort_modalities is not None and sorted(loaded) != sorted(cohort_modalities):
         notes.append(f"this model reads {sorted(loaded)} of the cohort's {sorted(cohort_modalities)}: oracle(observed) "
                      "is given those of them each patient has (oracle(full) still uses everything).")

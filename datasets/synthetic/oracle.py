@@ -10,6 +10,11 @@ so ``risk_observed = beta . mu`` and ``prob_observed = E[sigmoid(gamma . z + b)]
 the probit trick ``sigmoid(m / sqrt(1 + pi s2 / 8))`` with ``m = gamma . mu + b``,
 ``s2 = gamma^T S gamma``. A patient with no modality gets the prior (``mu = 0``, ``S = I``).
 Patients are grouped by missingness pattern (at most 2^6 = 64), one matrix inverse per pattern.
+
+"Bayes-optimal" is given the observed *values*: the posterior does not condition on the missingness
+pattern itself. Under the default MNAR notes (and MAR modalities driven by a sometimes-missing age)
+the pattern carries some information about the risk, so a ranking that also used it could score
+slightly higher than ``risk_observed``.
 """
 
 import numpy as np

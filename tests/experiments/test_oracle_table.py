@@ -11,6 +11,7 @@ def test_ratio_by_hand_and_notes():
     row = next(line for line in text.splitlines() if line.startswith("c_index"))
     assert row.split() == ["c_index", "0.7000", "0.8000", "0.7500", "0.875"]
     assert "Bayes-optimal" in text and "Chance is 0.5" in text and "reads" not in text
+    assert "not from which are missing" in text  # what oracle(observed) does not use
 
 
 def test_fewer_loaded_modalities_are_named_and_auprc_has_no_ratio():
