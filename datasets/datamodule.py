@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 from pathlib import Path
@@ -36,6 +37,10 @@ class ClinicalDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         ecg_fs: ECG output sampling rate (Hz).
         ecg_seconds: ECG output duration (s).
+        ecg_leads: ECG lead names in output order (None: the 12 standard leads); a lead a record
+            lacks is masked.
+        ecg_lead_aliases: record channel name -> lead name, applied before selecting leads (e.g.
+            ``{"MLII": "II"}`` for MIT-BIH Holter records); saved with the model.
         max_patches: WSI patches per patient at most.
         max_events: time-series events per patient at most (most recent kept).
         max_notes: notes per patient at most (most recent kept).
@@ -50,7 +55,8 @@ class ClinicalDataModule(pl.LightningDataModule):
             this many training patients contain it (keeps one patient's names out of the saved model).
         notes_long: ``truncate`` (each note's first ``max_words`` tokens) or ``split`` (every note cut
             into ``max_words``-word segments, each read as a note with the note's time).
-        synth_if_missing: generate a synthetic cohort at ``root`` if the folder does not exist.
+        synth_if_missing: generate a synthetic cohort at ``root`` if the folder does not exist (off by
+            default and in ``quickstart.yaml``: a mistyped ``root`` is then an error, not synthetic data).
         synth_patients: patients of that synthetic cohort.
         synth_seed: seed of that synthetic cohort.
         seed: seed of the training loader's shuffling generator.
@@ -66,6 +72,8 @@ class ClinicalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         ecg_fs: float = 100.0,
         ecg_seconds: float = 10.0,
+        ecg_leads: list[str] | None = None,
+        ecg_lead_aliases: dict[str, str] | None = None,
         max_patches: int = 512,
         max_events: int = 512,
         max_notes: int = 8,
@@ -89,6 +97,8 @@ class ClinicalDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.ecg_fs = ecg_fs
         self.ecg_seconds = ecg_seconds
+        self.ecg_leads = _lead_list(ecg_leads)
+        self.ecg_lead_aliases = _alias_map(ecg_lead_aliases)
         self.max_patches = max_patches
         self.max_events = max_events
         self.max_notes = max_notes
@@ -119,12 +129,16 @@ class ClinicalDataModule(pl.LightningDataModule):
         if self.synth_if_missing and not str(self.root).startswith("builtin:") and not Path(self.root).exists():
             from clinfuse.datasets.synthetic import generate_cohort  # lazy: heavy and optional
 
+            # said out loud: a mistyped root must not pass for real data
+            print(f"data.root {self.root} does not exist: generating a SYNTHETIC cohort of {self.synth_patients} patients "
+                  f"there (data.synth_if_missing=true)", file=sys.stderr)
             generate_cohort(self.root, n_patients=self.synth_patients, seed=self.synth_seed)
 
     def _reader_kwargs(self) -> dict[str, dict[str, Any]]:
         return {
             "timeseries": {"max_events": self.max_events},
-            "ecg": {"fs": self.ecg_fs, "seconds": self.ecg_seconds},
+            "ecg": {"fs": self.ecg_fs, "seconds": self.ecg_seconds, "lead_aliases": self.ecg_lead_aliases,
+                    **({"leads": self.ecg_leads} if self.ecg_leads else {})},
             "notes": {"max_notes": self.max_notes, "max_words": self.max_words, "tokenizer": self.notes_tokenizer,
                       "vocab_size": self.notes_vocab_size, "pretrained": self.notes_pretrained,
                       "min_patients": self.notes_min_patients, "long_notes": self.notes_long},
@@ -248,3 +262,27 @@ class ClinicalDataModule(pl.LightningDataModule):
                 f"the checkpoint was trained on data with modality spec {sorted(state_dict['spec'])} "
                 f"that differs from the cohort at {self.root} ({sorted(self.spec)})"
             )
+
+
+def _lead_list(leads: Any) -> list[str] | None:
+    """``ecg_leads`` checked: None or distinct (case-insensitively), non-empty lead names."""
+    if leads is None:
+        return None
+    if isinstance(leads, str) or not isinstance(leads, (list, tuple)) or not leads \
+            or not all(isinstance(x, str) and x.strip() for x in leads):
+        raise ValueError(f"ecg_leads must be a non-empty list of lead names such as ['II', 'V5'], got {leads!r}")
+    folded = [x.strip().casefold() for x in leads]
+    repeated = sorted({x for x in leads if folded.count(x.strip().casefold()) > 1})
+    if repeated:
+        raise ValueError(f"ecg_leads names a lead more than once (case-insensitively): {repeated}")
+    return [x.strip() for x in leads]
+
+
+def _alias_map(aliases: Any) -> dict[str, str]:
+    """``ecg_lead_aliases`` checked: a mapping of channel name -> lead name (both text)."""
+    if aliases is None:
+        return {}
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise ValueError(f"ecg_lead_aliases must map record channel names to lead names, e.g. {{'MLII': 'II'}}, "
+                         f"got {aliases!r}")
+    return dict(aliases)

@@ -111,7 +111,8 @@ def pick_leads(
     found = [k for k, (j, _) in enumerate(wanted) if j is not None]
     if not found:
         raise ValueError(
-            f"{where}: none of the leads {list(leads)} found; the signal has {list(names)} (lead_aliases: {lead_aliases})"
+            f"{where}: none of the leads {list(leads)} found; the signal has {list(names)} (lead_aliases: {lead_aliases}; "
+            "rename channels with data.ecg_lead_aliases, e.g. {MLII: II}, or choose leads with data.ecg_leads)"
         )
     cols = [wanted[k][0] for k in found]
     x = data if cols == list(range(data.shape[1])) else data[:, cols]  # (S_in, L_found), a view when all

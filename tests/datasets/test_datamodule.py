@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pandas as pd
@@ -72,7 +73,7 @@ def test_train_shuffle_is_seeded(tiny):
     assert first != order(1)
 
 
-def test_synth_if_missing_calls_generator(tiny, tmp_path, monkeypatch):
+def test_synth_if_missing_calls_generator(tiny, tmp_path, monkeypatch, capsys):
     calls = []
 
     def fake_generate(root, n_patients, seed):
@@ -88,8 +89,43 @@ def test_synth_if_missing_calls_generator(tiny, tmp_path, monkeypatch):
     dm = ClinicalDataModule(root=str(root), synth_if_missing=True, synth_patients=12, synth_seed=5)
     dm.prepare_data()
     assert calls == [(str(root), 12, 5)] and dm.n_classes == 3
+    assert f"data.root {root} does not exist: generating a SYNTHETIC cohort of 12 patients" in capsys.readouterr().err
     ClinicalDataModule(root=str(root), synth_if_missing=True).prepare_data()  # exists: no new call
-    assert len(calls) == 1
+    assert len(calls) == 1 and "SYNTHETIC" not in capsys.readouterr().err
+
+
+def test_quickstart_config_refuses_a_root_that_does_not_exist(tmp_path):
+    # a mistyped data.root must not quietly become a synthetic cohort
+    from clinfuse.experiments.cli import cli_main
+
+    quickstart = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
+    typo = tmp_path / "my_cohrt"
+    with pytest.raises(ValueError, match=f"cohort folder {typo} does not exist"):
+        cli_main(["--config", str(quickstart), f"--data.root={typo}", "--trainer.logger=false"], run=False)
+    assert not typo.exists()
+
+
+def test_ecg_leads_and_aliases_reach_the_reader_and_the_saved_state(synthetic_cohort):
+    base = ClinicalDataModule(str(synthetic_cohort), modalities=["ecg"], ecg_leads=["II", "V5"], batch_size=8)
+    renamed = ClinicalDataModule(str(synthetic_cohort), modalities=["ecg"], ecg_leads=["MLII", "V5"],
+                                 ecg_lead_aliases={"II": "MLII"}, batch_size=8)
+    assert base.spec["ecg"]["leads"] == ["II", "V5"] and renamed.spec["ecg"]["leads"] == ["MLII", "V5"]
+    a = next(iter(base.split_dataloader("test")))["inputs"]["ecg"]
+    b = next(iter(renamed.split_dataloader("test")))["inputs"]["ecg"]
+    assert a["signal"].shape[1] == 2 and a["lead_mask"].any()
+    assert torch.equal(a["signal"], b["signal"]) and torch.equal(a["lead_mask"], b["lead_mask"])  # II read as MLII
+    config = renamed.preprocessing_state()["modalities"]["ecg"]["config"]
+    assert config["lead_aliases"] == {"II": "MLII"} and config["leads"] == ["MLII", "V5"]  # the predictor replays them
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"ecg_leads": "II"}, "ecg_leads must be a non-empty list"), ({"ecg_leads": []}, "ecg_leads must be a non-empty list"),
+    ({"ecg_leads": ["II", "ii"]}, r"more than once \(case-insensitively\): \['II', 'ii'\]"),
+    ({"ecg_lead_aliases": ["MLII", "II"]}, "ecg_lead_aliases must map record channel names"),
+])
+def test_bad_ecg_lead_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ClinicalDataModule("anywhere", **kwargs)
 
 
 def test_lightning_trainer_moves_batches(tiny):
