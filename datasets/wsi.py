@@ -42,8 +42,33 @@ def read_slide_features(path: str | Path, feature_dim: int | None = None, where:
         try:
             feats = np.asarray(_read_h5_features(path), dtype=np.float32)
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path} {where}: corrupt or unreadable slide file: {err}") from err
+            raise ValueError(f"{path} {where}: {_unreadable(path)}: {err}") from err
     return check_bag(feats, feature_dim, f"{path} {where}")
+
+
+def _unreadable(path: str | Path) -> str:
+    """Why a slide file could not be read: missing (with the absolute path a relative one was
+    resolved to) or corrupt."""
+    if not Path(path).is_file():
+        return (f"no such slide file (looked for {Path(path).resolve()}; a relative path is resolved against "
+                "the working directory)")
+    return "corrupt or unreadable slide file"
+
+
+def eval_subset(bag: np.ndarray, max_patches: int) -> np.ndarray:
+    """The fixed patch subset evaluation reads from a bag of more than ``max_patches`` patches: a
+    random subset (in the bag's order) seeded by the bag itself (its length and 64 evenly spaced
+    rows), so the same slides give the same subset whatever the patient id (a pseudonymised
+    or re-keyed patient gets the same prediction). Smaller bags are returned whole.
+
+    Shapes:
+        bag: ``(P, F)`` -> ``(min(P, max_patches), F)``
+    """
+    if len(bag) <= max_patches:
+        return bag
+    fingerprint = np.ascontiguousarray(bag[:: max(1, len(bag) // 64)]).tobytes()
+    rng = np.random.default_rng((zlib.crc32(fingerprint), len(bag)))
+    return bag[np.sort(rng.choice(len(bag), size=max_patches, replace=False))]
 
 
 def check_bag(feats: np.ndarray, feature_dim: int | None, label: str) -> np.ndarray:
@@ -84,7 +109,7 @@ def _read_torch_features(path: str | Path, where: str) -> np.ndarray:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types (RuntimeError, UnpicklingError...): name the file
-        raise ValueError(f"{path} {where}: corrupt or unreadable slide file: {err}") from err
+        raise ValueError(f"{path} {where}: {_unreadable(path)}: {err}") from err
     if not isinstance(obj, torch.Tensor):
         raise ValueError(f"{path} {where}: a .pt slide file must hold one tensor, got {type(obj).__name__}")
     if not obj.is_floating_point():
@@ -116,7 +141,8 @@ class WSIReader(ModalityReader):
     order; each a CLAM ``.h5`` or a torch ``.pt``, see ``read_slide_features``). At most
     ``max_patches`` patches are returned: a uniform random subset in
     training mode (drawn from torch's RNG, so ``seed_everything`` and per-worker seeding apply), and
-    in eval mode a fixed subset seeded by the patient id (the same patches every epoch). Subsets
+    in eval mode a fixed subset seeded by the bag's content (:func:`eval_subset`: the same patches
+    every epoch, and for the same slides under another patient id). Subsets
     keep the bag's patch order. Features are not normalised (they are pre-extracted embeddings).
 
     Args:
@@ -207,15 +233,10 @@ class WSIReader(ModalityReader):
 
     def _get(self, patient_id: str, training: bool) -> dict[str, np.ndarray]:
         bag = self._read_bag(patient_id, self._state["feature_dim"])
-        if len(bag) > self.max_patches:
-            if training:
-                seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-            else:
-                seed = zlib.crc32(patient_id.encode())
-            rng = np.random.default_rng(seed)
-            keep = np.sort(rng.choice(len(bag), size=self.max_patches, replace=False))
-            bag = bag[keep]
-        return {"features": bag}
+        if len(bag) > self.max_patches and training:  # a fresh random subset at every read
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+            bag = bag[np.sort(rng.choice(len(bag), size=self.max_patches, replace=False))]
+        return {"features": eval_subset(bag, self.max_patches)}
 
     def collate(self, items: Sequence[dict[str, np.ndarray] | None]) -> dict[str, torch.Tensor]:
         """Pad bags to the largest in the batch.

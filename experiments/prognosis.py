@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,8 @@ from clinfuse.experiments.prognosis_inputs import collate_shell, finish_items, r
 from clinfuse.experiments.survival_curves import BreslowBaseline
 
 FORMAT_VERSION = 1
+#: the keys of a predictor folder's ``model.ckpt`` (see :meth:`Prognosis.save`)
+PREDICTOR_CHECKPOINT_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version")
 
 
 class Prognosis:
@@ -42,7 +43,8 @@ class Prognosis:
         model: a trained ``ClinFuseModule`` (put in eval mode here).
         preprocessing: ``Cohort.state_dict()`` of the data the model was trained on.
         baseline: the Breslow baseline (survival task), else None.
-        checkpoint_path: the model checkpoint file (copied by :meth:`save`).
+        checkpoint_path: the checkpoint the model was loaded from (informative: :meth:`save`
+            writes the model held in memory).
     """
 
     def __init__(self, model, preprocessing: dict, baseline: BreslowBaseline | None, checkpoint_path: str | Path,
@@ -117,11 +119,16 @@ class Prognosis:
         return cls(model, preprocessing, baseline, checkpoint_path, training_summary(model, datamodule))
 
     def save(self, path: str | Path) -> Path:
-        """Write the predictor folder; returns it."""
+        """Write the predictor folder; returns it.
+
+        ``model.ckpt`` is written from the model in memory and holds what prediction needs only
+        (:data:`PREDICTOR_CHECKPOINT_KEYS`): not the training checkpoint's optimizer and loop state,
+        nor its callback and data-module settings, which name the training site's folders. So a
+        loaded or unpickled predictor saves again after its source folder is gone.
+        """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        if self.checkpoint_path.resolve() != (out / "model.ckpt").resolve():
-            shutil.copyfile(self.checkpoint_path, out / "model.ckpt")
+        self._write_checkpoint(out / "model.ckpt")
         (out / "preprocessing.json").write_text(json.dumps(self.preprocessing))
         if self.baseline is not None:
             (out / "baseline.json").write_text(json.dumps(self.baseline.state_dict()))
@@ -140,10 +147,25 @@ class Prognosis:
         (out / "model_card.md").write_text(render(self, self.summary))
         return out
 
+    def _write_checkpoint(self, path: Path) -> None:
+        """A Lightning-loadable checkpoint of :attr:`model` (weights + hyperparameters), written to a
+        temporary file first so that re-saving over the folder it was loaded from is safe."""
+        import lightning
+
+        ckpt = {
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "hyper_parameters": dict(self.model.hparams),
+            "hparams_name": "kwargs",
+            "pytorch-lightning_version": lightning.__version__,
+        }
+        tmp = path.with_name(f".{path.name}.partial")
+        torch.save(ckpt, tmp)
+        tmp.replace(path)
+
     @classmethod
     def load(cls, path: str | Path) -> "Prognosis":
-        """Load a folder written by :meth:`save`, or an MLflow URI (``runs:/``, ``models:/``) of
-        a model logged by :meth:`log_to_mlflow`.
+        """Load a folder written by :meth:`save`, an MLflow URI (``runs:/``, ``models:/``) of a
+        model logged by :meth:`log_to_mlflow`, or a local copy of such an MLflow model folder.
 
         The checkpoint is unpickled with ``weights_only=False`` (hyperparameters may hold
         component classes such as a fusion head): load only folders you trust.
@@ -163,6 +185,10 @@ class Prognosis:
             if not found:
                 raise ValueError(f"{path}: no prognosis folder (meta.json) among the downloaded artifacts")
             folder = found[0]
+        elif folder.is_dir() and not (folder / "meta.json").is_file() and (folder / "MLmodel").is_file():
+            # the MLflow model folder (what `mlflow models serve -m` takes) holds the predictor inside
+            found = sorted(p.parent for p in folder.rglob("meta.json"))
+            folder = found[0] if found else folder
         for name in ("model.ckpt", "preprocessing.json", "meta.json"):
             if not (folder / name).is_file():
                 raise ValueError(f"{folder}: not a prognosis folder, {name} is missing")
@@ -273,7 +299,8 @@ class Prognosis:
         when the curve stays above 0.5) and ``survival_at`` (all-cause); competing-risks models
         add ``cumulative_incidence`` (``times`` + ``cause_<r>`` lists) and ``incidence_at``
         (``cause_<r>`` -> horizon -> CIF); ``input_warnings``: values beyond ``max_input_sd``
-        training sd (:mod:`clinfuse.experiments.input_checks`), predicted anyway. A bad record gives
+        training sd (:mod:`clinfuse.experiments.input_checks`), predicted anyway, the parsers'
+        notices, horizons past the last training event, a record without any modality. A bad record gives
         ``{"patient_id", "error"}`` instead and does not affect the others.
         """
         horizons = self.check_horizons(horizons)
@@ -295,6 +322,10 @@ class Prognosis:
         results: list[dict] = []
         for lo in tqdm(starts, desc="predicting", unit="batch", disable=quiet):
             results += self._predict_records(records[lo:lo + batch_size], horizons, contributions, feature_contributions)
+        notice = self.horizon_notice(horizons)
+        for r in results:
+            if notice and "error" not in r:
+                r["input_warnings"].append(notice)
         return results
 
     def _predict_records(
@@ -319,6 +350,9 @@ class Prognosis:
         warns = [notes + [w for m, it in its.items() for w in out_of_range(m, self.states[m], it, self.max_input_sd)]
                  for notes, its in zip(notices, items)]
         used = [[m for m in self.modalities if m in its] for its in items]
+        for w, u in zip(warns, used):
+            if not u:  # e.g. a client whose every column serialised to null: a prediction from nothing
+                w.append(f"no modality given (the model uses {self.modalities}): this prediction uses no patient data")
         rows = self._predict_batch(self._batch(items), used, horizons, contributions, feature_contributions)
         for (i, pid), w, row in zip(good, warns, rows):
             if "error" in row:
@@ -353,15 +387,20 @@ class Prognosis:
         bad = [h for h in values if not np.isfinite(h) or h < 0]
         if bad:
             raise ValueError(f"horizons must be finite and >= 0, got {bad}")
-        end = self.last_event_time
-        past = [h for h in values if end is not None and h > end]
-        if past:
-            warnings.warn(
-                f"horizons {[f'{h:g}' for h in past]} are past the model's last training event time ({end:g}): "
-                f"survival there is the value at {end:g} carried forward, not an estimate",
-                stacklevel=3,
-            )
+        notice = self.horizon_notice(values)
+        if notice:
+            warnings.warn(notice, stacklevel=3)
         return values
+
+    def horizon_notice(self, horizons: Sequence[float]) -> str | None:
+        """The notice for horizons past :attr:`last_event_time` (None when there is none); also
+        each prediction's ``input_warnings`` entry, so that a REST client sees it too."""
+        end = self.last_event_time
+        past = [h for h in horizons if end is not None and h > end]
+        if not past:
+            return None
+        return (f"horizons {[f'{h:g}' for h in past]} are past the model's last training event time ({end:g}): "
+                f"survival there is the value at {end:g} carried forward, not an estimate")
 
     def predict_cohort(self, root: str | Path, **kwargs: Any) -> pd.DataFrame:
         """Score the patients of a cohort folder (``docs/formats.md``): one row per patient.

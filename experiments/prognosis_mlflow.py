@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 
@@ -74,7 +75,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def records_from_frame(df: pd.DataFrame) -> list[dict]:
-    """The wire DataFrame (one row per patient, JSON-string modality columns) -> records."""
+    """The wire DataFrame (one row per patient, JSON-string modality columns) -> records.
+
+    An empty frame is an empty request (no records). A JSON string may arrive wrapped in a 0-d
+    numpy array (MLflow's ``inputs`` request form) and is unwrapped first.
+    """
+    if df.empty:
+        return []
     if "patient_id" not in df.columns:
         raise ValueError(f"input needs a 'patient_id' column; got {list(df.columns)}")
     records = []
@@ -83,6 +90,8 @@ def records_from_frame(df: pd.DataFrame) -> list[dict]:
         missing = pid is None or (isinstance(pid, float) and math.isnan(pid))
         rec: dict[str, Any] = {"patient_id": None if missing else str(pid)}  # None: that row's error names it
         for key, value in row.items():
+            if isinstance(value, np.ndarray) and value.ndim == 0 or isinstance(value, np.generic):
+                value = value.item()
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
             try:
@@ -107,12 +116,19 @@ class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        records = records_from_frame(df)
         params = params or {}
-        horizons = tuple(params.get("horizons", (30, 90, 365)))
-        preds = self.prognosis.predict(records, horizons=horizons, contributions=bool(params.get("contributions", True)),
-                                       feature_contributions=bool(params.get("feature_contributions", False)),
-                                       show_progress=False)
+        try:
+            records = records_from_frame(df)
+            horizons = tuple(params.get("horizons", (30, 90, 365)))
+            preds = self.prognosis.predict(records, horizons=horizons,
+                                           contributions=bool(params.get("contributions", True)),
+                                           feature_contributions=bool(params.get("feature_contributions", False)),
+                                           show_progress=False)
+        except ValueError as err:  # a request-level mistake: MLflow's server would answer "unexpected error"
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(f"clinfuse: {err}", error_code=INVALID_PARAMETER_VALUE) from None
         rows = [
             {
                 "patient_id": p.get("patient_id"),

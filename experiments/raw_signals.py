@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import wfdb
 
 from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked
 from clinfuse.datasets.reader import FLOAT32_MAX
-from clinfuse.datasets.wsi import check_bag, read_slide_features
+from clinfuse.datasets.wsi import check_bag, eval_subset, read_slide_features
 from clinfuse.experiments.wire import decode_array
 
 Item = dict[str, np.ndarray]
@@ -130,7 +129,8 @@ def finish_items(states: Mapping[str, dict], items: Sequence[dict[str, Any]]) ->
 
 
 def wsi_item(state: dict, raw: Any, patient_id: str) -> Item:
-    """Slide(s) -> ``features`` (WSIReader eval mode: a patient-seeded patch subset). Raw forms in
+    """Slide(s) -> ``features`` (WSIReader eval mode: a content-seeded patch subset,
+    :func:`~clinfuse.datasets.wsi.eval_subset`). Raw forms in
     the module docstring; several slides are concatenated in the given order, as the reader does."""
     slides = raw if isinstance(raw, (list, tuple)) else [raw]
     if not slides:
@@ -138,11 +138,7 @@ def wsi_item(state: dict, raw: Any, patient_id: str) -> Item:
     dim = int(state["fitted"]["feature_dim"])
     field = (lambda k: f"wsi[{k}]") if isinstance(raw, (list, tuple)) else (lambda k: "wsi")
     bag = np.concatenate([_slide(s, dim, field(k)) for k, s in enumerate(slides)], axis=0)
-    max_patches = int(state["config"]["max_patches"])
-    if len(bag) > max_patches:
-        rng = np.random.default_rng(zlib.crc32(patient_id.encode()))
-        bag = bag[np.sort(rng.choice(len(bag), size=max_patches, replace=False))]
-    return {"features": bag}
+    return {"features": eval_subset(bag, int(state["config"]["max_patches"]))}
 
 
 def _slide(raw: Any, dim: int, field: str) -> np.ndarray:
