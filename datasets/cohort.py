@@ -208,7 +208,7 @@ def read_labels(path: Path, n_classes: int | None) -> pd.DataFrame:
     ids = df["patient_id"].tolist()
     check_unique_ids(ids, path)
     for col in has:
-        df[col] = to_float(df[col], path, col, ids)
+        df[col] = to_float(df[col], path, col, ids, unit="days")  # a datetime/timedelta is refused
         check_finite(df[col].to_numpy(), ids, path, col)
     for col in ("binary", "event"):
         if col not in has:

@@ -37,12 +37,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clinfuse.datasets.arrow_memory import arrow_system_pool, release_free_memory
-from clinfuse.datasets.reader import huge_values, require_columns
+from clinfuse.datasets.reader import FLOAT_IDS_HINT, huge_values, require_columns, temporal_error
 
 CACHE_DIR = ".clinfuse_cache"
-_VERSION = 1
+_VERSION = 2  # 2: datetime/timedelta times and float patient ids refused (an older store may hold them)
 COLUMNS = ("patient_id", "time", "variable", "value")
 _FILES = {"patient": np.int32, "time": np.float64, "code": np.int32, "value": np.float64}
+#: what to do about a null/NaN ``time`` or ``value`` row
+NAN_HINTS = {"time": "drop rows without a time: an event is placed by its time",
+             "value": "drop rows without a value: a measurement not taken is simply absent"}
 CHUNK_ROWS = 1 << 16  # rows per sequential read when scanning the store
 
 
@@ -90,8 +93,9 @@ def open_store(path: Path, batch_rows: int) -> EventStore:
     temporary folder (rebuilt by every process).
 
     Raises:
-        ValueError: unreadable file, a missing column, null ids, non-numeric/NaN/inf time or value,
-            naming the file, column and patients.
+        ValueError: unreadable file, a missing column, null or float ids, non-numeric/NaN/inf time
+            or value, a datetime/timedelta time or value (times are float hours), naming the file,
+            column and patients (and what to do).
     """
     try:
         st = path.stat()
@@ -215,6 +219,10 @@ class _PatientCoder:
     def codes(self, col: pa.Array, path: Path, first_row: int = 0) -> tuple[np.ndarray, pa.Array]:
         """Codes of a batch's ``patient_id`` column, and the column (row labels for errors);
         ``first_row`` is the file row of the batch's first row."""
+        value_type = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        if pa.types.is_floating(value_type):  # 691960.0 would be the text "691960" or "6.9196e+05"
+            example = next((v for v in col.to_pylist() if v is not None), None)
+            raise ValueError(f"{path}: column 'patient_id' holds floats (e.g. {example!r}); {FLOAT_IDS_HINT}")
         if not pa.types.is_dictionary(col.type):
             col = pc.dictionary_encode(pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col)
         if col.null_count:
@@ -362,7 +370,11 @@ def _codes(col: pa.Array, names: dict[str, int], path: Path, column: str, pids: 
 
 
 def _finite_float(col: pa.Array, pids: pa.Array, path: Path, column: str) -> np.ndarray:
-    """``col`` as float64; ValueError naming the patients of non-numeric/null/NaN/inf rows."""
+    """``col`` as float64; ValueError naming the patients of non-numeric/null/NaN/inf rows
+    (with what to do about null/NaN ones), or the type of a datetime/timedelta column (which
+    polars would cast to a count of micro- or nanoseconds)."""
+    if pa.types.is_temporal(col.type):
+        raise temporal_error(str(path), column, col.type)
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
         raw = pl.from_arrow(col)  # strings of numbers are accepted, like a lenient cast
         num = raw.cast(pl.Float64, strict=False)
@@ -374,7 +386,8 @@ def _finite_float(col: pa.Array, pids: pa.Array, path: Path, column: str) -> np.
         values = col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     bad = ~np.isfinite(values)
     if bad.any():
-        raise ValueError(f"{path}: column '{column}' has null/NaN/inf values for patient(s) {_who(pids, bad)}")
+        hint = f"; {NAN_HINTS[column]}" if column in NAN_HINTS and np.isnan(values[bad]).any() else ""
+        raise ValueError(f"{path}: column '{column}' has null/NaN/inf values for patient(s) {_who(pids, bad)}{hint}")
     bad = huge_values(values)
     if bad.any():
         raise ValueError(f"{path}: column '{column}' has values beyond float32's range (|x| > 3.4e38) for patient(s) {_who(pids, bad)}")

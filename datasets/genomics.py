@@ -21,6 +21,8 @@ from clinfuse.datasets.reader import (
 )
 
 EXPRESSION_SUFFIX, MUTATION_SUFFIX = "_rnaseq", "_mut"
+#: what to do about a NaN in genomics.csv (the batch has no missing-value mask for genes)
+NAN_HINT = "drop that gene column, or the patient's row (a patient without genomics is simply absent)"
 
 
 class GenomicsReader(ModalityReader):
@@ -30,7 +32,9 @@ class GenomicsReader(ModalityReader):
     constant gene). Genes are named without their suffix. ``gene_groups.csv`` (``gene, group``;
     ``gene`` with or without the ``_rnaseq`` suffix) becomes the spec's ``gene_groups``: group ->
     indices into ``genes``, groups in order of first appearance; without that file it is ``{}``.
-    Expression has no missing-value mask in the batch format, so a NaN is an error.
+    Expression has no missing-value mask in the batch format, so a NaN (expression or mutation)
+    is an error that says what to do: drop the gene column, or the patient's row (a patient
+    without genomics is absent).
 
     Args:
         root: the cohort folder.
@@ -62,13 +66,14 @@ class GenomicsReader(ModalityReader):
             warnings.warn(f"{self.path}: ignoring columns {other[:10]} (neither *_rnaseq nor *_mut)", stacklevel=2)
         for j, col in enumerate(expr_cols):
             self._expr[:, j] = to_float(df[col], self.path, col, ids)
-            check_finite(self._expr[:, j], ids, self.path, col)
+            check_finite(self._expr[:, j], ids, self.path, col, nan_hint=NAN_HINT)
         for j, col in enumerate(mut_cols):
             self._mut[:, j] = to_float(df[col], self.path, col, ids)
             bad = ~np.isin(self._mut[:, j], (0.0, 1.0))
             if bad.any():
                 who = np.asarray(ids)[bad][:10].tolist()
-                raise ValueError(f"{self.path}: column '{col}' must be 0/1; patient(s) {who}")
+                hint = f"; NaN is not allowed: {NAN_HINT}" if np.isnan(self._mut[bad, j]).any() else ""
+                raise ValueError(f"{self.path}: column '{col}' must be 0/1; patient(s) {who}{hint}")
         self.gene_groups = self._read_groups()
         self._index = {pid: i for i, pid in enumerate(ids)}
 

@@ -25,6 +25,7 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 
 
 LONG_NOTES = ("truncate", "split")
+NO_TIME_HINT = "drop notes without a time, or give them one: a note is placed by its time"
 
 
 def tokenize(text: str) -> list[str]:
@@ -111,8 +112,9 @@ class NotesReader(ModalityReader):
 
     Raises:
         ValueError: a missing column, unknown patients, null text, binary text that is not
-            UTF-8 (binary text is decoded as UTF-8), or a non-numeric/NaN/inf time, naming the
-            file, column and patients; an unknown tokenizer; a ``pretrained`` path that is not a
+            UTF-8 (binary text is decoded as UTF-8), or a non-numeric/NaN/inf time (a datetime or
+            timedelta time too: times are float hours), naming the file, column and patients (and
+            what to do); an unknown tokenizer; a ``pretrained`` path that is not a
             model directory, naming it.
     """
 
@@ -158,11 +160,11 @@ class NotesReader(ModalityReader):
         df = read_table(self.path, ["patient_id", "time", "text"])
         ids = df["patient_id"].tolist()
         check_known_ids(ids, self.known_ids, self.path)
-        df["time"] = to_float(df["time"], self.path, "time", ids)
-        check_finite(df["time"].to_numpy(), ids, self.path, "time")
+        df["time"] = to_float(df["time"], self.path, "time", ids)  # a datetime/timedelta is refused
+        check_finite(df["time"].to_numpy(), ids, self.path, "time", nan_hint=NO_TIME_HINT)
         if df["text"].isna().any():
             who = df.loc[df["text"].isna(), "patient_id"].unique()[:10].tolist()
-            raise ValueError(f"{self.path}: column 'text' is null for patient(s) {who}")
+            raise ValueError(f"{self.path}: column 'text' is null for patient(s) {who} (drop notes without text)")
         df["text"] = decode_texts(df["text"].tolist(), ids, self.path)
         if long_notes == "split":  # every segment becomes a note of its own, same time, in order
             df = df.assign(text=[split_note(str(t), int(max_words)) for t in df["text"]]).explode("text", ignore_index=True)

@@ -196,8 +196,27 @@ def read_table(path: Path, required: Sequence[str], str_columns: Sequence[str] =
         if df["patient_id"].isna().any():
             rows = np.flatnonzero(df["patient_id"].isna().to_numpy())[:5].tolist()
             raise ValueError(f"{path}: column 'patient_id' is null in rows {rows}")
+        check_not_float_ids(df["patient_id"], path)
         df["patient_id"] = df["patient_id"].astype(str)
     return df
+
+
+#: what to do about float patient ids (``691960.0``), which would become the text ``"691960.0"``
+FLOAT_IDS_HINT = "write patient_id as integers or text (float ids come from merges that introduced NaN)"
+
+
+def check_not_float_ids(ids: pd.Series, path: Path) -> None:
+    """Raise ``ValueError`` naming the file and an example value when ``ids`` holds floats.
+
+    A float id (``691960.0``, what a pandas merge that introduced NaN leaves) would become the
+    string ``"691960.0"`` and match no other file's ``"691960"``.
+    """
+    floats = pd.api.types.is_float_dtype(ids.dtype) or (
+        ids.dtype == object and pd.api.types.infer_dtype(ids, skipna=True) in ("floating", "mixed-integer-float", "decimal")
+    )
+    if floats:
+        example = next((v for v in ids if isinstance(v, (float, np.floating))), ids.iloc[0])
+        raise ValueError(f"{path}: column 'patient_id' holds floats (e.g. {example!r}); {FLOAT_IDS_HINT}")
 
 
 def require_columns(columns: Iterable[str], required: Sequence[str], path: Path) -> None:
@@ -231,16 +250,29 @@ def check_known_ids(ids: Iterable[str], known: set[str] | None, path: Path) -> N
         return
     unknown = sorted(set(ids) - known)
     if unknown:
-        raise ValueError(f"{path}: patient_id(s) {unknown[:10]} are not in labels.parquet")
+        raise ValueError(unknown_ids_message(path, unknown, known))
+
+
+def unknown_ids_message(path: Path, unknown: Sequence[str], known: Iterable[str]) -> str:
+    """The error text for patient ids of ``path`` that ``labels.parquet`` lacks, with a few of the
+    labels' ids beside them, so that a formatting mismatch (``'00123'`` vs ``'123'``) shows."""
+    sample = sorted(known)[:5] if isinstance(known, (set, frozenset)) else list(known)[:5]
+    return (f"{path}: patient_id(s) {list(unknown)[:10]} are not in labels.parquet "
+            f"(its ids look like {sample})")
 
 
 #: values beyond this magnitude become inf in the float32 tensors the models read
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def check_finite(values: np.ndarray, ids: Sequence[str] | np.ndarray, path: Path, column: str) -> None:
+def check_finite(
+    values: np.ndarray, ids: Sequence[str] | np.ndarray, path: Path, column: str, nan_hint: str = ""
+) -> None:
     """Raise ``ValueError`` naming file, column and patients where ``values`` is NaN or inf, or
     beyond float32's range (``|x| > 3.4e38``: inf once in a model's tensors).
+
+    ``nan_hint`` (what to do instead, e.g. "drop rows without a time") is appended when a value
+    is NaN.
 
     Shapes:
         values: ``(R,)`` or ``(R, C)``; ids: ``(R,)`` the patient of each row.
@@ -251,7 +283,8 @@ def check_finite(values: np.ndarray, ids: Sequence[str] | np.ndarray, path: Path
             bad = bad.any(axis=tuple(range(1, bad.ndim)))
         if bad.any():
             who = pd.unique(np.asarray(ids)[bad])[:10].tolist()
-            raise ValueError(f"{path}: column '{column}' has {what} for patient(s) {who}")
+            hint = f"; {nan_hint}" if nan_hint and np.isnan(x).any() else ""
+            raise ValueError(f"{path}: column '{column}' has {what} for patient(s) {who}{hint}")
 
 
 def huge_values(values: np.ndarray) -> np.ndarray:
@@ -260,8 +293,40 @@ def huge_values(values: np.ndarray) -> np.ndarray:
         return np.isfinite(values) & (np.abs(values) > FLOAT32_MAX)
 
 
-def to_float(values: pd.Series, path: Path, column: str, ids: Sequence[str]) -> np.ndarray:
-    """Convert a column to float64, raising ``ValueError`` naming unparsable entries' patients."""
+#: what to write instead of a datetime / timedelta time (``docs/formats.md`` section 1)
+TIMES_HINT = {
+    "hours": "times must be numbers: hours from the patient's index time (labels: days), "
+             "e.g. (charttime - admittime).dt.total_seconds() / 3600",
+    "days": "label times must be numbers: days (times in the other files: hours), "
+            "e.g. (deathtime - admittime).dt.total_seconds() / 86400",
+}
+
+
+def is_temporal(values: pd.Series) -> bool:
+    """Whether a column holds datetimes, dates, timedeltas or periods (as a dtype or as objects)."""
+    if values.dtype.kind in "mM" or isinstance(values.dtype, pd.PeriodDtype):
+        return True
+    if values.dtype != object:
+        return False
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    return kind in ("datetime64", "datetime", "date", "timedelta64", "timedelta", "period", "time")
+
+
+def temporal_error(where: str, column: str, dtype: Any, unit: str = "hours") -> ValueError:
+    """The error for a datetime/timedelta column where numbers are expected; ``where`` names the
+    file (or the patient and field), ``unit`` the hint's time unit (``hours`` or ``days``)."""
+    return ValueError(f"{where}: column '{column}' is {dtype}, not numbers; {TIMES_HINT[unit]}")
+
+
+def to_float(values: pd.Series, path: Path, column: str, ids: Sequence[str], unit: str = "hours") -> np.ndarray:
+    """Convert a column to float64, raising ``ValueError`` naming unparsable entries' patients.
+
+    Datetime and timedelta columns are refused (``pd.to_numeric`` would read them as nanoseconds),
+    with a hint in ``unit`` (``hours`` or ``days``) on how to write times.
+    """
+    if is_temporal(values):
+        dtype = values.dtype if values.dtype != object else pd.api.types.infer_dtype(values, skipna=True) + " objects"
+        raise temporal_error(str(path), column, dtype, unit)
     num = pd.to_numeric(values, errors="coerce")
     bad = num.isna().to_numpy() & values.notna().to_numpy()
     if bad.any():

@@ -9,15 +9,19 @@ Batches are padded by the readers' own ``collate`` (:func:`collate_items`).
 Raw formats (one patient):
 
 - ``tabular``: ``{column: value}``; a missing key or ``None`` = value missing. Numeric NaN/inf is an
-  error; an unknown categorical level maps to index 1 ("unseen") with a warning, as in training.
+  error (send ``None`` or leave the key out for a missing value); an unknown categorical level maps
+  to index 1 ("unseen") with a warning, as in training.
 - ``timeseries``: a list of ``{"time", "variable", "value"}``, a DataFrame with those columns, or a
   dict of three equal-length lists ``{"time": [...], "variable": [...], "value": [...]}`` (fastest);
-  variables never seen in training are dropped with a warning.
+  variables never seen in training are dropped with a warning. Times are float hours from the
+  patient's index time: datetimes and timedeltas are refused in every form (as are NaN times and
+  values: leave the event out).
 - ``ecg``: a WFDB record path without extension (``.hea``/``.dat`` next to it), or an in-memory
   ``{"signal": (L, S) lists in mV, "fs": Hz, "leads": [names]}``, or the same with the signal as
   ``"signal_b64"`` + ``"dtype"`` + ``"shape"`` (:func:`clinfuse.experiments.wire.encode_ecg`;
   the compact form for REST).
-- ``notes``: a list of ``{"time", "text"}`` or a DataFrame with those columns.
+- ``notes``: a list of ``{"time", "text"}`` or a DataFrame with those columns (times in hours, as
+  for ``timeseries``).
 - ``wsi``: one slide or a list of slides, each a CLAM ``.h5`` or torch ``.pt`` path (``features
   (P, F)``), an in-memory ``{"features": (P, F) array}``, or the same as ``"features_b64"`` +
   ``"dtype"`` + ``"shape"`` (:func:`clinfuse.experiments.wire.encode_wsi`).
@@ -29,6 +33,7 @@ ECG and WSI parsers live in :mod:`clinfuse.experiments.raw_signals` (re-exported
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -41,7 +46,7 @@ from clinfuse.datasets.cohort import READERS
 from clinfuse.datasets.ecg_leads import PickedLeads
 from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, split_note, tokenize
-from clinfuse.datasets.reader import ModalityReader, huge_values
+from clinfuse.datasets.reader import TIMES_HINT, ModalityReader, huge_values
 from clinfuse.experiments.raw_signals import Item, ecg_item, ecg_leads, finish_items, notify, wsi_item
 from clinfuse.experiments.raw_signals import as_number as _float
 
@@ -50,6 +55,17 @@ __all__ = ["ecg_item", "ecg_leads", "finish_items", "wsi_item", "raw_to_item", "
 
 
 _PLAIN_NUMBERS = frozenset({float, int, np.float64, np.float32, np.int64, np.int32})
+#: datetimes, dates, timedeltas (pandas' Timestamp/Timedelta included; np.timedelta64 is an integer
+#: type to numpy, so it would pass as a number) and periods
+_TEMPORAL = (datetime.date, datetime.time, datetime.timedelta, np.datetime64, np.timedelta64, pd.Period)
+
+
+def _not_temporal(value: Any, field: str) -> Any:
+    """``value``, or ValueError naming ``field`` and how to write a time when it is a datetime or
+    a timedelta (which would otherwise be refused as "not a number", or read as nanoseconds)."""
+    if isinstance(value, _TEMPORAL):
+        raise ValueError(f"field '{field}': got {value!r}, not a number; {TIMES_HINT['hours']}")
+    return value
 
 
 def _floats(values: Sequence[Any], fields: Sequence[str]) -> np.ndarray:
@@ -59,7 +75,7 @@ def _floats(values: Sequence[Any], fields: Sequence[str]) -> np.ndarray:
         x = np.array(values, dtype=np.float64)
         if np.isfinite(x).all() and not huge_values(x).any():
             return x
-    return np.array([_float(v, f) for v, f in zip(values, fields)], dtype=np.float64)
+    return np.array([_float(_not_temporal(v, f), f) for v, f in zip(values, fields)], dtype=np.float64)
 
 
 def _rows(raw: Any, columns: Sequence[str], field: str) -> list[dict[str, Any]]:
@@ -91,6 +107,10 @@ def tabular_item(state: dict, raw: Any) -> Item:
         raise ValueError(f"field 'tabular': unknown column(s) {unknown}")
     x = np.full(len(s["numeric_features"]), np.nan)
     given = [(j, col) for j, col in enumerate(s["numeric_features"]) if raw.get(col) is not None]  # NaN: an error
+    nan = next((col for _, col in given if _is_missing(raw[col])), None)
+    if nan is not None:  # NaN is what a pandas row holds for a missing value; None says it unambiguously
+        raise ValueError(f"field 'tabular.{nan}': value must be finite, got {raw[nan]!r}; "
+                         "send None or leave the key out for a missing value")
     if given:  # bools as 0/1: the reader reads a bool column as numeric
         values = [float(raw[col]) if isinstance(raw[col], (bool, np.bool_)) else raw[col] for _, col in given]
         x[[j for j, _ in given]] = _floats(values, [f"tabular.{col}" for _, col in given])
@@ -149,7 +169,13 @@ def _columns(raw: Any, columns: Sequence[str], field: str) -> dict[str, np.ndarr
 
 
 def _finite_floats(values: np.ndarray, field: str) -> np.ndarray:
-    """A numeric 1-D array as float64; ValueError naming the first bad index (non-number, NaN, inf)."""
+    """A numeric 1-D array as float64; ValueError naming the first bad index (non-number, NaN, inf)
+    or, for datetimes and timedeltas (in any of the input forms), how to write times."""
+    if values.dtype.kind in "mM":  # a DataFrame column or a list of np.datetime64: would be nanoseconds
+        raise ValueError(f"field '{field}': {values.dtype} values, not numbers; {TIMES_HINT['hours']}")
+    if values.dtype == object:
+        for i, v in enumerate(values.tolist()):
+            _not_temporal(v, f"{field}[{i}]")
     try:
         if values.dtype.kind in "bUS":  # numpy converts True and "1.5" silently; the list form refuses them
             raise TypeError
@@ -161,8 +187,13 @@ def _finite_floats(values: np.ndarray, field: str) -> np.ndarray:
         raise ValueError(f"field '{field}[{bad}]': expected a number, got {values[bad]!r}") from None
     bad = np.flatnonzero(~np.isfinite(x) | huge_values(x))
     if len(bad):
-        raise ValueError(f"field '{field}[{bad[0]}]': value must be finite and within float32's range, got {x[bad[0]]}")
+        hint = f"; {_NAN_HINTS[field]}" if field in _NAN_HINTS and np.isnan(x[bad[0]]) else ""
+        raise ValueError(f"field '{field}[{bad[0]}]': value must be finite and within float32's range, got {x[bad[0]]}{hint}")
     return x
+
+
+_NAN_HINTS = {"timeseries.value": "drop events without a value: a measurement not taken is simply absent",
+              "timeseries.time": "drop events without a time"}
 
 
 def _is_number(v: Any) -> bool:
@@ -214,7 +245,7 @@ def notes_item(state: dict, raw: Any, notices: list[str] | None = None) -> Item 
     for i, r in enumerate(rows):
         if not isinstance(r["text"], str):
             raise ValueError(f"field 'notes[{i}].text': expected a string, got {type(r['text']).__name__}")
-        t = _float(r["time"], f"notes[{i}].time")
+        t = _float(_not_temporal(r["time"], f"notes[{i}].time"), f"notes[{i}].time")
         for text in split_note(r["text"], int(cfg["max_words"])) if split else [r["text"]]:
             words = tokenize(text)
             if words:  # the reader drops notes without any word too
