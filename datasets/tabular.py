@@ -24,6 +24,15 @@ from clinfuse.datasets.reader import (
 NUMERIC_TEXT_LEVELS = 20
 
 
+def case_collisions(values: Iterable[str]) -> list[list[str]]:
+    """Groups of distinct ``values`` equal after ``str.strip().casefold()`` (``'F'``, ``'f '``),
+    each sorted, in sorted order; ``[]`` when there is none."""
+    groups: dict[str, set[str]] = {}
+    for v in values:
+        groups.setdefault(v.strip().casefold(), set()).add(v)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
 class TabularReader(ModalityReader):
     """Reads ``tabular.parquet``: numeric columns are z-scored, categorical ones become level ids.
 
@@ -43,7 +52,9 @@ class TabularReader(ModalityReader):
             bytes), each naming the file (and column, patients).
     Warns:
         UserWarning: a text column whose values are nearly all numbers (a numeric column stored as
-        text would silently become one categorical level per value).
+        text would silently become one categorical level per value); at ``fit``, a categorical
+        column whose values differ only in case or surrounding whitespace (``'F'``, ``'f'``,
+        ``'F '``): they stay different levels, matched exactly.
     """
 
     name = "tabular"
@@ -117,6 +128,7 @@ class TabularReader(ModalityReader):
         std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
         levels = {}
         for col in self._columns["categorical"]:
+            self._warn_case_collisions(col)
             values = self._raw[col].iloc[rows]
             levels[col] = sorted({str(v) for v in values[values.notna()]})
         return {
@@ -126,6 +138,21 @@ class TabularReader(ModalityReader):
             "categorical_features": list(self._columns["categorical"]),
             "levels": levels,
         }
+
+    def _warn_case_collisions(self, col: str) -> None:
+        """Warn when values of the categorical column ``col`` (any patient of the file) collide
+        after ``str.strip().casefold()``: each stays its own level (or an unseen one)."""
+        values = self._raw[col].dropna().astype(str)
+        groups = case_collisions(pd.unique(values))
+        if groups:
+            examples = {v: values.index[values.to_numpy() == v][:3].tolist() for v in groups[0]}
+            warnings.warn(
+                f"{self.path}: column '{col}' has values that differ only in case or surrounding whitespace: "
+                f"{groups[:10]} (patients, e.g. {examples}); they are treated as different levels (matching is "
+                f"exact, at prediction too). Normalise them before writing the file, e.g. with "
+                f"df[{col!r}].str.strip() and one spelling per level.",
+                stacklevel=4,
+            )
 
     def _apply(self) -> None:
         s = self._state

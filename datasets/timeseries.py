@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 
 from clinfuse.datasets.event_store import EventStore, open_store
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.patient_index import PatientIndex
-from clinfuse.datasets.reader import ModalityReader
+from clinfuse.datasets.reader import ModalityReader, unknown_ids_message
+from clinfuse.datasets.tabular import case_collisions
 
 _BATCH_ROWS = 1 << 14  # rows per streamed record batch: bounds the transient memory of reading
 #: one fitted event on disk: time (hours), variable id, normalised value
@@ -39,6 +41,11 @@ class TimeseriesReader(ModalityReader):
     embedding for them); a patient left with no event is then absent. Both files are reused while
     the parquet file is unchanged (path, size and mtime).
 
+    Every row is one measurement: exact duplicate rows (same patient, time, variable and value, e.g.
+    from a join) are kept and each is counted, and variable names differing only in case or
+    surrounding whitespace (``creatinine``, ``Creatinine``) are different variables; ``fit`` warns
+    about both (the duplicate check hashes the rows that share a patient and time, chunk by chunk).
+
     Memory: per patient (ids, offsets, latest time) plus one record batch, not per event;
     ``benchmarks/bench_meds.py`` measures it. A file that is not grouped by patient is sorted once
     while building the store, holding about 20 bytes per event for that step.
@@ -57,6 +64,9 @@ class TimeseriesReader(ModalityReader):
     Raises:
         ValueError: a missing column, unknown patients, null/non-numeric/NaN/inf time or value,
             naming the file, column and patients.
+    Warns:
+        UserWarning: at ``fit``, exact duplicate rows (their number and first patients), and
+            variable names that collide after ``str.strip().casefold()`` (the groups).
     """
 
     name = "timeseries"
@@ -77,9 +87,10 @@ class TimeseriesReader(ModalityReader):
         self._store: EventStore = open_store(self.path, _BATCH_ROWS)
         self._all = PatientIndex(self._store.patients)  # patient -> store position; compact for big cohorts
         if known_ids is not None:
-            unknown = self._all.unknown(known_ids if isinstance(known_ids, (list, tuple, set)) else list(known_ids))
-            if unknown:  # the message of reader.check_known_ids
-                raise ValueError(f"{self.path}: patient_id(s) {unknown[:10]} are not in labels.parquet")
+            known = known_ids if isinstance(known_ids, (list, tuple, set)) else list(known_ids)
+            unknown = self._all.unknown(known)
+            if unknown:  # the message of reader.check_known_ids, with a few of the labels' ids
+                raise ValueError(unknown_ids_message(self.path, unknown, known))
         self._index = self._all
         self._starts: np.ndarray | None = None  # fitted event offsets per store position
         self._events: Path | None = None
@@ -101,10 +112,14 @@ class TimeseriesReader(ModalityReader):
         n_raw = len(store.variables)
         # two passes over the store (mean, then squared deviations); float64 sums
         count, total, sq = np.zeros(n_raw), np.zeros(n_raw), np.zeros(n_raw)
-        for patient, codes, values in store.chunks("patient", "code", "value"):
+        duplicates = _DuplicateRows(len(store.patients))  # over the whole file, in the same pass
+        for patient, time, codes, values in store.chunks("patient", "time", "code", "value"):
+            duplicates.update(patient, time, codes, values)
             rows = in_train[patient]
             count += np.bincount(codes[rows], minlength=n_raw)
             total += np.bincount(codes[rows], values[rows], minlength=n_raw)
+        self._warn_duplicates(duplicates.finish())
+        self._warn_case_collisions()
         mean_all = total / np.maximum(count, 1.0)
         for patient, codes, values in store.chunks("patient", "code", "value"):
             rows = in_train[patient]
@@ -120,6 +135,32 @@ class TimeseriesReader(ModalityReader):
             "std": np.where(std > 0, std, 1.0).tolist(),
             "horizon_hours": float(horizon),
         }
+
+    def _warn_duplicates(self, duplicates: "_DuplicateRows") -> None:
+        """One warning for the exact duplicate rows of the file, if any (they are kept)."""
+        if not duplicates.count:
+            return
+        marked = np.flatnonzero(duplicates.patients)
+        first = [self._store.patients[i].decode() for i in marked[:5]]
+        warnings.warn(
+            f"{self.path}: {duplicates.count} row(s) repeat an earlier row exactly (same patient_id, time, "
+            f"variable and value), in {len(marked)} patient(s), e.g. {first}; they are counted as separate "
+            f"measurements (in the training mean/std, and each uses one of the patient's max_events slots). "
+            f"If they are artefacts (e.g. of a join), drop them before writing the file: "
+            f'df.drop_duplicates(["patient_id", "time", "variable", "value"])',
+            stacklevel=5,
+        )
+
+    def _warn_case_collisions(self) -> None:
+        """One warning for the variable names of the file that differ only in case or whitespace."""
+        groups = case_collisions(self._store.variables)
+        if groups:
+            warnings.warn(
+                f"{self.path}: column 'variable' has names that differ only in case or surrounding whitespace: "
+                f"{groups[:10]}; they are treated as different variables (matching is exact, at prediction "
+                f"too). Normalise them to one spelling before writing the file.",
+                stacklevel=5,
+            )
 
     def _apply(self) -> None:
         s, store = self._state, self._store
@@ -226,6 +267,72 @@ class TimeseriesReader(ModalityReader):
             "mask": pad_stack(lengths, (None,), np.bool_, "timeseries.mask"),
             "present": present_mask(items),
         }
+
+
+class _DuplicateRows:
+    """Counts, chunk by chunk in store order, the rows that repeat an earlier row exactly.
+
+    Rows of one patient with the same time are adjacent in the store (variables at that time in
+    any order), so each run of equal ``(patient, time)`` is checked on its own; the run at the end
+    of a chunk is held back and checked with the start of the next one, so a duplicate pair across
+    a chunk boundary is counted too. Memory: one chunk plus one such run.
+
+    Attributes:
+        count: the rows equal to an earlier row (``df.duplicated().sum()`` of pandas).
+        patients: ``(P,)`` bool, the store positions of the patients with such rows.
+    """
+
+    def __init__(self, n_patients: int) -> None:
+        self.count = 0
+        self.patients = np.zeros(n_patients, dtype=bool)
+        self._tail: list[tuple[np.ndarray, ...]] = []  # the last (patient, time) run so far, in parts
+
+    def update(self, patient: np.ndarray, time: np.ndarray, code: np.ndarray, value: np.ndarray) -> None:
+        """Add the next chunk of the store (its columns ``patient, time, code, value``)."""
+        cols = (patient, time, code, value)
+        if not len(patient):
+            return
+        start = 0
+        if self._tail:  # rows continuing the held-back run join it
+            if patient[0] == self._tail[0][0][0] and time[0] == self._tail[0][1][0]:
+                same = (patient == patient[0]) & (time == time[0])
+                start = len(patient) if same.all() else int(np.argmin(same))
+                self._tail.append(tuple(a[:start] for a in cols))
+                if start == len(patient):
+                    return
+            self.finish()
+        end = start + int(np.argmax((patient[start:] == patient[-1]) & (time[start:] == time[-1])))
+        self._add(tuple(a[start:end] for a in cols))
+        self._tail = [tuple(a[end:] for a in cols)]
+
+    def finish(self) -> "_DuplicateRows":
+        """Check the held-back run; returns self."""
+        if self._tail:
+            self._add(tuple(np.concatenate(parts) for parts in zip(*self._tail)))
+            self._tail = []
+        return self
+
+    def _add(self, cols: tuple[np.ndarray, ...]) -> None:
+        rows = _repeated_rows(*cols)
+        self.count += len(rows)
+        self.patients[cols[0][rows]] = True
+
+
+def _repeated_rows(patient: np.ndarray, time: np.ndarray, code: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Indices of the rows equal to an earlier row (``df.duplicated()``), for rows sorted by
+    ``(patient, time)``: only rows sharing their ``(patient, time)`` with a neighbour can repeat one,
+    and polars' ``is_first_distinct`` finds the repeats among those."""
+    tie = (patient[1:] == patient[:-1]) & (time[1:] == time[:-1])
+    if not tie.any():
+        return np.zeros(0, dtype=np.int64)
+    tied = np.zeros(len(patient), dtype=bool)
+    tied[:-1] = tie
+    tied[1:] |= tie
+    at = np.flatnonzero(tied)
+    # + 0.0 turns -0.0 into 0.0, equal as in pandas
+    rows = pl.DataFrame({"p": patient[at], "t": time[at] + 0.0, "c": code[at], "v": value[at] + 0.0})
+    first = rows.select(pl.struct(pl.all()).is_first_distinct()).to_series().to_numpy()
+    return at[~first]
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:
