@@ -34,6 +34,11 @@ class FTTransformerEncoder(ModalityEncoder):
     categorical index 0) are removed from the attention keys and their output tokens are masked;
     CLS is always a valid key, so no query is ever left without keys.
 
+    Deliberate departures from the paper's default model (and rtdl's): the first block keeps its
+    first LayerNorm (the paper drops it), the feed-forward block is GELU with width ``2 D`` (the
+    paper: ReGLU, about ``4/3 D``), and there is no prediction head (an encoder returns tokens; the
+    fusion head and task head come after).
+
     Args:
         d_model: width ``D`` of every token; must be divisible by ``n_heads``.
         spec: ``{"numeric_features": [...], "categorical_features": [...],

@@ -19,7 +19,8 @@ class GenomicsGroupEncoder(ModalityEncoder):
     Follows the genomic "group tokens" of MCAT (Chen et al., ICCV 2021) and SurvPath (Jaume et al.,
     CVPR 2024): each group (pathway / functional family) of expression values goes through its own
     ``Linear -> SELU -> AlphaDropout`` stack (Klambauer et al. 2017, LeCun-normal init with the
-    group's own fan-in). Tokens are not mixed, so token ``g`` depends only on group ``g``'s genes.
+    group's own fan-in; SELU as self-normalisation prescribes, where the MCAT/SurvPath code uses
+    ELU). Tokens are not mixed, so token ``g`` depends only on group ``g``'s genes.
 
     Groups come from ``spec["gene_groups"]`` (group -> indices into ``spec["genes"]``; the data
     module reads ``gene_groups.csv``) unless ``groups`` names them by gene. Groups may overlap.

@@ -12,7 +12,8 @@ from clinfuse.encoders.genomics import GenomicsMLPEncoder
 
 
 def snn_block(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
-    """``Linear -> SELU -> AlphaDropout`` with LeCun-normal weights and zero bias.
+    """``Linear -> SELU -> AlphaDropout`` with LeCun-normal weights and zero bias (SELU, as
+    Klambauer et al. prescribe; the MCAT/PORPOISE/SurvPath ``SNN_Block`` uses ELU).
 
     LeCun normal is ``N(0, 1/fan_in)``; torch documents it as ``kaiming_normal_`` with
     ``nonlinearity="linear"`` (not ``"selu"``) for self-normalising networks.

@@ -93,7 +93,8 @@ def cr_deephit_loss(
     ``(i, j)`` where ``i`` had an event of cause ``r`` and ``k_i < k_j``, or ``k_i == k_j`` and ``j``
     is censored (``j`` of any status, as in the paper; the tie rule is the single-risk
     ``deephit_loss``'s), summed ``exp(-(CIF_r,i(k_i) - CIF_r,j(k_i)) / sigma)``, divided by the
-    number of such pairs over all causes. With no pair it is ``0 * logits.sum()``.
+    number of such pairs over all causes (the paper sums; pycox divides by ``B^2``: see
+    ``deephit_loss``). With no pair it is ``0 * logits.sum()``.
 
     Shapes:
         logits: (B, R * K + 1), bin: (B,), cause: (B,) -> scalar

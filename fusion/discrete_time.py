@@ -145,7 +145,10 @@ def deephit_loss(
     with ``F_i(k) = sum_{l<=k} p_il`` the CDF at the end of bin ``k``. A pair is comparable when
     ``i`` has an event and ``k_i < k_j``, or ``k_i == k_j`` and ``j`` is censored (censored
     survives through its bin; this is pycox's ``DeepHitSingle`` rule on bin indices). With no
-    comparable pair the ranking term is ``0 * logits.sum()``.
+    comparable pair the ranking term is ``0 * logits.sum()``. Normalisation: the mean over
+    comparable pairs, so the term does not grow with the batch; the paper sums over pairs and
+    pycox divides the sum by ``B^2``, so an ``alpha``/``sigma`` tuned there weights the ranking
+    term differently here (by ``B^2 / n_pairs`` against pycox).
 
     Shapes:
         logits: (B, K + 1), bin: (B,) long in ``[0, K)``, event: (B,) -> scalar

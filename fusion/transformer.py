@@ -13,21 +13,31 @@ from clinfuse.fusion.packed_encoder import check_supported, encode_packed, packe
 
 
 def keep_last_tokens(toks: ModalityTokens, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compact each patient's real tokens to the front, keeping at most the last ``limit`` of them.
+    """Compact each patient's real tokens to the front, keeping at most ``limit`` of them: the
+    most recent ones.
 
-    "Last" is by position, i.e. the most recent tokens for time-ordered modalities. The result
-    depends on ``mask`` only, never on padding content.
+    With ``toks.times`` the tokens of the latest times are kept (the later position first among
+    equal times), so a summary token that carries the patient's last observation time (STraTS)
+    survives the cap wherever the encoder put it; without times, the last ``limit`` positions.
+    The kept tokens stay in their original order. The result depends on ``mask`` and ``times``
+    only, never on padding content.
 
     Shapes:
-        - toks.tokens: ``(B, N, D)``, toks.mask: ``(B, N)``
+        - toks.tokens: ``(B, N, D)``, toks.mask and toks.times: ``(B, N)``
         - returns tokens ``(B, min(N, limit), D)`` and mask ``(B, min(N, limit))``
     """
     mask = toks.mask
-    n = mask.shape[1]
+    b, n = mask.shape
     if n <= limit:
         return toks.tokens, mask
-    from_end = mask.flip(1).cumsum(1).flip(1)  # (B, N): real tokens at or after each position
-    keep = mask & (from_end <= limit)  # (B, N)
+    if toks.times is None:
+        from_end = mask.flip(1).cumsum(1).flip(1)  # (B, N): real tokens at or after each position
+        keep = mask & (from_end <= limit)  # (B, N)
+    else:
+        later_first = torch.arange(n - 1, -1, -1, device=mask.device).expand(b, n)  # (B, N) positions
+        t = torch.where(mask, toks.times, torch.full_like(toks.times, -torch.inf)).gather(1, later_first)
+        ranked = later_first.gather(1, torch.sort(t, dim=1, descending=True, stable=True).indices)  # (B, N)
+        keep = torch.zeros_like(mask).scatter_(1, ranked[:, :limit], True) & mask  # (B, N)
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :limit]  # (B, limit)
     tokens = toks.tokens.gather(1, order[..., None].expand(-1, -1, toks.tokens.shape[2]))  # (B, limit, D)
     return tokens, keep.gather(1, order)
@@ -50,8 +60,12 @@ class TransformerFusion(FusionHead):
         dropout: dropout on the residual and feed-forward paths of the transformer layers.
         attention_dropout: dropout on the attention weights (default 0: on CPU drawing a
             (B, heads, N, N) dropout mask costs several times the attention itself).
-        max_tokens_per_modality: if set, each modality keeps at most its last this-many real tokens
-            per patient (bounds the attention cost of long token sequences such as time series).
+        max_tokens_per_modality: if set, each modality keeps at most this many real tokens per
+            patient (bounds the attention cost of long token sequences such as time series): those
+            of the latest ``times`` for timed tokens (:func:`keep_last_tokens`; STraTS's summary
+            tokens carry the last observation time and are kept), the last positions for untimed
+            ones (so an untimed leading CLS token, as the FT-Transformer's, is dropped first: set the
+            cap above such a modality's token count).
     """
 
     def __init__(
@@ -148,7 +162,7 @@ class TransformerFusion(FusionHead):
         for name, toks in self.ordered(inputs):
             tokens, mask = toks.tokens, toks.mask & toks.present[:, None]
             if self.max_tokens_per_modality is not None:
-                tokens, mask = keep_last_tokens(ModalityTokens(tokens, mask, mask.any(1)), self.max_tokens_per_modality)
+                tokens, mask = keep_last_tokens(ModalityTokens(tokens, mask, mask.any(1), toks.times), self.max_tokens_per_modality)
             tokens = torch.where(mask[..., None], tokens, torch.zeros_like(tokens))  # (B, N_m, D)
             seqs.append(tokens + self.type_embedding[self.modalities.index(name)])  # (B, N_m, D)
             masks.append(mask)

@@ -53,6 +53,19 @@ def test_keep_last_tokens_by_hand():
     assert torch.equal(kept_mask, torch.tensor([[True, True], [True, False]]))
 
 
+def test_keep_last_tokens_by_time_keeps_a_leading_summary_token():
+    # STraTS puts summary tokens first, stamped with the patient's last observation time
+    tokens = torch.arange(10.0).reshape(2, 5, 1)
+    mask = torch.tensor([[True, True, True, True, False], [True, True, True, True, True]])
+    times = torch.tensor([[9.0, 1.0, 2.0, 9.0, 99.0], [5.0, 1.0, 5.0, 3.0, 2.0]])  # 99: padding, ignored
+    kept, kept_mask = keep_last_tokens(ModalityTokens(tokens * mask[..., None], mask, mask.any(1), times * mask), 2)
+    # patient 0: the two tokens at time 9 (positions 0 and 3); patient 1: the two at time 5 (0 and 2), in order
+    assert torch.equal(kept[..., 0], torch.tensor([[0.0, 3.0], [5.0, 7.0]])) and bool(kept_mask.all())
+    times[0, 1] = 9.0  # three tokens at the latest time: the later positions win the tie
+    kept, _ = keep_last_tokens(ModalityTokens(tokens * mask[..., None], mask, mask.any(1), times * mask), 2)
+    assert torch.equal(kept[0, :, 0], torch.tensor([1.0, 3.0]))
+
+
 def test_max_tokens_per_modality_equals_passing_only_the_last_tokens():
     torch.manual_seed(0)
     head = TransformerFusion(D, ["a", "b"], n_heads=2, max_tokens_per_modality=2).eval()
