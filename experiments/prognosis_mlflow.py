@@ -124,11 +124,13 @@ class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
                                            contributions=bool(params.get("contributions", True)),
                                            feature_contributions=bool(params.get("feature_contributions", False)),
                                            show_progress=False)
-        except ValueError as err:  # a request-level mistake: MLflow's server would answer "unexpected error"
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-            raise MlflowException(f"clinfuse: {err}", error_code=INVALID_PARAMETER_VALUE) from None
+        except ValueError as err:
+            # a request-level mistake (no patient_id column, bad horizons): every row gets the message.
+            # Raised, MLflow's server would answer "unexpected error" with a stack trace, or echo the
+            # whole input (patient data) into its message and logs
+            ids = df["patient_id"].tolist() if "patient_id" in df.columns else [None] * len(df)
+            rows = [{"patient_id": pid, "error": f"clinfuse: {err}", "prediction": None} for pid in ids]
+            return pd.DataFrame(rows, columns=["patient_id", "error", "prediction"])
         rows = [
             {
                 "patient_id": p.get("patient_id"),

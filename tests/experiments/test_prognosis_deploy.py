@@ -98,16 +98,16 @@ def test_rest_answers_carry_the_past_horizon_and_no_data_notices(slides, synthet
     assert "carried forward" in answer.loc[0, "prediction"]
 
 
-def test_request_level_mistakes_reach_the_client_as_messages(slides):
-    from mlflow.exceptions import MlflowException
-
+def test_request_level_mistakes_reach_the_client_as_per_row_messages(slides):
     pyfunc = PrognosisPyfunc()
     pyfunc.prognosis = slides[2]
     assert records_from_frame(pd.DataFrame()) == [] and pyfunc.predict(None, pd.DataFrame()).empty
-    with pytest.raises(MlflowException, match=r"clinfuse: input needs a 'patient_id' column; got \['tabular'\]"):
-        pyfunc.predict(None, pd.DataFrame({"tabular": ['{"age": 60}']}))
-    with pytest.raises(MlflowException, match=r"clinfuse: horizons must be finite and >= 0, got \[-1.0\]"):
-        pyfunc.predict(None, pd.DataFrame({"patient_id": ["p"]}), params={"horizons": [-1.0]})
+    out = pyfunc.predict(None, pd.DataFrame({"tabular": ['{"age": 60}', '{"age": 70}']}))
+    assert out["error"].tolist() == ["clinfuse: input needs a 'patient_id' column; got ['tabular']"] * 2
+    assert out["prediction"].isna().all()
+    out = pyfunc.predict(None, pd.DataFrame({"patient_id": ["p"]}), params={"horizons": [-1.0]})
+    assert out.to_dict("records") == [{"patient_id": "p", "error": "clinfuse: horizons must be finite and >= 0, got [-1.0]",
+                                       "prediction": None}]
 
 
 def test_json_strings_wrapped_in_numpy_scalars_are_read():
