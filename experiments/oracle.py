@@ -62,7 +62,10 @@ def _observed_for_loaded(datamodule: Any, o: Any) -> Any:
         mine = oracle_for_modalities(cohort.root, cohort.modalities).set_index("patient_id").loc[o.index]
     except (ValueError, KeyError):  # not a synthetic cohort folder (a converted one with an oracle file)
         return o
-    return o.assign(risk_observed=mine["risk_observed"], prob_observed=mine["prob_observed"])
+    # the per-cause oracle (a Monte Carlo average over the posterior) is not rebuilt for a subset of
+    # modalities: its observed columns are dropped rather than reported for modalities the model never reads
+    cif_observed = [c for c in o.columns if c.startswith("cif_cause") and c.endswith("_observed")]
+    return o.drop(columns=cif_observed).assign(risk_observed=mine["risk_observed"], prob_observed=mine["prob_observed"])
 
 
 def format_comparison(test: dict[str, float], oracle: dict[str, float], task: str,
@@ -86,11 +89,15 @@ def format_comparison(test: dict[str, float], oracle: dict[str, float], task: st
         # a ratio of AUPRCs says little: their chance level is the prevalence, not 0.5
         ratio = model / full if n != "auprc" and full and not math.isnan(full) else math.nan
         ratio_text = f"{ratio:>19.3f}" if not math.isnan(ratio) else f"{'-':>19}"
-        rows.append(f"{n:<{w}} {model:>8.4f} {full:>13.4f} {obs:>17.4f} {ratio_text}")
+        obs_text = f"{obs:>17.4f}" if not math.isnan(obs) else f"{'-':>17}"
+        rows.append(f"{n:<{w}} {model:>8.4f} {full:>13.4f} {obs_text} {ratio_text}")
     notes = ["oracle: the generator's Bayes-optimal risk on the same test patients; full = from the latent state "
              "(no missing data), observed = from the values of the modalities each patient has (not from which are "
              "missing, which can carry risk). Chance is 0.5."]
     if loaded is not None and cohort_modalities is not None and sorted(loaded) != sorted(cohort_modalities):
         notes.append(f"this model reads {sorted(loaded)} of the cohort's {sorted(cohort_modalities)}: oracle(observed) "
                      "is given those of them each patient has (oracle(full) still uses everything).")
+    if any(math.isnan(oracle.get(f"{n}_observed", math.nan)) for n in names if f"{n}_full" in oracle):
+        notes.append("-: no oracle(observed) for the modalities this model reads (the per-cause oracle is only "
+                     "computed with all of the cohort's modalities).")
     return "\n".join(["", "Test split: model vs oracle", *rows, *notes, ""])

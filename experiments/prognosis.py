@@ -399,7 +399,9 @@ class Prognosis:
         past = [h for h in horizons if end is not None and h > end]
         if not past:
             return None
-        return (f"horizons {[f'{h:g}' for h in past]} are past the model's last training event time ({end:g}): "
+        what = ("last training event time" if self.baseline is not None
+                else "last time-bin end (later training events all fall in its open last bin)")
+        return (f"horizons {[f'{h:g}' for h in past]} are past the model's {what} ({end:g}): "
                 f"survival there is the value at {end:g} carried forward, not an estimate")
 
     def predict_cohort(self, root: str | Path, **kwargs: Any) -> pd.DataFrame:

@@ -43,3 +43,22 @@ def test_oracle_observed_is_given_the_modalities_the_data_module_loads(synthetic
     assert two["c_index_observed"] == c(oracle_for_modalities(synthetic_cohort, ["tabular", "genomics"]))
     assert every["c_index_observed"] == c(pd.read_parquet(synthetic_cohort / "oracle.parquet"))
     assert two["c_index_full"] == every["c_index_full"] and two["c_index_observed"] < every["c_index_observed"]
+
+
+def test_per_cause_oracle_observed_is_left_out_when_the_model_reads_fewer_modalities(tmp_path):
+    from clinfuse.datasets.datamodule import ClinicalDataModule
+    from clinfuse.datasets.synthetic import generate_cohort
+    from clinfuse.experiments.oracle import oracle_metrics
+
+    root = generate_cohort(tmp_path / "c", n_patients=120, seed=1, wsi_patches=(4, 8), ecg_fs=100, ecg_seconds=2.0,
+                           n_causes=2, show_progress=False)
+    every = oracle_metrics(ClinicalDataModule(str(root), max_patches=8, ecg_seconds=2.0), "survival")
+    two = oracle_metrics(ClinicalDataModule(str(root), modalities=["tabular", "genomics"]), "survival")
+    assert {"c_index_cause1_observed", "c_index_cause2_observed"} <= set(every)
+    assert not any(k.startswith("c_index_cause") and k.endswith("_observed") for k in two)
+    assert two["c_index_cause1_full"] == every["c_index_cause1_full"]
+    test = {"test/c_index": 0.6, "test/c_index_cause1": 0.6, "test/c_index_cause2": 0.6}
+    text = format_comparison(test, two, "survival", ["genomics", "tabular"], ["tabular", "genomics", "wsi"])
+    row = next(line for line in text.splitlines() if line.startswith("c_index_cause1"))
+    assert row.split()[3] == "-" and "-: no oracle(observed) for the modalities this model reads" in text
+    assert "-: no oracle" not in format_comparison(test, every, "survival")

@@ -135,3 +135,13 @@ def test_a_missing_slide_file_is_named_as_missing(tmp_path, monkeypatch):
     (tmp_path / "bad.h5").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="corrupt or unreadable slide file"):
         read_slide_features("bad.h5", None, "(patient p)")
+
+
+def test_the_past_horizon_notice_names_the_last_bin_end_for_discrete_time_models(synthetic_cohort, tmp_path,
+                                                                                train_predictor, slides):
+    _, prog = train_predictor(synthetic_cohort, tmp_path, ["tabular"], survival_loss="logistic_hazard", n_time_bins=4)
+    end = prog.last_event_time
+    assert end == pytest.approx(float(prog.model.objective.edges[-2]))
+    assert "last time-bin end (later training events all fall in its open last bin)" in prog.horizon_notice([end + 1])
+    assert "last training event time" in slides[2].horizon_notice([slides[2].last_event_time + 1])  # Cox
+    assert prog.horizon_notice([end]) is None
