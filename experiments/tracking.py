@@ -20,15 +20,27 @@ def default_tracking_uri(workdir: str | os.PathLike | None = None) -> str:
     return f"sqlite:///{Path(workdir or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
-def default_logger_config(workdir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The ``trainer.logger`` the CLI uses unless the config names another one."""
-    root = Path(workdir or os.getcwd()).resolve()
+class WorkdirMLFlowLogger(MLFlowLogger):
+    """``MLFlowLogger`` whose store defaults to the working directory *when the run starts*:
+    ``tracking_uri`` None -> :func:`default_tracking_uri` (``MLFLOW_TRACKING_URI`` or
+    ``./mlflow.db``), ``artifact_location`` None -> ``./mlartifacts``. The config a run logs then
+    says ``null`` for both, so re-running it elsewhere logs there, not into the first run's folder."""
+
+    def __init__(self, *args: Any, tracking_uri: str | None = None, artifact_location: str | None = None,
+                 **kwargs: Any) -> None:
+        tracking_uri = tracking_uri or default_tracking_uri()
+        if artifact_location is None and tracking_uri.startswith("sqlite:///"):
+            artifact_location = str(Path.cwd().resolve() / "mlartifacts")
+        super().__init__(*args, tracking_uri=tracking_uri, artifact_location=artifact_location, **kwargs)
+
+
+def default_logger_config() -> dict[str, Any]:
+    """The ``trainer.logger`` the CLI uses unless the config names another one: a
+    :class:`WorkdirMLFlowLogger` (no paths in the config; they are resolved when the run starts)."""
     return {
-        "class_path": "lightning.pytorch.loggers.MLFlowLogger",
+        "class_path": "clinfuse.experiments.tracking.WorkdirMLFlowLogger",
         "init_args": {
             "experiment_name": EXPERIMENT_NAME,
-            "tracking_uri": default_tracking_uri(root),
-            "artifact_location": str(root / "mlartifacts"),
             "log_model": True,  # the checkpoints (best included) become run artifacts after fit
         },
     }

@@ -69,6 +69,7 @@ def test_fit_trains_tests_and_records_everything_in_mlflow(synthetic_cohort, tmp
     assert 0.0 <= run.data.metrics["test/logrank_p"] <= 1.0
     config_text = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
     assert str(synthetic_cohort) in config_text and "TransformerFusion" in config_text
+    assert str(tmp_path) not in config_text  # no store path: a re-run elsewhere logs where it runs
     # the prediction model (pyfunc), registered in the model registry and loaded back from it
     uri = run.data.tags["clinfuse.prognosis_model_uri"]
     assert f"prediction model logged: {uri}" in out
