@@ -218,8 +218,15 @@ class ClinicalDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) training batches."""
-        return self._loader("train", shuffle=True)
+        """Shuffled (seeded) training batches; a fit resumed from a checkpoint continues the
+        shuffling where it stopped (the generator's state is saved with the checkpoint)."""
+        loader = self._loader("train", shuffle=True)
+        self._train_generator = loader.generator
+        resumed = getattr(self, "_resume_generator_state", None)
+        if resumed is not None:
+            loader.generator.set_state(resumed)
+            self._resume_generator_state = None
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in split order."""
@@ -250,8 +257,13 @@ class ClinicalDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every Lightning checkpoint: the fitted preprocessing and the modality spec."""
-        return {"preprocessing": self.preprocessing_state(), "spec": self.spec}
+        """Saved in every Lightning checkpoint: the fitted preprocessing, the modality spec and the
+        training loader's shuffling state (for a resumed fit)."""
+        state = {"preprocessing": self.preprocessing_state(), "spec": self.spec}
+        generator = getattr(self, "_train_generator", None)
+        if generator is not None:
+            state["train_generator"] = generator.get_state()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuse to resume on data with another modality spec than the checkpoint's (``clinfuse``'s
@@ -262,6 +274,7 @@ class ClinicalDataModule(pl.LightningDataModule):
                 f"the checkpoint was trained on data with modality spec {sorted(state_dict['spec'])} "
                 f"that differs from the cohort at {self.root} ({sorted(self.spec)})"
             )
+        self._resume_generator_state = state_dict.get("train_generator")  # applied by train_dataloader
 
 
 def _lead_list(leads: Any) -> list[str] | None:

@@ -375,6 +375,26 @@ class ClinFuseModule(pl.LightningModule):
         baseline = BreslowBaseline().fit(*tr)
         return lambda t: baseline.survival(risk, t)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the global random streams, so that a fit resumed from this checkpoint continues them."""
+        from clinfuse.experiments import rng_state
+
+        checkpoint["clinfuse_rng"] = rng_state.capture()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved random streams for :meth:`on_train_start` (only a resumed fit sets them:
+        loading a model for prediction leaves the caller's generators alone)."""
+        self._resume_rng = checkpoint.get("clinfuse_rng")
+
+    def on_train_start(self) -> None:
+        """A resumed fit continues the checkpoint's random streams (modality dropout, slide patches)."""
+        state = getattr(self, "_resume_rng", None)
+        if state is not None:
+            from clinfuse.experiments import rng_state
+
+            rng_state.restore(state)
+            self._resume_rng = None
+
     def on_train_epoch_start(self) -> None:
         """Empty the Cox risk memory: within an epoch every patient is seen once, so its risk sets
         never hold a stale copy of a patient (the event's own included) next to the current one."""
