@@ -112,8 +112,12 @@ class SweepSpace:
         raise ValueError(f"{self.path}: config file {config!r} not found (relative to the working directory or "
                          f"any folder above the sweep file)")
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, offset: int = 0) -> optuna.samplers.BaseSampler:
+        """The sampler of the file; its ``seed`` plus ``offset`` (the trials a study already holds when
+        this worker starts), so a restarted sweep or a worker joining a shared study draws new
+        points, while a single uninterrupted worker is reproducible from ``seed``."""
         name, seed = self.sampler.get("name", "tpe"), self.sampler.get("seed")
+        seed = None if seed is None else int(seed) + int(offset)
         if name == "tpe":
             return optuna.samplers.TPESampler(seed=seed)
         if name == "random":

@@ -313,3 +313,21 @@ def test_the_sweeps_checkpoint_follows_its_direction_even_on_the_configs_own_mon
     _monitor_sweep_metric(trainer, "val/task_loss", "minimize")  # already right: left as it is
     assert trainer.checkpoint_callback is kept
     assert sum(isinstance(c, ModelCheckpoint) for c in trainer.callbacks) == 1
+
+
+def test_a_restarted_or_joining_worker_draws_new_points(tmp_path, monkeypatch):
+    # the file's seed makes one uninterrupted worker reproducible; a restart must not replay its points
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = SweepSpace.load(_sweep_file(tmp_path))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = optuna.create_study(study_name="tiny", storage=storage, direction="maximize", sampler=space.make_sampler())
+    trial = first.ask()
+    _, drawn = space.suggest(trial)
+    trial.set_user_attr("config", "{}\n")  # what a real trial records
+    first.tell(trial, 0.5)
+    replay = optuna.create_study(study_name="tiny", storage=storage, direction="maximize", load_if_exists=True,
+                                 sampler=space.make_sampler())
+    assert space.suggest(replay.ask())[1] == drawn  # what a restart did before
+    study = run_sweep(space, [str(QUICKSTART)], n_trials=0, storage=storage)
+    assert space.suggest(study.ask())[1] != drawn
