@@ -105,12 +105,13 @@ class ClinFuseCLI(LightningCLI):
         """A ``--ckpt_path`` file must fit the model the config stack builds (see ``check_checkpoint``);
         an evaluation's MLflow run is tagged with the checkpoint and the run that trained it."""
         path = self.config_init[subcommand].get("ckpt_path")
+        if subcommand == "fit" and path == "last":  # Lightning would look in this run's new, empty folder
+            path = self.config_init[subcommand]["ckpt_path"] = last_checkpoint(self.trainer.default_root_dir)
         if path and Path(str(path)).is_file():  # not "best", "last", "hpc", "registry" or a remote URL
             check_checkpoint(path, self.model, self.datamodule.spec)
             # other splits would test on training patients; other statistics preprocess differently
             check_checkpoint_data(path, self.datamodule, fix=CKPT_DATA_FIX.format(subcommand=subcommand))
-            if subcommand != "fit":
-                tag_checkpoint_source(self.trainer, str(path))
+            tag_checkpoint_source(self.trainer, str(path))
 
     def after_fit(self) -> None:
         """Test the best checkpoint and compare with the oracle."""
@@ -140,10 +141,25 @@ CKPT_DATA_FIX = ("run `clinfuse {subcommand}` with the data settings the model w
                  "prognosis model, which apply the model's own preprocessing")
 
 
+def last_checkpoint(root: str | os.PathLike) -> str:
+    """The newest ``last*.ckpt`` under ``root`` (``trainer.default_root_dir``: every fit writes into
+    its own ``<experiment>/<run id>/checkpoints`` folder there), for ``clinfuse fit --ckpt_path last``.
+
+    Raises:
+        ValueError: there is none, saying how to get one.
+    """
+    found = sorted(Path(root).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ValueError(f"--ckpt_path last: no last.ckpt under {root}; the fit to resume needs "
+                         "--checkpoint.save_last true, or pass its checkpoint file as --ckpt_path")
+    print(f"resuming from {found[-1]}", file=sys.stderr)
+    return str(found[-1])
+
+
 def tag_checkpoint_source(trainer: object, path: str) -> None:
     """Tag every MLflow run of ``trainer`` with ``clinfuse.checkpoint`` and, when the path is one
     ``clinfuse fit`` wrote (``.../<run id>/checkpoints/...``), ``clinfuse.trained_in_run``: a test or
-    predict run is then traceable to its training run in the MLflow UI."""
+    predict run, or a resumed fit, is then traceable to its training run in the MLflow UI."""
     found = re.search(r"[/\\]([0-9a-f]{32})[/\\]checkpoints[/\\]", os.path.abspath(path))
     for logger in trainer.loggers:
         if isinstance(logger, MLFlowLogger):

@@ -98,6 +98,9 @@ def log_run_facts(logger: MLFlowLogger, trainer: Any) -> None:
 
     facts: dict[str, Any] = {"trainer.max_epochs": trainer.max_epochs}
     dm = getattr(trainer, "datamodule", None)
+    root = str(getattr(dm, "root", "") or "")
+    if root and not root.startswith("builtin:"):  # the config holds it as typed (often relative)
+        facts["data.root_resolved"] = str(Path(root).resolve())
     cohort = getattr(dm, "_cohort", None)  # loaded by the data module's setup, before callbacks' setup
     if cohort is not None:
         facts["data.loaded_modalities"] = ",".join(cohort.modalities)
@@ -107,6 +110,34 @@ def log_run_facts(logger: MLFlowLogger, trainer: Any) -> None:
             logger.experiment.log_param(logger.run_id, key, value)
         except MlflowException:  # resumed with another value: the first one stays
             pass
+    for key, value in code_version().items():
+        logger.experiment.set_tag(logger.run_id, key, value)
+
+
+def code_version() -> dict[str, str]:
+    """MLflow's source tags for the clinfuse code that runs: its git commit (with ``-dirty`` when
+    tracked files differ from it) when the package is a git checkout, and its version. MLflow sets
+    the commit itself only for runs it starts from a script in a repository, not for a logger's runs."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    tags = {}
+    try:
+        tags["clinfuse.version"] = version("clinfuse")
+    except PackageNotFoundError:
+        pass
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (an installed wheel)
+        return tags
+    tags[MLFLOW_GIT_COMMIT] = commit + ("-dirty" if dirty else "")
+    return tags
 
 
 class MLflowSaveConfigCallback(SaveConfigCallback):

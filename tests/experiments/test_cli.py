@@ -70,6 +70,12 @@ def test_fit_trains_tests_and_records_everything_in_mlflow(synthetic_cohort, tmp
     config_text = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
     assert str(synthetic_cohort) in config_text and "TransformerFusion" in config_text
     assert str(tmp_path) not in config_text  # no store path: a re-run elsewhere logs where it runs
+    assert run.data.params["data.root_resolved"] == str(synthetic_cohort.resolve())
+    import subprocess
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if head:  # a git checkout (CI's clone is one): the run names the code it ran
+        assert run.data.tags["mlflow.source.git.commit"].removesuffix("-dirty") == head
     # the prediction model (pyfunc), registered in the model registry and loaded back from it
     uri = run.data.tags["clinfuse.prognosis_model_uri"]
     assert f"prediction model logged: {uri}" in out

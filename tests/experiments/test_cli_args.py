@@ -154,3 +154,23 @@ def test_ckpt_on_other_splits_of_the_same_files_is_refused(sub, tabular_genomics
                                          r"settings the model was trained with .*`clinfuse score` or `clinfuse evaluate`") as err:
         cli_main(args)
     assert str(tabular_genomics_ckpt) in str(err.value)
+
+
+def test_fit_ckpt_path_last_resumes_the_newest_last_checkpoint(synthetic_cohort, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base = [*_args(synthetic_cohort, "--data.modalities=[tabular]"), "--trainer.limit_train_batches=1",
+            "--trainer.limit_val_batches=1", "--checkpoint.save_last=true", f"--trainer.default_root_dir={tmp_path / 'ck'}"]
+    with pytest.raises(ValueError, match="--ckpt_path last: no last.ckpt under .*ck; the fit to resume needs "
+                                         "--checkpoint.save_last true"):
+        cli_main(["fit", *base, "--trainer.max_epochs=1", "--ckpt_path", "last"])
+    cli_main(["fit", *base, "--trainer.max_epochs=1"])
+    (last,) = (tmp_path / "ck").rglob("last.ckpt")
+    capsys.readouterr()
+    from clinfuse.experiments.module import ClinFuseModule
+
+    steps = []
+    original = ClinFuseModule.training_step
+    monkeypatch.setattr(ClinFuseModule, "training_step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
+    cli = cli_main(["fit", *base, "--trainer.max_epochs=2", "--ckpt_path", "last"])
+    assert f"resuming from {last}" in capsys.readouterr().err
+    assert cli.trainer.current_epoch == 2 and len(steps) == 1  # only the second epoch ran: resumed, not restarted
