@@ -118,6 +118,10 @@ class Objective:
         cli.trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.space.metric))
         try:
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        except SystemExit:
+            if cli.trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1), which Optuna would not see:
+                raise KeyboardInterrupt from None  # as an interrupt, the trial is marked failed, the parent KILLED
+            raise
         finally:  # pruned trials too: the run's last epoch value is not what the sweep compares
             _log_trial_best(cli.trainer, self.space.metric)
         score = cli.trainer.checkpoint_callback.best_model_score if cli.trainer.checkpoint_callback else None

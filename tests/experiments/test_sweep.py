@@ -331,3 +331,23 @@ def test_a_restarted_or_joining_worker_draws_new_points(tmp_path, monkeypatch):
     assert space.suggest(replay.ask())[1] == drawn  # what a restart did before
     study = run_sweep(space, [str(QUICKSTART)], n_trials=0, storage=storage)
     assert space.suggest(study.ask())[1] != drawn
+
+
+def test_ctrl_c_during_a_trial_fails_the_trial_and_kills_the_parent_run(synthetic_cohort, tmp_path, monkeypatch):
+    # Lightning answers Ctrl-C by marking the trainer interrupted and calling sys.exit(1)
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.trainer.states import TrainerStatus
+
+    def interrupted_fit(self, *args, **kwargs):
+        self.state.status = TrainerStatus.INTERRUPTED
+        raise SystemExit(1)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(Trainer, "fit", interrupted_fit)
+    space = SweepSpace.load(_sweep_file(tmp_path, "ctrlc", epochs=1))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(space, [str(QUICKSTART)], n_trials=2, extra=_fast_args(synthetic_cohort))
+    assert _parent_status(tmp_path, "ctrlc") == "KILLED"
+    study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]  # told, not left RUNNING
