@@ -173,4 +173,7 @@ def test_fit_ckpt_path_last_resumes_the_newest_last_checkpoint(synthetic_cohort,
     monkeypatch.setattr(ClinFuseModule, "training_step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
     cli = cli_main(["fit", *base, "--trainer.max_epochs=2", "--ckpt_path", "last"])
     assert f"resuming from {last}" in capsys.readouterr().err
-    assert cli.trainer.current_epoch == 2 and len(steps) == 1  # only the second epoch ran: resumed, not restarted
+    resumed = len(steps)
+    steps.clear()
+    cli_main(["fit", *base[:-1], f"--trainer.default_root_dir={tmp_path / 'scratch'}", "--trainer.max_epochs=2"])
+    assert cli.trainer.current_epoch == 2 and 0 < resumed and 2 * resumed == len(steps)  # one epoch of two: resumed
