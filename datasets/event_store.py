@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def open_store(path: Path, batch_rows: int) -> EventStore:
     folder = path.parent / CACHE_DIR / f"{path.stem}_{key}"
     if (folder / "meta.json").exists():
         return EventStore(folder)
+    temporary = False
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.parent / f"{folder.name}.{os.getpid()}.tmp"
@@ -118,23 +120,44 @@ def open_store(path: Path, batch_rows: int) -> EventStore:
         import warnings
 
         tmp = Path(tempfile.mkdtemp(prefix="clinfuse-events-"))
-        folder = tmp
+        folder, temporary = tmp, True
         warnings.warn(f"{path.parent / CACHE_DIR}: not writable; the event store is built in {tmp}", stacklevel=3)
     try:
         _build(path, tmp, batch_rows)
-        if tmp != folder:
+        if not temporary:
             try:
                 os.replace(tmp, folder)  # atomic publish; another process may have won the race
             except OSError:
                 if not (folder / "meta.json").exists():
                     raise
-    finally:
-        if tmp != folder:
+    except BaseException:
+        if temporary:
             shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if not temporary:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if temporary:  # removed with the store (its reader), not left in the temporary directory
+        store = EventStore(folder)
+        remove_when_collected(store, folder)
+        return store
     for stale in folder.parent.glob(f"{path.stem}_*"):  # stores of earlier versions of the file
         if stale != folder and stale.is_dir() and not stale.name.endswith(".tmp"):
             shutil.rmtree(stale, ignore_errors=True)
     return EventStore(folder)
+
+
+def remove_when_collected(owner: object, folder: Path) -> None:
+    """Delete the temporary ``folder`` once ``owner`` is garbage-collected (or at exit), in the
+    process that made it only: a forked data-loader worker's copy of ``owner`` must not delete the
+    folder its parent still reads."""
+    pid = os.getpid()
+
+    def remove(folder: Path = folder) -> None:
+        if os.getpid() == pid:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    weakref.finalize(owner, remove)
 
 
 def _suffix(name: str) -> str:

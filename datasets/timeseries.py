@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from clinfuse.datasets.event_store import EventStore, open_store
+from clinfuse.datasets.event_store import EventStore, open_store, remove_when_collected
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.patient_index import PatientIndex
 from clinfuse.datasets.reader import ModalityReader, unknown_ids_message
@@ -176,6 +176,7 @@ class TimeseriesReader(ModalityReader):
                 warnings.warn(f"{store.folder}: cannot write the fitted events ({err}); using a temporary folder",
                               stacklevel=3)
                 folder = Path(tempfile.mkdtemp(prefix="clinfuse-events-"))
+                remove_when_collected(self, folder)
                 self._events, starts_file = folder / self._events.name, folder / starts_file.name
                 self._write_fitted(starts_file)
         self._starts = np.load(starts_file)

@@ -135,6 +135,13 @@ def test_unwritable_cache_folder_falls_back_to_a_temporary_store(tmp_path, monke
     with pytest.warns(UserWarning, match="not writable"):
         reader = TimeseriesReader(tmp_path).fit(["p1", "p2"])
     assert len(reader.get("p3")["times"]) == 9
+    folder = reader._store.folder
+    assert folder.name.startswith("clinfuse-events-") and (folder / "meta.json").exists()
+    del reader
+    import gc
+
+    gc.collect()
+    assert not folder.exists()  # the temporary store goes with its reader (it was left in /tmp)
 
 
 def test_open_store_names_the_file_for_bad_rows(tmp_path, monkeypatch):
