@@ -123,6 +123,8 @@ class ClinicalDataModule(pl.LightningDataModule):
         self.predict_split = predict_split
         self._cohort: Cohort | None = None
         self._datasets: dict[str, ClinicalDataset] = {}
+        self._train_generator: torch.Generator | None = None  # the training loader's, saved with checkpoints
+        self._resume_generator_state: torch.Tensor | None = None  # a checkpoint's, for the next train_dataloader
 
     # ------------------------------------------------------------------ loading
     def _synthesize_if_missing(self) -> None:
@@ -222,9 +224,8 @@ class ClinicalDataModule(pl.LightningDataModule):
         shuffling where it stopped (the generator's state is saved with the checkpoint)."""
         loader = self._loader("train", shuffle=True)
         self._train_generator = loader.generator
-        resumed = getattr(self, "_resume_generator_state", None)
-        if resumed is not None:
-            loader.generator.set_state(resumed)
+        if self._resume_generator_state is not None:
+            loader.generator.set_state(self._resume_generator_state)
             self._resume_generator_state = None
         return loader
 
@@ -260,9 +261,8 @@ class ClinicalDataModule(pl.LightningDataModule):
         """Saved in every Lightning checkpoint: the fitted preprocessing, the modality spec and the
         training loader's shuffling state (for a resumed fit)."""
         state = {"preprocessing": self.preprocessing_state(), "spec": self.spec}
-        generator = getattr(self, "_train_generator", None)
-        if generator is not None:
-            state["train_generator"] = generator.get_state()
+        if self._train_generator is not None:
+            state["train_generator"] = self._train_generator.get_state()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

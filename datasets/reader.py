@@ -219,6 +219,15 @@ def check_not_float_ids(ids: pd.Series, path: Path) -> None:
         raise ValueError(f"{path}: column 'patient_id' holds floats (e.g. {example!r}); {FLOAT_IDS_HINT}")
 
 
+def case_collisions(values: Iterable[str]) -> list[list[str]]:
+    """Groups of distinct ``values`` equal after ``str.strip().casefold()`` (``'F'``, ``'f '``),
+    each sorted, in sorted order; ``[]`` when there is none."""
+    groups: dict[str, set[str]] = {}
+    for v in values:
+        groups.setdefault(v.strip().casefold(), set()).add(v)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
 def require_columns(columns: Iterable[str], required: Sequence[str], path: Path) -> None:
     """Raise ``ValueError`` naming the file and every required column it lacks."""
     have = set(columns)

@@ -14,6 +14,7 @@ import torch
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.reader import (
     ModalityReader,
+    case_collisions,
     huge_values,
     read_patient_table,
     require_columns,
@@ -22,15 +23,6 @@ from clinfuse.datasets.reader import (
 
 #: a text column with more distinct values than this, nearly all numbers, gets a warning
 NUMERIC_TEXT_LEVELS = 20
-
-
-def case_collisions(values: Iterable[str]) -> list[list[str]]:
-    """Groups of distinct ``values`` equal after ``str.strip().casefold()`` (``'F'``, ``'f '``),
-    each sorted, in sorted order; ``[]`` when there is none."""
-    groups: dict[str, set[str]] = {}
-    for v in values:
-        groups.setdefault(v.strip().casefold(), set()).add(v)
-    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
 
 
 class TabularReader(ModalityReader):

@@ -18,8 +18,7 @@ import torch
 from clinfuse.datasets.event_store import EventStore, open_store, remove_when_collected
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.patient_index import PatientIndex
-from clinfuse.datasets.reader import ModalityReader, unknown_ids_message
-from clinfuse.datasets.tabular import case_collisions
+from clinfuse.datasets.reader import ModalityReader, case_collisions, unknown_ids_message
 
 _BATCH_ROWS = 1 << 14  # rows per streamed record batch: bounds the transient memory of reading
 #: one fitted event on disk: time (hours), variable id, normalised value

@@ -108,9 +108,9 @@ class ClinFuseCLI(LightningCLI):
         if subcommand == "fit" and path == "last":  # Lightning would look in this run's new, empty folder
             path = self.config_init[subcommand]["ckpt_path"] = last_checkpoint(self.trainer.default_root_dir)
         if path and Path(str(path)).is_file():  # not "best", "last", "hpc", "registry" or a remote URL
-            check_checkpoint(path, self.model, self.datamodule.spec)
+            ckpt = check_checkpoint(path, self.model, self.datamodule.spec)
             # other splits would test on training patients; other statistics preprocess differently
-            check_checkpoint_data(path, self.datamodule, fix=CKPT_DATA_FIX.format(subcommand=subcommand))
+            check_checkpoint_data(path, self.datamodule, fix=CKPT_DATA_FIX.format(subcommand=subcommand), ckpt=ckpt)
             tag_checkpoint_source(self.trainer, str(path))
 
     def after_fit(self) -> None:
@@ -182,11 +182,14 @@ def check_spec(path: str | Path, checkpoint_spec: dict, data_spec: dict) -> None
                      f"the --config data ({sorted(data_spec)}){detail}")
 
 
-def check_checkpoint(path: str | Path, model: ClinFuseModule, data_spec: dict) -> None:
+def check_checkpoint(path: str | Path, model: ClinFuseModule, data_spec: dict) -> dict:
     """Check that the checkpoint at ``path`` fits ``model`` and its data before Lightning loads it
     (which fails with a raw ``load_state_dict`` error otherwise). LightningCLI builds the model from
     the checkpoint's hyperparameters, but the data's spec and class/cause counts are linked in from
     the ``--config`` data, so those are what can differ.
+
+    Returns:
+        The checkpoint, memory-mapped (for further checks without reading it again).
 
     Raises:
         ValueError: the checkpoint's modality spec differs from ``data_spec`` (``check_spec``), or its
@@ -202,7 +205,7 @@ def check_checkpoint(path: str | Path, model: ClinFuseModule, data_spec: dict) -
     missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
     shapes = sorted(k for k in set(ours) & set(theirs) if tuple(ours[k].shape) != tuple(theirs[k].shape))
     if not (missing or unexpected or shapes):
-        return
+        return ckpt
     differ = sorted(k for k in set(hparams) & set(model.hparams) if _differs(hparams[k], model.hparams[k]))
     found = [f"{what} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for what, keys in
              (("missing weights", missing), ("unexpected weights", unexpected), ("weights of another shape", shapes)) if keys]

@@ -63,16 +63,19 @@ def check_training_data(checkpoint: str | Path, spec: Mapping[str, Any], saved: 
                                  f"one the model was trained with (another cohort or split?): {fix}")
 
 
-def check_checkpoint_data(checkpoint: str | Path, datamodule: Any, fix: str = FIX) -> None:
+def check_checkpoint_data(checkpoint: str | Path, datamodule: Any, fix: str = FIX,
+                          ckpt: Mapping[str, Any] | None = None) -> None:
     """:func:`check_training_data` for a checkpoint file: its saved spec and data-module state
     against ``datamodule`` (a checkpoint without them, e.g. not written by ``clinfuse fit``, passes).
+    ``ckpt``: the checkpoint already loaded (else it is read from ``checkpoint``).
 
     Raises:
         ValueError: as :func:`check_training_data`.
     """
-    import torch
+    if ckpt is None:
+        import torch
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     spec = (ckpt.get("hyper_parameters") or {}).get("spec")
     if spec is None:
         return

@@ -8,7 +8,8 @@ import warnings
 import pandas as pd
 import pytest
 
-from clinfuse.datasets.tabular import TabularReader, case_collisions
+from clinfuse.datasets.reader import case_collisions
+from clinfuse.datasets.tabular import TabularReader
 from clinfuse.datasets.timeseries import TimeseriesReader
 
 IDS = [f"p{i}" for i in range(8)]
