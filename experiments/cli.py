@@ -355,6 +355,10 @@ def synth_main(argv: Sequence[str]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--causes", type=int, default=1,
                    help="competing causes of the event (2+ adds the labels' cause column and its oracle)")
+    p.add_argument("--wsi-signal", choices=("amount", "grade"), default="amount",
+                   help="amount: a slide's tumour share and tumour features carry the patient's state; grade: the "
+                   "tumour share (2-20%%) is random and only the tumour patches' features carry it (the "
+                   "multiple-instance setting, where averaging all patches dilutes the signal)")
     p.add_argument(
         "--missingness",
         type=_json_object,
@@ -368,7 +372,8 @@ def synth_main(argv: Sequence[str]) -> None:
         missingness = resolve_missingness(a.missingness)
     except ValueError as err:
         p.error(f"argument --missingness: {err}")
-    root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes)
+    root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes,
+                          wsi_signal=a.wsi_signal)
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 

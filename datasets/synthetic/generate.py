@@ -55,6 +55,7 @@ def generate_cohort(
     split_fractions=(0.7, 0.15, 0.15),
     show_progress: bool = True,
     n_causes: int = 1,
+    wsi_signal: str = "amount",
 ) -> Path:
     """Generate a synthetic multimodal cohort with known Bayes-optimal predictions.
 
@@ -75,6 +76,10 @@ def generate_cohort(
         n_causes: Competing causes of the event (``causes.py``): with 2 or more, ``labels.parquet``
             gets a ``cause`` column and ``oracle.parquet`` the cause-specific oracle; every other
             file is the same as with 1.
+        wsi_signal: ``"amount"`` (default): a slide's tumour share and its tumour patches' features
+            carry the WSI view; ``"grade"``: the tumour share (2-20 %) is random and only the
+            tumour patches' features carry it, the multiple-instance setting where averaging all
+            patches dilutes the signal (``wsi.py``). Other files are the same either way.
 
     Returns:
         The cohort folder.
@@ -85,6 +90,8 @@ def generate_cohort(
     validate_arguments(n_patients, seed, wsi_feature_dim, wsi_patches, ecg_fs, ecg_seconds, n_classes)
     if isinstance(n_causes, bool) or not isinstance(n_causes, (int, np.integer)) or not 1 <= n_causes <= causes.MAX_CAUSES:
         raise ValueError(f"n_causes must be an integer in [1, {causes.MAX_CAUSES}], got {n_causes!r}")
+    if wsi_signal not in wsi.SIGNALS:
+        raise ValueError(f"wsi_signal must be one of {wsi.SIGNALS}, got {wsi_signal!r}")
     fractions = splits.validate_fractions(split_fractions)
     resolved = resolve_missingness(missingness)
     root = prepare_out_dir(out_dir)
@@ -132,7 +139,7 @@ def generate_cohort(
     records.to_csv(root / "ecg" / "records.csv", index=False)
     slides = wsi.write_wsi(
         root / "wsi", _standardized(model, views, "wsi"), ids, presence["wsi"], rngs["wsi"], seeds["wsi_noise"],
-        wsi_feature_dim, tuple(wsi_patches), show_progress,
+        wsi_feature_dim, tuple(wsi_patches), show_progress, wsi_signal,
     )  # fmt: skip
     slides.to_csv(root / "wsi" / "slides.csv", index=False)
 
@@ -145,7 +152,7 @@ def generate_cohort(
         "missingness": resolved,
         "presence_rate": {m: float(np.mean(presence[m])) for m in latent.MODALITIES},
         "ecg": {"fs": int(ecg_fs), "seconds": float(ecg_seconds), "leads": list(ecg.LEADS)},
-        "wsi": {"feature_dim": int(wsi_feature_dim), "patches": [int(p) for p in wsi_patches]},
+        "wsi": {"feature_dim": int(wsi_feature_dim), "patches": [int(p) for p in wsi_patches], "signal": wsi_signal},
         "n_classes": int(n_classes),
         "n_causes": int(n_causes),
         "split_fractions": list(fractions),

@@ -6,6 +6,12 @@ contiguous blob around a random centre, are *tumour* patches; their features are
 ``1.5 t0 + D u[1:]``, a fixed tumour direction plus directions set by the rest of the standardised
 view. Every patch carries ``N(0, I)`` background noise. About a quarter of the patients have two
 slides.
+
+That is ``signal="amount"`` (the default): how much tumour a slide holds carries part of the
+patient's state. ``signal="grade"`` is the multiple-instance-learning setting instead: the tumour
+share is drawn uniformly from ``GRADE_FRACTION`` (2-20 %), whatever the patient, and the tumour
+patches' features carry the whole view (``1.5 t0 + D' u``). Averaging every patch then mixes the
+signal with a random tumour share; pooling that weighs the tumour patches (attention) does not.
 """
 
 from pathlib import Path
@@ -20,11 +26,35 @@ from clinfuse.datasets.parallel import run_chunks
 CHUNK = 32
 PATCH_PIXELS = 256
 SECOND_SLIDE_RATE = 0.25
+SIGNALS = ("amount", "grade")
+GRADE_FRACTION = (0.02, 0.20)
 
 
 def tumor_fraction(u: np.ndarray) -> np.ndarray:
     """Expected tumour-patch fraction per patient from the standardised WSI view ``u``."""
     return 0.05 + 0.6 * expit(1.5 * u[:, 0])
+
+
+def tumor_layout(
+    u: np.ndarray, tumor_direction: np.ndarray, mixing: np.ndarray, signal: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tumour share and tumour-patch feature shift of every slide.
+
+    Args:
+        u: Standardised WSI view of each slide's patient, shape ``(S, d)``.
+        tumor_direction: Unit vector ``t0``, shape ``(F,)``.
+        mixing: ``D``, shape ``(F, d - 1)`` for ``"amount"`` or ``(F, d)`` for ``"grade"``.
+        signal: ``"amount"`` or ``"grade"`` (module docstring).
+        rng: Source of the shares.
+
+    Returns:
+        ``fraction`` ``(S,)`` and ``shift`` ``(S, F)``.
+    """
+    if signal == "grade":  # the share says nothing about the patient; the tumour's features say everything
+        fraction = rng.uniform(*GRADE_FRACTION, size=u.shape[0])
+        return fraction, 1.5 * tumor_direction + u @ mixing.T
+    fraction = np.clip(tumor_fraction(u) + 0.05 * rng.standard_normal(u.shape[0]), 0.0, 0.95)
+    return fraction, 1.5 * tumor_direction + u[:, 1:] @ mixing.T
 
 
 def slide_bag(n_patches: int, fraction: float, shift: np.ndarray, rng: np.random.Generator):
@@ -72,6 +102,7 @@ def write_wsi(
     feature_dim: int,
     patches: tuple[int, int],
     show_progress: bool,
+    signal: str = "amount",
 ) -> pd.DataFrame:
     """Write the slides of every present patient into ``wsi_dir``.
 
@@ -85,10 +116,13 @@ def write_wsi(
         feature_dim: Feature dimension ``F``.
         patches: Inclusive range ``(low, high)`` of the number of patches per slide.
         show_progress: Whether to show a progress bar.
+        signal: ``"amount"`` or ``"grade"``: where the view shows in a slide (module docstring).
 
     Returns:
         The ``slides.csv`` table: ``patient_id, slide_id, path`` (path relative to ``wsi_dir``).
     """
+    if signal not in SIGNALS:
+        raise ValueError(f"wsi signal must be one of {SIGNALS}, got {signal!r}")
     wsi_dir = Path(wsi_dir)
     wsi_dir.mkdir(parents=True, exist_ok=True)
     d = u.shape[1]
@@ -103,8 +137,9 @@ def write_wsi(
     ids = np.asarray(patient_ids, dtype=object)[slide_rows]
     slide_ids = [f"{pid}_wsi{j}" for pid, j in zip(ids, slide_index)]
     n_patches = rng.integers(patches[0], patches[1] + 1, size=slide_rows.size)
-    fraction = np.clip(tumor_fraction(u[slide_rows]) + 0.05 * rng.standard_normal(slide_rows.size), 0.0, 0.95)
-    shift = 1.5 * tumor_direction + u[slide_rows, 1:] @ mixing.T  # (n_slides, F)
+    if signal == "grade":  # drawn here, so the slides and their patch counts are those of "amount"
+        mixing = np.concatenate([rng.standard_normal((feature_dim, 1)) / np.sqrt(feature_dim), mixing], axis=1)
+    fraction, shift = tumor_layout(u[slide_rows], tumor_direction, mixing, signal, rng)
 
     starts = range(0, slide_rows.size, CHUNK)
     children = seed.spawn(len(starts))

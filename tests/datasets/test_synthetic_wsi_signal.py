@@ -1,0 +1,66 @@
+"""The synthetic cohort's ``wsi_signal``: where a slide carries the patient's state."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clinfuse.datasets.synthetic import generate_cohort
+from clinfuse.datasets.synthetic.wsi import GRADE_FRACTION, tumor_layout
+from clinfuse.experiments.cli import synth_main
+
+SMALL = dict(n_patients=24, seed=3, wsi_patches=(5, 20), ecg_seconds=2.0, show_progress=False)
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _layout(signal: str, n: int = 4000, d: int = 4, f: int = 32):
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((n, d))
+    t0 = rng.standard_normal(f)
+    t0 /= np.linalg.norm(t0)
+    mixing = rng.standard_normal((f, d if signal == "grade" else d - 1)) / np.sqrt(f)
+    fraction, shift = tumor_layout(u, t0, mixing, signal, np.random.default_rng(1))
+    return u, t0, mixing, fraction, shift
+
+
+def test_grade_share_is_random_and_the_tumour_features_carry_the_whole_view():
+    u, t0, mixing, fraction, shift = _layout("grade")
+    assert GRADE_FRACTION[0] <= fraction.min() and fraction.max() <= GRADE_FRACTION[1]
+    assert all(abs(np.corrcoef(fraction, u[:, j])[0, 1]) < 0.06 for j in range(u.shape[1]))
+    np.testing.assert_allclose(shift, 1.5 * t0 + u @ mixing.T)
+
+
+def test_amount_share_follows_the_first_view_component_and_features_the_rest():
+    u, t0, mixing, fraction, shift = _layout("amount")
+    assert np.corrcoef(fraction, u[:, 0])[0, 1] > 0.8
+    np.testing.assert_allclose(shift, 1.5 * t0 + u[:, 1:] @ mixing.T)
+
+
+def test_grade_changes_only_the_slides(tmp_path):
+    amount = _files(generate_cohort(tmp_path / "amount", **SMALL))
+    grade = _files(generate_cohort(tmp_path / "grade", wsi_signal="grade", **SMALL))
+    assert set(amount) == set(grade)
+    slides = {name for name in amount if name.endswith(".h5")}
+    assert slides and all(amount[name] != grade[name] for name in slides)
+    same = set(amount) - slides - {"cohort.json"}
+    assert [name for name in sorted(same) if amount[name] != grade[name]] == []
+    assert json.loads(grade["cohort.json"])["wsi"]["signal"] == "grade"
+    assert json.loads(amount["cohort.json"])["wsi"]["signal"] == "amount"
+
+
+def test_unknown_signal_is_named_and_nothing_is_written(tmp_path):
+    with pytest.raises(ValueError, match="wsi_signal.*'texture'"):
+        generate_cohort(tmp_path / "out", wsi_signal="texture", **SMALL)
+    assert not (tmp_path / "out").exists()
+
+
+def test_synth_command_passes_the_signal(tmp_path, capsys):
+    synth_main(["--out", str(tmp_path / "c"), "--patients", "12", "--wsi-signal", "grade"])
+    assert json.loads((tmp_path / "c" / "cohort.json").read_text())["wsi"]["signal"] == "grade"
+    with pytest.raises(SystemExit):
+        synth_main(["--out", str(tmp_path / "d"), "--wsi-signal", "texture"])
+    assert "texture" in capsys.readouterr().err
