@@ -63,7 +63,7 @@ def incidence_table(pred_cif, times, time, cause, cause_names: Sequence[str] | N
 
 def incidence_plot(pred_cif, times, time, cause, cause_names=None, path=None,
                    time_unit: str | None = None) -> tuple[Figure, pd.DataFrame]:
-    """One panel per cause: mean predicted CIF (steps) and the Aalen-Johansen estimate with its 95%
+    """One panel per cause: mean predicted CIF (a line) and the Aalen-Johansen estimate (steps) with its 95%
     interval; saved as PNG at ``path`` when given. Arguments as :func:`incidence_table`;
     ``time_unit`` labels the time axis."""
     table = incidence_table(pred_cif, times, time, cause, cause_names)
@@ -75,7 +75,7 @@ def incidence_plot(pred_cif, times, time, cause, cause_names=None, path=None,
         ax.step(t["time"], t["observed"], where="post", color="black", label="Aalen-Johansen (observed)")
         ax.fill_between(t["time"], t["observed_lower"], t["observed_upper"], step="post", color="grey", alpha=0.25,
                         label="95% interval (observed)")
-        ax.step(t["time"], t["predicted"], where="post", color="tab:red", label="mean predicted")
+        ax.plot(t["time"], t["predicted"], color="tab:red", label="mean predicted")  # linear between bin ends
         ax.set_ylim(0, 1)
         ax.set_xlabel(f"time ({time_unit})" if time_unit else "time")
         ax.set_title(f"cumulative incidence: {name}\n(test split, n = {len(time)})")

@@ -113,7 +113,9 @@ def _validate_survival(prognosis: Any, root: str | Path, out: Path, split: str |
     def surv_fn(times: np.ndarray) -> np.ndarray:
         return prognosis.survival_matrix(outputs, times)
 
-    report = survival_report(time, event, time, event, risk, surv_fn, n_boot=n_boot)
+    objective = getattr(prognosis.model, "objective", None)
+    report = survival_report(time, event, time, event, risk, surv_fn, n_boot=n_boot,
+                             curve_auc=bool(objective is not None and objective.discrete))
     km_path, cal_path = out / "km_risk_groups.png", out / "calibration.png"
     unit = short_time_unit((prognosis.summary or {}).get("time_unit", "days"))
     what = f"split {split}" if split else "all patients"

@@ -253,12 +253,24 @@ def _follow_up_within(train: SurvivalData, test: SurvivalData, times) -> Surviva
 def time_dependent_auc(train, test, risk, times) -> tuple[np.ndarray, float]:
     """Cumulative/dynamic AUC (sksurv ``cumulative_dynamic_auc``).
 
+    Args:
+        risk: ``(n,)`` one score for every time, or ``(n, T)`` one per time (``1 - S(t | x)`` of
+            a model whose survival curves may cross, e.g. a discrete-time model: ranking such a
+            model by one summary score at every time under-reports its AUC). 2-D needs strictly
+            increasing ``times``.
+
     Returns:
         (auc (T,), mean_auc) with ``times`` sorted and de-duplicated as sksurv does.
     """
     train, test = _as_data(train, "train"), _as_data(test, "test")
-    risk = _check_scores(risk, len(test), "risk")
-    times = _check_times(times, increasing=False)  # one AUC per sorted unique time, as sksurv returns them
+    if np.ndim(risk) == 2:
+        times = _check_times(times)  # sksurv sorts the times, not the columns
+        risk = _check_scores(risk, len(test), "risk", ndim=2)
+        if risk.shape[1] != len(times):
+            raise ValueError(f"risk has {risk.shape[1]} columns for {len(times)} times")
+    else:
+        risk = _check_scores(risk, len(test), "risk")
+        times = _check_times(times, increasing=False)  # one AUC per sorted unique time, as sksurv returns them
     test = _events_until(test, times)
     auc, mean_auc = cumulative_dynamic_auc(train.structured, test.structured, risk, times)
     return np.asarray(auc), float(mean_auc)
@@ -402,7 +414,7 @@ def bootstrap_ci(metric_fn: Callable[..., float], *arrays, n_boot: int = 200, al
 
 def survival_report(
     train_time, train_event, test_time, test_event, risk, surv_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-    n_boot: int = 200, seed: int = 0,
+    n_boot: int = 200, seed: int = 0, curve_auc: bool = False,
 ) -> dict:
     """All survival metrics for one model on one test split.
 
@@ -417,6 +429,8 @@ def survival_report(
         surv_fn: ``surv_fn(times (T,)) -> (n_test, T)`` predicted survival probabilities, finite
             and in [0, 1] (a ValueError names the first bad row and column otherwise).
         n_boot, seed: bootstrap settings for the C-index intervals.
+        curve_auc: score the time-dependent AUC at each grid time by ``1 - surv_fn(t)`` instead of
+            ``risk`` (for models whose curves may cross: discrete-time ones; needs ``surv_fn``).
 
     Returns:
         dict of floats: harrell(+_low/_high), uno(+_low/_high), mean_td_auc, ibs, d_calibration_p,
@@ -437,12 +451,14 @@ def survival_report(
     for key, ci in (("harrell", harrell), ("uno", uno_ci)):
         out[key], out[f"{key}_low"], out[f"{key}_high"] = ci
         out[f"n_skipped_{key}"] = ci.n_skipped
-    out["mean_td_auc"] = time_dependent_auc(train, test, risk, times)[1]
+    if curve_auc and surv_fn is None:
+        raise ValueError("curve_auc needs surv_fn")
+    grid_surv = None if surv_fn is None else _check_surv_probs(surv_fn(times), len(test), len(times), "surv_fn(evaluation times)")
+    out["mean_td_auc"] = time_dependent_auc(train, test, 1.0 - grid_surv if curve_auc else risk, times)[1]
     out["ibs"] = out["d_calibration_p"] = float("nan")
     if surv_fn is not None:
         if len(times) >= 2:
-            out["ibs"] = integrated_brier(train, test, _check_surv_probs(surv_fn(times), len(test), len(times),
-                                                                         "surv_fn(evaluation times)"), times)
+            out["ibs"] = integrated_brier(train, test, grid_surv, times)
         uniq, inv = np.unique(test.time, return_inverse=True)
         curves = _check_surv_probs(surv_fn(uniq), len(test), len(uniq), "surv_fn(test times)")
         out["d_calibration_p"] = d_calibration(curves[np.arange(len(test)), inv.ravel()], test.event)["p_value"]

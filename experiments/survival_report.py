@@ -103,7 +103,8 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: in
         return objective.survival(torch.as_tensor(te_out), torch.as_tensor(times)).numpy()
 
     report = survival_report(
-        tr_all["time"].to_numpy(float), tr_all["event"].to_numpy(float), time, event, te_risk, surv_fn, n_boot=n_boot
+        tr_all["time"].to_numpy(float), tr_all["event"].to_numpy(float), time, event, te_risk, surv_fn, n_boot=n_boot,
+        curve_auc=objective.discrete,
     )
     paths = [km_path, cal_path]
     if objective.competing:

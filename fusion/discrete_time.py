@@ -74,7 +74,7 @@ def discretize(time: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         )
     if (time < edges[0]).any():
         raise ValueError("discretize: a time lies below the first edge")
-    return torch.bucketize(time.to(edges.dtype), edges[1:-1].contiguous(), right=True)
+    return torch.bucketize(time.to(edges.dtype).contiguous(), edges[1:-1].contiguous(), right=True)
 
 
 def _check(name: str, logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor, n_bins: int) -> None:

@@ -188,7 +188,8 @@ class SurvivalObjective(nn.Module):
         return _cumulative_incidence(out, self.n_causes)
 
     def cumulative_incidence_at(self, out: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """Competing-risks models: ``CIF_r(t)`` at ``times``, the step function of :meth:`survival`.
+        """Competing-risks models: ``CIF_r(t)`` at ``times``, read between the bin ends as
+        :meth:`survival` is (so ``S(t) + sum_r CIF_r(t) = 1`` at every ``t``).
 
         Shapes:
             out: (B, n_outputs), times: (T,) -> (B, R, T)
@@ -196,8 +197,7 @@ class SurvivalObjective(nn.Module):
         self._require_fitted()
         cif = self.cumulative_incidence(out)  # (B, R, K)
         cif = torch.cat([torch.zeros_like(cif[..., :1]), cif], dim=2)  # index k = CIF at e_k
-        k = torch.bucketize(times.to(self.edges.dtype), self.edges[1:-1].contiguous(), right=True)  # (T,)
-        return cif[..., k.to(cif.device)]
+        return self._between_ends(cif, times)
 
     def risk(self, out: torch.Tensor) -> torch.Tensor:
         """One risk score per patient (higher = earlier event), for C-indices and risk groups.
@@ -213,10 +213,15 @@ class SurvivalObjective(nn.Module):
         return -self.survival_at_bin_ends(out).sum(1)
 
     def survival(self, out: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """Discrete models: S(t) at ``times`` as a right-continuous step function of the bins.
+        """Discrete models: S(t) at ``times``, linear between the bin ends.
 
-        S(t) = 1 before the first interior edge; at ``t`` in bin ``k`` (k >= 1) the survival at the
-        end of bin ``k - 1``. (MCAT's convention places the event mass at bin ends.)
+        The model gives S at each bin end; inside a bin the event probability is spread evenly
+        over the bin (constant density, pycox's interpolation), so S(0) = 1 and S falls linearly to
+        the bin's end value. Read as a step at the bin ends instead, every patient would have
+        S = 1 until the first bin ends, whatever the model predicts, and D-calibration and the
+        Brier score would penalise even a perfect model. The last bin has no end: from the last
+        finite edge on, S is held at its value there (a horizon past it is flagged by the
+        prediction API).
 
         Shapes:
             out: (B, n_outputs), times: (T,) -> (B, T)
@@ -224,19 +229,41 @@ class SurvivalObjective(nn.Module):
         self._require_fitted()
         s = self.survival_at_bin_ends(out)  # (B, K)
         s = torch.cat([torch.ones_like(s[:, :1]), s], dim=1)  # (B, K + 1): index k = survival at e_k
-        k = torch.bucketize(times.to(self.edges.dtype), self.edges[1:-1].contiguous(), right=True)  # (T,)
-        return s[:, k.to(s.device)]
+        return self._between_ends(s, times)
+
+    def _between_ends(self, at_edges: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Read values given at the edges linearly between the finite edges, held after the last.
+
+        Shapes:
+            at_edges: (..., K + 1), index k = value at ``edges[k]`` (index K, at inf, unused);
+            times: (T,) -> (..., T)
+        """
+        finite = self.edges[:-1]  # (K,) e_0 = 0 ... e_{K-1}
+        t = times.to(finite.dtype).to(finite.device)
+        k = torch.bucketize(t, finite[1:].contiguous(), right=True)  # (T,) in 0..K-1: t in [e_k, e_{k+1})
+        nxt = (k + 1).clamp(max=finite.shape[0] - 1)  # the last finite edge reads itself: held
+        width = finite[nxt] - finite[k]  # (T,) 0 from the last finite edge on
+        frac = torch.where(width > 0, (t - finite[k]) / torch.where(width > 0, width, 1.0), 0.0).clamp(0.0, 1.0)
+        k, nxt = k.to(at_edges.device), nxt.to(at_edges.device)
+        lo, hi = at_edges[..., k], at_edges[..., nxt]
+        return lo + frac.to(at_edges.device, at_edges.dtype) * (hi - lo)
 
     def median(self, out: torch.Tensor) -> torch.Tensor:
-        """Discrete models: the first bin end where S <= 0.5 (inf when it never drops to 0.5).
+        """Discrete models: where :meth:`survival` (linear between bin ends) first reaches 0.5.
+
+        ``inf`` when the median is not reached within the model's time range: S is still above
+        0.5 at the last finite bin end (the open last bin cannot place it).
 
         Shapes:
             out: (B, n_outputs) -> (B,)
         """
         self._require_fitted()
         s = self.survival_at_bin_ends(out)  # (B, K)
-        ends = self.edges[1:].to(s.dtype)  # (K,) bin k ends at e_{k+1}; the last end is inf
-        below = s <= 0.5
-        first = torch.where(below.any(1), below.float().argmax(1), torch.full_like(below[:, 0], s.shape[1], dtype=torch.long))
-        padded = torch.cat([ends, ends.new_full((1,), math.inf)])
-        return padded[first]
+        s = torch.cat([torch.ones_like(s[:, :1]), s], dim=1)[:, : self.edges.shape[0] - 1]  # (B, K): S at e_0..e_{K-1}
+        finite = self.edges[:-1].to(s.device, s.dtype)  # (K,)
+        below = s <= 0.5  # (B, K); never at e_0 (S = 1)
+        j = below.float().argmax(1).clamp(min=1)  # (B,) first finite edge with S <= 0.5
+        s_hi, s_lo = s.gather(1, (j - 1)[:, None])[:, 0], s.gather(1, j[:, None])[:, 0]
+        frac = (s_hi - 0.5) / (s_hi - s_lo).clamp(min=torch.finfo(s.dtype).tiny)
+        median = finite[j - 1] + frac.clamp(0.0, 1.0) * (finite[j] - finite[j - 1])
+        return torch.where(below.any(1), median, torch.full_like(median, math.inf))

@@ -65,8 +65,16 @@ def test_prognosis_reads_survival_from_the_bins(trained, synthetic_cohort):
     curve = np.array(res["survival_curve"]["survival"])
     assert curve.shape == (3,) and np.all(np.diff(curve) <= 0) and np.all((curve > 0) & (curve < 1))
     assert res["survival_at"][0.0] == 1.0
-    assert res["survival_at"][1e9] == pytest.approx(curve[-1])  # right-continuous steps: S at the last finite edge
-    assert math.isinf(res["median_survival"]) or res["median_survival"] in edges.tolist()
+    assert res["survival_at"][1e9] == pytest.approx(curve[-1])  # held at the last finite edge
+    mid = float(edges[1] + edges[2]) / 2  # halfway through bin 1: halfway between its end values
+    [res_mid] = prog.predict([rec], horizons=(mid,))
+    assert res_mid["survival_at"][mid] == pytest.approx((curve[0] + curve[1]) / 2, abs=1e-6)
+    median = res["median_survival"]
+    if curve[-1] > 0.5:
+        assert math.isinf(median)
+    else:  # S(median) = 0.5 on the curve read between the bin ends
+        [at] = prog.predict([rec], horizons=(median,))
+        assert 0 < median <= float(edges[-2]) and at["survival_at"][median] == pytest.approx(0.5, abs=1e-5)
     # the contribution of a modality is the change of the risk score when it is removed
     [alone] = prog.predict([{k: v for k, v in rec.items() if k != "timeseries"}])
     assert res["contributions"]["timeseries"] == pytest.approx(res["risk"] - alone["risk"], abs=1e-5)

@@ -350,3 +350,39 @@ def test_survival_report_refuses_survival_above_one_for_d_calibration(gbsg):
 
     with pytest.raises(ValueError, match=r"surv_fn\(test times\) must be finite .* first bad row \d+, column 0 "):
         survival_report(*args, above_one_before_the_grid, n_boot=5)
+
+
+def test_time_dependent_auc_with_crossing_curves_scores_each_time_by_its_own_survival():
+    # group A: hazard 2.0 until t = 0.5, then none; group B: constant hazard 0.4. Their curves cross
+    # at t = 2.5,
+    # so A is riskier early and B late: one summary score per patient cannot rank both ends right.
+    rng = np.random.default_rng(0)
+    n = 600
+    group_a = rng.uniform(size=n) < 0.5
+    t_a = rng.exponential(0.5, n)
+    t_a = np.where(t_a < 0.5, t_a, np.inf)  # no event after t = 0.5
+    t_event = np.where(group_a, t_a, rng.exponential(1 / 0.4, n))
+    censor = rng.uniform(0.5, 8.0, n)
+    time, event = np.minimum(t_event, censor), t_event <= censor
+    train, test = (time[: n // 2], event[: n // 2]), (time[n // 2 :], event[n // 2 :])
+
+    def surv_fn(times):  # the true survival of each test patient
+        a = np.exp(-2.0 * np.minimum(times, 0.5))[None, :]
+        b = np.exp(-0.4 * times)[None, :]
+        return np.where(group_a[n // 2 :, None], a, b)
+
+    times = evaluation_times(*train, *test)
+    summary = -surv_fn(times).sum(1)  # a restricted-mean proxy: the same for every time
+    auc_2d, mean_2d = time_dependent_auc(train, test, 1.0 - surv_fn(times), times)
+    ref = cumulative_dynamic_auc(_y(*train), _y(*test), 1.0 - surv_fn(times), times)
+    np.testing.assert_allclose(auc_2d, ref[0])
+    assert mean_2d == pytest.approx(ref[1])
+    auc_1d, mean_1d = time_dependent_auc(train, test, summary, times)
+    assert (auc_2d >= auc_1d - 1e-12).all() and mean_2d > mean_1d + 0.02
+    rep = survival_report(*train, *test, summary, surv_fn, n_boot=5, curve_auc=True)
+    assert rep["mean_td_auc"] == pytest.approx(mean_2d)
+    assert survival_report(*train, *test, summary, surv_fn, n_boot=5)["mean_td_auc"] == pytest.approx(mean_1d)
+    with pytest.raises(ValueError, match="columns"):
+        time_dependent_auc(train, test, 1.0 - surv_fn(times)[:, :-1], times)
+    with pytest.raises(ValueError, match="curve_auc needs surv_fn"):
+        survival_report(*train, *test, summary, n_boot=5, curve_auc=True)

@@ -131,15 +131,20 @@ def test_objective_with_one_cause_equals_pmf():
     torch.testing.assert_close(cr.median(logits), pmf.median(logits))
 
 
-def test_objective_cumulative_incidence_steps_and_sums_to_one_minus_survival():
+def test_objective_cumulative_incidence_between_bin_ends_and_sums_to_one_minus_survival():
     obj = _objective("deephit_cr", 3)
     logits, *_ = _data(n=6, k=4, r=3, seed=5)
     assert obj.competing and obj.n_outputs == 13
     t = torch.tensor([0.0, 5.0, 10.0, 25.0, 40.0, 1e9], dtype=torch.float64)
     cif = obj.cumulative_incidence_at(logits, t)  # (B, 3, T)
     assert cif.shape == (6, 3, 6)
-    torch.testing.assert_close(cif[..., 0], torch.zeros(6, 3, dtype=torch.float64))  # nothing before the first end
-    torch.testing.assert_close(cif[..., 2], obj.cumulative_incidence(logits)[..., 0])  # t = 10: end of bin 0
+    torch.testing.assert_close(cif[..., 0], torch.zeros(6, 3, dtype=torch.float64))  # nothing at t = 0
+    ends = obj.cumulative_incidence(logits)  # (B, 3, K) at the bin ends 10, 20, 40(, inf)
+    torch.testing.assert_close(cif[..., 1], ends[..., 0] / 2)  # t = 5: halfway through bin 0, linear from 0
+    torch.testing.assert_close(cif[..., 2], ends[..., 0])  # t = 10: end of bin 0
+    torch.testing.assert_close(cif[..., 3], 0.75 * ends[..., 1] + 0.25 * ends[..., 2])  # t = 25: a quarter into [20, 40)
+    torch.testing.assert_close(cif[..., 4], ends[..., 2])  # t = 40: the last finite edge, then held
+    torch.testing.assert_close(cif[..., 5], ends[..., 2])
     torch.testing.assert_close(obj.survival(logits, t) + cif.sum(1), torch.ones(6, 6, dtype=torch.float64))
 
 

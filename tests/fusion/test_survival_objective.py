@@ -63,15 +63,16 @@ def test_cox_loss_and_risk_memory():
         SurvivalObjective("pmf", risk_memory=8)
 
 
-def test_hazard_survival_step_function_median_and_risk_by_hand():
+def test_hazard_survival_between_bin_ends_median_and_risk_by_hand():
     obj = SurvivalObjective("logistic_hazard", n_bins=2).fit_bins(TIME, EVENT)  # edges 0, 4, inf
     # hazards 0.5 in bin 0, 0.5 in bin 1 -> S at bin ends 0.5, 0.25; second patient: 0.2, 0.04
     out = torch.logit(torch.tensor([[0.5, 0.5], [0.8, 0.8]]))
     torch.testing.assert_close(obj.survival_at_bin_ends(out), torch.tensor([[0.5, 0.25], [0.2, 0.04]]))
-    s = obj.survival(out, torch.tensor([0.0, 3.9, 4.0, 100.0]))
-    torch.testing.assert_close(s, torch.tensor([[1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 0.2, 0.2]]))
-    # S <= 0.5 first at the end of bin 0 (t = 4) for both patients
-    assert obj.median(out).tolist() == [4.0, 4.0]
+    # linear from S(0) = 1 to S(4) inside bin 0; held at S(4) in the open last bin
+    s = obj.survival(out, torch.tensor([0.0, 1.0, 3.9, 4.0, 100.0]))
+    torch.testing.assert_close(s, torch.tensor([[1.0, 0.875, 0.5125, 0.5, 0.5], [1.0, 0.8, 0.22, 0.2, 0.2]]))
+    # S reaches 0.5 at t = 4 for the first patient, at 4 * 0.5 / 0.8 = 2.5 for the second
+    torch.testing.assert_close(obj.median(out), torch.tensor([4.0, 2.5]))
     never = torch.logit(torch.tensor([[0.1, 0.1]]))  # S = 0.9, 0.81: never reaches 0.5
     assert obj.median(never).tolist() == [math.inf]
     risk = obj.risk(out)
@@ -83,7 +84,7 @@ def test_pmf_survival_matches_its_cdf():
     obj = SurvivalObjective("pmf", n_bins=2).fit_bins(TIME, EVENT)
     out = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))  # P(bin 0) 0.2, P(bin 1) 0.3, beyond 0.5
     torch.testing.assert_close(obj.survival_at_bin_ends(out), torch.tensor([[0.8, 0.5]]))
-    assert obj.median(out).tolist() == [math.inf]  # S reaches 0.5 at the end of bin 1, whose end is inf
+    assert obj.median(out).tolist() == [math.inf]  # S = 0.8 at the last finite edge: not reached within the bins
 
 
 def test_edges_travel_in_the_state_dict():
