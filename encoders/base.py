@@ -102,6 +102,26 @@ class ModalityTokens:
         return ModalityTokens.from_tokens(self.tokens, self.mask, keep, self.times)
 
 
+def check_finite_tokens(tokens: Mapping[str, ModalityTokens]) -> None:
+    """Raise ``ValueError`` naming the modality and batch rows whose real tokens are NaN or infinite.
+
+    Readers and the prediction API refuse non-finite inputs, so such tokens come from a hand-built
+    batch with NaN at unmasked positions or from diverged weights; either way the fusion head
+    would spread the NaN to the patient's prediction and the loss. One device-to-host sync per call.
+    """
+    bad = {m: (~torch.isfinite(t.tokens).all(-1) & t.mask).any(1) for m, t in tokens.items()}  # (B,) each
+    if not bad or not bool(torch.stack([rows.any() for rows in bad.values()]).any()):
+        return
+    for m, rows in bad.items():
+        if rows.any():
+            where = rows.nonzero().flatten().tolist()
+            raise ValueError(
+                f"the {m} encoder returned NaN/infinite tokens for batch rows {where[:10]}"
+                f"{' ...' if len(where) > 10 else ''}: its inputs hold NaN or infinite values at real "
+                "(unmasked) positions, or the weights have diverged (try a lower model.lr)"
+            )
+
+
 def _shape(x: Any) -> Any:
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 

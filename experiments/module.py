@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchmetrics import CatMetric
 
-from clinfuse.encoders.base import ModalityEncoder, ModalityTokens
+from clinfuse.encoders.base import ModalityEncoder, ModalityTokens, check_finite_tokens
 from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
 from clinfuse.experiments.survival_curves import BreslowBaseline
 from clinfuse.experiments.survival_metrics import (
@@ -167,12 +167,22 @@ class ClinFuseModule(pl.LightningModule):
         )
 
     # ------------------------------------------------------------------ forward
-    def encode(self, inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, ModalityTokens]:
-        """Run each modality's encoder; modalities missing from ``inputs`` are simply absent."""
+    def encode(self, inputs: Mapping[str, Mapping[str, torch.Tensor]], check_finite: bool = True) -> dict[str, ModalityTokens]:
+        """Run each modality's encoder; modalities missing from ``inputs`` are simply absent.
+
+        Raises:
+            ValueError: naming the modality and batch rows whose real tokens are not finite (NaN or
+                infinite inputs at unmasked positions, or diverged weights), instead of letting
+                NaN flow into the fusion head and the loss. ``check_finite=False`` leaves them to
+                the caller (the prediction API gives such patients their own error).
+        """
         unknown = sorted(set(inputs) - set(self.modalities))
         if unknown:
             raise ValueError(f"batch holds modalities {unknown} this model has no encoder for ({self.modalities})")
-        return {m: self.encoders[m](x) for m, x in inputs.items()}
+        tokens = {m: self.encoders[m](x) for m, x in inputs.items()}
+        if check_finite:
+            check_finite_tokens(tokens)
+        return tokens
 
     def forward(self, inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, FusionOutput]:
         """Predict from a batch's ``inputs`` dict.
@@ -343,16 +353,18 @@ class ClinFuseModule(pl.LightningModule):
             return {}
         labels = cohort.labels.set_index("patient_id").loc[list(cohort.splits["train"])]
         train = (labels["time"].to_numpy(float), labels["event"].to_numpy(float))
+        surv_fn = self._survival_function(stage, risk)
         try:
             times = evaluation_times(*train, time, event)
+            # discrete-time curves may cross: score each time by 1 - S(t), not by one summary risk
+            marker = 1.0 - surv_fn(times) if self.objective.discrete else risk
             metrics = {
                 "uno_c_index": uno_c_index(train, (time, event), risk, tau=float(times[-1])),
-                "td_auc": time_dependent_auc(train, (time, event), risk, times)[1],
+                "td_auc": time_dependent_auc(train, (time, event), marker, times)[1],
             }
         except ValueError as err:  # undefined on this split (e.g. a sanity-check batch without events)
             rank_zero_warn(f"Uno C-index / time-dependent AUC not computed: {err}")
             return {}
-        surv_fn = self._survival_function(stage, risk)
         if surv_fn is not None:
             uniq, inv = np.unique(time, return_inverse=True)
             own = np.clip(surv_fn(uniq)[np.arange(len(time)), inv.ravel()], 0.0, 1.0)

@@ -40,7 +40,8 @@ class Prognosis:
     """Predicts risk, survival curves and per-modality contributions from raw patient inputs.
 
     Args:
-        model: a trained ``ClinFuseModule`` (put in eval mode here).
+        model: a trained ``ClinFuseModule`` (moved to the CPU and put in eval mode here: prediction
+            runs on the CPU).
         preprocessing: ``Cohort.state_dict()`` of the data the model was trained on.
         baseline: the Breslow baseline (survival task), else None.
         checkpoint_path: the checkpoint the model was loaded from (informative: :meth:`save`
@@ -49,7 +50,7 @@ class Prognosis:
 
     def __init__(self, model, preprocessing: dict, baseline: BreslowBaseline | None, checkpoint_path: str | Path,
                  summary: dict | None = None) -> None:
-        self.model = model.eval()
+        self.model = model.cpu().eval()  # the API collates on the CPU and reads outputs with numpy
         #: aggregate training-data summary and test metric (:mod:`clinfuse.experiments.model_card`)
         self.summary = summary
         self.preprocessing = preprocessing
@@ -296,7 +297,8 @@ class Prognosis:
         ``contributions`` (modality -> risk with all present modalities minus risk without it),
         ``trajectory`` (sequential heads: ``[{"step", "risk"}]`` from the initial state through
         each present modality) and, for survival, ``survival_curve``, ``median_survival`` (inf
-        when the curve stays above 0.5) and ``survival_at`` (all-cause); competing-risks models
+        when it is not reached within the model's time range: the curve is still above 0.5 at its
+        last time; discrete-time models read S linearly between their bin ends) and ``survival_at`` (all-cause); competing-risks models
         add ``cumulative_incidence`` (``times`` + ``cause_<r>`` lists) and ``incidence_at``
         (``cause_<r>`` -> horizon -> CIF); ``input_warnings``: values beyond ``max_input_sd``
         training sd (:mod:`clinfuse.experiments.input_checks`), predicted anyway, the parsers'
@@ -426,7 +428,7 @@ class Prognosis:
         used_any = [m for m in self.modalities if any(m in u for u in used)] if contributions else []
         drop = [None, *used_any]
         with torch.inference_mode():
-            tokens = self.model.encode(batch)
+            tokens = self.model.encode(batch, check_finite=False)  # non-finite outputs: per-patient errors below
             raw, fused = self._outputs(tokens, drop)  # (V, B[, K])
             risk_all = torch.stack([self.model.risk(o) for o in raw])  # (V, B)
             traj = None
