@@ -115,7 +115,8 @@ def _validate_survival(prognosis: Any, root: str | Path, out: Path, split: str |
 
     objective = getattr(prognosis.model, "objective", None)
     report = survival_report(time, event, time, event, risk, surv_fn, n_boot=n_boot,
-                             curve_auc=bool(objective is not None and objective.discrete))
+                             curve_auc=bool(objective is not None and objective.discrete),
+                             model_horizon=prognosis.last_event_time)
     km_path, cal_path = out / "km_risk_groups.png", out / "calibration.png"
     unit = short_time_unit((prognosis.summary or {}).get("time_unit", "days"))
     what = f"split {split}" if split else "all patients"

@@ -366,11 +366,19 @@ class ClinFuseModule(pl.LightningModule):
             rank_zero_warn(f"Uno C-index / time-dependent AUC not computed: {err}")
             return {}
         if surv_fn is not None:
-            uniq, inv = np.unique(time, return_inverse=True)
+            # a discrete model's curve is only held flat after its last finite bin end: the curve
+            # metrics stop there (as survival_report's model_horizon)
+            own_time, own_event, grid = time, event, times
+            if self.objective.discrete:
+                horizon = float(self.objective.edges[-2])
+                beyond = time > horizon
+                own_time, own_event = np.where(beyond, horizon, time), np.where(beyond, 0.0, event)
+                grid = times[times <= horizon]
+            uniq, inv = np.unique(own_time, return_inverse=True)
             own = np.clip(surv_fn(uniq)[np.arange(len(time)), inv.ravel()], 0.0, 1.0)
-            metrics["d_calibration_p"] = d_calibration(own, event)["p_value"]
-            if len(times) >= 2:
-                metrics["ibs"] = integrated_brier(train, (time, event), surv_fn(times), times)
+            metrics["d_calibration_p"] = d_calibration(own, own_event)["p_value"]
+            if len(grid) >= 2:
+                metrics["ibs"] = integrated_brier(train, (time, event), surv_fn(grid), grid)
         return metrics
 
     def _survival_function(self, stage: str, risk: np.ndarray):

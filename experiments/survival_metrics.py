@@ -414,7 +414,7 @@ def bootstrap_ci(metric_fn: Callable[..., float], *arrays, n_boot: int = 200, al
 
 def survival_report(
     train_time, train_event, test_time, test_event, risk, surv_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-    n_boot: int = 200, seed: int = 0, curve_auc: bool = False,
+    n_boot: int = 200, seed: int = 0, curve_auc: bool = False, model_horizon: float | None = None,
 ) -> dict:
     """All survival metrics for one model on one test split.
 
@@ -431,6 +431,11 @@ def survival_report(
         n_boot, seed: bootstrap settings for the C-index intervals.
         curve_auc: score the time-dependent AUC at each grid time by ``1 - surv_fn(t)`` instead of
             ``risk`` (for models whose curves may cross: discrete-time ones; needs ``surv_fn``).
+        model_horizon: the last time the model's curve is estimated at (a discrete model's last
+            finite bin end, a Breslow baseline's last training event); after it the curve is
+            only held flat. The curve metrics then stop there: IBS over the grid times up to it,
+            and D-calibration reads a patient whose time lies beyond it as censored at it (all
+            we can test is that S(horizon) was right). None: the whole grid, every own time.
 
     Returns:
         dict of floats: harrell(+_low/_high), uno(+_low/_high), mean_td_auc, ibs, d_calibration_p,
@@ -457,9 +462,14 @@ def survival_report(
     out["mean_td_auc"] = time_dependent_auc(train, test, 1.0 - grid_surv if curve_auc else risk, times)[1]
     out["ibs"] = out["d_calibration_p"] = float("nan")
     if surv_fn is not None:
-        if len(times) >= 2:
-            out["ibs"] = integrated_brier(train, test, grid_surv, times)
-        uniq, inv = np.unique(test.time, return_inverse=True)
+        within = times <= model_horizon if model_horizon is not None else np.ones(len(times), bool)
+        if within.sum() >= 2:
+            out["ibs"] = integrated_brier(train, test, grid_surv[:, within], times[within])
+        own_time, own_event = test.time, test.event
+        if model_horizon is not None:
+            beyond = own_time > model_horizon
+            own_time, own_event = np.where(beyond, model_horizon, own_time), np.where(beyond, False, own_event)
+        uniq, inv = np.unique(own_time, return_inverse=True)
         curves = _check_surv_probs(surv_fn(uniq), len(test), len(uniq), "surv_fn(test times)")
-        out["d_calibration_p"] = d_calibration(curves[np.arange(len(test)), inv.ravel()], test.event)["p_value"]
+        out["d_calibration_p"] = d_calibration(curves[np.arange(len(test)), inv.ravel()], own_event)["p_value"]
     return out

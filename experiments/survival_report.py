@@ -105,6 +105,7 @@ def survival_figures(model: Any, datamodule: Any, outdir: str | Path, n_boot: in
     report = survival_report(
         tr_all["time"].to_numpy(float), tr_all["event"].to_numpy(float), time, event, te_risk, surv_fn, n_boot=n_boot,
         curve_auc=objective.discrete,
+        model_horizon=float(baseline.event_times[-1]) if baseline is not None else float(objective.edges[-2]),
     )
     paths = [km_path, cal_path]
     if objective.competing:
