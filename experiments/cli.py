@@ -359,6 +359,10 @@ def synth_main(argv: Sequence[str]) -> None:
                    help="amount: a slide's tumour share and tumour features carry the patient's state; grade: the "
                    "tumour share (2-20%%) is random and only the tumour patches' features carry it (the "
                    "multiple-instance setting, where averaging all patches dilutes the signal)")
+    p.add_argument("--notes-signal", choices=("keywords", "context"), default="keywords",
+                   help="keywords: each informative word is in a note because of the patient; context: the patient's "
+                   "symptoms, trajectory and support sit next to random others and only word order tells them apart "
+                   "(reports ... denies ...; now on ..., previously ...)")
     p.add_argument(
         "--missingness",
         type=_json_object,
@@ -373,7 +377,7 @@ def synth_main(argv: Sequence[str]) -> None:
     except ValueError as err:
         p.error(f"argument --missingness: {err}")
     root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes,
-                          wsi_signal=a.wsi_signal)
+                          wsi_signal=a.wsi_signal, notes_signal=a.notes_signal)
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 

@@ -56,6 +56,7 @@ def generate_cohort(
     show_progress: bool = True,
     n_causes: int = 1,
     wsi_signal: str = "amount",
+    notes_signal: str = "keywords",
 ) -> Path:
     """Generate a synthetic multimodal cohort with known Bayes-optimal predictions.
 
@@ -80,6 +81,10 @@ def generate_cohort(
             carry the WSI view; ``"grade"``: the tumour share (2-20 %) is random and only the
             tumour patches' features carry it, the multiple-instance setting where averaging all
             patches dilutes the signal (``wsi.py``). Other files are the same either way.
+        notes_signal: ``"keywords"`` (default): each informative word is in a note because of the
+            patient; ``"context"``: the patient's symptoms, trajectory and support sit next to
+            random others and only word order ("reports ... denies ...", "now on ..., previously
+            ...") tells them apart (``notes.py``). Other files are the same either way.
 
     Returns:
         The cohort folder.
@@ -92,6 +97,8 @@ def generate_cohort(
         raise ValueError(f"n_causes must be an integer in [1, {causes.MAX_CAUSES}], got {n_causes!r}")
     if wsi_signal not in wsi.SIGNALS:
         raise ValueError(f"wsi_signal must be one of {wsi.SIGNALS}, got {wsi_signal!r}")
+    if notes_signal not in notes.SIGNALS:
+        raise ValueError(f"notes_signal must be one of {notes.SIGNALS}, got {notes_signal!r}")
     fractions = splits.validate_fractions(split_fractions)
     resolved = resolve_missingness(missingness)
     root = prepare_out_dir(out_dir)
@@ -125,7 +132,7 @@ def generate_cohort(
         _standardized(model, views, "timeseries"), ids, presence["timeseries"], rngs["timeseries"]
     )
     write_parquet(ts, root / "timeseries.parquet")
-    text = notes.render_notes(_standardized(model, views, "notes"), ids, presence["notes"], rngs["notes"])
+    text = notes.render_notes(_standardized(model, views, "notes"), ids, presence["notes"], rngs["notes"], notes_signal)
     write_parquet(text, root / "notes.parquet")
     genomics.render_genomics(
         _standardized(model, views, "genomics"), ids, presence["genomics"], rngs["genomics"]
@@ -153,6 +160,7 @@ def generate_cohort(
         "presence_rate": {m: float(np.mean(presence[m])) for m in latent.MODALITIES},
         "ecg": {"fs": int(ecg_fs), "seconds": float(ecg_seconds), "leads": list(ecg.LEADS)},
         "wsi": {"feature_dim": int(wsi_feature_dim), "patches": [int(p) for p in wsi_patches], "signal": wsi_signal},
+        "notes": {"signal": notes_signal},
         "n_classes": int(n_classes),
         "n_causes": int(n_causes),
         "split_fractions": list(fractions),
