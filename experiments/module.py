@@ -92,6 +92,9 @@ class ClinFuseModule(pl.LightningModule):
             each training epoch, so it holds earlier batches of the same epoch only.
         n_causes: competing causes of the ``*_cr`` losses (linked from the data module's largest
             ``cause`` label by the CLI).
+        censored_bin: discrete-time losses: a patient censored inside a time bin counts as
+            surviving the ``whole`` bin (MCAT's convention, default) or the ``observed`` part of it
+            (less biased when many are censored inside bins; ``SurvivalObjective``).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class ClinFuseModule(pl.LightningModule):
         n_time_bins: int = 16,
         risk_memory: int = 0,
         n_causes: int = 1,
+        censored_bin: Literal["whole", "observed"] = "whole",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -157,7 +161,7 @@ class ClinFuseModule(pl.LightningModule):
         # a name that is no modality at all (a typo) is an error, naming the loaded ones
         self.dropout = ModalityDropout(modality_dropout, modalities=self.modalities)
         self.objective = (
-            SurvivalObjective(survival_loss, n_time_bins, cox_ties, risk_memory, n_causes=n_causes)
+            SurvivalObjective(survival_loss, n_time_bins, cox_ties, risk_memory, n_causes=n_causes, censored_bin=censored_bin)
             if task == "survival" else None
         )
         n_outputs = self.objective.n_outputs if self.objective is not None else 1

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from clinfuse.fusion.discrete_time import log_unseen_share
+
 
 def _check(name: str, logits: torch.Tensor, bin: torch.Tensor, cause: torch.Tensor, n_causes: int) -> int:
     """Validate shapes and label ranges; returns ``K``."""
@@ -44,8 +46,10 @@ def _check(name: str, logits: torch.Tensor, bin: torch.Tensor, cause: torch.Tens
     return k
 
 
-def _log_terms(logits: torch.Tensor, bin: torch.Tensor, cause: torch.Tensor, n_causes: int, k: int) -> torch.Tensor:
-    """Per-sample log-likelihood, shape (B,)."""
+def _log_terms(logits: torch.Tensor, bin: torch.Tensor, cause: torch.Tensor, n_causes: int, k: int,
+               censored_share: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample log-likelihood, shape (B,); a censored sample with ``censored_share`` ``s`` also
+    keeps the unseen share ``1 - s`` of its own bin's cells (``discrete_time``'s docstring)."""
     logp = F.log_softmax(logits, dim=1)  # (B, R*K + 1)
     b = bin.long()
     c = cause.long()
@@ -53,18 +57,25 @@ def _log_terms(logits: torch.Tensor, bin: torch.Tensor, cause: torch.Tensor, n_c
     log_event = logp.gather(1, event_col)[:, 0]
     cell_bin = torch.arange(k, device=logits.device).repeat(n_causes)  # (R*K,) bin of every cell
     later = torch.cat([cell_bin[None, :] > b[:, None], torch.ones_like(b[:, None], dtype=torch.bool)], dim=1)
-    log_censored = torch.logsumexp(logp.masked_fill(~later, float("-inf")), dim=1)  # bins after k + beyond
+    kept = logp.masked_fill(~later, float("-inf"))
+    log_rest = log_unseen_share(censored_share, logits)
+    if log_rest is not None:
+        own = torch.cat([cell_bin[None, :] == b[:, None], torch.zeros_like(b[:, None], dtype=torch.bool)], dim=1)
+        kept = torch.where(own, logp + log_rest[:, None], kept)
+    log_censored = torch.logsumexp(kept, dim=1)  # bins after k + beyond (+ the unseen share of bin k)
     return torch.where(c > 0, log_event, log_censored)
 
 
-def cr_pmf_nll(logits: torch.Tensor, bin: torch.Tensor, cause: torch.Tensor, n_causes: int) -> torch.Tensor:
+def cr_pmf_nll(logits: torch.Tensor, bin: torch.Tensor, cause: torch.Tensor, n_causes: int,
+               censored_share: torch.Tensor | None = None) -> torch.Tensor:
     """Mean negative log-likelihood of the cause-specific PMF (module docstring).
 
     Shapes:
-        logits: (B, R * K + 1), bin: (B,) long in ``[0, K)``, cause: (B,) in ``[0, R]`` -> scalar
+        logits: (B, R * K + 1), bin: (B,) long in ``[0, K)``, cause: (B,) in ``[0, R]``,
+        censored_share: (B,) or None -> scalar
     """
     k = _check("cr_pmf_nll", logits, bin, cause, n_causes)
-    return -_log_terms(logits, bin, cause, n_causes, k).mean()
+    return -_log_terms(logits, bin, cause, n_causes, k, censored_share).mean()
 
 
 def cumulative_incidence(logits: torch.Tensor, n_causes: int) -> torch.Tensor:
@@ -86,6 +97,7 @@ def cr_deephit_loss(
     n_causes: int,
     alpha: float = 0.5,
     sigma: float = 0.1,
+    censored_share: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DeepHit with competing risks: ``alpha * cr_pmf_nll + (1 - alpha) * ranking``.
 
@@ -100,7 +112,7 @@ def cr_deephit_loss(
         logits: (B, R * K + 1), bin: (B,), cause: (B,) -> scalar
     """
     k = _check("cr_deephit_loss", logits, bin, cause, n_causes)
-    nll = -_log_terms(logits, bin, cause, n_causes, k).mean()
+    nll = -_log_terms(logits, bin, cause, n_causes, k, censored_share).mean()
     cif = cumulative_incidence(logits, n_causes)  # (B, R, K)
     b, c = bin.long(), cause.long()
     censored = c == 0

@@ -5,7 +5,11 @@ Conventions (one everywhere in this file):
 - ``K`` bins with edges ``0 = e_0 < e_1 < ... < e_K = +inf``; bin ``k`` is ``[e_k, e_{k+1})``.
 - A sample with an EVENT in bin ``k`` died in bin ``k``. A CENSORED sample in bin ``k`` is taken to
   have SURVIVED THROUGH bin ``k`` (MCAT / PORPOISE's ``nll_loss`` convention: its likelihood is
-  ``S_k``, survival to the END of bin ``k``).
+  ``S_k``, survival to the END of bin ``k``), unless ``censored_share`` says which share ``s`` of
+  its bin it was seen to survive: then its likelihood is ``S(c) = S_{k-1} - s (S_{k-1} - S_k)``,
+  survival to its censoring time with the bin's event probability spread evenly over the bin
+  (how :meth:`~clinfuse.fusion.survival_objective.SurvivalObjective.survival` reads S between bin
+  ends). Counting the whole bin overstates survival when many patients are censored inside bins.
 - Logistic hazard: ``logits`` (B, K), ``h_k = sigmoid(logits_k) = P(T in bin k | T >= bin k)``,
   ``S_k = prod_{j<=k} (1 - h_j)``.
 - PMF (DeepHit): ``logits`` (B, K + 1), softmax over ``K`` bins plus one last column for "beyond
@@ -87,14 +91,31 @@ def _check(name: str, logits: torch.Tensor, bin: torch.Tensor, event: torch.Tens
         raise ValueError(f"{name}: bin indices must lie in [0, {n_bins}) for logits {tuple(logits.shape)}")
 
 
-def logistic_hazard_nll(logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+def log_unseen_share(censored_share: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """``log(1 - s)`` of each sample's censored share ``s`` (None: the whole bin, ``s = 1``).
+
+    Shapes:
+        censored_share: (B,) in ``[0, 1]`` -> (B,) in ``like``'s dtype and device
+    """
+    if censored_share is None:
+        return None
+    s = censored_share.to(like.dtype).to(like.device)
+    if s.shape != like.shape[:1] or bool(((s < 0) | (s > 1) | ~torch.isfinite(s)).any()):
+        raise ValueError(f"censored_share must be ({like.shape[0]},) values in [0, 1], got shape {tuple(s.shape)}")
+    return torch.log1p(-s)
+
+
+def logistic_hazard_nll(
+    logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor, censored_share: torch.Tensor | None = None
+) -> torch.Tensor:
     """Negative log-likelihood of the logistic (discrete-time) hazard model, batch mean.
 
     Event in bin ``k``: ``-[sum_{j<k} log(1 - h_j) + log h_k]``; censored in bin ``k`` (survives
-    through it, MCAT's convention): ``-sum_{j<=k} log(1 - h_j)``.
+    through it, MCAT's convention): ``-sum_{j<=k} log(1 - h_j)``; with ``censored_share`` ``s``:
+    ``-[sum_{j<k} log(1 - h_j) + log(1 - s h_k)]`` (module docstring).
 
     Shapes:
-        logits: (B, K), bin: (B,) long, event: (B,) -> scalar
+        logits: (B, K), bin: (B,) long, event: (B,), censored_share: (B,) or None -> scalar
     """
     _check("logistic_hazard_nll", logits, bin, event, logits.shape[-1] if logits.dim() == 2 else 0)
     k = torch.arange(logits.shape[1], device=logits.device)
@@ -102,34 +123,47 @@ def logistic_hazard_nll(logits: torch.Tensor, bin: torch.Tensor, event: torch.Te
     ev = event.to(logits.dtype)[:, None].bool()
     log_surv = F.logsigmoid(-logits)  # log(1 - h)
     log_haz = F.logsigmoid(logits)  # log h
-    # survive j < k always; at j == k: hazard for events, survival for censored
+    log_rest = log_unseen_share(censored_share, logits)
+    censored = log_surv
+    if log_rest is not None:  # log(1 - s h) = log((1 - s) + s (1 - h))
+        log_s = torch.log(censored_share.to(logits.dtype).to(logits.device))[:, None]
+        censored = torch.logaddexp(log_rest[:, None].expand_as(logits), log_s + log_surv)
+    # survive j < k always; at j == k: hazard for events, survival (of the seen share) for censored
     terms = torch.where(k < b, log_surv, torch.zeros_like(logits))
-    terms = terms + torch.where(k == b, torch.where(ev, log_haz, log_surv), torch.zeros_like(logits))
+    terms = terms + torch.where(k == b, torch.where(ev, log_haz, censored), torch.zeros_like(logits))
     return -terms.sum(1).mean()
 
 
-def _pmf_log_terms(logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+def _pmf_log_terms(
+    logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor, censored_share: torch.Tensor | None = None
+) -> torch.Tensor:
     log_p = F.log_softmax(logits, dim=1)
     b = bin.long()
     log_event = log_p.gather(1, b[:, None])[:, 0]
     k = torch.arange(logits.shape[1], device=logits.device)
     later = log_p.masked_fill(k[None, :] <= b[:, None], float("-inf"))
-    log_censored = torch.logsumexp(later, dim=1)  # log sum_{j>k} p_j ; finite since k <= K-1
+    log_rest = log_unseen_share(censored_share, logits)
+    if log_rest is not None:  # the unseen share of bin k's mass: the event may still fall there
+        later = torch.where(k[None, :] == b[:, None], log_p + log_rest[:, None], later)
+    log_censored = torch.logsumexp(later, dim=1)  # log sum_{j>k} p_j (+ (1 - s) p_k); finite since k <= K-1
     return torch.where(event.bool(), log_event, log_censored)
 
 
-def pmf_nll(logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+def pmf_nll(
+    logits: torch.Tensor, bin: torch.Tensor, event: torch.Tensor, censored_share: torch.Tensor | None = None
+) -> torch.Tensor:
     """Negative log-likelihood of the PMF (softmax) parametrisation, batch mean.
 
     ``p = softmax(logits)`` over ``K`` bins and a last "beyond the last bin" column. Event in bin
     ``k``: ``-log p_k``; censored in bin ``k``: ``-log sum_{j>k} p_j`` (strictly later, i.e.
-    survives through bin ``k``: the same convention as :func:`logistic_hazard_nll`).
+    survives through bin ``k``: the same convention as :func:`logistic_hazard_nll`); with
+    ``censored_share`` ``s``: ``-log(sum_{j>k} p_j + (1 - s) p_k)``.
 
     Shapes:
-        logits: (B, K + 1), bin: (B,) long in ``[0, K)``, event: (B,) -> scalar
+        logits: (B, K + 1), bin: (B,) long in ``[0, K)``, event: (B,), censored_share: (B,) or None -> scalar
     """
     _check("pmf_nll", logits, bin, event, logits.shape[-1] - 1 if logits.dim() == 2 else 0)
-    return -_pmf_log_terms(logits, bin, event).mean()
+    return -_pmf_log_terms(logits, bin, event, censored_share).mean()
 
 
 def deephit_loss(
@@ -138,6 +172,7 @@ def deephit_loss(
     event: torch.Tensor,
     alpha: float = 0.5,
     sigma: float = 0.1,
+    censored_share: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DeepHit (single risk): ``alpha * pmf_nll + (1 - alpha) * ranking``.
 
@@ -148,13 +183,14 @@ def deephit_loss(
     comparable pair the ranking term is ``0 * logits.sum()``. Normalisation: the mean over
     comparable pairs, so the term does not grow with the batch; the paper sums over pairs and
     pycox divides the sum by ``B^2``, so an ``alpha``/``sigma`` tuned there weights the ranking
-    term differently here (by ``B^2 / n_pairs`` against pycox).
+    term differently here (by ``B^2 / n_pairs`` against pycox). ``censored_share``: as
+    :func:`pmf_nll`, for the likelihood term.
 
     Shapes:
         logits: (B, K + 1), bin: (B,) long in ``[0, K)``, event: (B,) -> scalar
     """
     _check("deephit_loss", logits, bin, event, logits.shape[-1] - 1 if logits.dim() == 2 else 0)
-    nll = -_pmf_log_terms(logits, bin, event).mean()
+    nll = -_pmf_log_terms(logits, bin, event, censored_share).mean()
     cdf = torch.cumsum(F.softmax(logits, dim=1), dim=1)  # (B, K+1)
     b = bin.long()
     ev = event.bool()

@@ -60,6 +60,11 @@ class SurvivalObjective(nn.Module):
         deephit_alpha: weight of the likelihood in the DeepHit loss.
         deephit_sigma: scale of the DeepHit ranking term.
         n_causes: competing causes ``R`` of the ``*_cr`` losses (ignored by the others).
+        censored_bin: discrete losses: a patient censored inside a bin counts as surviving the
+            ``whole`` bin (default; MCAT / PORPOISE's convention), or only the ``observed`` part of
+            it, up to the censoring time, with the bin's event probability spread evenly over the
+            bin as :meth:`survival` reads it (in the open last bin: up to its start). ``whole``
+            overstates survival when many patients are censored inside bins (``fusion/discrete_time.py``).
     """
 
     def __init__(
@@ -71,8 +76,11 @@ class SurvivalObjective(nn.Module):
         deephit_alpha: float = 0.5,
         deephit_sigma: float = 0.1,
         n_causes: int = 1,
+        censored_bin: Literal["whole", "observed"] = "whole",
     ) -> None:
         super().__init__()
+        if censored_bin not in ("whole", "observed"):
+            raise ValueError(f"censored_bin must be 'whole' or 'observed', got {censored_bin!r}")
         if loss not in SURVIVAL_LOSSES:
             raise ValueError(f"unknown survival loss {loss!r}; expected one of {SURVIVAL_LOSSES}")
         if loss != "cox" and n_bins < 1:
@@ -86,6 +94,7 @@ class SurvivalObjective(nn.Module):
         self.loss_name, self.n_bins, self.ties = loss, int(n_bins), ties
         self.deephit_alpha, self.deephit_sigma = float(deephit_alpha), float(deephit_sigma)
         self.n_causes = int(n_causes) if loss in COMPETING_LOSSES else 1
+        self.censored_bin = censored_bin
         self.memory = CoxRiskMemory(risk_memory) if risk_memory else None
         # NaN edges = not fitted yet; persistent so checkpoints carry the training bins (Cox: None, so a
         # Cox model's state dict is unchanged)
@@ -148,19 +157,34 @@ class SurvivalObjective(nn.Module):
             return cox_ph_loss(out, time, event, ties=self.ties)
         self._require_fitted()
         bins = discretize(time, self.edges)
+        share = self.censored_share(time, bins) if self.censored_bin == "observed" else None
         if self.competing:
             if cause is None:
                 raise ValueError(f"the {self.loss_name!r} loss needs the 'cause' label (0 = censored, 1..R)")
             if ((cause > 0) != (event > 0)).any():
                 raise ValueError("labels 'cause' and 'event' disagree: cause must be 0 exactly where event is 0")
             if self.loss_name == "pmf_cr":
-                return cr_pmf_nll(out, bins, cause, self.n_causes)
-            return cr_deephit_loss(out, bins, cause, self.n_causes, alpha=self.deephit_alpha, sigma=self.deephit_sigma)
+                return cr_pmf_nll(out, bins, cause, self.n_causes, censored_share=share)
+            return cr_deephit_loss(out, bins, cause, self.n_causes, alpha=self.deephit_alpha, sigma=self.deephit_sigma,
+                                   censored_share=share)
         if self.loss_name == "logistic_hazard":
-            return logistic_hazard_nll(out, bins, event)
+            return logistic_hazard_nll(out, bins, event, censored_share=share)
         if self.loss_name == "pmf":
-            return pmf_nll(out, bins, event)
-        return deephit_loss(out, bins, event, alpha=self.deephit_alpha, sigma=self.deephit_sigma)
+            return pmf_nll(out, bins, event, censored_share=share)
+        return deephit_loss(out, bins, event, alpha=self.deephit_alpha, sigma=self.deephit_sigma, censored_share=share)
+
+    def censored_share(self, time: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        """The share of its bin each sample was seen to survive: ``(t - e_k) / (e_{k+1} - e_k)``,
+        0 in the open last bin (nothing is known of its length).
+
+        Shapes:
+            time, bins: (B,) -> (B,) in [0, 1], on ``time``'s device
+        """
+        edges = self.edges.to(time.device)
+        lo, hi = edges[bins], edges[bins + 1]
+        finite = torch.isfinite(hi)
+        width = torch.where(finite, hi - lo, torch.ones_like(hi))
+        return torch.where(finite, (time.to(edges.dtype) - lo) / width, torch.zeros_like(lo)).clamp(0.0, 1.0)
 
     def survival_at_bin_ends(self, out: torch.Tensor) -> torch.Tensor:
         """Discrete models: S at the end of each of the K bins.
