@@ -363,6 +363,9 @@ def synth_main(argv: Sequence[str]) -> None:
                    help="keywords: each informative word is in a note because of the patient; context: the patient's "
                    "symptoms, trajectory and support sit next to random others and only word order tells them apart "
                    "(reports ... denies ...; now on ..., previously ...)")
+    p.add_argument("--ts-signal", choices=("level_and_trend", "trend"), default="level_and_trend",
+                   help="level_and_trend: a lab's level and its drift over the stay carry the patient's state; trend: "
+                   "levels are random and only the drift does (one observation says nothing)")
     p.add_argument(
         "--missingness",
         type=_json_object,
@@ -377,7 +380,7 @@ def synth_main(argv: Sequence[str]) -> None:
     except ValueError as err:
         p.error(f"argument --missingness: {err}")
     root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes,
-                          wsi_signal=a.wsi_signal, notes_signal=a.notes_signal)
+                          wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal)
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 

@@ -57,6 +57,7 @@ def generate_cohort(
     n_causes: int = 1,
     wsi_signal: str = "amount",
     notes_signal: str = "keywords",
+    ts_signal: str = "level_and_trend",
 ) -> Path:
     """Generate a synthetic multimodal cohort with known Bayes-optimal predictions.
 
@@ -85,6 +86,9 @@ def generate_cohort(
             patient; ``"context"``: the patient's symptoms, trajectory and support sit next to
             random others and only word order ("reports ... denies ...", "now on ..., previously
             ...") tells them apart (``notes.py``). Other files are the same either way.
+        ts_signal: ``"level_and_trend"`` (default): a variable's level and its drift over the stay
+            carry the time-series view; ``"trend"``: levels are random, only the drift carries it
+            (``timeseries.py``). Other files are the same either way.
 
     Returns:
         The cohort folder.
@@ -99,6 +103,8 @@ def generate_cohort(
         raise ValueError(f"wsi_signal must be one of {wsi.SIGNALS}, got {wsi_signal!r}")
     if notes_signal not in notes.SIGNALS:
         raise ValueError(f"notes_signal must be one of {notes.SIGNALS}, got {notes_signal!r}")
+    if ts_signal not in timeseries.SIGNALS:
+        raise ValueError(f"ts_signal must be one of {timeseries.SIGNALS}, got {ts_signal!r}")
     fractions = splits.validate_fractions(split_fractions)
     resolved = resolve_missingness(missingness)
     root = prepare_out_dir(out_dir)
@@ -129,7 +135,7 @@ def generate_cohort(
     tab = tabular.mask_tabular(tab_values, ids, presence["tabular"], rngs["tabular"])
     write_parquet(tab, root / "tabular.parquet")
     ts = timeseries.render_timeseries(
-        _standardized(model, views, "timeseries"), ids, presence["timeseries"], rngs["timeseries"]
+        _standardized(model, views, "timeseries"), ids, presence["timeseries"], rngs["timeseries"], ts_signal
     )
     write_parquet(ts, root / "timeseries.parquet")
     text = notes.render_notes(_standardized(model, views, "notes"), ids, presence["notes"], rngs["notes"], notes_signal)
@@ -161,6 +167,7 @@ def generate_cohort(
         "ecg": {"fs": int(ecg_fs), "seconds": float(ecg_seconds), "leads": list(ecg.LEADS)},
         "wsi": {"feature_dim": int(wsi_feature_dim), "patches": [int(p) for p in wsi_patches], "signal": wsi_signal},
         "notes": {"signal": notes_signal},
+        "timeseries": {"signal": ts_signal},
         "n_classes": int(n_classes),
         "n_causes": int(n_causes),
         "split_fractions": list(fractions),

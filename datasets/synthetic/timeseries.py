@@ -6,13 +6,18 @@ every 8-16 h). A measurement at time ``t`` is
     baseline + scale * u[level] + trend * u[slope] * t / 48 + noise
 
 where ``u`` is the standardised view: one component sets the patient's level, another the
-direction and size of the drift over the stay.
+direction and size of the drift over the stay. That is ``signal="level_and_trend"`` (the default).
+With ``signal="trend"`` each patient's level is drawn at random instead (``N(0, 1)`` per variable,
+unrelated to the patient's state), so only how the values move over the stay carries the view:
+a single observation says nothing, and an encoder has to relate observations of the same variable
+at different times (deterioration, as clinicians read trends rather than one value).
 """
 
 import numpy as np
 import pandas as pd
 
 HORIZON_HOURS = 48.0
+SIGNALS = ("level_and_trend", "trend")
 
 # name: (baseline, scale, trend, level component, trend component, mean interval (h), noise sd, min)
 VARIABLES = {
@@ -25,7 +30,9 @@ VARIABLES = {
 }
 
 
-def render_timeseries(u: np.ndarray, patient_ids, present: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+def render_timeseries(
+    u: np.ndarray, patient_ids, present: np.ndarray, rng: np.random.Generator, signal: str = "level_and_trend"
+) -> pd.DataFrame:
     """Long event table for the patients who have the modality.
 
     Args:
@@ -33,11 +40,14 @@ def render_timeseries(u: np.ndarray, patient_ids, present: np.ndarray, rng: np.r
         patient_ids: ``n`` patient ids (sortable strings, e.g. "P00001").
         present: Bool ``(n,)``, True where the patient has time series.
         rng: Source of randomness (the generator's "timeseries" stream).
+        signal: ``"level_and_trend"`` or ``"trend"`` (module docstring).
 
     Returns:
         DataFrame ``patient_id, time, variable, value`` sorted by patient id then time; every
         present patient has at least one heart-rate measurement.
     """
+    if signal not in SIGNALS:
+        raise ValueError(f"time-series signal must be one of {SIGNALS}, got {signal!r}")
     ids = np.asarray(patient_ids, dtype=object)
     rows = np.flatnonzero(np.asarray(present, dtype=bool))
     pats, times, names, values = [], [], [], []
@@ -47,7 +57,13 @@ def render_timeseries(u: np.ndarray, patient_ids, present: np.ndarray, rng: np.r
             counts = np.maximum(counts, 1)
         pat = np.repeat(rows, counts)
         t = np.round(rng.uniform(0.0, HORIZON_HOURS, size=pat.size), 3)
-        value = base + scale * u[pat, lvl] + trend * u[pat, slope] * t / HORIZON_HOURS
+        if signal == "trend":  # a random level per patient (drawn after the default's draws of this variable)
+            level = np.zeros(len(u))
+            level[rows] = rng.standard_normal(rows.size)
+            level = level[pat]
+        else:
+            level = u[pat, lvl]
+        value = base + scale * level + trend * u[pat, slope] * t / HORIZON_HOURS
         value = np.maximum(value + noise * rng.standard_normal(pat.size), low)
         pats.append(pat)
         times.append(t)
