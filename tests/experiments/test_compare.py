@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinfuse.experiments.compare import paired_auroc, paired_c_index
+from clinfuse.experiments.compare import paired_auroc, paired_bootstrap, paired_c_index
 from clinfuse.experiments.subgroups import by_subgroup, subgroups
 from clinfuse.experiments.metrics import harrell_c_index
 from clinfuse.experiments.survival_metrics import bootstrap_ci
@@ -126,3 +126,17 @@ def test_subgroups_smaller_than_the_minimum_get_no_metric():
     assert sub.loc["ten", "m"] == pytest.approx(harrell_c_index(x[4:14], time[4:14], event[4:14]))
     small = by_subgroup([x], ["m"], {"time": time, "event": event}, groups, n_boot=20, min_size=2).set_index("group")
     assert small.loc["tiny", "m"] == pytest.approx(harrell_c_index(x[:4], time[:4], event[:4]))
+
+
+def test_paired_bootstrap_p_value_is_two_sided_by_hand():
+    rng = np.random.default_rng(3)
+    s0, s1, y = rng.normal(size=50), rng.normal(0.15, 1, size=50), np.zeros(50)
+
+    def metric(r, y):
+        return float(r.mean())
+
+    table = paired_bootstrap(metric, [s0, s1], [y], n_boot=400, seed=7)
+    g = np.random.default_rng(7)
+    d = np.array([(lambda rows: s1[rows].mean() - s0[rows].mean())(g.integers(0, 50, 50)) for _ in range(400)])
+    side = min((d <= 0).mean(), (d >= 0).mean())
+    assert table.loc[1, "p_value"] == min(1.0, max(2 * side, 1 / 400))

@@ -133,3 +133,9 @@ def test_bad_state_and_unfitted():
     base = BreslowBaseline.from_state({"event_times": [1.0], "cum_hazard": [0.1]})
     with pytest.raises(ValueError, match="times.*index 0"):
         base.survival([0.0], [-1.0])
+
+
+def test_median_is_the_first_time_where_s_reaches_exactly_one_half():
+    base = BreslowBaseline(event_times=[1.0, 2.0], cum_hazard=[np.log(2.0), 1.0])
+    assert base.survival([0.0], [1.0])[0, 0] == 0.5  # exp(-log 2) is exactly 0.5 in float64
+    np.testing.assert_array_equal(base.median_survival(np.array([0.0])), [1.0])

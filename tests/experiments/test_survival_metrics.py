@@ -386,3 +386,17 @@ def test_time_dependent_auc_with_crossing_curves_scores_each_time_by_its_own_sur
         time_dependent_auc(train, test, 1.0 - surv_fn(times)[:, :-1], times)
     with pytest.raises(ValueError, match="curve_auc needs surv_fn"):
         survival_report(*train, *test, summary, n_boot=5, curve_auc=True)
+
+
+def test_survival_report_d_calibration_reads_each_patients_own_time():
+    X, y = load_gbsg2()
+    X = X[["age", "estrec", "pnodes", "progrec", "tsize"]].to_numpy(float)
+    idx = np.random.default_rng(0).permutation(len(X))
+    tr, te = idx[:450], idx[450:]
+    t, e = y["time"].astype(float), y["cens"].astype(bool)
+    model = CoxPHSurvivalAnalysis().fit(X[tr], Surv.from_arrays(e[tr], t[tr]))
+    fns = model.predict_survival_function(X[te])
+    rep = survival_report(t[tr], e[tr], t[te], e[te], model.predict(X[te]),
+                          lambda times: np.stack([f(times) for f in fns]), n_boot=5)
+    own = np.array([fns[i](t[te][i]) for i in range(len(te))])
+    assert rep["d_calibration_p"] == d_calibration(own, e[te])["p_value"]
