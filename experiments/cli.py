@@ -366,6 +366,9 @@ def synth_main(argv: Sequence[str]) -> None:
     p.add_argument("--ts-signal", choices=("level_and_trend", "trend"), default="level_and_trend",
                    help="level_and_trend: a lab's level and its drift over the stay carry the patient's state; trend: "
                    "levels are random and only the drift does (one observation says nothing)")
+    p.add_argument("--ecg-signal", choices=("rate", "rhythm"), default="rate",
+                   help="rate: the heart rate (and QRS, ST, T) carry the patient's state; rhythm: the rate is random and "
+                   "how irregular the beats are carries it (from sinus rhythm to atrial-fibrillation-like)")
     p.add_argument(
         "--missingness",
         type=_json_object,
@@ -380,7 +383,8 @@ def synth_main(argv: Sequence[str]) -> None:
     except ValueError as err:
         p.error(f"argument --missingness: {err}")
     root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes,
-                          wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal)
+                          wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal,
+                          ecg_signal=a.ecg_signal)
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 

@@ -15,6 +15,12 @@ The standardised view ``u`` drives the physiology:
 
 Rendering noise: 3 % beat-to-beat RR variability, electrical-axis and precordial-gain jitter,
 baseline wander (0.15-0.4 Hz) and white noise.
+
+That is ``signal="rate"`` (the default). With ``signal="rhythm"`` the heart rate is drawn at random
+(``72 + 14 N(0, 1)`` bpm, unrelated to the patient) and ``u[0]`` sets how irregular the rhythm is
+instead: beat-to-beat RR variability ``2 + 20 sigmoid(1.5 u0)`` % (from a steady sinus rhythm to
+atrial-fibrillation-like irregularity). Reading it needs the intervals between several beats, not
+the shape or the rate of any one.
 """
 
 from pathlib import Path
@@ -29,6 +35,7 @@ LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V
 CHUNK = 32
 ADC_GAIN = 1000.0  # digital units per mV (1 uV resolution, +-32 mV range with fmt 16)
 HORIZON_HOURS = 48.0
+SIGNALS = ("rate", "rhythm")
 
 WAVES = ("P", "Q", "R", "S", "ST", "T")
 LIMB_ANGLES = np.deg2rad([0.0, 60.0, 120.0, -150.0, -30.0, 90.0])
@@ -53,10 +60,14 @@ INDEPENDENT_TO_LEADS[1, [1, 2, 3, 4, 5]] = (1.0, 1.0, -0.5, -0.5, 1.0)  # lead I
 INDEPENDENT_TO_LEADS[2:, 6:] = np.eye(6)
 
 
-def ecg_drivers(u: np.ndarray) -> dict:
-    """Physiological parameters per patient from the standardised ECG view ``u`` ``(n, >=4)``."""
+def ecg_drivers(u: np.ndarray, signal: str = "rate", rng: np.random.Generator | None = None) -> dict:
+    """Physiological parameters per patient from the standardised ECG view ``u`` ``(n, >=4)``
+    (``"rhythm"``: the rate from ``rng``, ``u[0]`` sets ``rr_variability``; module docstring)."""
+    rhythm = signal == "rhythm"
+    rate_driver = rng.standard_normal(u.shape[0]) if rhythm else u[:, 0]
     return {
-        "heart_rate": np.clip(72.0 + 14.0 * u[:, 0], 40.0, 150.0),
+        "heart_rate": np.clip(72.0 + 14.0 * rate_driver, 40.0, 150.0),
+        "rr_variability": 0.02 + 0.20 / (1.0 + np.exp(-1.5 * u[:, 0])) if rhythm else np.full(u.shape[0], 0.03),
         "qrs_factor": np.clip(1.0 + 0.25 * u[:, 1], 0.6, 1.8),
         "st_offset": 0.1 * u[:, 2],
         "t_factor": np.clip(1.0 + 0.35 * u[:, 3], 0.1, 2.5),
@@ -78,7 +89,7 @@ def _lead_amplitudes(drivers: dict, rng: np.random.Generator) -> np.ndarray:
     return amp * scale[:, None, :]
 
 
-def synthesize_ecg(u: np.ndarray, fs: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
+def synthesize_ecg(u: np.ndarray, fs: int, seconds: float, rng: np.random.Generator, signal: str = "rate") -> np.ndarray:
     """12-lead signals in mV for a chunk of patients.
 
     Args:
@@ -86,17 +97,18 @@ def synthesize_ecg(u: np.ndarray, fs: int, seconds: float, rng: np.random.Genera
         fs: Sampling rate in Hz.
         seconds: Record length in seconds.
         rng: Source of rendering noise.
+        signal: ``"rate"`` or ``"rhythm"`` (module docstring).
 
     Returns:
         Signals of shape ``(n, S, 12)`` with ``S = round(fs * seconds)``, leads in ``LEADS`` order.
     """
     n = u.shape[0]
-    drivers = ecg_drivers(u)
+    drivers = ecg_drivers(u, signal, np.random.default_rng(rng.integers(2**63)) if signal == "rhythm" else None)
     n_samples = int(round(fs * seconds))
     t = np.arange(n_samples) / fs
     rr_mean = 60.0 / drivers["heart_rate"]  # (n,)
     n_beats = int(np.ceil(seconds / 0.3)) + 4
-    rr = rr_mean[:, None] * (1.0 + 0.03 * rng.standard_normal((n, n_beats)))
+    rr = rr_mean[:, None] * np.maximum(1.0 + drivers["rr_variability"][:, None] * rng.standard_normal((n, n_beats)), 0.5)
     first = -rng.uniform(size=(n, 1)) * rr[:, :1]
     beats = first + np.concatenate([np.zeros((n, 1)), np.cumsum(rr[:, :-1], axis=1)], axis=1)  # (n, B)
 
@@ -135,7 +147,7 @@ def _bump(x: np.ndarray) -> np.ndarray:
 def _write_chunk(task: dict) -> None:
     """Synthesise one chunk of records and write them with ``wfdb.wrsamp`` (runs in a worker)."""
     rng = np.random.default_rng(task["seed"])
-    signals = synthesize_ecg(task["u"], task["fs"], task["seconds"], rng)
+    signals = synthesize_ecg(task["u"], task["fs"], task["seconds"], rng, task.get("signal", "rate"))
     for name, signal in zip(task["records"], signals):
         wfdb.wrsamp(
             name,
@@ -159,6 +171,7 @@ def write_ecg(
     fs: int,
     seconds: float,
     show_progress: bool,
+    signal: str = "rate",
 ) -> pd.DataFrame:
     """Write one WFDB record per present patient into ``ecg_dir``.
 
@@ -171,6 +184,7 @@ def write_ecg(
         fs: Sampling rate in Hz.
         seconds: Record length in seconds.
         show_progress: Whether to show a progress bar.
+        signal: ``"rate"`` or ``"rhythm"`` (module docstring).
 
     Returns:
         The ``records.csv`` table: ``patient_id, record, time`` (hours in ``[0, 48]``).
@@ -191,6 +205,7 @@ def write_ecg(
             "fs": fs,
             "seconds": seconds,
             "write_dir": str(ecg_dir),
+            "signal": signal,
         }
         for i, s in enumerate(chunk_starts)
     ]

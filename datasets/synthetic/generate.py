@@ -58,6 +58,7 @@ def generate_cohort(
     wsi_signal: str = "amount",
     notes_signal: str = "keywords",
     ts_signal: str = "level_and_trend",
+    ecg_signal: str = "rate",
 ) -> Path:
     """Generate a synthetic multimodal cohort with known Bayes-optimal predictions.
 
@@ -89,6 +90,9 @@ def generate_cohort(
         ts_signal: ``"level_and_trend"`` (default): a variable's level and its drift over the stay
             carry the time-series view; ``"trend"``: levels are random, only the drift carries it
             (``timeseries.py``). Other files are the same either way.
+        ecg_signal: ``"rate"`` (default): the heart rate (and QRS, ST, T) carry the ECG view;
+            ``"rhythm"``: the rate is random and how irregular the beats are carries its first
+            component (``ecg.py``). Other files are the same either way.
 
     Returns:
         The cohort folder.
@@ -105,6 +109,8 @@ def generate_cohort(
         raise ValueError(f"notes_signal must be one of {notes.SIGNALS}, got {notes_signal!r}")
     if ts_signal not in timeseries.SIGNALS:
         raise ValueError(f"ts_signal must be one of {timeseries.SIGNALS}, got {ts_signal!r}")
+    if ecg_signal not in ecg.SIGNALS:
+        raise ValueError(f"ecg_signal must be one of {ecg.SIGNALS}, got {ecg_signal!r}")
     fractions = splits.validate_fractions(split_fractions)
     resolved = resolve_missingness(missingness)
     root = prepare_out_dir(out_dir)
@@ -147,7 +153,7 @@ def generate_cohort(
 
     records = ecg.write_ecg(
         root / "ecg", _standardized(model, views, "ecg"), ids, presence["ecg"], seeds["ecg"],
-        ecg_fs, ecg_seconds, show_progress,
+        ecg_fs, ecg_seconds, show_progress, ecg_signal,
     )  # fmt: skip
     records.to_csv(root / "ecg" / "records.csv", index=False)
     slides = wsi.write_wsi(
@@ -164,7 +170,7 @@ def generate_cohort(
         "modalities": list(latent.MODALITIES),
         "missingness": resolved,
         "presence_rate": {m: float(np.mean(presence[m])) for m in latent.MODALITIES},
-        "ecg": {"fs": int(ecg_fs), "seconds": float(ecg_seconds), "leads": list(ecg.LEADS)},
+        "ecg": {"fs": int(ecg_fs), "seconds": float(ecg_seconds), "leads": list(ecg.LEADS), "signal": ecg_signal},
         "wsi": {"feature_dim": int(wsi_feature_dim), "patches": [int(p) for p in wsi_patches], "signal": wsi_signal},
         "notes": {"signal": notes_signal},
         "timeseries": {"signal": ts_signal},

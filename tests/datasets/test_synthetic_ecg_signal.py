@@ -1,0 +1,52 @@
+"""The synthetic cohort's ``ecg_signal``: the heart rate, or how irregular the rhythm is."""
+
+import json
+
+import numpy as np
+import pytest
+import wfdb
+from scipy.signal import find_peaks
+
+from clinfuse.datasets.synthetic import generate_cohort
+from clinfuse.datasets.synthetic.ecg import write_ecg
+
+FS, N = 250, 40
+
+
+def _rr(tmp_path, signal):
+    u = np.random.default_rng(4).standard_normal((N, 4))
+    ids = [f"P{i:05d}" for i in range(N)]
+    write_ecg(tmp_path / signal, u, ids, np.ones(N, bool), np.random.SeedSequence(0), FS, 10.0, False, signal)
+    rate, irregularity = [], []
+    for pid in ids:
+        lead_ii = wfdb.rdrecord(str(tmp_path / signal / f"{pid}_ecg0"), channel_names=["II"]).p_signal[:, 0]
+        peaks, _ = find_peaks(lead_ii, height=0.6, distance=int(0.2 * FS))
+        rr = np.diff(peaks) / FS
+        rate.append(60.0 / rr.mean())
+        irregularity.append(np.abs(np.diff(rr)).mean() / rr.mean())  # successive RR differences
+    return u, np.array(rate), np.array(irregularity)
+
+
+def test_rhythm_signal_moves_the_view_from_the_rate_to_the_irregularity(tmp_path):
+    u, rate, irregular = _rr(tmp_path, "rhythm")
+    low, high = u[:, 0] < np.quantile(u[:, 0], 1 / 3), u[:, 0] > np.quantile(u[:, 0], 2 / 3)
+    assert irregular[high].mean() > 2.5 * irregular[low].mean()  # RR variability about 4% vs 20% by design
+    assert np.corrcoef(irregular, u[:, 0])[0, 1] > 0.4
+    assert abs(np.corrcoef(rate, u[:, 0])[0, 1]) < 0.35
+    u, rate, irregular = _rr(tmp_path, "rate")
+    assert np.corrcoef(rate, u[:, 0])[0, 1] > 0.7 and abs(np.corrcoef(irregular, u[:, 0])[0, 1]) < 0.35
+
+
+def test_rhythm_changes_only_the_ecg_and_rate_is_the_default(tmp_path):
+    kw = dict(n_patients=16, seed=3, wsi_patches=(5, 20), ecg_seconds=2.0, show_progress=False)
+    default = generate_cohort(tmp_path / "d", **kw)
+    rate = generate_cohort(tmp_path / "r", ecg_signal="rate", **kw)
+    rhythm = generate_cohort(tmp_path / "y", ecg_signal="rhythm", **kw)
+    dat = sorted(p.name for p in (default / "ecg").glob("*.dat"))
+    assert dat and all((default / "ecg" / f).read_bytes() == (rate / "ecg" / f).read_bytes() for f in dat)
+    assert any((default / "ecg" / f).read_bytes() != (rhythm / "ecg" / f).read_bytes() for f in dat)
+    for name in ("labels.parquet", "tabular.parquet", "timeseries.parquet", "notes.parquet", "oracle.parquet"):
+        assert (default / name).read_bytes() == (rhythm / name).read_bytes(), name
+    assert json.loads((rhythm / "cohort.json").read_text())["ecg"]["signal"] == "rhythm"
+    with pytest.raises(ValueError, match="ecg_signal.*'morphology'"):
+        generate_cohort(tmp_path / "x", ecg_signal="morphology", **kw)
