@@ -309,3 +309,19 @@ def test_outcome_model_alone_hits_its_targets():
     assert 0.75 <= c <= 0.80
     assert 0.5 <= outcomes["event"].mean() <= 0.6 and abs(outcomes["binary"].mean() - 0.3) < 0.03
     assert set(outcomes["multiclass"]) == {0, 1, 2, 3}
+
+
+def test_stratified_split_keeps_the_fractions_within_every_stratum():
+    from clinfuse.datasets.synthetic.splits import stratified_split
+
+    strata = np.repeat([0, 1, 2, 3], [700, 200, 80, 20])
+    shuffled = strata[np.random.default_rng(0).permutation(len(strata))]
+    split = stratified_split(shuffled, (0.7, 0.15, 0.15), np.random.default_rng(1))
+    for s, size in zip(range(4), (700, 200, 80, 20)):
+        got = split[shuffled == s]
+        for name, frac in zip(("train", "val", "test"), (0.7, 0.15, 0.15)):
+            assert abs((got == name).sum() - frac * size) <= 1, (s, name)
+    again = stratified_split(shuffled, (0.7, 0.15, 0.15), np.random.default_rng(1))
+    assert (again == split).all()
+    other = stratified_split(shuffled, (0.7, 0.15, 0.15), np.random.default_rng(2))
+    assert (other != split).any()  # random within strata
