@@ -30,9 +30,13 @@ def quantile_bins(times: torch.Tensor, events: torch.Tensor, n_bins: int = 4) ->
     """Bin edges at the quantiles of the EVENT times (censored times are ignored), as MCAT does.
 
     Interior edges are the ``1/n_bins, ..., (n_bins-1)/n_bins`` quantiles (linear interpolation)
-    of the times whose event is observed; the first edge is 0 and the last ``+inf``, so every
-    non-negative time falls in a bin. Compute them on the TRAINING split only. Heavily tied event
-    times can give repeated edges (empty bins); pass fewer bins then.
+    of the times whose event is observed, the last edge is ``+inf``. The first edge is the
+    earliest event time (the *onset*): bin 0 still holds every time below ``q_1`` from 0 on
+    (:func:`discretize`), but survival read between bin ends stays 1 until the onset, as a
+    Breslow curve does before the first training event, instead of falling from time 0 (which
+    misplaces bin 0's events for outcomes that start late: no cGvHD event before day 63). Compute
+    them on the TRAINING split only. Heavily tied event times can give repeated interior edges
+    (empty bins); pass fewer bins then.
 
     Args:
         times: observed times, non-negative.
@@ -40,7 +44,7 @@ def quantile_bins(times: torch.Tensor, events: torch.Tensor, n_bins: int = 4) ->
         n_bins: number of bins ``K``.
 
     Returns:
-        Edges ``[0, q_1, ..., q_{K-1}, inf]`` in ``times``' float dtype.
+        Edges ``[onset, q_1, ..., q_{K-1}, inf]`` in ``times``' float dtype (``onset <= q_1``).
 
     Raises:
         ValueError: on bad shapes, ``n_bins < 1`` or no events.
@@ -61,12 +65,13 @@ def quantile_bins(times: torch.Tensor, events: torch.Tensor, n_bins: int = 4) ->
         raise ValueError("quantile_bins: no events, cannot place bins")
     q = torch.linspace(0, 1, n_bins + 1, dtype=event_times.dtype, device=times.device)[1:-1]
     inner = torch.quantile(event_times, q)
-    zero = inner.new_zeros(1)
-    return torch.cat([zero, inner, inner.new_full((1,), float("inf"))])
+    onset = event_times.min().reshape(1)
+    return torch.cat([onset, inner, inner.new_full((1,), float("inf"))])
 
 
 def discretize(time: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Bin index ``k`` with ``edges[k] <= time < edges[k+1]`` (a time on an edge goes up).
+    """Bin index ``k`` with ``edges[k] <= time < edges[k+1]`` (a time on an edge goes up); bin 0
+    starts at time 0 whatever ``edges[0]`` (the onset of :func:`quantile_bins`) is.
 
     Shapes:
         time: (B,), edges: (K + 1,) -> (B,) long in ``[0, K)``
@@ -76,8 +81,8 @@ def discretize(time: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
             f"discretize wants time (B,) and edges (K+1,) with K >= 1, got "
             f"{tuple(time.shape)}, {tuple(edges.shape)}"
         )
-    if (time < edges[0]).any():
-        raise ValueError("discretize: a time lies below the first edge")
+    if (time < 0).any():
+        raise ValueError("discretize: a time is negative")
     return torch.bucketize(time.to(edges.dtype).contiguous(), edges[1:-1].contiguous(), right=True)
 
 

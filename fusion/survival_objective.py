@@ -127,7 +127,7 @@ class SurvivalObjective(nn.Module):
         """Place the bin edges at quantiles of the training event times (no-op for Cox)."""
         if self.discrete:
             edges = quantile_bins(time.double(), event, self.n_bins)
-            if not (edges[1:] > edges[:-1]).all():
+            if not (edges[2:] > edges[1:-1]).all() or not edges[1] > 0:  # the onset may equal q_1
                 raise ValueError(
                     f"{self.n_bins} time bins give repeated edges {edges.tolist()} (heavily tied event "
                     f"times); use fewer bins (model.n_time_bins)"
@@ -240,8 +240,10 @@ class SurvivalObjective(nn.Module):
         """Discrete models: S(t) at ``times``, linear between the bin ends.
 
         The model gives S at each bin end; inside a bin the event probability is spread evenly
-        over the bin (constant density, pycox's interpolation), so S(0) = 1 and S falls linearly to
-        the bin's end value. Read as a step at the bin ends instead, every patient would have
+        over the bin (constant density, pycox's interpolation), so S falls linearly to the bin's
+        end value; in bin 0 from the earliest training event on (``edges[0]``, the onset; S = 1
+        before it, as a Breslow curve before its first event; checkpoints fitted before the onset
+        edge have 0 there). Read as a step at the bin ends instead, every patient would have
         S = 1 until the first bin ends, whatever the model predicts, and D-calibration and the
         Brier score would penalise even a perfect model. The last bin has no end: from the last
         finite edge on, S is held at its value there (a horizon past it is flagged by the

@@ -26,9 +26,12 @@ def test_quantile_bins_use_event_times_only():
     times = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 100.0, 200.0, 300.0])
     events = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0])
     edges = quantile_bins(times, events, n_bins=4)
-    expected = np.concatenate([[0.0], np.quantile([1.0, 2.0, 3.0, 4.0, 5.0], [0.25, 0.5, 0.75]), [np.inf]])
-    np.testing.assert_allclose(edges.numpy(), expected)  # 0, 2, 3, 4, inf: the censored 100s ignored
-    assert discretize(torch.tensor([0.0, 1.9, 2.0, 3.5, 4.0, 300.0]), edges).tolist() == [0, 0, 1, 2, 3, 3]
+    expected = np.concatenate([[1.0], np.quantile([1.0, 2.0, 3.0, 4.0, 5.0], [0.25, 0.5, 0.75]), [np.inf]])
+    np.testing.assert_allclose(edges.numpy(), expected)  # onset 1, then 2, 3, 4, inf: the censored 100s ignored
+    # bin 0 holds every time below q_1 from 0 on, the onset (first event) included
+    assert discretize(torch.tensor([0.0, 0.5, 1.9, 2.0, 3.5, 4.0, 300.0]), edges).tolist() == [0, 0, 0, 1, 2, 3, 3]
+    with pytest.raises(ValueError, match="negative"):
+        discretize(torch.tensor([-0.5]), edges)
     with pytest.raises(ValueError, match="no events"):
         quantile_bins(times, torch.zeros(8), n_bins=4)
 

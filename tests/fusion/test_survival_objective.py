@@ -23,8 +23,8 @@ def test_output_widths_and_bins_fitted_on_event_times():
     obj = SurvivalObjective("logistic_hazard", n_bins=2)
     assert not obj.fitted
     obj.fit_bins(TIME, EVENT)
-    # event times 1, 3, 4, 6, 7: the median is 4
-    assert obj.edges.tolist() == [0.0, 4.0, math.inf]
+    # event times 1, 3, 4, 6, 7: the onset (first event) is 1, the median 4
+    assert obj.edges.tolist() == [1.0, 4.0, math.inf]
     assert obj.fitted
 
 
@@ -64,15 +64,15 @@ def test_cox_loss_and_risk_memory():
 
 
 def test_hazard_survival_between_bin_ends_median_and_risk_by_hand():
-    obj = SurvivalObjective("logistic_hazard", n_bins=2).fit_bins(TIME, EVENT)  # edges 0, 4, inf
+    obj = SurvivalObjective("logistic_hazard", n_bins=2).fit_bins(TIME, EVENT)  # edges 1 (onset), 4, inf
     # hazards 0.5 in bin 0, 0.5 in bin 1 -> S at bin ends 0.5, 0.25; second patient: 0.2, 0.04
     out = torch.logit(torch.tensor([[0.5, 0.5], [0.8, 0.8]]))
     torch.testing.assert_close(obj.survival_at_bin_ends(out), torch.tensor([[0.5, 0.25], [0.2, 0.04]]))
-    # linear from S(0) = 1 to S(4) inside bin 0; held at S(4) in the open last bin
-    s = obj.survival(out, torch.tensor([0.0, 1.0, 3.9, 4.0, 100.0]))
-    torch.testing.assert_close(s, torch.tensor([[1.0, 0.875, 0.5125, 0.5, 0.5], [1.0, 0.8, 0.22, 0.2, 0.2]]))
-    # S reaches 0.5 at t = 4 for the first patient, at 4 * 0.5 / 0.8 = 2.5 for the second
-    torch.testing.assert_close(obj.median(out), torch.tensor([4.0, 2.5]))
+    # 1 until the first training event (t = 1), then linear to S(4); held at S(4) in the open last bin
+    s = obj.survival(out, torch.tensor([0.0, 1.0, 2.5, 3.7, 4.0, 100.0]))
+    torch.testing.assert_close(s, torch.tensor([[1.0, 1.0, 0.75, 0.55, 0.5, 0.5], [1.0, 1.0, 0.6, 0.28, 0.2, 0.2]]))
+    # S reaches 0.5 at t = 4 for the first patient, at 1 + 3 * 0.5 / 0.8 = 2.875 for the second
+    torch.testing.assert_close(obj.median(out), torch.tensor([4.0, 2.875]))
     never = torch.logit(torch.tensor([[0.1, 0.1]]))  # S = 0.9, 0.81: never reaches 0.5
     assert obj.median(never).tolist() == [math.inf]
     risk = obj.risk(out)
