@@ -2,7 +2,9 @@
 
 Conventions (one everywhere in this file):
 
-- ``K`` bins with edges ``0 = e_0 < e_1 < ... < e_K = +inf``; bin ``k`` is ``[e_k, e_{k+1})``.
+- ``K`` bins with edges ``e_0 <= e_1 < ... < e_K = +inf``; bin ``k`` is ``[e_k, e_{k+1})``, except
+  that bin 0 starts at time 0: ``e_0`` is the onset (earliest training event, :func:`quantile_bins`),
+  where survival read between bin ends starts to fall.
 - A sample with an EVENT in bin ``k`` died in bin ``k``. A CENSORED sample in bin ``k`` is taken to
   have SURVIVED THROUGH bin ``k`` (MCAT / PORPOISE's ``nll_loss`` convention: its likelihood is
   ``S_k``, survival to the END of bin ``k``), unless ``censored_share`` says which share ``s`` of

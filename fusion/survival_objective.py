@@ -264,7 +264,7 @@ class SurvivalObjective(nn.Module):
             at_edges: (..., K + 1), index k = value at ``edges[k]`` (index K, at inf, unused);
             times: (T,) -> (..., T)
         """
-        finite = self.edges[:-1]  # (K,) e_0 = 0 ... e_{K-1}
+        finite = self.edges[:-1]  # (K,) e_0 (the onset) ... e_{K-1}
         t = times.to(finite.dtype).to(finite.device)
         k = torch.bucketize(t, finite[1:].contiguous(), right=True)  # (T,) in 0..K-1: t in [e_k, e_{k+1})
         nxt = (k + 1).clamp(max=finite.shape[0] - 1)  # the last finite edge reads itself: held
