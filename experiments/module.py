@@ -15,13 +15,7 @@ from torchmetrics import CatMetric
 from clinfuse.encoders.base import ModalityEncoder, ModalityTokens, check_finite_tokens
 from clinfuse.experiments.metrics import classification_metrics, harrell_c_index
 from clinfuse.experiments.survival_curves import BreslowBaseline
-from clinfuse.experiments.survival_metrics import (
-    d_calibration,
-    evaluation_times,
-    integrated_brier,
-    time_dependent_auc,
-    uno_c_index,
-)
+from clinfuse.experiments.survival_metrics import curve_metrics, evaluation_times, time_dependent_auc, uno_c_index
 from clinfuse.fusion.base import FusionHead, FusionOutput
 from clinfuse.fusion.late import late_average
 from clinfuse.fusion.modality_dropout import ModalityDropout
@@ -371,18 +365,10 @@ class ClinFuseModule(pl.LightningModule):
             return {}
         if surv_fn is not None:
             # a discrete model's curve is only held flat after its last finite bin end: the curve
-            # metrics stop there (as survival_report's model_horizon)
-            own_time, own_event, grid = time, event, times
-            if self.objective.discrete:
-                horizon = float(self.objective.edges[-2])
-                beyond = time > horizon
-                own_time, own_event = np.where(beyond, horizon, time), np.where(beyond, 0.0, event)
-                grid = times[times <= horizon]
-            uniq, inv = np.unique(own_time, return_inverse=True)
-            own = np.clip(surv_fn(uniq)[np.arange(len(time)), inv.ravel()], 0.0, 1.0)
-            metrics["d_calibration_p"] = d_calibration(own, own_event)["p_value"]
-            if len(grid) >= 2:
-                metrics["ibs"] = integrated_brier(train, (time, event), surv_fn(grid), grid)
+            # metrics stop there
+            horizon = float(self.objective.edges[-2]) if self.objective.discrete else None
+            curves = curve_metrics(train, (time, event), surv_fn, times, horizon)
+            metrics.update({k: v for k, v in curves.items() if np.isfinite(v)})
         return metrics
 
     def _survival_function(self, stage: str, risk: np.ndarray):

@@ -194,10 +194,12 @@ def _check_times(times, name: str = "times", increasing: bool = True) -> np.ndar
 
 
 def _check_surv_probs(surv_probs, n: int, n_times: int, name: str = "surv_probs") -> np.ndarray:
-    """(n, n_times) survival probabilities, finite and in [0, 1]; errors name the first bad (row, column)."""
+    """(n, n_times) survival probabilities, finite and in [0, 1] (rounding excursions up to 1e-6 are
+    clipped); errors name the first bad (row, column)."""
     arr = np.asarray(surv_probs, dtype=float)
     if arr.shape != (n, n_times):
         raise ValueError(f"{name} must have shape ({n}, {n_times}) (test patients, times), got {arr.shape}")
+    arr = np.where((arr > 1) & (arr <= 1 + 1e-6), 1.0, np.where((arr < 0) & (arr >= -1e-6), 0.0, arr))
     bad = ~np.isfinite(arr) | (arr < 0) | (arr > 1)
     if bad.any():
         i, j = (int(k) for k in np.argwhere(bad)[0])
@@ -462,14 +464,35 @@ def survival_report(
     out["mean_td_auc"] = time_dependent_auc(train, test, 1.0 - grid_surv if curve_auc else risk, times)[1]
     out["ibs"] = out["d_calibration_p"] = float("nan")
     if surv_fn is not None:
-        within = times <= model_horizon if model_horizon is not None else np.ones(len(times), bool)
-        if within.sum() >= 2:
-            out["ibs"] = integrated_brier(train, test, grid_surv[:, within], times[within])
-        own_time, own_event = test.time, test.event
-        if model_horizon is not None:
-            beyond = own_time > model_horizon
-            own_time, own_event = np.where(beyond, model_horizon, own_time), np.where(beyond, False, own_event)
-        uniq, inv = np.unique(own_time, return_inverse=True)
-        curves = _check_surv_probs(surv_fn(uniq), len(test), len(uniq), "surv_fn(test times)")
-        out["d_calibration_p"] = d_calibration(curves[np.arange(len(test)), inv.ravel()], own_event)["p_value"]
+        out.update(curve_metrics(train, test, surv_fn, times, model_horizon, grid_surv))
     return out
+
+
+def curve_metrics(train, test, surv_fn: Callable[[np.ndarray], np.ndarray], times, model_horizon: float | None = None,
+                  grid_surv: np.ndarray | None = None) -> dict[str, float]:
+    """IBS over ``times`` and the D-calibration p-value of a model's survival curves, stopping at
+    ``model_horizon`` (see :func:`survival_report`): IBS over the grid times up to it (NaN when
+    fewer than two), D-calibration with times beyond it read as censored there.
+
+    Args:
+        train, test: ``(time, event)`` pairs or :class:`SurvivalData`.
+        surv_fn: ``surv_fn(times (T,)) -> (n_test, T)`` survival probabilities in [0, 1].
+        times: the evaluation grid (``evaluation_times``); ``grid_surv``: ``surv_fn(times)`` if
+            already computed.
+
+    Returns:
+        ``{"ibs", "d_calibration_p"}``.
+    """
+    train, test = _as_data(train, "train"), _as_data(test, "test")
+    times = np.asarray(times, dtype=float)
+    if grid_surv is None:
+        grid_surv = _check_surv_probs(surv_fn(times), len(test), len(times), "surv_fn(evaluation times)")
+    within = times <= model_horizon if model_horizon is not None else np.ones(len(times), bool)
+    ibs = integrated_brier(train, test, grid_surv[:, within], times[within]) if within.sum() >= 2 else float("nan")
+    own_time, own_event = test.time, test.event
+    if model_horizon is not None:
+        beyond = own_time > model_horizon
+        own_time, own_event = np.where(beyond, model_horizon, own_time), np.where(beyond, False, own_event)
+    uniq, inv = np.unique(own_time, return_inverse=True)
+    curves = _check_surv_probs(surv_fn(uniq), len(test), len(uniq), "surv_fn(test times)")
+    return {"ibs": ibs, "d_calibration_p": d_calibration(curves[np.arange(len(test)), inv.ravel()], own_event)["p_value"]}

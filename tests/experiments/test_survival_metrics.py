@@ -320,6 +320,17 @@ def test_brier_refuses_probabilities_outside_unit_interval(gbsg, row, col, value
             fn(ytr, yte, g["surv_fn"](times)[:, 1:], times)
 
 
+def test_rounding_excursions_past_the_unit_interval_are_clipped(gbsg):
+    g = gbsg
+    ytr, yte = _y(g["tt"], g["te_"]), _y(g["st"], g["se"])
+    times = evaluation_times(g["tt"], g["te_"], g["st"], g["se"])
+    surv = g["surv_fn"](times).copy()
+    surv[0, 0], surv[1, -1] = 1.0, 0.0
+    nudged = surv.copy()
+    nudged[0, 0], nudged[1, -1] = 1.0 + 1e-9, -1e-9  # float32 read-outs can land one ulp outside
+    assert integrated_brier(ytr, yte, nudged, times) == integrated_brier(ytr, yte, surv, times)
+
+
 def test_integrated_brier_is_the_trapezoid_of_hand_brier_scores():
     rng = np.random.default_rng(11)
     train_t, train_e = rng.uniform(1, 100, 80), rng.integers(0, 2, 80)
