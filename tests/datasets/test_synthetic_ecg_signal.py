@@ -1,13 +1,9 @@
 """The synthetic cohort's ``ecg_signal``: the heart rate, or how irregular the rhythm is."""
 
-import json
-
 import numpy as np
-import pytest
 import wfdb
 from scipy.signal import find_peaks
 
-from clinfuse.datasets.synthetic import generate_cohort
 from clinfuse.datasets.synthetic.ecg import write_ecg
 
 FS, N = 250, 40
@@ -35,18 +31,3 @@ def test_rhythm_signal_moves_the_view_from_the_rate_to_the_irregularity(tmp_path
     assert abs(np.corrcoef(rate, u[:, 0])[0, 1]) < 0.35
     u, rate, irregular = _rr(tmp_path, "rate")
     assert np.corrcoef(rate, u[:, 0])[0, 1] > 0.7 and abs(np.corrcoef(irregular, u[:, 0])[0, 1]) < 0.35
-
-
-def test_rhythm_changes_only_the_ecg_and_rate_is_the_default(tmp_path):
-    kw = dict(n_patients=16, seed=3, wsi_patches=(5, 20), ecg_seconds=2.0, show_progress=False)
-    default = generate_cohort(tmp_path / "d", **kw)
-    rate = generate_cohort(tmp_path / "r", ecg_signal="rate", **kw)
-    rhythm = generate_cohort(tmp_path / "y", ecg_signal="rhythm", **kw)
-    dat = sorted(p.name for p in (default / "ecg").glob("*.dat"))
-    assert dat and all((default / "ecg" / f).read_bytes() == (rate / "ecg" / f).read_bytes() for f in dat)
-    assert any((default / "ecg" / f).read_bytes() != (rhythm / "ecg" / f).read_bytes() for f in dat)
-    for name in ("labels.parquet", "tabular.parquet", "timeseries.parquet", "notes.parquet", "oracle.parquet"):
-        assert (default / name).read_bytes() == (rhythm / name).read_bytes(), name
-    assert json.loads((rhythm / "cohort.json").read_text())["ecg"]["signal"] == "rhythm"
-    with pytest.raises(ValueError, match="ecg_signal.*'morphology'"):
-        generate_cohort(tmp_path / "x", ecg_signal="morphology", **kw)

@@ -1,11 +1,7 @@
 """The synthetic cohort's ``ts_signal``: levels and trends, or trends only."""
 
-import json
-
 import numpy as np
-import pytest
 
-from clinfuse.datasets.synthetic import generate_cohort
 from clinfuse.datasets.synthetic.timeseries import render_timeseries
 
 N = 600
@@ -37,15 +33,3 @@ def test_trend_signal_leaves_levels_random_and_keeps_the_drift():
     assert _corr(slopes, u[:, 1]) > 0.5  # heart rate drifts with component 1
     u, level, slopes = _per_patient("level_and_trend")
     assert _corr(level, u[:, 0]) > 0.7 and _corr(slopes, u[:, 1]) > 0.5
-
-
-def test_trend_changes_only_the_time_series(tmp_path):
-    kw = dict(n_patients=24, seed=3, wsi_patches=(5, 20), ecg_seconds=2.0, show_progress=False)
-    default = generate_cohort(tmp_path / "d", **kw)
-    trend = generate_cohort(tmp_path / "t", ts_signal="trend", **kw)
-    for name in ("labels.parquet", "tabular.parquet", "notes.parquet", "genomics.csv", "oracle.parquet"):
-        assert (default / name).read_bytes() == (trend / name).read_bytes(), name
-    assert (default / "timeseries.parquet").read_bytes() != (trend / "timeseries.parquet").read_bytes()
-    assert json.loads((trend / "cohort.json").read_text())["timeseries"] == {"signal": "trend"}
-    with pytest.raises(ValueError, match="ts_signal.*'level'"):
-        generate_cohort(tmp_path / "x", ts_signal="level", **kw)

@@ -1,20 +1,12 @@
 """The synthetic cohort's ``wsi_signal``: where a slide carries the patient's state."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clinfuse.datasets.synthetic import generate_cohort
 from clinfuse.datasets.synthetic.wsi import GRADE_FRACTION, tumor_layout
 from clinfuse.experiments.cli import synth_main
-
-SMALL = dict(n_patients=24, seed=3, wsi_patches=(5, 20), ecg_seconds=2.0, show_progress=False)
-
-
-def _files(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _layout(signal: str, n: int = 4000, d: int = 4, f: int = 32):
@@ -38,24 +30,6 @@ def test_amount_share_follows_the_first_view_component_and_features_the_rest():
     u, t0, mixing, fraction, shift = _layout("amount")
     assert np.corrcoef(fraction, u[:, 0])[0, 1] > 0.8
     np.testing.assert_allclose(shift, 1.5 * t0 + u[:, 1:] @ mixing.T)
-
-
-def test_grade_changes_only_the_slides(tmp_path):
-    amount = _files(generate_cohort(tmp_path / "amount", **SMALL))
-    grade = _files(generate_cohort(tmp_path / "grade", wsi_signal="grade", **SMALL))
-    assert set(amount) == set(grade)
-    slides = {name for name in amount if name.endswith(".h5")}
-    assert slides and all(amount[name] != grade[name] for name in slides)
-    same = set(amount) - slides - {"cohort.json"}
-    assert [name for name in sorted(same) if amount[name] != grade[name]] == []
-    assert json.loads(grade["cohort.json"])["wsi"]["signal"] == "grade"
-    assert json.loads(amount["cohort.json"])["wsi"]["signal"] == "amount"
-
-
-def test_unknown_signal_is_named_and_nothing_is_written(tmp_path):
-    with pytest.raises(ValueError, match="wsi_signal.*'texture'"):
-        generate_cohort(tmp_path / "out", wsi_signal="texture", **SMALL)
-    assert not (tmp_path / "out").exists()
 
 
 def test_synth_command_passes_the_signal(tmp_path, capsys):

@@ -1,19 +1,15 @@
 """The per-epoch survival monitors read the right outputs: ClinFuseModule's val-epoch helpers
-against independent references (a Breslow baseline of the TRAIN outputs, sksurv's C per cause,
-D-calibration at each patient's own time)."""
+against independent references (a Breslow baseline of the TRAIN outputs, sksurv's C per cause;
+D-calibration at each patient's own time is in test_survival_monitors.py)."""
 
 from __future__ import annotations
 
-import lightning
 import numpy as np
-import pytest
 import torch
 from sksurv.metrics import concordance_index_censored
 
-from clinfuse.datasets.datamodule import ClinicalDataModule
 from clinfuse.experiments.module import ClinFuseModule
 from clinfuse.experiments.survival_curves import BreslowBaseline
-from clinfuse.experiments.survival_metrics import d_calibration
 
 SPEC = {"tabular": {"numeric_features": ["a"], "categorical_features": [], "categorical_cardinalities": []}}
 
@@ -47,25 +43,3 @@ def test_cause_specific_c_counts_only_that_cause():
     cif = model.objective.cumulative_incidence(torch.as_tensor(raw, dtype=torch.float32)).sum(-1).numpy()
     for r in (1, 2):
         assert got[f"c_index_cause{r}"] == concordance_index_censored(cause == r, time, cif[:, r - 1])[0]
-
-
-def test_discrete_model_val_d_calibration_reads_each_patients_own_time(synthetic_cohort, tmp_path):
-    torch.manual_seed(0)
-    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "genomics"], batch_size=32)
-    model = ClinFuseModule(spec=dm.spec, d_model=16, survival_loss="pmf", n_time_bins=4)
-    trainer = lightning.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                                enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=dm)
-    model.eval()
-    outs, ids = [], []
-    with torch.no_grad():
-        for batch in dm.val_dataloader():
-            outs.append(model(batch["inputs"])[0])
-            ids += batch["patient_id"]
-    val = dm.cohort.labels.set_index("patient_id").loc[ids]
-    time, event = val["time"].to_numpy(float), val["event"].to_numpy(float)
-    horizon = float(model.objective.edges[-2])  # after the last finite bin end: censored there
-    time, event = np.minimum(time, horizon), np.where(time > horizon, 0.0, event)
-    s = model.objective.survival(torch.cat(outs), torch.as_tensor(time)).numpy()  # (n, n): column j = time j
-    want = d_calibration(np.clip(np.diag(s), 0, 1), event)["p_value"]
-    assert float(trainer.callback_metrics["val/d_calibration_p"]) == pytest.approx(want, rel=1e-5)

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from clinfuse.datasets.datamodule import ClinicalDataModule  # noqa: E402
 from clinfuse.experiments.module import ClinFuseModule  # noqa: E402
-from clinfuse.experiments.survival_metrics import evaluation_times, integrated_brier  # noqa: E402
+from clinfuse.experiments.survival_metrics import d_calibration, evaluation_times, integrated_brier  # noqa: E402
 
 
 class _History(lightning.Callback):
@@ -46,15 +46,25 @@ def test_cox_model_logs_curve_metrics_and_checkpoints_on_ibs(synthetic_cohort, t
     assert ckpt.best_model_path and float(ckpt.best_model_score) == pytest.approx(min(trainer.history))
 
 
-def test_discrete_model_val_ibs_equals_sksurv_on_its_own_curves(synthetic_cohort, tmp_path):
-    dm, model, trainer, _ = _fit(synthetic_cohort, tmp_path, survival_loss="pmf", n_time_bins=4)
+def _val_outputs(dm, model) -> tuple[torch.Tensor, list[str]]:
+    """The fitted model's task outputs on the validation split, with the patient ids."""
     model.eval()
     outs, ids = [], []
     with torch.no_grad():
         for batch in dm.val_dataloader():
             outs.append(model(batch["inputs"])[0])
             ids += batch["patient_id"]
-    out = torch.cat(outs)
+    return torch.cat(outs), ids
+
+
+@pytest.fixture(scope="module")
+def discrete_fit(synthetic_cohort, tmp_path_factory):
+    return _fit(synthetic_cohort, tmp_path_factory.mktemp("discrete"), survival_loss="pmf", n_time_bins=4)
+
+
+def test_discrete_model_val_ibs_equals_sksurv_on_its_own_curves(discrete_fit):
+    dm, model, trainer, _ = discrete_fit
+    out, ids = _val_outputs(dm, model)
     labels = dm.cohort.labels.set_index("patient_id")
     val, tr = labels.loc[ids], labels.loc[dm.cohort.splits["train"]]
     train = (tr["time"].to_numpy(float), tr["event"].to_numpy(float))
@@ -65,3 +75,15 @@ def test_discrete_model_val_ibs_equals_sksurv_on_its_own_curves(synthetic_cohort
     surv = model.objective.survival(out, torch.as_tensor(times)).numpy()
     expected = integrated_brier(train, test, surv, times)
     assert float(trainer.callback_metrics["val/ibs"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_discrete_model_val_d_calibration_reads_each_patients_own_time(discrete_fit):
+    dm, model, trainer, _ = discrete_fit
+    out, ids = _val_outputs(dm, model)
+    val = dm.cohort.labels.set_index("patient_id").loc[ids]
+    time, event = val["time"].to_numpy(float), val["event"].to_numpy(float)
+    horizon = float(model.objective.edges[-2])  # after the last finite bin end: censored there
+    time, event = np.minimum(time, horizon), np.where(time > horizon, 0.0, event)
+    s = model.objective.survival(out, torch.as_tensor(time)).numpy()  # (n, n): column j = time j
+    want = d_calibration(np.clip(np.diag(s), 0, 1), event)["p_value"]
+    assert float(trainer.callback_metrics["val/d_calibration_p"]) == pytest.approx(want, rel=1e-5)
