@@ -64,7 +64,11 @@ class NotesTransformerEncoder(ModalityEncoder):
             raise ValueError(f"NotesTransformerEncoder: n_layers must be >= 1, got {n_layers}")
         self.pooling = pooling
         self.embedding = nn.Embedding(self.vocab_size, embed_dim, padding_idx=0)
-        self.position = nn.Parameter(torch.randn(self.max_words, embed_dim) * 0.02)
+        # positions on the words' scale (nn.Embedding draws N(0, 1)). At N(0, 0.02) they were 2 % of a
+        # token's input: reversing a note's words moved its vector 0.3 % as far as changing its
+        # words did (8 % now), and on a word-order cohort (`clinfuse synth --notes-signal context`)
+        # some training seeds never learned the order (docs/benchmarks/encoders.md).
+        self.position = nn.Parameter(torch.randn(self.max_words, embed_dim))
         self.cls = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
         layer = nn.TransformerEncoderLayer(
             embed_dim, n_heads, dim_feedforward=2 * embed_dim, dropout=dropout,
