@@ -220,8 +220,6 @@ def run_sweep(
         study_name=space.study_name, storage=make_storage(storage, heartbeat, grace), direction=space.direction,
         sampler=space.make_sampler(), pruner=space.make_pruner(), load_if_exists=True,
     )
-    if study.trials:  # a restart, or a worker joining: the file's seed would replay the first worker's points
-        study.sampler = space.make_sampler(offset=len(study.trials))
     outdir = Path(out) / space.study_name
     outdir.mkdir(parents=True, exist_ok=True)
     parent = _parent_run(space, study)

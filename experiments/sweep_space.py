@@ -30,6 +30,7 @@ import optuna
 import yaml
 
 from clinfuse.experiments.metric_direction import lower_is_better
+from clinfuse.experiments.trial_seeded_sampler import TrialSeededSampler
 
 PARAM_TYPES = ("float", "int", "categorical", "config")
 
@@ -112,17 +113,17 @@ class SweepSpace:
         raise ValueError(f"{self.path}: config file {config!r} not found (relative to the working directory or "
                          f"any folder above the sweep file)")
 
-    def make_sampler(self, offset: int = 0) -> optuna.samplers.BaseSampler:
-        """The sampler of the file; its ``seed`` plus ``offset`` (the trials a study already holds when
-        this worker starts), so a restarted sweep or a worker joining a shared study draws new
-        points, while a single uninterrupted worker is reproducible from ``seed``."""
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        """The sampler of the file. With a ``seed``, trial ``n`` is drawn with seed ``seed + n``
+        (:class:`TrialSeededSampler`): one uninterrupted worker is reproducible, and workers sharing
+        a study, or a restarted one, draw different points (trial numbers are unique in a study)."""
         name, seed = self.sampler.get("name", "tpe"), self.sampler.get("seed")
-        seed = None if seed is None else int(seed) + int(offset)
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        raise ValueError(f"{self.path}: sampler.name must be tpe or random, got {name!r}")
+        if name not in ("tpe", "random"):
+            raise ValueError(f"{self.path}: sampler.name must be tpe or random, got {name!r}")
+        make = optuna.samplers.TPESampler if name == "tpe" else optuna.samplers.RandomSampler
+        if seed is None:
+            return make()
+        return TrialSeededSampler(lambda s: make(seed=s), int(seed))
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         opts = dict(self.pruner)

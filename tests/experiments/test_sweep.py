@@ -315,22 +315,35 @@ def test_the_sweeps_checkpoint_follows_its_direction_even_on_the_configs_own_mon
     assert sum(isinstance(c, ModelCheckpoint) for c in trainer.callbacks) == 1
 
 
-def test_a_restarted_or_joining_worker_draws_new_points(tmp_path, monkeypatch):
-    # the file's seed makes one uninterrupted worker reproducible; a restart must not replay its points
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    space = SweepSpace.load(_sweep_file(tmp_path))
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    first = optuna.create_study(study_name="tiny", storage=storage, direction="maximize", sampler=space.make_sampler())
-    trial = first.ask()
-    _, drawn = space.suggest(trial)
-    trial.set_user_attr("config", "{}\n")  # what a real trial records
-    first.tell(trial, 0.5)
-    replay = optuna.create_study(study_name="tiny", storage=storage, direction="maximize", load_if_exists=True,
-                                 sampler=space.make_sampler())
-    assert space.suggest(replay.ask())[1] == drawn  # what a restart did before
-    study = run_sweep(space, [str(QUICKSTART)], n_trials=0, storage=storage)
-    assert space.suggest(study.ask())[1] != drawn
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_seeded_workers_draw_per_trial_points(tmp_path, sampler):
+    """Trial n is drawn with seed + n: one worker is reproducible; workers that start together on
+    one study (each sees no trial yet) and a restarted worker draw new points, not the first ones again."""
+    path = _sweep_file(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["sampler"] = {"name": sampler, "seed": 3}
+    path.write_text(yaml.safe_dump(doc))
+    space = SweepSpace.load(path)
+
+    def study(name: str) -> optuna.Study:
+        return optuna.create_study(study_name="tiny", storage=f"sqlite:///{tmp_path / name}", direction="maximize",
+                                   sampler=space.make_sampler(), load_if_exists=True)
+
+    def draw(s: optuna.Study, value: float = 0.5) -> dict:
+        trial = s.ask()
+        _, values = space.suggest(trial)
+        s.tell(trial, value)
+        return values
+
+    worker = study("a.db")
+    solo = [draw(worker, v) for v in (0.1, 0.9, 0.4)]
+    again = study("b.db")  # another storage, the same seed
+    assert [draw(again, v) for v in (0.1, 0.9, 0.4)] == solo  # the file's seed reproduces a worker
+    one, two = study("c.db"), study("c.db")  # two workers start before either has a trial
+    first, second = one.ask(), two.ask()
+    assert space.suggest(first)[1] != space.suggest(second)[1]
+    restarted = study("b.db")  # three trials are there already: its next trial is the fourth
+    assert draw(restarted) not in solo
 
 
 def test_ctrl_c_during_a_trial_fails_the_trial_and_kills_the_parent_run(synthetic_cohort, tmp_path, monkeypatch):
