@@ -140,14 +140,29 @@ def code_version() -> dict[str, str]:
     return tags
 
 
+def config_artifact_name(client: Any, run_id: str) -> str:
+    """``config.yaml``, or ``config-resumed-<k>.yaml`` (the next free ``k``) when the run holds one
+    already: a fit resumed into the same run (``--trainer.logger.init_args.run_id``) keeps the config
+    the run was started with and records its own next to it."""
+    names = {f.path for f in client.list_artifacts(run_id)}
+    if "config.yaml" not in names:
+        return "config.yaml"
+    k = 1
+    while f"config-resumed-{k}.yaml" in names:
+        k += 1
+    return f"config-resumed-{k}.yaml"
+
+
 class MLflowSaveConfigCallback(SaveConfigCallback):
     """Names the MLflow run (:func:`name_run`) and records the resolved CLI config as
-    ``config.yaml`` in it (any other logger: no-op)."""
+    ``config.yaml`` in it (``config-resumed-<k>.yaml`` in a run that has one: :func:`config_artifact_name`;
+    any other logger: no-op)."""
 
     def save_config(self, trainer, pl_module, stage: str) -> None:  # noqa: ANN001 - Lightning hook
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
                 name_run(logger, pl_module, stage)
                 text = self.parser.dump(self.config, skip_none=False)
-                logger.experiment.log_text(logger.run_id, text, "config.yaml")
+                name = config_artifact_name(logger.experiment, logger.run_id)
+                logger.experiment.log_text(logger.run_id, text, name)
                 log_run_facts(logger, trainer)

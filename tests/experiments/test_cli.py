@@ -276,3 +276,36 @@ def test_a_test_run_is_tagged_with_its_checkpoint_and_training_run(synthetic_coh
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     tags = client.get_run(test.trainer.logger.run_id).data.tags
     assert tags["clinfuse.trained_in_run"] == trained and tags["clinfuse.checkpoint"] == str(Path(ckpt).resolve())
+
+
+def test_a_fit_resumed_into_the_same_run_keeps_the_first_config(synthetic_cohort, tmp_path, monkeypatch):
+    """Fitting on into a run by its id (longer, same hyperparameters: MLflow params cannot change)
+    records each later config next to the first instead of over it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    quick = ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+             "--trainer.enable_progress_bar=false"]
+    cli_main(["fit", *_base(synthetic_cohort), *quick, "--trainer.max_epochs=1"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("clinfuse").experiment_id])
+    cli_main(["fit", *_base(synthetic_cohort), *quick, "--trainer.max_epochs=2",
+              f"--trainer.logger.init_args.run_id={run.info.run_id}"])
+
+    def config(name: str) -> str:
+        return Path(client.download_artifacts(run.info.run_id, name, str(tmp_path / name))).read_text()
+
+    assert "max_epochs: 1\n" in config("config.yaml")  # the run's first config stays
+    assert "max_epochs: 2\n" in config("config-resumed-1.yaml")
+
+
+def test_each_resumption_gets_the_next_config_name():
+    from types import SimpleNamespace
+
+    from clinfuse.experiments.tracking import config_artifact_name
+
+    def client(*names: str) -> SimpleNamespace:
+        return SimpleNamespace(list_artifacts=lambda run_id: [SimpleNamespace(path=n) for n in names])
+
+    assert config_artifact_name(client("model", "figures"), "r") == "config.yaml"
+    assert config_artifact_name(client("config.yaml"), "r") == "config-resumed-1.yaml"
+    assert config_artifact_name(client("config.yaml", "config-resumed-1.yaml"), "r") == "config-resumed-2.yaml"
