@@ -344,7 +344,7 @@ def raw_to_item(
     if modality == "notes":
         return notes_item(state, raw, notices)
     if modality == "wsi":
-        return wsi_item(state, raw, patient_id)
+        return wsi_item(state, raw)
     if modality == "genomics":
         return genomics_item(state, raw)
     raise ValueError(f"unknown modality {modality!r}")

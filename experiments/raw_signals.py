@@ -128,7 +128,7 @@ def finish_items(states: Mapping[str, dict], items: Sequence[dict[str, Any]]) ->
             items[k][m] = item
 
 
-def wsi_item(state: dict, raw: Any, patient_id: str) -> Item:
+def wsi_item(state: dict, raw: Any) -> Item:
     """Slide(s) -> ``features`` (WSIReader eval mode: a content-seeded patch subset,
     :func:`~clinfuse.datasets.wsi.eval_subset`). Raw forms in
     the module docstring; several slides are concatenated in the given order, as the reader does."""

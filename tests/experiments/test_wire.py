@@ -76,13 +76,11 @@ def _slides(tmp_path):
 
 def test_in_memory_slides_equal_the_files_including_the_content_seeded_subset(tmp_path):
     feats, paths = _slides(tmp_path)
-    from_files = wsi_item(WSI_STATE, [str(p) for p in paths], "p7")["features"]  # 9 patches -> 6 sampled
+    from_files = wsi_item(WSI_STATE, [str(p) for p in paths])["features"]  # 9 patches -> 6 sampled
     assert from_files.shape == (6, 3)
     mixed = [{"features": feats[0].tolist()}, json.loads(json.dumps(encode_wsi(feats[1])))]
-    np.testing.assert_array_equal(wsi_item(WSI_STATE, mixed, "p7")["features"], from_files)
-    np.testing.assert_array_equal(wsi_item(WSI_STATE, {"features": feats[0]}, "p7")["features"], feats[0])
-    # the subset follows the slides, not the patient id (a re-keyed patient gets the same answer)
-    np.testing.assert_array_equal(wsi_item(WSI_STATE, mixed, "p8")["features"], from_files)
+    np.testing.assert_array_equal(wsi_item(WSI_STATE, mixed)["features"], from_files)
+    np.testing.assert_array_equal(wsi_item(WSI_STATE, {"features": feats[0]})["features"], feats[0])
 
 
 @pytest.mark.parametrize(
@@ -100,7 +98,7 @@ def test_in_memory_slides_equal_the_files_including_the_content_seeded_subset(tm
 )
 def test_bad_in_memory_slides_name_the_field(raw, match):
     with pytest.raises(ValueError, match=match):
-        wsi_item(WSI_STATE, raw, "p1")
+        wsi_item(WSI_STATE, raw)
 
 
 def test_encode_wsi_checks_the_shape():
