@@ -26,6 +26,12 @@ patients; train patients/s = train patients x epochs / fit wall time (per-epoch 
 included); peak memory = the training process's peak RSS during ``trainer.fit`` minus its RSS just
 before (Linux ``VmHWM`` reset through ``/proc/self/clear_refs``), mean over seeds. Every run is a
 fresh process (forked from a server that has the libraries imported), so memory is its own.
+
+Against the default encoder: the mean difference in test C-index, the pooled seed sd (training
+randomness only), and a paired bootstrap 95% interval and two-sided p of the seed-averaged
+difference over the test patients (:func:`clinfuse.experiments.compare.paired_c_index`: every seed
+of both encoders scored on each resample), the uncertainty of the test split the seed sd leaves out.
+``--out`` keeps each run's test risks (``test_risks``, JSON) so ``--table-from`` recomputes it.
 """
 
 from __future__ import annotations
@@ -145,9 +151,12 @@ def train_one(
             peak = _status_kb("VmHWM")
             # weights_only=False: the hyperparameters hold the encoder class; the file is our own, just written
             test = trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False, weights_only=False)[0]
+            batches = trainer.predict(model, dataloaders=dm.test_dataloader(), ckpt_path="best", weights_only=False)
             best_val = float(ckpt.best_model_score) if ckpt.best_model_score is not None else math.nan
         n_train = len(dm.cohort.splits["train"])
+        risks = {pid: float(r) for b in batches for pid, r in zip(b["patient_id"], b["out"].tolist())}
         row.update(test_c_index=float(test["test/c_index"]), best_val_c_index=best_val, fit_s=fit_s,
+                   test_risks=json.dumps(risks),
                    train_pps=n_train * epochs / fit_s, peak_rss_mb=(peak - rss0) / 1024,
                    n_params=sum(p.numel() for p in model.parameters()), error="")
     except Exception:  # reported in the table and on stderr; the other runs go on
@@ -186,8 +195,37 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan
 
 
-def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, str]) -> str:
-    """The markdown tables: one row per (modality, encoder), then each alternative vs the default."""
+def test_labels(root: Path):  # noqa: ANN201 - a pandas DataFrame
+    """``time`` and ``event`` of the test split's patients, indexed by patient id."""
+    import pandas as pd
+
+    splits = pd.read_csv(root / "splits.csv", dtype={"patient_id": str})
+    test = splits.loc[splits["split"] == "test", "patient_id"].tolist()
+    return pd.read_parquet(root / "labels.parquet").set_index("patient_id").loc[test, ["time", "event"]]
+
+
+def paired_delta(default: list[dict], alternative: list[dict], labels) -> str:  # noqa: ANN001 - DataFrame
+    """Paired bootstrap 95% interval and two-sided p of the seed-averaged C difference, resampling
+    the test patients (the part of the uncertainty the seed sd leaves out); ``-`` without risks."""
+    from clinfuse.experiments.compare import paired_c_index
+
+    by_seed = {r["seed"]: r for r in default if r.get("test_risks")}
+    pairs = [(by_seed[r["seed"]], r) for r in alternative if r.get("test_risks") and r["seed"] in by_seed]
+    if not pairs or labels is None:
+        return "- | -"
+    ids = labels.index.tolist()
+
+    def matrix(rs: list[dict]) -> np.ndarray:
+        return np.array([[json.loads(r["test_risks"])[i] for i in ids] for r in rs])  # (seeds, patients)
+
+    t = paired_c_index([matrix([d for d, _ in pairs]), matrix([a for _, a in pairs])],
+                       labels["time"].to_numpy(), labels["event"].to_numpy(), n_boot=1000)
+    return f"[{t.loc[1, 'delta_low']:+.4f}, {t.loc[1, 'delta_high']:+.4f}] | {t.loc[1, 'p_value']:.3f}"
+
+
+def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, str], labels=None) -> str:  # noqa: ANN001
+    """The markdown tables: one row per (modality, encoder), then each alternative vs the default
+    (with ``labels``, the test split's ``time``/``event``: a paired bootstrap interval over patients)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["modality"], r["encoder"]), []).append(r)
@@ -205,15 +243,18 @@ def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, st
         lines.append(f"| {m} | {enc}{tag} | {mean:.4f} ± {sd:.4f} | {oracle[m]:.4f} | {pps:.0f} | {mem:.0f} "
                      f"| {params:,} | {len(rs) - len(ok)}/{len(rs)} |")
     lines += ["", "Alternatives vs the modality's default encoder (delta = mean test C-index difference; "
-              "pooled sd = sqrt((sd_a^2 + sd_b^2) / 2))", "",
-              "| modality | encoder | default | delta C-index | pooled seed sd | delta / sd |", "|---|---|---|---|---|---|"]
+              "pooled sd = sqrt((sd_a^2 + sd_b^2) / 2) over training seeds; paired 95% CI and p: bootstrap "
+              "of the test patients, both encoders' seeds scored on each resample)", "",
+              "| modality | encoder | default | delta C-index | pooled seed sd | delta / sd | paired 95% CI | p |",
+              "|---|---|---|---|---|---|---|---|"]
     for (m, enc), (mean, sd, _) in stats.items():
         if enc == defaults[m] or (m, defaults[m]) not in stats:
             continue
         d_mean, d_sd, _ = stats[(m, defaults[m])]
         pooled = math.sqrt((sd**2 + d_sd**2) / 2) if not (math.isnan(sd) or math.isnan(d_sd)) else math.nan
         ratio = (mean - d_mean) / pooled if pooled and not math.isnan(pooled) else math.nan
-        lines.append(f"| {m} | {enc} | {defaults[m]} | {mean - d_mean:+.4f} | {pooled:.4f} | {ratio:+.1f} |")
+        paired = paired_delta(groups[(m, defaults[m])], groups[(m, enc)], labels)
+        lines.append(f"| {m} | {enc} | {defaults[m]} | {mean - d_mean:+.4f} | {pooled:.4f} | {ratio:+.1f} | {paired} |")
     return "\n".join(lines)
 
 
@@ -284,7 +325,7 @@ def main() -> None:
             p.error("--table-from needs --cohort-dir (the cohort the rows were measured on, for the oracle)")
         rows = read_rows(a.table_from)
         oracle = oracle_c_index(Path(a.cohort_dir), sorted({r["modality"] for r in rows}))
-        print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}))
+        print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}, test_labels(Path(a.cohort_dir))))
         return
     runs = plan(a.modalities, a.encoders, a.pretrained_notes)
 
@@ -307,7 +348,7 @@ def main() -> None:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     fields = ["modality", "encoder", "seed", "test_c_index", "best_val_c_index", "fit_s", "train_pps",
-              "peak_rss_mb", "n_params", "error"]
+              "peak_rss_mb", "n_params", "error", "test_risks"]
     if a.out:  # written row by row, so an interrupted run keeps what it measured
         with open(a.out, "w", newline="") as f:
             csv.DictWriter(f, fieldnames=fields).writeheader()
@@ -336,7 +377,7 @@ def main() -> None:
           f"{a.wsi_patches[1]} patches per slide in the files; {a.threads} torch threads; total "
           f"{time.perf_counter() - t_all:.0f} s.")
     print("Oracle test C-index: " + ", ".join(f"{k} {v:.4f}" for k, v in oracle.items()) + "\n")
-    print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}))
+    print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}, test_labels(root)))
 
 
 if __name__ == "__main__":

@@ -33,25 +33,32 @@ def paired_bootstrap(metric: Callable[..., float], scores: Sequence[np.ndarray],
     """``metric(score, *labels)`` of every model, and of every model minus the first, with paired
     bootstrap intervals: each resample of the patients scores every model.
 
+    A model's scores may be one array ``(n,)`` or several ``(k, n)`` (say, one per training seed):
+    its metric is then the mean of the ``k`` metrics, on the same resample.
+
     Returns:
         One row per model: ``estimate``, ``low``, ``high``, and ``delta``, ``delta_low``,
         ``delta_high``, ``p_value`` against model 0 (NaN for model 0 itself). The p-value is
         two-sided: twice the smaller share of resampled differences on either side of 0 (at least
         ``1 / n_boot``). Resamples where a metric is undefined (NaN or ValueError) are skipped.
     """
-    scores = [np.asarray(r, float) for r in scores]
+    scores = [np.atleast_2d(np.asarray(r, float)) for r in scores]  # (k, n) per model
     labels = [np.asarray(a, float) for a in labels]
     n = len(labels[0])
-    bad = [k for k, r in enumerate(scores) if r.shape != (n,)]
+    bad = [k for k, r in enumerate(scores) if r.ndim != 2 or r.shape[1] != n or r.shape[0] == 0]
     if not scores or bad or any(a.shape != (n,) for a in labels):
         raise ValueError(f"scores of model(s) {bad} / labels do not have one value per patient ({n})")
-    estimate = np.array([metric(r, *labels) for r in scores])
+
+    def score(r: np.ndarray, rows: np.ndarray | slice) -> float:
+        return float(np.mean([metric(x[rows], *(a[rows] for a in labels)) for x in r]))
+
+    estimate = np.array([score(r, slice(None)) for r in scores])
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n_boot):
         rows = rng.integers(0, n, n)
         try:
-            values = np.array([metric(r[rows], *(a[rows] for a in labels)) for r in scores])
+            values = np.array([score(r, rows) for r in scores])
         except ValueError:
             continue
         if np.isfinite(values).all():

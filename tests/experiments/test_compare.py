@@ -39,6 +39,30 @@ def test_model_interval_equals_the_unpaired_bootstrap_on_the_same_resamples():
     assert (table.loc[0, "low"], table.loc[0, "high"]) == pytest.approx((want[1], want[2]))
 
 
+def test_several_seeds_per_model_average_their_c_on_each_resample():
+    """A (k, n) score matrix is k runs of one model: its C is the mean of theirs, on every resample
+    (checked by hand on the same resamples), and one row equals the plain 1-D model."""
+    x, time, event = _data(seed=3)
+    rng = np.random.default_rng(4)
+    runs_a = np.stack([x + rng.normal(scale=s, size=len(x)) for s in (1.0, 2.0)])  # (2, n)
+    runs_b = np.stack([x + rng.normal(scale=s, size=len(x)) for s in (0.5, 3.0, 1.5)])  # (3, n)
+    table = paired_c_index([runs_a, runs_b], time, event, n_boot=50, seed=9)
+
+    def c(r, rows=slice(None)):
+        return np.mean([harrell_c_index(row[rows], time[rows], event[rows]) for row in r])
+
+    assert table.loc[0, "c_index"] == pytest.approx(c(runs_a)) and table.loc[1, "c_index"] == pytest.approx(c(runs_b))
+    draws = np.random.default_rng(9)
+    deltas = []
+    for _ in range(50):
+        rows = draws.integers(0, len(x), len(x))
+        deltas.append(c(runs_b, rows) - c(runs_a, rows))
+    assert (table.loc[1, "delta_low"], table.loc[1, "delta_high"]) == pytest.approx(tuple(np.quantile(deltas, [0.025, 0.975])))
+    one = paired_c_index([runs_a[:1], runs_b[:1]], time, event, n_boot=50, seed=9)
+    flat = paired_c_index([runs_a[0], runs_b[0]], time, event, n_boot=50, seed=9)
+    pd.testing.assert_frame_equal(one, flat)
+
+
 def test_bad_inputs_are_named():
     x, time, event = _data(n=20)
     with pytest.raises(ValueError, match=r"model\(s\) \[1\]"):
