@@ -180,10 +180,8 @@ def oracle_c_index(root: Path, modalities: list[str]) -> dict[str, float]:
     subsets = {m: [m] for m in modalities} | {"all views": list(MODALITIES)}
     risks = subset_risk_table(root, subsets).set_index("patient_id")
     risks["z (risk_full)"] = pd.read_parquet(root / "oracle.parquet").set_index("patient_id")["risk_full"]
-    splits = pd.read_csv(root / "splits.csv", dtype={"patient_id": str})
-    test = splits.loc[splits["split"] == "test", "patient_id"].tolist()
-    y = pd.read_parquet(root / "labels.parquet").set_index("patient_id").loc[test]
-    r = risks.loc[test]
+    y = test_labels(root)
+    r = risks.loc[y.index]
     return {k: harrell_c_index(r[k].to_numpy(), y["time"].to_numpy(), y["event"].to_numpy()) for k in risks}
 
 
@@ -216,7 +214,8 @@ def paired_delta(default: list[dict], alternative: list[dict], labels) -> str:  
     ids = labels.index.tolist()
 
     def matrix(rs: list[dict]) -> np.ndarray:
-        return np.array([[json.loads(r["test_risks"])[i] for i in ids] for r in rs])  # (seeds, patients)
+        runs = [json.loads(r["test_risks"]) for r in rs]
+        return np.array([[run[i] for i in ids] for run in runs])  # (seeds, patients)
 
     t = paired_c_index([matrix([d for d, _ in pairs]), matrix([a for _, a in pairs])],
                        labels["time"].to_numpy(), labels["event"].to_numpy(), n_boot=1000)

@@ -61,4 +61,3 @@ class TrialSeededSampler(BaseSampler):
 
     def reseed_rng(self) -> None:
         """Called by Optuna for ``n_jobs > 1`` threads: the seeds are per trial already, nothing to do."""
-
