@@ -1,6 +1,6 @@
 """Latency and throughput of ``Prognosis.predict`` on a quickstart-sized model.
 
-    python benchmarks/bench_prognosis.py [--patients 600] [--epochs 1]
+    python benchmarks/bench_prognosis.py [--patients 600] [--epochs 1] [--system-allocator]
 
 Trains the quickstart architecture (d_model 64, TransformerFusion, survival) briefly on a synthetic
 cohort, builds the predictor, then times ``predict`` on raw records, with and without the leave-one-modality-out
@@ -49,6 +49,24 @@ parsing 119 ms, collate + model 159 ms (1,605 patients/s); pyfunc wire 77 (lists
 ``predict_cohort`` 998 / 448. ``parse_break``-style timing of the ECG part alone: lead picking
 34 -> 21-25 ms, resampling 30 -> 32-37 ms (the blocks are now transposed views).
 
+Ninth session (2026-12-02): the allocator. Profiling the model part showed the 32 MB activations of
+the slide encoder and the ECG stem page-faulted in afresh on every batch (glibc returns such blocks to
+the system when they are freed). ``clinfuse.experiments.cpu_allocator.keep_freed_memory``, which
+the serving and scoring processes now apply, keeps them. Two runs each way, alternating (this
+machine was slower than the fifth session's throughout), with it / with ``--system-allocator``:
+
+| inputs | contributions | one patient p50 (ms) | batch 256 (patients/s) | glibc defaults: p50 | batch |
+|---|---|---|---|---|---|
+| from files | yes | 10.5 / 12.5 | 158 / 184 | 13.6 / 13.9 | 126 / 147 |
+| from files | no | 8.7 / 9.7 | 405 / 377 | 10.4 / 13.9 | 228 / 208 |
+| in-memory ECG and slides | yes | 7.2 / 7.9 | 559 / 490 | 9.6 / 9.8 | 201 / 223 |
+| in-memory ECG and slides | no | 4.1 / 6.9 | 1,059 / 1,124 | 8.5 / 8.0 | 719 / 726 |
+
+Model part of the in-memory batch of 256: 132 / 121 ms (1,937 / 2,123 patients/s) against 214 / 183
+ms; parsing 78-104 ms either way; pyfunc wire (base64) 251 / 286 against 222 / 211 patients/s;
+``predict_cohort`` 932 / 939 without contributions either way, 422 / 446 with them against 295 / 298.
+The batch-256 target stays out of reach on 2 cores: parsing alone plus the model part is ~200 ms.
+
 The REST path (the earlier run, slides still as file paths): ``PrognosisPyfunc.predict`` on the wire DataFrame of 256 in-memory
 records with contributions: 147 patients/s with the ECG as JSON lists (75.7 MB of JSON, most of
 the time in ``json.loads``), 309 patients/s with the ECG as base64 float32
@@ -71,6 +89,7 @@ import torch
 from clinfuse.datasets.datamodule import ClinicalDataModule
 from clinfuse.datasets.synthetic import generate_cohort
 from clinfuse.experiments.cohort_records import records_from_cohort
+from clinfuse.experiments.cpu_allocator import keep_freed_memory
 from clinfuse.experiments.module import ClinFuseModule
 from clinfuse.experiments.prognosis import Prognosis, PrognosisPyfunc
 from clinfuse.experiments.prognosis_inputs import finish_items
@@ -90,7 +109,12 @@ def main() -> None:
     p.add_argument("--patients", type=int, default=600)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--system-allocator", action="store_true",
+                   help="leave glibc's malloc thresholds as they are (the default applies keep_freed_memory, "
+                        "as the serving and scoring processes do)")
     a = p.parse_args()
+    allocator = "glibc defaults" if a.system_allocator else (
+        "keep_freed_memory" if keep_freed_memory() else "keep_freed_memory unavailable (no glibc)")
     work = Path(tempfile.mkdtemp(prefix="clinfuse-prognosis-"))
     root = generate_cohort(work / "cohort", n_patients=a.patients, seed=0, show_progress=False)
     lightning.seed_everything(0, verbose=False)
@@ -144,7 +168,7 @@ def main() -> None:
     tab_only = {"patient_id": "tab-only", "tabular": records[full]["tabular"]}
     tab = _times(lambda: prog.predict([tab_only]), a.reps)
     print(f"\nquickstart architecture, {a.patients} patients, torch threads {torch.get_num_threads()}; "
-          f"targets: one patient p50 <= 10 ms, batch 256 >= 2,000 patients/s")
+          f"allocator: {allocator}; targets: one patient p50 <= 10 ms, batch 256 >= 2,000 patients/s")
     print("\n| inputs | contributions | one patient p50 (ms) | p90 (ms) | batch 256 (patients/s) |\n|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")

@@ -157,6 +157,7 @@ def compare_main(argv: Sequence[str]) -> None:
     import argparse
     from pathlib import Path
 
+    from clinfuse.experiments.cpu_allocator import keep_freed_memory
     from clinfuse.experiments.prognosis import Prognosis
     from clinfuse.experiments.subgroups import by_subgroup, check_group_column, subgroup_markdown, tabular_groups
 
@@ -176,6 +177,7 @@ def compare_main(argv: Sequence[str]) -> None:
             check_group_column(root, a.by)
         except ValueError as err:
             p.error(f"argument --by: {err}")
+    keep_freed_memory()  # a scoring process: reuse freed tensor memory
     models = [Prognosis.load(m) for m in a.models]
     tasks = [m.model.task for m in models]
     if set(tasks) not in ({"survival"}, {"binary"}):

@@ -177,6 +177,7 @@ def evaluate_main(argv: Sequence[str]) -> None:
     import argparse
 
     from clinfuse.experiments.compare import MIN_BOOT, n_boot_arg
+    from clinfuse.experiments.cpu_allocator import keep_freed_memory
     from clinfuse.experiments.subgroups import check_group_column
     from clinfuse.experiments.prognosis import Prognosis
 
@@ -195,6 +196,7 @@ def evaluate_main(argv: Sequence[str]) -> None:
             check_group_column(a.root, a.by)
         except ValueError as err:
             p.error(f"argument --by: {err}")
+    keep_freed_memory()  # a scoring process: reuse freed tensor memory
     prognosis = Prognosis.load(a.model)
     try:
         check_inputs(prognosis, a.root)

@@ -196,6 +196,7 @@ def score_main(argv: Sequence[str]) -> None:
     """``clinfuse score``: write a cohort folder's predictions to a CSV or parquet file."""
     import argparse
 
+    from clinfuse.experiments.cpu_allocator import keep_freed_memory
     from clinfuse.experiments.prognosis import Prognosis
 
     p = argparse.ArgumentParser(
@@ -223,6 +224,7 @@ def score_main(argv: Sequence[str]) -> None:
     blocking = next((d for d in [out.parent, *out.parent.parents] if d.exists()), None)
     if blocking is not None and not blocking.is_dir():
         p.error(f"--out {out}: {blocking} is a file, not a folder")
+    keep_freed_memory()  # a scoring process: reuse freed tensor memory
     prog = Prognosis.load(a.model)
     frame = prog.predict_cohort(
         a.root, split=a.split, horizons=a.horizons, contributions=a.contributions, batch_size=a.batch_size,

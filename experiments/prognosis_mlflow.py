@@ -112,6 +112,9 @@ class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from clinfuse.experiments.prognosis import Prognosis
 
+        from clinfuse.experiments.cpu_allocator import keep_freed_memory
+
+        keep_freed_memory()  # a serving process: reuse freed tensor memory (module docstring)
         self.prognosis = Prognosis.load(context.artifacts["prognosis"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
