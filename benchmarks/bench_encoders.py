@@ -307,6 +307,8 @@ def main() -> None:
                    help="where the time series carry the patient's state (generate_cohort's ts_signal)")
     p.add_argument("--ecg-signal", choices=("rate", "rhythm"), default="rate",
                    help="where the ECG carries the patient's state (generate_cohort's ecg_signal)")
+    p.add_argument("--genomics-signal", choices=("coexpression", "exclusive"), default="coexpression",
+                   help="where the expression carries the patient's state (generate_cohort's genomics_signal)")
     p.add_argument("--noise-genes", type=int, default=0,
                    help="append this many uninformative genes to genomics.csv (in gene_groups.csv as sets of "
                         "30), as a real expression panel has; the oracle is unchanged (they carry no signal)")
@@ -337,7 +339,7 @@ def main() -> None:
                         missingness={m: {"mechanism": "mcar", "rate": 0.0} for m in MODALITIES},
                         ecg_fs=int(DATA_CAPS["ecg_fs"]), wsi_patches=tuple(a.wsi_patches), show_progress=False,
                         wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal,
-                        ecg_signal=a.ecg_signal)
+                        ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal)
         if a.noise_genes:
             add_noise_genes(root, a.noise_genes)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

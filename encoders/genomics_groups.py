@@ -20,7 +20,12 @@ class GenomicsGroupEncoder(ModalityEncoder):
     CVPR 2024): each group (pathway / functional family) of expression values goes through its own
     ``Linear -> SELU -> AlphaDropout`` stack (Klambauer et al. 2017, LeCun-normal init with the
     group's own fan-in; SELU as self-normalisation prescribes, where the MCAT/SurvPath code uses
-    ELU). Tokens are not mixed, so token ``g`` depends only on group ``g``'s genes.
+    ELU); the last layer is linear, as a token projection is. Tokens are not mixed, so token ``g``
+    depends only on group ``g``'s genes. Each token adds a learned embedding of its group, as the
+    FT-Transformer's feature tokens do: an attention fusion treats its tokens as a set, so without
+    it a token does not say which group it describes (1,200-patient benchmark cohort: test C-index
+    0.6324 -> 0.6509 over three seeds, 0.5805 -> 0.6078 with ``genomics_signal="exclusive"``;
+    ``docs/benchmarks/encoders.md``).
 
     Groups come from ``spec["gene_groups"]`` (group -> indices into ``spec["genes"]``; the data
     module reads ``gene_groups.csv``) unless ``groups`` names them by gene. Groups may overlap.
@@ -43,8 +48,9 @@ class GenomicsGroupEncoder(ModalityEncoder):
         groups: group -> gene names (each must be in ``spec["genes"]``); replaces the spec's groups.
         other_group: add a group of the genes that belong to no group (when there are any).
         mutation_token: add one token for the mutation vector (when the spec lists mutations).
-        hidden: widths of each group's hidden SNN blocks; the last block maps to ``d_model``.
-        dropout: alpha-dropout rate of every block.
+        hidden: widths of each group's hidden SNN blocks; a linear layer then maps to ``d_model``.
+        dropout: alpha-dropout rate of every hidden block.
+        group_embedding: add the learned group embedding to each token.
     """
 
     modality = "genomics"
@@ -58,6 +64,7 @@ class GenomicsGroupEncoder(ModalityEncoder):
         mutation_token: bool = True,
         hidden: tuple[int, ...] = (64,),
         dropout: float = 0.1,
+        group_embedding: bool = True,
     ) -> None:
         super().__init__(d_model)
         self.require_spec(spec, "genes", "mutations", "gene_groups")
@@ -103,6 +110,9 @@ class GenomicsGroupEncoder(ModalityEncoder):
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(k_all, b)) for b in widths[1:])
         self.dropout = nn.AlphaDropout(dropout)
+        # N(0, 1), the scale of the SELU activations the tokens are made from (a small init would
+        # leave the groups indistinguishable at first)
+        self.group_embedding = nn.Parameter(torch.randn(k_all, d_model)) if group_embedding else None
 
     def _resolve_groups(
         self, spec: dict[str, Any], groups: dict[str, list[str]] | None, other_group: bool, mutation_token: bool
@@ -187,9 +197,10 @@ class GenomicsGroupEncoder(ModalityEncoder):
             block = x[:, index].masked_fill(~valid, 0.0)  # (B, K_j, S_j); padded slots read as 0
             parts.append(torch.einsum("bks,ksh->bkh", block, weight))  # (B, K_j, H)
         h = torch.cat(parts, dim=1)[:, self.order] + self.first_bias  # (B, K, H), groups in order
-        h = self.dropout(F.selu(h))
-        for weight, bias in zip(self.weights, self.biases):
-            h = self.dropout(F.selu(torch.einsum("bkh,khe->bke", h, weight) + bias))  # (B, K, H')
+        for weight, bias in zip(self.weights, self.biases):  # hidden blocks, then the linear projection
+            h = torch.einsum("bkh,khe->bke", self.dropout(F.selu(h)), weight) + bias  # (B, K, H')
+        if self.group_embedding is not None:
+            h = h + self.group_embedding  # (B, K, D)
         mask = present[:, None].expand(b, h.shape[1])  # (B, K)
         return ModalityTokens.from_tokens(h, mask, present)
 

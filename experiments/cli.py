@@ -369,6 +369,9 @@ def synth_main(argv: Sequence[str]) -> None:
     p.add_argument("--ecg-signal", choices=("rate", "rhythm"), default="rate",
                    help="rate: the heart rate (and QRS, ST, T) carry the patient's state; rhythm: the rate is random and "
                    "how irregular the beats are carries it (from sinus rhythm to atrial-fibrillation-like)")
+    p.add_argument("--genomics-signal", choices=("coexpression", "exclusive"), default="coexpression",
+                   help="coexpression: every gene of a pathway follows the patient's state; exclusive: one gene per "
+                   "pathway and patient, drawn at random, carries it (mutually exclusive alterations)")
     p.add_argument(
         "--missingness",
         type=_json_object,
@@ -384,7 +387,7 @@ def synth_main(argv: Sequence[str]) -> None:
         p.error(f"argument --missingness: {err}")
     root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes,
                           wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal,
-                          ecg_signal=a.ecg_signal)
+                          ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal)
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 

@@ -59,6 +59,7 @@ def generate_cohort(
     notes_signal: str = "keywords",
     ts_signal: str = "level_and_trend",
     ecg_signal: str = "rate",
+    genomics_signal: str = "coexpression",
 ) -> Path:
     """Generate a synthetic multimodal cohort with known Bayes-optimal predictions.
 
@@ -93,6 +94,10 @@ def generate_cohort(
         ecg_signal: ``"rate"`` (default): the heart rate (and QRS, ST, T) carry the ECG view;
             ``"rhythm"``: the rate is random and how irregular the beats are carries its first
             component (``ecg.py``). Other files are the same either way.
+        genomics_signal: ``"coexpression"`` (default): every gene of a pathway follows the
+            pathway; ``"exclusive"``: one gene per pathway and patient, drawn at random, carries
+            it, as alterations within a cancer pathway are mutually exclusive (``genomics.py``).
+            Other files, ``gene_groups.csv`` included, are the same either way.
 
     Returns:
         The cohort folder.
@@ -111,6 +116,8 @@ def generate_cohort(
         raise ValueError(f"ts_signal must be one of {timeseries.SIGNALS}, got {ts_signal!r}")
     if ecg_signal not in ecg.SIGNALS:
         raise ValueError(f"ecg_signal must be one of {ecg.SIGNALS}, got {ecg_signal!r}")
+    if genomics_signal not in genomics.SIGNALS:
+        raise ValueError(f"genomics_signal must be one of {genomics.SIGNALS}, got {genomics_signal!r}")
     fractions = splits.validate_fractions(split_fractions)
     resolved = resolve_missingness(missingness)
     root = prepare_out_dir(out_dir)
@@ -147,7 +154,7 @@ def generate_cohort(
     text = notes.render_notes(_standardized(model, views, "notes"), ids, presence["notes"], rngs["notes"], notes_signal)
     write_parquet(text, root / "notes.parquet")
     genomics.render_genomics(
-        _standardized(model, views, "genomics"), ids, presence["genomics"], rngs["genomics"]
+        _standardized(model, views, "genomics"), ids, presence["genomics"], rngs["genomics"], genomics_signal
     ).to_csv(root / "genomics.csv", index=False)
     genomics.gene_groups().to_csv(root / "gene_groups.csv", index=False)
 
@@ -174,6 +181,7 @@ def generate_cohort(
         "wsi": {"feature_dim": int(wsi_feature_dim), "patches": [int(p) for p in wsi_patches], "signal": wsi_signal},
         "notes": {"signal": notes_signal},
         "timeseries": {"signal": ts_signal},
+        "genomics": {"signal": genomics_signal},
         "n_classes": int(n_classes),
         "n_causes": int(n_causes),
         "split_fractions": list(fractions),

@@ -1,5 +1,5 @@
 """``generate_cohort``'s signal options (``wsi_signal``, ``notes_signal``, ``ts_signal``,
-``ecg_signal``): each changes only its own modality's files, records itself in ``cohort.json``,
+``ecg_signal``, ``genomics_signal``): each changes only its own modality's files, records itself in ``cohort.json``,
 leaves the default byte-identical, and an unknown value is named before anything is written."""
 
 import json
@@ -17,6 +17,7 @@ OPTIONS = [
     ("notes_signal", "keywords", "context", "notes", lambda name: name == "notes.parquet"),
     ("ts_signal", "level_and_trend", "trend", "timeseries", lambda name: name == "timeseries.parquet"),
     ("ecg_signal", "rate", "rhythm", "ecg", lambda name: name.endswith((".dat", ".hea"))),  # headers hold checksums
+    ("genomics_signal", "coexpression", "exclusive", "genomics", lambda name: name == "genomics.csv"),
 ]
 
 

@@ -80,7 +80,8 @@ def test_overlapping_groups_are_allowed():
 
 
 def test_batched_groups_match_a_per_group_loop_reference():
-    """Each token equals its own SNN applied to its own columns (numpy, one group at a time)."""
+    """Each token equals its own SNN (SELU hidden blocks, linear projection) applied to its own
+    columns, plus its group's embedding (numpy, one group at a time)."""
     enc = build(hidden=(16, 12))
     x = batch(4, seed=5)
     out = enc(x).tokens.detach().numpy()
@@ -92,10 +93,28 @@ def test_batched_groups_match_a_per_group_loop_reference():
 
     for k, name in enumerate(enc.group_names):
         w1, b1 = enc.first_layer_weight(name).detach().numpy(), enc.first_bias[k].detach().numpy()
-        h = selu(full[:, cols[name]] @ w1 + b1)
+        h = full[:, cols[name]] @ w1 + b1
         for w, b in zip(enc.weights, enc.biases):
-            h = selu(h @ w[k].detach().numpy() + b[k].detach().numpy())
-        np.testing.assert_allclose(out[:, k], h, rtol=1e-5, atol=1e-5)
+            h = selu(h) @ w[k].detach().numpy() + b[k].detach().numpy()
+        np.testing.assert_allclose(out[:, k], h + enc.group_embedding[k].detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_group_embedding_tells_groups_with_equal_networks_apart():
+    """Two groups whose networks and inputs are equal give equal tokens without the embedding and
+    different ones with it: the fusion can tell which group a token describes."""
+    spec = {"genes": ["A", "B", "C", "D"], "mutations": [], "gene_groups": {"g1": [0, 1], "g2": [2, 3]}}
+    x = {"expression": torch.tensor([[0.3, -1.2, 0.3, -1.2]]), "mutations": torch.zeros(1, 0),
+         "present": torch.ones(1, dtype=torch.bool)}
+    for flag in (False, True):
+        enc = build(spec, other_group=False, group_embedding=flag)
+        with torch.no_grad():
+            enc.first_weight[0][1] = enc.first_weight[0][0]  # g2's network := g1's
+            enc.first_bias[1] = enc.first_bias[0]
+            for w, b in zip(enc.weights, enc.biases):
+                w[1], b[1] = w[0], b[0]
+        tokens = enc(x).tokens[0]
+        assert torch.allclose(tokens[0], tokens[1]) is (not flag)
+    assert build(spec, group_embedding=False).group_embedding is None
 
 
 def test_lecun_init_uses_each_groups_own_fan_in_and_padding_rows_are_zero():
@@ -113,7 +132,7 @@ def test_lecun_init_uses_each_groups_own_fan_in_and_padding_rows_are_zero():
 def test_tokens_are_standardised_at_init():
     genes = [f"G{i}" for i in range(200)]
     spec = {"genes": genes, "mutations": [], "gene_groups": {"a": list(range(7)), "b": list(range(7, 200))}}
-    enc = build(spec, hidden=(256, 256), other_group=False)
+    enc = build(spec, hidden=(256, 256), other_group=False, group_embedding=False)
     tokens = enc(standard_normal(4096, 200)).tokens
     for k in range(2):
         assert abs(tokens[:, k].mean().item()) < 0.1 and abs(tokens[:, k].var().item() - 1.0) < 0.2
