@@ -309,6 +309,9 @@ def main() -> None:
                    help="where the ECG carries the patient's state (generate_cohort's ecg_signal)")
     p.add_argument("--genomics-signal", choices=("coexpression", "exclusive"), default="coexpression",
                    help="where the expression carries the patient's state (generate_cohort's genomics_signal)")
+    p.add_argument("--split-fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
+                   help="the generated cohort's split (e.g. 0.3 0.05 0.65 of 2,000 patients: 600 to train on, "
+                        "1,300 test patients for tight intervals)")
     p.add_argument("--noise-genes", type=int, default=0,
                    help="append this many uninformative genes to genomics.csv (in gene_groups.csv as sets of "
                         "30), as a real expression panel has; the oracle is unchanged (they carry no signal)")
@@ -339,7 +342,8 @@ def main() -> None:
                         missingness={m: {"mechanism": "mcar", "rate": 0.0} for m in MODALITIES},
                         ecg_fs=int(DATA_CAPS["ecg_fs"]), wsi_patches=tuple(a.wsi_patches), show_progress=False,
                         wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal,
-                        ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal)
+                        ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal,
+                        split_fractions=tuple(a.split_fractions))
         if a.noise_genes:
             add_noise_genes(root, a.noise_genes)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
