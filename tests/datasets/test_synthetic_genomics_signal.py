@@ -50,7 +50,8 @@ def test_exclusive_hides_the_pathway_from_the_signed_sum():
         sign = np.sign(np.corrcoef(x.T, u[:, pathway].T).diagonal(48)[:48])  # each gene's loading sign
         total = np.stack([(x[:, pathway == j] * sign[pathway == j]).sum(1) for j in range(6)], 1)
         corr[signal] = np.mean([np.corrcoef(total[:, j], u[:, j])[0, 1] for j in range(6)])
-    assert corr["coexpression"] > 0.95 and corr["exclusive"] < 0.85, corr
+    # measured: 0.978 and 0.845 (theory with unit loadings: 8 / sqrt(64 + 8 * 0.36) = 0.978, 0.857)
+    assert corr["coexpression"] > 0.95 and corr["exclusive"] < corr["coexpression"] - 0.08, corr
 
 
 def test_unknown_signal_is_refused():
