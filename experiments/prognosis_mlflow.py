@@ -107,7 +107,11 @@ class _BadJSON(str):
 
 
 class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper of :class:`Prognosis` (wire format: module docstring)."""
+    """MLflow pyfunc wrapper of :class:`Prognosis` (wire format: module docstring).
+
+    Loading it applies :func:`clinfuse.experiments.cpu_allocator.keep_freed_memory` to the process
+    (it is meant to serve): freed tensor memory is kept for the next batch, not handed back.
+    """
 
     def load_context(self, context) -> None:
         from clinfuse.experiments.prognosis import Prognosis
