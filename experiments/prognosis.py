@@ -288,7 +288,8 @@ class Prognosis:
                 (:mod:`clinfuse.experiments.feature_contributions`; one fusion pass each).
             batch_size: records parsed and predicted together; memory grows with it (a 256-patient
                 batch of the quickstart model holds ~60 MB of ECG and slide tensors), the results
-                do not depend on it (patients never mix).
+                do not depend on it (patients never mix; a matrix kernel may round a row's last
+                float bit differently by its place in the batch).
             show_progress: a progress bar over the batches; None (default): only for 8 batches or more.
 
         Returns one dict per record, in order: ``patient_id``, ``modalities_used``, ``risk``

@@ -63,8 +63,11 @@ def test_the_same_slides_under_another_patient_id_give_the_same_answer(slides, s
     _, dm, prog = slides
     record = _records(synthetic_cohort, dm, 1)[0]
     renamed = [{**record, "patient_id": pid} for pid in (record["patient_id"], "pseudonym-7f3a", "MRN 123456")]
-    risks = [r["risk"] for r in prog.predict(renamed, contributions=False)]
+    # one call each: rows of one batch may differ in the last float bit (BLAS kernels for edge rows)
+    risks = [prog.predict([r], contributions=False)[0]["risk"] for r in renamed]
     assert risks[0] == risks[1] == risks[2]
+    together = [r["risk"] for r in prog.predict(renamed, contributions=False)]
+    assert together == pytest.approx(risks, rel=1e-5)
     # and the cohort path reads the same subset as the record path
     scored = prog.predict_cohort(synthetic_cohort, split="test").set_index("patient_id")
     assert scored.loc[record["patient_id"], "risk"] == pytest.approx(risks[0], abs=1e-6)
