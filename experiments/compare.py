@@ -42,31 +42,47 @@ def paired_bootstrap(metric: Callable[..., float], scores: Sequence[np.ndarray],
         two-sided: twice the smaller share of resampled differences on either side of 0 (at least
         ``1 / n_boot``). Resamples where a metric is undefined (NaN or ValueError) are skipped.
     """
-    scores = [np.atleast_2d(np.asarray(r, float)) for r in scores]  # (k, n) per model
-    labels = [np.asarray(a, float) for a in labels]
-    n = len(labels[0])
-    bad = [k for k, r in enumerate(scores) if r.ndim != 2 or r.shape[1] != n or r.shape[0] == 0]
-    if not scores or bad or any(a.shape != (n,) for a in labels):
-        raise ValueError(f"scores of model(s) {bad} / labels do not have one value per patient ({n})")
+    scores, labels, n = _checked(scores, labels)
 
     def score(r: np.ndarray, rows: np.ndarray | slice) -> float:
         return float(np.mean([metric(x[rows], *(a[rows] for a in labels)) for x in r]))
 
     estimate = np.array([score(r, slice(None)) for r in scores])
-    rng = np.random.default_rng(seed)
     draws = []
-    for _ in range(n_boot):
-        rows = rng.integers(0, n, n)
+    for rows in _resamples(n, n_boot, seed):
         try:
             values = np.array([score(r, rows) for r in scores])
         except ValueError:
             continue
         if np.isfinite(values).all():
             draws.append(values)
-    draws = np.asarray(draws).reshape(-1, len(scores))
+    return _summary(estimate, np.asarray(draws).reshape(-1, len(scores)), alpha)
+
+
+def _checked(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """Scores as ``(k, n)`` float arrays and labels as ``(n,)`` float arrays; ValueError otherwise."""
+    scores = [np.atleast_2d(np.asarray(r, float)) for r in scores]  # (k, n) per model
+    labels = [np.asarray(a, float) for a in labels]
+    n = len(labels[0])
+    bad = [k for k, r in enumerate(scores) if r.ndim != 2 or r.shape[1] != n or r.shape[0] == 0]
+    if not scores or bad or any(a.shape != (n,) for a in labels):
+        raise ValueError(f"scores of model(s) {bad} / labels do not have one value per patient ({n})")
+    return scores, labels, n
+
+
+def _resamples(n: int, n_boot: int, seed: int):
+    """The bootstrap resamples' row indices, ``(n,)`` each, in a fixed order for ``seed``."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield rng.integers(0, n, n)
+
+
+def _summary(estimate: np.ndarray, draws: np.ndarray, alpha: float) -> pd.DataFrame:
+    """:func:`paired_bootstrap`'s table from the estimates ``(models,)`` and the defined resamples'
+    metrics ``(draws, models)``."""
     q = [alpha / 2, 1 - alpha / 2]
     out = []
-    for k in range(len(scores)):
+    for k in range(len(estimate)):
         low, high = np.quantile(draws[:, k], q) if len(draws) else (np.nan, np.nan)
         row = {"estimate": estimate[k], "low": low, "high": high}
         if k == 0:
@@ -84,14 +100,31 @@ def paired_bootstrap(metric: Callable[..., float], scores: Sequence[np.ndarray],
 def paired_c_index(risks: Sequence[np.ndarray], time: np.ndarray, event: np.ndarray, n_boot: int = 1000,
                    alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """Harrell C of every model (risk: higher = earlier event) and its difference to the first
-    model, paired bootstrap (:func:`paired_bootstrap`; the ``estimate`` column is ``c_index``).
+    model, paired bootstrap: :func:`paired_bootstrap` with Harrell's C (same resamples, same
+    table; the ``estimate`` column is ``c_index``), each resample's C-indices computed at once by
+    :func:`clinfuse.experiments.bootstrap_c_index.bootstrap_c_index` instead of one
+    scikit-survival call per resample and model.
 
     Raises:
-        ValueError: no model, arrays of different lengths, or no event.
+        ValueError: no model, arrays of different lengths, bad labels or risks, or no event.
     """
+    from clinfuse.experiments.bootstrap_c_index import bootstrap_c_index, resample_weights
+
     if not np.asarray(event, float).any():
         raise ValueError("no event among these patients: the C-index is undefined")
-    table = paired_bootstrap(lambda r, t, e: harrell_c_index(r, t, e), risks, (time, event), n_boot, alpha, seed)
+    scores, (time, event), n = _checked(risks, (time, event))
+    # the estimates by scikit-survival (which also checks the labels and risks)
+    estimate = np.array([np.mean([harrell_c_index(x, time, event) for x in r]) for r in scores])
+    flat, sizes = np.concatenate(scores), np.cumsum([len(r) for r in scores])[:-1]
+    draws, chunk = [], []
+    for i, rows in enumerate(_resamples(n, n_boot, seed)):
+        chunk.append(rows)
+        if len(chunk) == 100 or i == n_boot - 1:  # 100 resamples' multiplicities at a time
+            c = bootstrap_c_index(flat, time, event, resample_weights(np.stack(chunk), n))  # (100, sum k)
+            draws.append(np.stack([part.mean(1) for part in np.split(c, sizes, axis=1)], 1))  # (100, models)
+            chunk = []
+    draws = np.concatenate(draws) if draws else np.zeros((0, len(scores)))
+    table = _summary(estimate, draws[np.isfinite(draws).all(1)], alpha)
     return table.rename(columns={"estimate": "c_index"})
 
 
