@@ -7,19 +7,26 @@ import pytest
 
 from clinfuse.experiments import cpu_allocator
 
-# the slide encoder's first layer on a 256-patient batch's 62,936 patches (32 MB activations),
-# 3 times after a warm-up, as a serving process runs batch after batch; prints the minor page faults
+# allocate, fill and free a 64 MB block through glibc's malloc three times after a warm-up (the
+# blocks a large CPU tensor gets); prints the minor page faults
 _FAULTS = """
-import resource, sys, torch
+import ctypes, resource, sys
 from clinfuse.experiments.cpu_allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-layer, x = torch.nn.Linear(32, 128), torch.randn(62936, 32)
-with torch.inference_mode():
-    torch.nn.functional.gelu(layer(x)).sum()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        torch.nn.functional.gelu(layer(x)).sum()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+
+def cycle():
+    block = libc.malloc(64 << 20)
+    libc.memset(block, 1, 64 << 20)
+    libc.free(block)
+
+cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    cycle()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -30,14 +37,15 @@ def _faults(mode: str) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
-def test_freed_tensor_memory_is_reused_instead_of_faulted_in_again():
+def test_freed_large_blocks_are_reused_instead_of_faulted_in_again():
     default = _faults("default")
     if default < 1000:  # transparent huge pages on every mmap: nothing left to save
         pytest.skip(f"only {default} page faults with glibc's defaults on this machine")
     kept = _faults("keep")
-    # measured here: 15,735 vs 31,469 (glibc cannot place every 64-byte-aligned block in a freed
-    # one of the same size, so some are still fresh memory); 0 vs 49,155 for plain malloc blocks
-    assert kept < 0.75 * default, (kept, default)
+    # measured here: 0 vs 49,155. (Through torch, whose 64-byte-aligned blocks glibc cannot always
+    # place in a freed one of the same size, the saving is partial and varies with the heap's layout:
+    # 15,735-23,603 vs 31,469 faults for the slide encoder's first layer; the benchmark measures it.)
+    assert kept < default / 10, (kept, default)
 
 
 def test_no_glibc_changes_nothing(monkeypatch):
