@@ -78,7 +78,6 @@ def _run(name: str, src: Path, out: Path) -> tuple[int, float, dict]:
         return n, _size_mb(shards), {}
     if name == "reader":
         shutil.rmtree(out / ".clinfuse_cache", ignore_errors=True)
-    t = time.perf_counter()
     cohort_ids = pl.read_parquet(out / "labels.parquet")["patient_id"].to_list()
     splits = pl.read_csv(out / "splits.csv")
     train = splits.filter(pl.col("split") == "train")["patient_id"].to_list()
