@@ -6,15 +6,16 @@ size many times (a 256-patient batch's slide patches through the first layer: 62
 floats, 32 MB), so every batch page-faults its working memory in again. In
 ``benchmarks/bench_prognosis.py`` (2 cores) the model part of an in-memory batch of 256 took
 183-214 ms with glibc's defaults and 121-132 ms with this setting; with the leave-one-modality-out
-contributions, 540-808 ms and 369-449 ms. PyTorch's CPU tuning guide suggests preloading jemalloc or tcmalloc for this; raising glibc's
-thresholds with ``mallopt`` does the same without a preload or an extra package.
+contributions, 540-808 ms and 369-449 ms. PyTorch's CPU tuning guide suggests preloading
+jemalloc or tcmalloc for this; raising glibc's thresholds with ``mallopt`` does the same without a
+preload or an extra package.
 
 The setting is process-wide and the memory a process has touched stays with it (its resident size
 stays at its peak), so it suits a process that only serves predictions: ``mlflow models serve``
 (:class:`clinfuse.experiments.prognosis_mlflow.PrognosisPyfunc` applies it when it loads) and the
-``clinfuse score`` / ``evaluate`` commands. Call :func:`keep_freed_memory` yourself in your own
-serving process; training gained nothing measurable from it (two epochs of the quickstart model on 600
-patients: 5.0-5.1 s without, 4.5-5.0 s with).
+``clinfuse score`` / ``evaluate`` / ``compare`` commands. Call :func:`keep_freed_memory` yourself
+in your own serving process; training gained nothing measurable from it (two epochs of the
+quickstart model on 600 patients: 5.0-5.1 s without, 4.5-5.0 s with).
 """
 
 from __future__ import annotations
