@@ -1,12 +1,9 @@
 """The synthetic cohort's ``genomics_signal``: every gene of a pathway follows it, or one per patient."""
 
-import json
-
 import numpy as np
 import pytest
 
 from clinfuse.datasets.synthetic.genomics import MUTATIONS, PATHWAYS, gene_groups, render_genomics
-from clinfuse.experiments.cli import synth_main
 
 N = 400
 
@@ -61,10 +58,3 @@ def test_unknown_signal_is_refused():
     with pytest.raises(ValueError, match="genomics signal must be one of"):
         render_genomics(np.zeros((2, 6)), ["a", "b"], np.ones(2, dtype=bool), np.random.default_rng(0), "pathway")
 
-
-def test_synth_command_passes_the_signal(tmp_path, capsys):
-    synth_main(["--out", str(tmp_path / "c"), "--patients", "12", "--genomics-signal", "exclusive"])
-    assert json.loads((tmp_path / "c" / "cohort.json").read_text())["genomics"]["signal"] == "exclusive"
-    with pytest.raises(SystemExit):
-        synth_main(["--out", str(tmp_path / "d"), "--genomics-signal", "pathway"])
-    assert "pathway" in capsys.readouterr().err

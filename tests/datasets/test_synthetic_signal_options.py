@@ -1,6 +1,7 @@
 """``generate_cohort``'s signal options (``wsi_signal``, ``notes_signal``, ``ts_signal``,
 ``ecg_signal``, ``genomics_signal``): each changes only its own modality's files, records itself in ``cohort.json``,
-leaves the default byte-identical, and an unknown value is named before anything is written."""
+leaves the default byte-identical, and an unknown value is named before anything is written;
+``clinfuse synth`` passes each one through its ``--<option>`` flag."""
 
 import json
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from clinfuse.datasets.synthetic import generate_cohort
+from clinfuse.experiments.cli import synth_main
 
 SMALL = dict(n_patients=24, seed=3, wsi_patches=(5, 20), ecg_seconds=2.0, show_progress=False)
 
@@ -44,3 +46,13 @@ def test_an_unknown_value_is_named_and_nothing_is_written(tmp_path, option):
     with pytest.raises(ValueError, match=rf"{option}.*'nonsense'"):
         generate_cohort(tmp_path / "out", **{option: "nonsense"}, **SMALL)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, default, other, block, own", OPTIONS, ids=[o[0] for o in OPTIONS])
+def test_synth_command_passes_the_option(tmp_path, capsys, option, default, other, block, own):
+    flag = "--" + option.replace("_", "-")
+    synth_main(["--out", str(tmp_path / "c"), "--patients", "12", flag, other])
+    assert json.loads((tmp_path / "c" / "cohort.json").read_text())[block]["signal"] == other
+    with pytest.raises(SystemExit):
+        synth_main(["--out", str(tmp_path / "d"), flag, "texture"])
+    assert "texture" in capsys.readouterr().err

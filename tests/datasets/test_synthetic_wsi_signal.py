@@ -1,12 +1,8 @@
 """The synthetic cohort's ``wsi_signal``: where a slide carries the patient's state."""
 
-import json
-
 import numpy as np
-import pytest
 
 from clinfuse.datasets.synthetic.wsi import GRADE_FRACTION, tumor_layout
-from clinfuse.experiments.cli import synth_main
 
 
 def _layout(signal: str, n: int = 4000, d: int = 4, f: int = 32):
@@ -31,10 +27,3 @@ def test_amount_share_follows_the_first_view_component_and_features_the_rest():
     assert np.corrcoef(fraction, u[:, 0])[0, 1] > 0.8
     np.testing.assert_allclose(shift, 1.5 * t0 + u[:, 1:] @ mixing.T)
 
-
-def test_synth_command_passes_the_signal(tmp_path, capsys):
-    synth_main(["--out", str(tmp_path / "c"), "--patients", "12", "--wsi-signal", "grade"])
-    assert json.loads((tmp_path / "c" / "cohort.json").read_text())["wsi"]["signal"] == "grade"
-    with pytest.raises(SystemExit):
-        synth_main(["--out", str(tmp_path / "d"), "--wsi-signal", "texture"])
-    assert "texture" in capsys.readouterr().err
