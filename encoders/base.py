@@ -163,6 +163,15 @@ class ModalityEncoder(nn.Module):
         """Constructor arguments (besides ``d_model``) that match :meth:`example_inputs`."""
         return {}
 
+    def penalty(self) -> torch.Tensor | None:
+        """A regularisation term this encoder adds to the training objective (a scalar >= 0 that
+        depends on its parameters only, e.g. the genomics SNN's L1 on its weights), or None.
+
+        The LightningModule adds every encoder's penalty to ``loss`` (``task_loss`` stays the task
+        loss alone) and logs the sum as ``penalty``.
+        """
+        return None
+
     def require(self, inputs: Mapping[str, torch.Tensor], *keys: str) -> int:
         """Check that ``inputs`` holds ``present`` and ``keys``; return the batch size ``B``.
 

@@ -40,6 +40,11 @@ class GenomicsSNNEncoder(ModalityEncoder):
             section 3); ``gene_groups`` is not used by this encoder.
         hidden: widths of the hidden SNN blocks (MCAT's "small" SNN uses ``(256, 256)``).
         dropout: alpha-dropout rate of every block.
+        l1: strength of the L1 penalty on the blocks' weights (:meth:`penalty`, added to the
+            training loss), as MCAT/PORPOISE train their omics SNN (``--reg_type omic``, there
+            1e-4); 0 switches it off. The default 3e-3 was chosen on one synthetic cohort with many
+            uninformative genes (1e-4 changed nothing in a few hundred optimizer steps, 1e-2 hurt) and
+            checked on other draws: ``docs/benchmarks/encoders.md``, "The SNN's L1 penalty".
     """
 
     modality = "genomics"
@@ -50,6 +55,7 @@ class GenomicsSNNEncoder(ModalityEncoder):
         spec: dict[str, Any],
         hidden: tuple[int, ...] = (256, 256),
         dropout: float = 0.1,
+        l1: float = 3e-3,
     ) -> None:
         super().__init__(d_model)
         self.require_spec(spec, "genes", "mutations")
@@ -59,6 +65,9 @@ class GenomicsSNNEncoder(ModalityEncoder):
             raise ValueError(f"{type(self).__name__}: the spec lists no genes and no mutations")
         if any(int(h) < 1 for h in hidden):
             raise ValueError(f"{type(self).__name__}: hidden widths must be >= 1, got {list(hidden)}")
+        if not l1 >= 0:
+            raise ValueError(f"{type(self).__name__}: l1 must be >= 0, got {l1}")
+        self.l1 = float(l1)
         widths = [self.n_genes + self.n_mutations, *(int(h) for h in hidden), d_model]
         self.blocks = nn.Sequential(*(snn_block(a, b, dropout) for a, b in zip(widths[:-1], widths[1:])))
 
@@ -83,6 +92,14 @@ class GenomicsSNNEncoder(ModalityEncoder):
         x = torch.where(present[:, None], x, torch.zeros_like(x))  # (B, G + G_mut); absent rows never read
         tokens = self.blocks(x)[:, None, :]  # (B, 1, D)
         return ModalityTokens.from_tokens(tokens, present[:, None], present)
+
+    def penalty(self) -> torch.Tensor | None:
+        """``l1`` times the sum of the absolute weights of every block (biases are not penalised);
+        None when ``l1`` is 0. With many genes and few patients it drives the weights of
+        uninformative genes towards 0."""
+        if not self.l1:
+            return None
+        return self.l1 * sum(block[0].weight.abs().sum() for block in self.blocks)
 
     @classmethod
     def example_spec(cls) -> dict[str, Any]:

@@ -272,6 +272,11 @@ class ClinFuseModule(pl.LightningModule):
             loss = loss + self.hparams.step_loss_weight * step_loss
         if fused.aux_loss is not None:
             loss = loss + fused.aux_loss
+        penalties = [p for p in (e.penalty() for e in self.encoders.values()) if p is not None]
+        if penalties:  # parameter regularisers of the encoders (e.g. the genomics SNN's L1)
+            penalty = torch.stack(penalties).sum()
+            self.log(f"{stage}/penalty", penalty, on_step=False, on_epoch=True, batch_size=out.shape[0], sync_dist=True)
+            loss = loss + penalty
         bs = out.shape[0]
         # sync_dist: under DDP the epoch mean covers every rank's batches (one all-reduce per epoch)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs, sync_dist=True)

@@ -187,6 +187,23 @@ def test_encoder_every_parameter_gets_a_gradient(name):
 
 
 @pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
+def test_encoder_penalty_is_a_differentiable_scalar_of_parameters_only(name):
+    """An encoder's penalty (None for most) is a finite scalar >= 0 that changes with its
+    parameters and not with the inputs it has seen."""
+    enc = build_encoder(name, train=True)
+    before = enc.penalty()
+    enc(ENCODER_CLASSES[name].example_inputs(batch_size=B))
+    after = enc.penalty()
+    if before is None:
+        assert after is None
+        return
+    assert after.shape == () and torch.isfinite(after) and after >= 0
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    after.backward()
+    assert any(p.grad is not None and (p.grad != 0).any() for p in enc.parameters()), f"{name}: penalty has no gradient"
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_all_absent_batch_is_finite_and_empty(name):
     enc, cls = build_encoder(name), ENCODER_CLASSES[name]
     for batch in (cls.example_inputs(batch_size=B), cls.example_inputs(batch_size=1)):

@@ -94,3 +94,44 @@ def test_bad_arguments_raise():
         GenomicsSNNEncoder(8, {"genes": [], "mutations": []})
     with pytest.raises(ValueError, match="hidden"):
         GenomicsSNNEncoder(8, GenomicsSNNEncoder.example_spec(), hidden=(0,))
+
+
+def test_l1_penalty_is_l1_times_the_absolute_weights_and_pulls_them_to_zero():
+    torch.manual_seed(0)
+    enc = GenomicsSNNEncoder(8, {"genes": ["A", "B", "C"], "mutations": ["TP53"]}, hidden=(5,), l1=0.01)
+    weights = [m.weight.detach().numpy() for m in enc.modules() if isinstance(m, nn.Linear)]
+    assert [w.shape for w in weights] == [(5, 4), (8, 5)]
+    expected = 0.01 * sum(np.abs(w).sum() for w in weights)  # biases are not penalised
+    penalty = enc.penalty()
+    assert penalty.item() == pytest.approx(expected, rel=1e-6)
+    penalty.backward()
+    for m in (m for m in enc.modules() if isinstance(m, nn.Linear)):
+        np.testing.assert_allclose(m.weight.grad.numpy(), 0.01 * np.sign(m.weight.detach().numpy()))
+        assert m.bias.grad is None
+
+
+def test_l1_zero_means_no_penalty_and_negative_is_refused():
+    spec = {"genes": ["A"], "mutations": []}
+    assert GenomicsSNNEncoder(8, spec, l1=0).penalty() is None
+    with pytest.raises(ValueError, match="l1 must be >= 0"):
+        GenomicsSNNEncoder(8, spec, l1=-1e-4)
+
+
+def test_the_module_adds_the_penalty_to_the_training_loss_but_not_to_task_loss():
+    from clinfuse.experiments.module import ClinFuseModule
+
+    spec = GenomicsSNNEncoder.example_spec()
+    torch.manual_seed(0)
+    model = ClinFuseModule(spec={"genomics": spec}, d_model=16, encoders={"genomics": "GenomicsSNNEncoder"},
+                           fusion="masked_mean", modality_dropout=0.0).eval()
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, value.detach())
+    x = GenomicsSNNEncoder.example_inputs(batch_size=4)
+    x["present"][:] = True
+    batch = {"inputs": {"genomics": x},
+             "labels": {"time": torch.tensor([1.0, 2.0, 3.0, 4.0]), "event": torch.tensor([1, 0, 1, 1])}}
+    loss = model._step(batch, "train")
+    penalty = model.encoders["genomics"].penalty().detach()
+    assert penalty > 0
+    torch.testing.assert_close(logged["train/penalty"], penalty)
+    torch.testing.assert_close(loss.detach(), logged["train/task_loss"] + penalty)
