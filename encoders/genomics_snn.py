@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ class GenomicsSNNEncoder(ModalityEncoder):
         l1: strength of the L1 penalty on the blocks' weights (:meth:`penalty`, added to the
             training loss), as MCAT/PORPOISE train their omics SNN (``--reg_type omic``, there
             1e-4); 0 switches it off. The default 3e-3 was chosen on one synthetic cohort with many
-            uninformative genes (1e-4 changed nothing in a few hundred optimizer steps, 1e-2 hurt) and
+            uninformative genes (1e-4 changed nothing in its ~80 optimizer steps, 1e-2 hurt) and
             checked on other draws: ``docs/benchmarks/encoders.md``, "The SNN's L1 penalty". It
             is summed over all weights, so it is large next to a Cox loss (about 27 at
             initialisation for the default widths on 56 inputs); compare runs by ``task_loss``.
@@ -67,8 +68,8 @@ class GenomicsSNNEncoder(ModalityEncoder):
             raise ValueError(f"{type(self).__name__}: the spec lists no genes and no mutations")
         if any(int(h) < 1 for h in hidden):
             raise ValueError(f"{type(self).__name__}: hidden widths must be >= 1, got {list(hidden)}")
-        if not l1 >= 0:
-            raise ValueError(f"{type(self).__name__}: l1 must be >= 0, got {l1}")
+        if not (l1 >= 0 and math.isfinite(l1)):
+            raise ValueError(f"{type(self).__name__}: l1 must be >= 0 and finite, got {l1}")
         self.l1 = float(l1)
         widths = [self.n_genes + self.n_mutations, *(int(h) for h in hidden), d_model]
         self.blocks = nn.Sequential(*(snn_block(a, b, dropout) for a, b in zip(widths[:-1], widths[1:])))

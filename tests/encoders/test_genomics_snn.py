@@ -113,8 +113,9 @@ def test_l1_penalty_is_l1_times_the_absolute_weights_and_pulls_them_to_zero():
 def test_l1_zero_means_no_penalty_and_negative_is_refused():
     spec = {"genes": ["A"], "mutations": []}
     assert GenomicsSNNEncoder(8, spec, l1=0).penalty() is None
-    with pytest.raises(ValueError, match="l1 must be >= 0"):
-        GenomicsSNNEncoder(8, spec, l1=-1e-4)
+    for bad in (-1e-4, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="l1 must be >= 0 and finite"):
+            GenomicsSNNEncoder(8, spec, l1=bad)
 
 
 def test_the_module_adds_the_penalty_to_the_training_loss_but_not_to_task_loss():
