@@ -57,28 +57,36 @@ def out_of_range(modality: str, state: dict, item: dict[str, Any] | None, max_sd
     if modality == "wsi":
         return _wsi_features(s, item)
     out = _timeseries_times(s, item) if modality == "timeseries" else []
+    # field names are built for the flagged values only (this runs for every patient served)
     if modality == "tabular":
         out += _unseen_levels(s, item)
-        z, names, where = np.asarray(item["numeric"], float), s["numeric_features"], np.asarray(item["numeric_observed"], bool)
-        fields, columns = [f"tabular.{n}" for n in names], np.arange(len(names))
+        z, where = np.asarray(item["numeric"], float), np.asarray(item["numeric_observed"], bool)
+        columns = None
+
+        def field(j: int) -> str:
+            return f"tabular.{s['numeric_features'][j]}"
     elif modality == "timeseries":
-        z, names = np.asarray(item["values"], float), s["variables"]
-        columns = np.asarray(item["variables"], int)
-        where, fields = np.ones(len(z), bool), [f"timeseries.{names[v]}" for v in columns]
+        z, where, columns = np.asarray(item["values"], float), None, np.asarray(item["variables"], int)
+
+        def field(j: int) -> str:
+            return f"timeseries.{s['variables'][j]}"
     elif modality == "genomics":
-        z, names = np.asarray(item["expression"], float), s["genes"]
-        where, fields, columns = np.ones(len(z), bool), [f"genomics.{g}_rnaseq" for g in names], np.arange(len(names))
+        z, where, columns = np.asarray(item["expression"], float), None, None
+
+        def field(j: int) -> str:
+            return f"genomics.{s['genes'][j]}_rnaseq"
     else:
         return []
-    bad = np.flatnonzero(where & (np.abs(z) > max_sd))
+    far = np.abs(z) > max_sd
+    bad = np.flatnonzero(far if where is None else where & far)
     if not len(bad):
         return out
     bad = bad[np.argsort(-np.abs(z[bad]), kind="stable")]  # the most extreme first
     mean, std = np.asarray(s["mean"], float), np.asarray(s["std"], float)
     for k in bad[:MAX_LISTED]:
-        j = columns[k]
+        j = k if columns is None else columns[k]
         value = z[k] * std[j] + mean[j]
-        out.append(f"{fields[k]}: {value:.4g} is {z[k]:+.0f} training sd from the training mean {mean[j]:.4g} (unit?)")
+        out.append(f"{field(j)}: {value:.4g} is {z[k]:+.0f} training sd from the training mean {mean[j]:.4g} (unit?)")
     if len(bad) > MAX_LISTED:
         out.append(f"{modality}: {len(bad) - MAX_LISTED} more value(s) beyond {max_sd:g} training sd")
     return out
@@ -90,10 +98,11 @@ def _ecg_amplitude(fitted: dict, item: dict[str, Any]) -> list[str]:
     reference = fitted.get("amplitude_mv")
     if not reference:
         return []
-    signal, mask = np.asarray(item["signal"], float), np.asarray(item["lead_mask"], bool)
+    signal, mask = np.asarray(item["signal"]), np.asarray(item["lead_mask"], bool)
     if not mask.any():
         return []
-    amplitude = float(np.median(signal[mask].std(axis=1)))
+    leads = signal if mask.all() else signal[mask]  # (L_present, S); no float64 copy: std accumulates in float64
+    amplitude = float(np.median(leads.std(axis=1, dtype=np.float64)))
     ratio = amplitude / reference
     if 1 / AMPLITUDE_FACTOR <= ratio <= AMPLITUDE_FACTOR:
         return []
@@ -136,8 +145,8 @@ def _wsi_features(fitted: dict, item: dict[str, Any]) -> list[str]:
     mean, std = fitted.get("feature_mean"), fitted.get("feature_std")
     if mean is None or std is None:
         return []
-    bag = np.asarray(item["features"], float)
-    distance = float(np.median(np.abs(bag.mean(0) - np.asarray(mean)) / np.asarray(std)))
+    bag = np.asarray(item["features"])
+    distance = float(np.median(np.abs(bag.mean(0, dtype=np.float64) - np.asarray(mean)) / np.asarray(std)))
     if distance <= WSI_MAX_SD:
         return []
     return [f"wsi.features: the bag's mean features lie a median {distance:.3g} training sd from the training "
