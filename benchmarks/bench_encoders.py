@@ -30,7 +30,10 @@ fresh process (forked from a server that has the libraries imported), so memory 
 Against the default encoder: the mean difference in test C-index, the pooled seed sd (training
 randomness only), and a paired bootstrap 95% interval and two-sided p of the seed-averaged
 difference over the test patients (:func:`clinfuse.experiments.compare.paired_c_index`: every seed
-of both encoders scored on each resample), the uncertainty of the test split the seed sd leaves out.
+of both encoders scored on each resample), the uncertainty of the test split the seed sd leaves out;
+then the interval and p with both sources, test patients and training seeds
+(:func:`clinfuse.experiments.compare.seed_and_patient_interval`): with three seeds a lead can be
+one lucky seed, which the patients-only interval cannot see.
 ``--out`` keeps each run's test risks (``test_risks``, JSON) so ``--table-from`` recomputes it.
 """
 
@@ -204,13 +207,15 @@ def test_labels(root: Path):  # noqa: ANN201 - a pandas DataFrame
 
 def paired_delta(default: list[dict], alternative: list[dict], labels) -> str:  # noqa: ANN001 - DataFrame
     """Paired bootstrap 95% interval and two-sided p of the seed-averaged C difference, resampling
-    the test patients (the part of the uncertainty the seed sd leaves out); ``-`` without risks."""
-    from clinfuse.experiments.compare import paired_c_index
+    the test patients (the part of the uncertainty the seed sd leaves out), then the interval and p
+    with the training seeds' spread added (:func:`~clinfuse.experiments.compare.seed_and_patient_interval`);
+    ``-`` without risks."""
+    from clinfuse.experiments.compare import paired_c_index, seed_and_patient_interval
 
     by_seed = {r["seed"]: r for r in default if r.get("test_risks")}
     pairs = [(by_seed[r["seed"]], r) for r in alternative if r.get("test_risks") and r["seed"] in by_seed]
     if not pairs or labels is None:
-        return "- | -"
+        return "- | - | - | -"
     ids = labels.index.tolist()
 
     def matrix(rs: list[dict]) -> np.ndarray:
@@ -219,7 +224,9 @@ def paired_delta(default: list[dict], alternative: list[dict], labels) -> str:  
 
     t = paired_c_index([matrix([d for d, _ in pairs]), matrix([a for _, a in pairs])],
                        labels["time"].to_numpy(), labels["event"].to_numpy(), n_boot=1000)
-    return f"[{t.loc[1, 'delta_low']:+.4f}, {t.loc[1, 'delta_high']:+.4f}] | {t.loc[1, 'p_value']:.3f}"
+    both = seed_and_patient_interval(t.loc[1, "delta_se"], [a["test_c_index"] - d["test_c_index"] for d, a in pairs])
+    seeds = "- | -" if math.isnan(both["low"]) else f"[{both['low']:+.4f}, {both['high']:+.4f}] | {both['p_value']:.3f}"
+    return f"[{t.loc[1, 'delta_low']:+.4f}, {t.loc[1, 'delta_high']:+.4f}] | {t.loc[1, 'p_value']:.3f} | {seeds}"
 
 
 def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, str], labels=None) -> str:  # noqa: ANN001
@@ -243,9 +250,11 @@ def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, st
                      f"| {params:,} | {len(rs) - len(ok)}/{len(rs)} |")
     lines += ["", "Alternatives vs the modality's default encoder (delta = mean test C-index difference; "
               "pooled sd = sqrt((sd_a^2 + sd_b^2) / 2) over training seeds; paired 95% CI and p: bootstrap "
-              "of the test patients, both encoders' seeds scored on each resample)", "",
-              "| modality | encoder | default | delta C-index | pooled seed sd | delta / sd | paired 95% CI | p |",
-              "|---|---|---|---|---|---|---|---|"]
+              "of the test patients, both encoders' seeds scored on each resample; + seeds: that interval "
+              "widened by the spread of the per-seed differences, Welch-Satterthwaite t)", "",
+              "| modality | encoder | default | delta C-index | pooled seed sd | delta / sd | paired 95% CI | p "
+              "| 95% CI + seeds | p + seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for (m, enc), (mean, sd, _) in stats.items():
         if enc == defaults[m] or (m, defaults[m]) not in stats:
             continue

@@ -38,7 +38,8 @@ def paired_bootstrap(metric: Callable[..., float], scores: Sequence[np.ndarray],
 
     Returns:
         One row per model: ``estimate``, ``low``, ``high``, and ``delta``, ``delta_low``,
-        ``delta_high``, ``p_value`` against model 0 (NaN for model 0 itself). The p-value is
+        ``delta_high``, ``delta_se`` (the resampled differences' sd), ``p_value`` against model 0
+        (NaN for model 0 itself). The p-value is
         two-sided: twice the smaller share of resampled differences on either side of 0 (at least
         ``1 / n_boot``). Resamples where a metric is undefined (NaN or ValueError) are skipped.
     """
@@ -86,15 +87,58 @@ def _summary(estimate: np.ndarray, draws: np.ndarray, alpha: float) -> pd.DataFr
         low, high = np.quantile(draws[:, k], q) if len(draws) else (np.nan, np.nan)
         row = {"estimate": estimate[k], "low": low, "high": high}
         if k == 0:
-            row.update(delta=np.nan, delta_low=np.nan, delta_high=np.nan, p_value=np.nan)
+            row.update(delta=np.nan, delta_low=np.nan, delta_high=np.nan, delta_se=np.nan, p_value=np.nan)
         else:
             d = draws[:, k] - draws[:, 0]
             d_low, d_high = np.quantile(d, q) if len(d) else (np.nan, np.nan)
             side = min((d <= 0).mean(), (d >= 0).mean()) if len(d) else np.nan
             row.update(delta=estimate[k] - estimate[0], delta_low=d_low, delta_high=d_high,
+                       delta_se=float(np.std(d, ddof=1)) if len(d) > 1 else np.nan,
                        p_value=min(1.0, max(2 * side, 1 / max(len(d), 1))))
         out.append(row)
     return pd.DataFrame(out)
+
+
+def seed_and_patient_interval(patient_se: float, seed_deltas: Sequence[float], alpha: float = 0.05) -> dict[str, float]:
+    """Interval of a seed-averaged difference between two trained designs with both of its sources
+    of uncertainty: which test patients were drawn, and which training seeds.
+
+    A paired bootstrap over the test patients with the trained models held fixed (``delta_se`` of
+    :func:`paired_c_index`) leaves out the training randomness: with three seeds per design a lead
+    can be one lucky seed, on the same test patients every resample. The spread of the per-seed
+    differences ``d_s`` on the fixed test split measures that part. The two variances add:
+    ``se^2 = patient_se^2 + var(d_s) / k``, and the interval is Student's t with Welch-Satterthwaite
+    degrees of freedom ``se^4 (k - 1) / (var(d_s) / k)^2`` (the bootstrap part counted as known):
+    near a normal interval when the patients dominate, wide when the few seeds do.
+
+    Args:
+        patient_se: sd of the seed-averaged difference over test-patient resamples.
+        seed_deltas: ``d_s``, the designs' metric difference of each training seed on the whole test
+            split (seed ``s`` of one design paired with seed ``s`` of the other); their mean is the
+            estimate.
+        alpha: 1 - coverage.
+
+    Returns:
+        ``delta`` (mean of ``d_s``), ``se``, ``df``, ``low``, ``high`` and the two-sided ``p_value``
+        of ``delta = 0``; ``low``/``high``/``p_value`` are NaN with fewer than two seeds (the seed
+        part cannot be estimated).
+    """
+    from scipy import stats
+
+    d = np.asarray(seed_deltas, dtype=float)
+    if d.ndim != 1 or not len(d) or not np.isfinite(d).all() or not np.isfinite(patient_se) or patient_se < 0:
+        raise ValueError(f"seed_deltas must be finite numbers and patient_se a finite sd >= 0, got {d!r}, {patient_se!r}")
+    k, delta = len(d), float(d.mean())
+    if k < 2:
+        return {"delta": delta, "se": np.nan, "df": np.nan, "low": np.nan, "high": np.nan, "p_value": np.nan}
+    seed_var = float(d.var(ddof=1)) / k
+    se = float(np.sqrt(patient_se**2 + seed_var))
+    df = np.inf if seed_var == 0 else se**4 * (k - 1) / seed_var**2
+    if se == 0:
+        return {"delta": delta, "se": 0.0, "df": df, "low": delta, "high": delta, "p_value": 1.0 if delta == 0 else 0.0}
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    return {"delta": delta, "se": se, "df": df, "low": delta - half, "high": delta + half,
+            "p_value": float(2 * stats.t.sf(abs(delta) / se, df))}
 
 
 def paired_c_index(risks: Sequence[np.ndarray], time: np.ndarray, event: np.ndarray, n_boot: int = 1000,

@@ -164,3 +164,44 @@ def test_paired_bootstrap_p_value_is_two_sided_by_hand():
     d = np.array([(lambda rows: s1[rows].mean() - s0[rows].mean())(g.integers(0, 50, 50)) for _ in range(400)])
     side = min((d <= 0).mean(), (d >= 0).mean())
     assert table.loc[1, "p_value"] == min(1.0, max(2 * side, 1 / 400))
+
+
+def test_bootstrap_table_reports_the_sd_of_the_resampled_differences():
+    x, time, event = _data(seed=5)
+    other = x + np.random.default_rng(6).normal(size=len(x))
+    table = paired_c_index([x, other], time, event, n_boot=40, seed=2)
+    draws = np.random.default_rng(2)
+    deltas = []
+    for _ in range(40):
+        rows = draws.integers(0, len(x), len(x))
+        deltas.append(harrell_c_index(other[rows], time[rows], event[rows]) - harrell_c_index(x[rows], time[rows], event[rows]))
+    assert table.loc[1, "delta_se"] == pytest.approx(np.std(deltas, ddof=1))
+    assert np.isnan(table.loc[0, "delta_se"])
+
+
+def test_seed_and_patient_interval_by_hand():
+    from scipy import stats
+
+    from clinfuse.experiments.compare import seed_and_patient_interval
+
+    # three seeds, one of them far ahead: the seed part dominates and the interval widens past 0
+    d = [0.0079, 0.0652, 0.0081]
+    out = seed_and_patient_interval(0.0126, d)
+    var_seed = np.var(d, ddof=1) / 3
+    se = np.sqrt(0.0126**2 + var_seed)
+    df = se**4 * 2 / var_seed**2
+    half = stats.t.ppf(0.975, df) * se
+    assert out["delta"] == pytest.approx(np.mean(d)) and out["se"] == pytest.approx(se) and out["df"] == pytest.approx(df)
+    assert (out["low"], out["high"]) == pytest.approx((np.mean(d) - half, np.mean(d) + half))
+    assert out["low"] < 0 < out["high"] and out["p_value"] == pytest.approx(2 * stats.t.sf(np.mean(d) / se, df))
+    # patient part alone would have been clear of 0: mean - 1.96 * 0.0126 > 0
+    assert np.mean(d) - 1.96 * 0.0126 > 0
+    # identical seeds: no seed variance, the normal interval of the patient part
+    same = seed_and_patient_interval(0.01, [0.03] * 4)
+    assert same["df"] == np.inf and (same["low"], same["high"]) == pytest.approx((0.03 - 1.959964 * 0.01, 0.03 + 1.959964 * 0.01), abs=1e-6)
+    # one seed: the seed part is unknown, no interval
+    assert np.isnan(seed_and_patient_interval(0.01, [0.03])["low"])
+    with pytest.raises(ValueError, match="seed_deltas"):
+        seed_and_patient_interval(0.01, [0.03, float("nan")])
+    with pytest.raises(ValueError, match="patient_se"):
+        seed_and_patient_interval(-0.01, [0.03, 0.02])
