@@ -318,6 +318,8 @@ def main() -> None:
                    help="where the ECG carries the patient's state (generate_cohort's ecg_signal)")
     p.add_argument("--genomics-signal", choices=("coexpression", "exclusive"), default="coexpression",
                    help="where the expression carries the patient's state (generate_cohort's genomics_signal)")
+    p.add_argument("--tabular-signal", choices=("linear", "interaction"), default="linear",
+                   help="where the lab columns carry the patient's state (generate_cohort's tabular_signal)")
     p.add_argument("--split-fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
                    help="the generated cohort's split (e.g. 0.3 0.05 0.65 of 2,000 patients: 600 to train on, "
                         "1,300 test patients for tight intervals)")
@@ -352,7 +354,7 @@ def main() -> None:
                         ecg_fs=int(DATA_CAPS["ecg_fs"]), wsi_patches=tuple(a.wsi_patches), show_progress=False,
                         wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal,
                         ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal,
-                        split_fractions=tuple(a.split_fractions))
+                        tabular_signal=a.tabular_signal, split_fractions=tuple(a.split_fractions))
         if a.noise_genes:
             add_noise_genes(root, a.noise_genes)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -372,6 +372,9 @@ def synth_main(argv: Sequence[str]) -> None:
     p.add_argument("--genomics-signal", choices=("coexpression", "exclusive"), default="coexpression",
                    help="coexpression: every gene of a pathway follows the patient's state; exclusive: one gene per "
                    "pathway and patient, drawn at random, carries it (mutually exclusive alterations)")
+    p.add_argument("--tabular-signal", choices=("linear", "interaction"), default="linear",
+                   help="linear: every lab column follows the patient's state; interaction: three pairs of lab columns "
+                   "carry it only jointly (a random per-patient sign flips both, as a modifier that changes what a lab means)")
     p.add_argument(
         "--missingness",
         type=_json_object,
@@ -387,7 +390,7 @@ def synth_main(argv: Sequence[str]) -> None:
         p.error(f"argument --missingness: {err}")
     root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes,
                           wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal,
-                          ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal)
+                          ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal, tabular_signal=a.tabular_signal)
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 

@@ -60,6 +60,7 @@ def generate_cohort(
     ts_signal: str = "level_and_trend",
     ecg_signal: str = "rate",
     genomics_signal: str = "coexpression",
+    tabular_signal: str = "linear",
 ) -> Path:
     """Generate a synthetic multimodal cohort with known Bayes-optimal predictions.
 
@@ -98,6 +99,9 @@ def generate_cohort(
             pathway; ``"exclusive"``: one gene per pathway and patient, drawn at random, carries
             it, as alterations within a cancer pathway are mutually exclusive (``genomics.py``).
             Other files, ``gene_groups.csv`` included, are the same either way.
+        tabular_signal: ``"linear"`` (default): every numeric column is an affine function of the
+            view; ``"interaction"``: three pairs of lab columns carry their part only jointly (a
+            random per-patient sign flips both; ``tabular.py``). Only ``tabular.parquet`` differs.
 
     Returns:
         The cohort folder.
@@ -118,6 +122,8 @@ def generate_cohort(
         raise ValueError(f"ecg_signal must be one of {ecg.SIGNALS}, got {ecg_signal!r}")
     if genomics_signal not in genomics.SIGNALS:
         raise ValueError(f"genomics_signal must be one of {genomics.SIGNALS}, got {genomics_signal!r}")
+    if tabular_signal not in tabular.SIGNALS:
+        raise ValueError(f"tabular_signal must be one of {tabular.SIGNALS}, got {tabular_signal!r}")
     fractions = splits.validate_fractions(split_fractions)
     resolved = resolve_missingness(missingness)
     root = prepare_out_dir(out_dir)
@@ -129,7 +135,7 @@ def generate_cohort(
     model = latent.make_model(rngs["model"], n_classes)
     z, views = latent.draw_latent(model, n_patients, rngs["latent"])
     labels = pd.DataFrame({"patient_id": ids, **latent.draw_outcomes(model, z, rngs["outcomes"])})
-    tab_values = tabular.draw_tabular(_standardized(model, views, "tabular"), rngs["tabular"])
+    tab_values = tabular.draw_tabular(_standardized(model, views, "tabular"), rngs["tabular"], tabular_signal)
     presence = draw_presence(resolved, tab_values["age"].to_numpy(), z @ model.beta, rngs["presence"])
 
     strata = 2 * labels["event"].to_numpy() + labels["binary"].to_numpy()
@@ -182,6 +188,7 @@ def generate_cohort(
         "notes": {"signal": notes_signal},
         "timeseries": {"signal": ts_signal},
         "genomics": {"signal": genomics_signal},
+        "tabular": {"signal": tabular_signal},
         "n_classes": int(n_classes),
         "n_causes": int(n_causes),
         "split_fractions": list(fractions),

@@ -1,5 +1,5 @@
 """``generate_cohort``'s signal options (``wsi_signal``, ``notes_signal``, ``ts_signal``,
-``ecg_signal``, ``genomics_signal``): each changes only its own modality's files, records itself in ``cohort.json``,
+``ecg_signal``, ``genomics_signal``, ``tabular_signal``): each changes only its own modality's files, records itself in ``cohort.json``,
 leaves the default byte-identical, and an unknown value is named before anything is written;
 ``clinfuse synth`` passes each one through its ``--<option>`` flag."""
 
@@ -20,6 +20,7 @@ OPTIONS = [
     ("ts_signal", "level_and_trend", "trend", "timeseries", lambda name: name == "timeseries.parquet"),
     ("ecg_signal", "rate", "rhythm", "ecg", lambda name: name.endswith((".dat", ".hea"))),  # headers hold checksums
     ("genomics_signal", "coexpression", "exclusive", "genomics", lambda name: name == "genomics.csv"),
+    ("tabular_signal", "linear", "interaction", "tabular", lambda name: name == "tabular.parquet"),
 ]
 
 
