@@ -4,7 +4,8 @@
 draw and score every model on the same resample, so the interval of a difference accounts for the
 models being evaluated on the same patients (two separate intervals that overlap say little about
 the difference). Written here because neither scikit-survival, lifelines nor scikit-learn offers
-a paired comparison of these metrics.
+a paired comparison of these metrics. ``seed_and_patient_interval`` widens such an interval by the
+training seeds' spread, for designs trained with several seeds each (``benchmarks/bench_encoders.py``).
 
 ``clinfuse compare --models A B [...] --root <cohort> [--split test] [--by <tabular column>]``
 scores each saved predictor on the folder (:meth:`Prognosis.predict_cohort`) and prints the
