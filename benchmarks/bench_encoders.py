@@ -308,7 +308,7 @@ def main() -> None:
     p.add_argument("--wsi-patches", type=int, nargs=2, default=list(WSI_PATCHES), metavar=("LOW", "HIGH"),
                    help="patches per slide written by the generator (small values save disk and time when "
                         "wsi is not benchmarked)")
-    p.add_argument("--wsi-signal", choices=("amount", "grade"), default="amount",
+    p.add_argument("--wsi-signal", choices=("amount", "grade", "focal"), default="amount",
                    help="where a slide carries the patient's state (generate_cohort's wsi_signal)")
     p.add_argument("--notes-signal", choices=("keywords", "context"), default="keywords",
                    help="where a note carries the patient's state (generate_cohort's notes_signal)")

@@ -355,10 +355,11 @@ def synth_main(argv: Sequence[str]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--causes", type=int, default=1,
                    help="competing causes of the event (2+ adds the labels' cause column and its oracle)")
-    p.add_argument("--wsi-signal", choices=("amount", "grade"), default="amount",
+    p.add_argument("--wsi-signal", choices=("amount", "grade", "focal"), default="amount",
                    help="amount: a slide's tumour share and tumour features carry the patient's state; grade: the "
                    "tumour share (2-20%%) is random and only the tumour patches' features carry it (the "
-                   "multiple-instance setting, where averaging all patches dilutes the signal)")
+                   "multiple-instance setting, where averaging all patches dilutes the signal); focal: as grade "
+                   "with a 0.5-3%% tumour share and a per-slide staining offset on every patch")
     p.add_argument("--notes-signal", choices=("keywords", "context"), default="keywords",
                    help="keywords: each informative word is in a note because of the patient; context: the patient's "
                    "symptoms, trajectory and support sit next to random others and only word order tells them apart "

@@ -84,7 +84,9 @@ def generate_cohort(
         wsi_signal: ``"amount"`` (default): a slide's tumour share and its tumour patches' features
             carry the WSI view; ``"grade"``: the tumour share (2-20 %) is random and only the
             tumour patches' features carry it, the multiple-instance setting where averaging all
-            patches dilutes the signal (``wsi.py``). Other files are the same either way.
+            patches dilutes the signal (``wsi.py``); ``"focal"``: as ``"grade"`` with a 0.5-3 % tumour
+            share and a per-slide staining offset on every patch (a small lesion on a stained
+            slide). Other files are the same whichever is chosen.
         notes_signal: ``"keywords"`` (default): each informative word is in a note because of the
             patient; ``"context"``: the patient's symptoms, trajectory and support sit next to
             random others and only word order ("reports ... denies ...", "now on ..., previously

@@ -12,6 +12,13 @@ patient's state. ``signal="grade"`` is the multiple-instance-learning setting in
 share is drawn uniformly from ``GRADE_FRACTION`` (2-20 %), whatever the patient, and the tumour
 patches' features carry the whole view (``1.5 t0 + D' u``). Averaging every patch then mixes the
 signal with a random tumour share; pooling that weighs the tumour patches (attention) does not.
+
+``signal="focal"`` is the small-lesion setting (a micro-metastasis in a lymph node section): as
+``"grade"``, but the tumour share is 0.5-3 % (``FOCAL_FRACTION``, at least one patch) and every
+patch of a slide is shifted by the slide's own staining offset (``N(0, STAIN_SD^2 I)``, as scanners
+and staining batches shift real patch features). The mean of all patches is then mostly the stain;
+only a reader that finds the few tumour patches (and can tell them from the slide's background)
+sees the view.
 """
 
 from pathlib import Path
@@ -26,8 +33,10 @@ from clinfuse.datasets.parallel import run_chunks
 CHUNK = 32
 PATCH_PIXELS = 256
 SECOND_SLIDE_RATE = 0.25
-SIGNALS = ("amount", "grade")
+SIGNALS = ("amount", "grade", "focal")
 GRADE_FRACTION = (0.02, 0.20)
+FOCAL_FRACTION = (0.005, 0.03)
+STAIN_SD = 0.5
 
 
 def tumor_fraction(u: np.ndarray) -> np.ndarray:
@@ -43,21 +52,24 @@ def tumor_layout(
     Args:
         u: Standardised WSI view of each slide's patient, shape ``(S, d)``.
         tumor_direction: Unit vector ``t0``, shape ``(F,)``.
-        mixing: ``D``, shape ``(F, d - 1)`` for ``"amount"`` or ``(F, d)`` for ``"grade"``.
-        signal: ``"amount"`` or ``"grade"`` (module docstring).
+        mixing: ``D``, shape ``(F, d - 1)`` for ``"amount"`` or ``(F, d)`` for ``"grade"``/``"focal"``.
+        signal: ``"amount"``, ``"grade"`` or ``"focal"`` (module docstring).
         rng: Source of the shares.
 
     Returns:
         ``fraction`` ``(S,)`` and ``shift`` ``(S, F)``.
     """
-    if signal == "grade":  # the share says nothing about the patient; the tumour's features say everything
-        fraction = rng.uniform(*GRADE_FRACTION, size=u.shape[0])
+    if signal in ("grade", "focal"):  # the share says nothing about the patient; the tumour's features say everything
+        fraction = rng.uniform(*(GRADE_FRACTION if signal == "grade" else FOCAL_FRACTION), size=u.shape[0])
         return fraction, 1.5 * tumor_direction + u @ mixing.T
     fraction = np.clip(tumor_fraction(u) + 0.05 * rng.standard_normal(u.shape[0]), 0.0, 0.95)
     return fraction, 1.5 * tumor_direction + u[:, 1:] @ mixing.T
 
 
-def slide_bag(n_patches: int, fraction: float, shift: np.ndarray, rng: np.random.Generator):
+def slide_bag(
+    n_patches: int, fraction: float, shift: np.ndarray, rng: np.random.Generator,
+    stain: np.ndarray | None = None, min_tumor: int = 0,
+):
     """Features and coordinates of one slide.
 
     Args:
@@ -65,6 +77,8 @@ def slide_bag(n_patches: int, fraction: float, shift: np.ndarray, rng: np.random
         fraction: Share of tumour patches.
         shift: Feature shift of tumour patches, shape ``(F,)``.
         rng: Source of randomness.
+        stain: The slide's staining offset added to every patch, shape ``(F,)`` (None: none).
+        min_tumor: At least this many tumour patches (at most ``P``).
 
     Returns:
         ``features`` float32 ``(P, F)`` and ``coords`` int32 ``(P, 2)``.
@@ -73,10 +87,12 @@ def slide_bag(n_patches: int, fraction: float, shift: np.ndarray, rng: np.random
     cell = np.arange(n_patches)
     grid = np.stack([cell % side, cell // side], axis=1)  # (P, 2)
     centre = rng.uniform(0, side, size=2)
-    n_tumor = int(round(fraction * n_patches))
+    n_tumor = min(n_patches, max(min_tumor, int(round(fraction * n_patches))))
     tumor = np.argsort(((grid - centre) ** 2).sum(1))[:n_tumor]
     features = rng.standard_normal((n_patches, shift.shape[0]), dtype=np.float32)
     features[tumor] += shift.astype(np.float32)
+    if stain is not None:
+        features += stain.astype(np.float32)
     origin = rng.integers(0, 40, size=2)
     coords = ((grid + origin) * PATCH_PIXELS).astype(np.int32)
     return features, coords
@@ -85,8 +101,10 @@ def slide_bag(n_patches: int, fraction: float, shift: np.ndarray, rng: np.random
 def _write_chunk(task: dict) -> None:
     """Synthesise and write one chunk of slides (runs in a worker)."""
     rng = np.random.default_rng(task["seed"])
-    for path, n_patches, fraction, shift in zip(task["paths"], task["n_patches"], task["fraction"], task["shift"]):
-        features, coords = slide_bag(int(n_patches), float(fraction), shift, rng)
+    stains = task.get("stain")
+    for k, (path, n_patches, fraction, shift) in enumerate(zip(task["paths"], task["n_patches"], task["fraction"], task["shift"])):
+        stain = None if stains is None else stains[k]
+        features, coords = slide_bag(int(n_patches), float(fraction), shift, rng, stain, task.get("min_tumor", 0))
         with h5py.File(path, "w") as f:
             f.create_dataset("features", data=features, track_times=False)
             f.create_dataset("coords", data=coords, track_times=False)
@@ -116,7 +134,7 @@ def write_wsi(
         feature_dim: Feature dimension ``F``.
         patches: Inclusive range ``(low, high)`` of the number of patches per slide.
         show_progress: Whether to show a progress bar.
-        signal: ``"amount"`` or ``"grade"``: where the view shows in a slide (module docstring).
+        signal: ``"amount"``, ``"grade"`` or ``"focal"``: where the view shows in a slide (module docstring).
 
     Returns:
         The ``slides.csv`` table: ``patient_id, slide_id, path`` (path relative to ``wsi_dir``).
@@ -137,9 +155,11 @@ def write_wsi(
     ids = np.asarray(patient_ids, dtype=object)[slide_rows]
     slide_ids = [f"{pid}_wsi{j}" for pid, j in zip(ids, slide_index)]
     n_patches = rng.integers(patches[0], patches[1] + 1, size=slide_rows.size)
-    if signal == "grade":  # drawn here, so the slides and their patch counts are those of "amount"
+    if signal in ("grade", "focal"):  # drawn here, so the slides and their patch counts are those of "amount"
         mixing = np.concatenate([rng.standard_normal((feature_dim, 1)) / np.sqrt(feature_dim), mixing], axis=1)
     fraction, shift = tumor_layout(u[slide_rows], tumor_direction, mixing, signal, rng)
+    # drawn last, so "amount" and "grade" draw exactly what they drew before "focal" existed
+    stain = STAIN_SD * rng.standard_normal((slide_rows.size, feature_dim)) if signal == "focal" else None
 
     starts = range(0, slide_rows.size, CHUNK)
     children = seed.spawn(len(starts))
@@ -149,6 +169,8 @@ def write_wsi(
             "n_patches": n_patches[i : i + CHUNK],
             "fraction": fraction[i : i + CHUNK],
             "shift": shift[i : i + CHUNK],
+            "stain": None if stain is None else stain[i : i + CHUNK],
+            "min_tumor": 1 if signal == "focal" else 0,
             "seed": children[c],
         }
         for c, i in enumerate(starts)
