@@ -14,7 +14,9 @@ patches' features carry the whole view (``1.5 t0 + D' u``). Averaging every patc
 signal with a random tumour share; pooling that weighs the tumour patches (attention) does not.
 
 ``signal="focal"`` is the small-lesion setting (a micro-metastasis in a lymph node section): as
-``"grade"``, but the tumour share is 0.5-3 % (``FOCAL_FRACTION``, at least one patch) and every
+``"grade"``, but the tumour share is 0.5-3 % (``FOCAL_FRACTION``, at least one patch), tumour
+patches stand out more (``FOCAL_TUMOR_SCALE t0`` instead of ``1.5 t0``: a few patches among
+hundreds must be findable, as tumour cells are to a pathologist), and every
 patch of a slide is shifted by the slide's own staining offset (``N(0, STAIN_SD^2 I)``, as scanners
 and staining batches shift real patch features). The mean of all patches is then mostly the stain;
 only a reader that finds the few tumour patches (and can tell them from the slide's background)
@@ -36,6 +38,7 @@ SECOND_SLIDE_RATE = 0.25
 SIGNALS = ("amount", "grade", "focal")
 GRADE_FRACTION = (0.02, 0.20)
 FOCAL_FRACTION = (0.005, 0.03)
+FOCAL_TUMOR_SCALE = 4.0
 STAIN_SD = 0.5
 
 
@@ -61,7 +64,8 @@ def tumor_layout(
     """
     if signal in ("grade", "focal"):  # the share says nothing about the patient; the tumour's features say everything
         fraction = rng.uniform(*(GRADE_FRACTION if signal == "grade" else FOCAL_FRACTION), size=u.shape[0])
-        return fraction, 1.5 * tumor_direction + u @ mixing.T
+        scale = 1.5 if signal == "grade" else FOCAL_TUMOR_SCALE
+        return fraction, scale * tumor_direction + u @ mixing.T
     fraction = np.clip(tumor_fraction(u) + 0.05 * rng.standard_normal(u.shape[0]), 0.0, 0.95)
     return fraction, 1.5 * tumor_direction + u[:, 1:] @ mixing.T
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from clinfuse.datasets.synthetic.wsi import FOCAL_FRACTION, GRADE_FRACTION, STAIN_SD, slide_bag, tumor_layout, write_wsi
+from clinfuse.datasets.synthetic.wsi import FOCAL_FRACTION, FOCAL_TUMOR_SCALE, GRADE_FRACTION, STAIN_SD, slide_bag, tumor_layout, write_wsi
 
 
 def _layout(signal: str, n: int = 4000, d: int = 4, f: int = 32):
@@ -33,7 +33,7 @@ def test_focal_share_is_small_and_random_and_the_tumour_features_carry_the_whole
     u, t0, mixing, fraction, shift = _layout("focal")
     assert FOCAL_FRACTION[0] <= fraction.min() and fraction.max() <= FOCAL_FRACTION[1]
     assert all(abs(np.corrcoef(fraction, u[:, j])[0, 1]) < 0.06 for j in range(u.shape[1]))
-    np.testing.assert_allclose(shift, 1.5 * t0 + u @ mixing.T)
+    np.testing.assert_allclose(shift, FOCAL_TUMOR_SCALE * t0 + u @ mixing.T)
 
 
 def test_slide_bag_adds_the_stain_to_every_patch_and_keeps_a_minimum_of_tumour_patches():
