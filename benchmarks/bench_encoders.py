@@ -310,6 +310,8 @@ def main() -> None:
                         "wsi is not benchmarked)")
     p.add_argument("--wsi-signal", choices=("amount", "grade", "focal"), default="amount",
                    help="where a slide carries the patient's state (generate_cohort's wsi_signal)")
+    p.add_argument("--wsi-stain-sd", type=float, default=None,
+                   help="per-slide staining offset sd (generate_cohort's wsi_stain_sd; default: the signal's)")
     p.add_argument("--notes-signal", choices=("keywords", "context"), default="keywords",
                    help="where a note carries the patient's state (generate_cohort's notes_signal)")
     p.add_argument("--ts-signal", choices=("level_and_trend", "trend"), default="level_and_trend",
@@ -354,7 +356,8 @@ def main() -> None:
                         ecg_fs=int(DATA_CAPS["ecg_fs"]), wsi_patches=tuple(a.wsi_patches), show_progress=False,
                         wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal,
                         ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal,
-                        tabular_signal=a.tabular_signal, split_fractions=tuple(a.split_fractions))
+                        tabular_signal=a.tabular_signal, wsi_stain_sd=a.wsi_stain_sd,
+                        split_fractions=tuple(a.split_fractions))
         if a.noise_genes:
             add_noise_genes(root, a.noise_genes)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

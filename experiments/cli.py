@@ -360,6 +360,9 @@ def synth_main(argv: Sequence[str]) -> None:
                    "tumour share (2-20%%) is random and only the tumour patches' features carry it (the "
                    "multiple-instance setting, where averaging all patches dilutes the signal); focal: as grade "
                    "with a 0.5-3%% tumour share and a per-slide staining offset on every patch")
+    p.add_argument("--wsi-stain-sd", type=float, default=None,
+                   help="sd of a per-slide staining offset on every patch (default: 0.5 with --wsi-signal focal, "
+                   "none otherwise; 0: none)")
     p.add_argument("--notes-signal", choices=("keywords", "context"), default="keywords",
                    help="keywords: each informative word is in a note because of the patient; context: the patient's "
                    "symptoms, trajectory and support sit next to random others and only word order tells them apart "
@@ -391,7 +394,8 @@ def synth_main(argv: Sequence[str]) -> None:
         p.error(f"argument --missingness: {err}")
     root = generate_cohort(a.out, n_patients=a.patients, seed=a.seed, missingness=missingness, n_causes=a.causes,
                           wsi_signal=a.wsi_signal, notes_signal=a.notes_signal, ts_signal=a.ts_signal,
-                          ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal, tabular_signal=a.tabular_signal)
+                          ecg_signal=a.ecg_signal, genomics_signal=a.genomics_signal, tabular_signal=a.tabular_signal,
+                          wsi_stain_sd=a.wsi_stain_sd)
     print(f"wrote a synthetic cohort of {a.patients} patients to {root}")
 
 

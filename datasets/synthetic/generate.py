@@ -61,6 +61,7 @@ def generate_cohort(
     ecg_signal: str = "rate",
     genomics_signal: str = "coexpression",
     tabular_signal: str = "linear",
+    wsi_stain_sd: float | None = None,
 ) -> Path:
     """Generate a synthetic multimodal cohort with known Bayes-optimal predictions.
 
@@ -87,6 +88,9 @@ def generate_cohort(
             patches dilutes the signal (``wsi.py``); ``"focal"``: as ``"grade"`` with a 0.5-3 % tumour
             share and a per-slide staining offset on every patch (a small lesion on a stained
             slide). Other files are the same whichever is chosen.
+        wsi_stain_sd: sd of a per-slide staining offset added to every patch of the slide (None:
+            0.5 for ``"focal"``, none for the others; 0: none), recorded in ``cohort.json`` when
+            used. Only the slides change.
         notes_signal: ``"keywords"`` (default): each informative word is in a note because of the
             patient; ``"context"``: the patient's symptoms, trajectory and support sit next to
             random others and only word order ("reports ... denies ...", "now on ..., previously
@@ -116,6 +120,7 @@ def generate_cohort(
         raise ValueError(f"n_causes must be an integer in [1, {causes.MAX_CAUSES}], got {n_causes!r}")
     if wsi_signal not in wsi.SIGNALS:
         raise ValueError(f"wsi_signal must be one of {wsi.SIGNALS}, got {wsi_signal!r}")
+    stain_sd = wsi.resolve_stain_sd(wsi_stain_sd, wsi_signal)
     if notes_signal not in notes.SIGNALS:
         raise ValueError(f"notes_signal must be one of {notes.SIGNALS}, got {notes_signal!r}")
     if ts_signal not in timeseries.SIGNALS:
@@ -173,7 +178,7 @@ def generate_cohort(
     records.to_csv(root / "ecg" / "records.csv", index=False)
     slides = wsi.write_wsi(
         root / "wsi", _standardized(model, views, "wsi"), ids, presence["wsi"], rngs["wsi"], seeds["wsi_noise"],
-        wsi_feature_dim, tuple(wsi_patches), show_progress, wsi_signal,
+        wsi_feature_dim, tuple(wsi_patches), show_progress, wsi_signal, stain_sd,
     )  # fmt: skip
     slides.to_csv(root / "wsi" / "slides.csv", index=False)
 
@@ -186,7 +191,8 @@ def generate_cohort(
         "missingness": resolved,
         "presence_rate": {m: float(np.mean(presence[m])) for m in latent.MODALITIES},
         "ecg": {"fs": int(ecg_fs), "seconds": float(ecg_seconds), "leads": list(ecg.LEADS), "signal": ecg_signal},
-        "wsi": {"feature_dim": int(wsi_feature_dim), "patches": [int(p) for p in wsi_patches], "signal": wsi_signal},
+        "wsi": {"feature_dim": int(wsi_feature_dim), "patches": [int(p) for p in wsi_patches], "signal": wsi_signal,
+                **({"stain_sd": stain_sd} if stain_sd > 0 else {})},  # absent: no stain (as cohorts before it)
         "notes": {"signal": notes_signal},
         "timeseries": {"signal": ts_signal},
         "genomics": {"signal": genomics_signal},

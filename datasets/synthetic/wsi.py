@@ -42,6 +42,18 @@ FOCAL_TUMOR_SCALE = 4.0
 STAIN_SD = 0.5
 
 
+def resolve_stain_sd(stain_sd: float | None, signal: str) -> float:
+    """The staining offset's sd a slide set gets: ``stain_sd``, or by default ``STAIN_SD`` for
+    ``"focal"`` and 0 for the other signals; ValueError unless it is a finite number >= 0."""
+    if stain_sd is None:
+        return STAIN_SD if signal == "focal" else 0.0
+    if isinstance(stain_sd, bool) or not isinstance(stain_sd, (int, float, np.integer, np.floating)) or not (
+        np.isfinite(stain_sd) and stain_sd >= 0
+    ):
+        raise ValueError(f"wsi_stain_sd must be a finite number >= 0 (or None for the signal's default), got {stain_sd!r}")
+    return float(stain_sd)
+
+
 def tumor_fraction(u: np.ndarray) -> np.ndarray:
     """Expected tumour-patch fraction per patient from the standardised WSI view ``u``."""
     return 0.05 + 0.6 * expit(1.5 * u[:, 0])
@@ -125,6 +137,7 @@ def write_wsi(
     patches: tuple[int, int],
     show_progress: bool,
     signal: str = "amount",
+    stain_sd: float | None = None,
 ) -> pd.DataFrame:
     """Write the slides of every present patient into ``wsi_dir``.
 
@@ -139,12 +152,15 @@ def write_wsi(
         patches: Inclusive range ``(low, high)`` of the number of patches per slide.
         show_progress: Whether to show a progress bar.
         signal: ``"amount"``, ``"grade"`` or ``"focal"``: where the view shows in a slide (module docstring).
+        stain_sd: sd of the per-slide staining offset added to every patch (None: ``STAIN_SD`` for
+            ``"focal"``, none for the others; 0: none).
 
     Returns:
         The ``slides.csv`` table: ``patient_id, slide_id, path`` (path relative to ``wsi_dir``).
     """
     if signal not in SIGNALS:
         raise ValueError(f"wsi signal must be one of {SIGNALS}, got {signal!r}")
+    stain_sd = resolve_stain_sd(stain_sd, signal)
     wsi_dir = Path(wsi_dir)
     wsi_dir.mkdir(parents=True, exist_ok=True)
     d = u.shape[1]
@@ -162,8 +178,8 @@ def write_wsi(
     if signal in ("grade", "focal"):  # drawn here, so the slides and their patch counts are those of "amount"
         mixing = np.concatenate([rng.standard_normal((feature_dim, 1)) / np.sqrt(feature_dim), mixing], axis=1)
     fraction, shift = tumor_layout(u[slide_rows], tumor_direction, mixing, signal, rng)
-    # drawn last, so "amount" and "grade" draw exactly what they drew before "focal" existed
-    stain = STAIN_SD * rng.standard_normal((slide_rows.size, feature_dim)) if signal == "focal" else None
+    # drawn last, so without a stain every slide is what it was before stains existed
+    stain = stain_sd * rng.standard_normal((slide_rows.size, feature_dim)) if stain_sd > 0 else None
 
     starts = range(0, slide_rows.size, CHUNK)
     children = seed.spawn(len(starts))
