@@ -1,11 +1,9 @@
 """The synthetic cohort's ``wsi_signal``: where a slide carries the patient's state."""
 
-import json
-
 import numpy as np
-import pytest
 
 from clinfuse.datasets.synthetic.wsi import FOCAL_FRACTION, FOCAL_TUMOR_SCALE, GRADE_FRACTION, STAIN_SD, slide_bag, tumor_layout, write_wsi
+from clinfuse.datasets.wsi import read_slide_features
 
 
 def _layout(signal: str, n: int = 4000, d: int = 4, f: int = 32):
@@ -62,57 +60,8 @@ def test_write_wsi_focal_bag_means_are_mostly_the_stain(tmp_path):
     for signal in ("grade", "focal"):
         table = write_wsi(tmp_path / signal, u, [f"p{i}" for i in range(n)], np.ones(n, bool),
                           np.random.default_rng(1), np.random.SeedSequence(2), f, (400, 400), False, signal)
-        means = np.stack([_read(tmp_path / signal / path).mean(0) for path in table["path"]])
+        means = np.stack([read_slide_features(tmp_path / signal / path).mean(0) for path in table["path"]])
         spread[signal] = float(np.median(means.std(0)))
     assert abs(spread["focal"] - STAIN_SD) < 0.1 * STAIN_SD
     assert spread["grade"] < 0.5 * STAIN_SD
 
-
-def _read(path):
-    import h5py
-
-    with h5py.File(path, "r") as h5:
-        return h5["features"][:]
-
-
-SMALL = dict(n_patients=24, seed=3, wsi_patches=(5, 20), ecg_seconds=2.0, show_progress=False)
-
-
-def _files(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_wsi_stain_sd_defaults_to_the_signal_and_changes_only_the_slides(tmp_path):
-    from clinfuse.datasets.synthetic import generate_cohort
-
-    focal = _files(generate_cohort(tmp_path / "focal", wsi_signal="focal", **SMALL))
-    focal_explicit = _files(generate_cohort(tmp_path / "focal_sd", wsi_signal="focal", wsi_stain_sd=STAIN_SD, **SMALL))
-    assert focal_explicit == focal
-    assert json.loads(focal["cohort.json"])["wsi"]["stain_sd"] == STAIN_SD
-    unstained = _files(generate_cohort(tmp_path / "focal_0", wsi_signal="focal", wsi_stain_sd=0.0, **SMALL))
-    assert "stain_sd" not in json.loads(unstained["cohort.json"])["wsi"]
-    plain = _files(generate_cohort(tmp_path / "plain", **SMALL))
-    stained = _files(generate_cohort(tmp_path / "stained", wsi_stain_sd=1.0, **SMALL))
-    assert "stain_sd" not in json.loads(plain["cohort.json"])["wsi"]
-    assert json.loads(stained["cohort.json"])["wsi"]["stain_sd"] == 1.0
-    changed = {name for name in plain if plain[name] != stained[name]}
-    assert changed and all(name.endswith(".h5") or name == "cohort.json" for name in changed)
-    for name in sorted(n for n in changed if n.endswith(".h5")):  # each slide shifted as a whole
-        diff = _read(tmp_path / "stained" / name) - _read(tmp_path / "plain" / name)
-        np.testing.assert_allclose(diff, np.broadcast_to(diff[0], diff.shape), atol=1e-5)
-
-
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.5", True])
-def test_a_bad_wsi_stain_sd_is_named_before_anything_is_written(tmp_path, bad):
-    from clinfuse.datasets.synthetic import generate_cohort
-
-    with pytest.raises(ValueError, match="wsi_stain_sd"):
-        generate_cohort(tmp_path / "out", wsi_stain_sd=bad, **SMALL)
-    assert not (tmp_path / "out").exists()
-
-
-def test_synth_command_passes_wsi_stain_sd(tmp_path):
-    from clinfuse.experiments.cli import synth_main
-
-    synth_main(["--out", str(tmp_path / "c"), "--patients", "12", "--wsi-stain-sd", "0.25"])
-    assert json.loads((tmp_path / "c" / "cohort.json").read_text())["wsi"]["stain_sd"] == 0.25
