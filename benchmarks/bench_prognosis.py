@@ -104,6 +104,20 @@ def _times(fn, reps: int) -> np.ndarray:
     return np.array(out)
 
 
+def train_predictor(work: Path, patients: int, epochs: int) -> tuple[Prognosis, ClinicalDataModule, Path]:
+    """The quickstart architecture (d_model 64, default encoders and fusion, survival) trained for
+    ``epochs`` on a ``patients``-patient synthetic cohort written under ``work``; its predictor."""
+    root = generate_cohort(work / "cohort", n_patients=patients, seed=0, show_progress=False)
+    lightning.seed_everything(0, verbose=False)
+    dm = ClinicalDataModule(str(root))
+    model = ClinFuseModule(spec=dm.spec, d_model=64)
+    trainer = lightning.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False,
+                                enable_checkpointing=False, enable_model_summary=False, default_root_dir=work)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(work / "model.ckpt")
+    return Prognosis.from_training(work / "model.ckpt", dm), dm, root
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--patients", type=int, default=600)
@@ -116,15 +130,7 @@ def main() -> None:
     allocator = "glibc defaults" if a.system_allocator else (
         "keep_freed_memory" if keep_freed_memory() else "keep_freed_memory unavailable (no glibc)")
     work = Path(tempfile.mkdtemp(prefix="clinfuse-prognosis-"))
-    root = generate_cohort(work / "cohort", n_patients=a.patients, seed=0, show_progress=False)
-    lightning.seed_everything(0, verbose=False)
-    dm = ClinicalDataModule(str(root))
-    model = ClinFuseModule(spec=dm.spec, d_model=64)
-    trainer = lightning.Trainer(max_epochs=a.epochs, logger=False, enable_progress_bar=False,
-                                enable_checkpointing=False, enable_model_summary=False, default_root_dir=work)
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(work / "model.ckpt")
-    prog = Prognosis.from_training(work / "model.ckpt", dm)
+    prog, dm, root = train_predictor(work, a.patients, a.epochs)
 
     ids = list(dm.cohort.splits["test"]) + list(dm.cohort.splits["val"]) + list(dm.cohort.splits["train"])
     records = records_from_cohort(root, ids)

@@ -236,7 +236,8 @@ def test_mlflow_pyfunc_matches_predict(trained, test_records, tmp_path):
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve(trained, test_records, tmp_path, serve):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the README's recipe for 2 cores, one torch thread each
+def test_mlflow_models_serve(trained, test_records, tmp_path, serve, workers):
     import sys
     from pathlib import Path
 
@@ -255,7 +256,8 @@ def test_mlflow_models_serve(trained, test_records, tmp_path, serve):
     exe = Path(sys.executable).parent / "mlflow"
     # the scoring server execs `uvicorn` from PATH: the fixture puts this interpreter's scripts first
     base = serve(lambda port: [str(exe), "models", "serve", "-m", info.model_uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], "/ping", env={"MLFLOW_TRACKING_URI": uri})
+                               "-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)], "/ping",
+                 env={"MLFLOW_TRACKING_URI": uri, **({"OMP_NUM_THREADS": "1"} if workers > 1 else {})})
     records = [test_records[0], {"patient_id": "tab_only", "tabular": test_records[1]["tabular"]}]
     wire = [{k: v for k, v in row.items() if isinstance(v, str)} for row in _wire(records).to_dict("records")]
     body = {"dataframe_records": wire, "params": {"horizons": [365.0]}}  # absent modality = key left out
