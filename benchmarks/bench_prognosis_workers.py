@@ -20,7 +20,7 @@ Measured (2026-12-02, 2 cores, otherwise idle; three runs): 1 worker x 2 threads
 With the fusion capped at 32 tokens per modality (``TransformerFusion(max_tokens_per_modality=32)``,
 set on the loaded model; one run): 1,266 and 1,999; at 64: 1,308 and 1,835. The cap is not the
 quickstart's: it keeps only a patient's 32 latest time-series events (of ~100 here), which a real
-cohort's trends may need (test C-index of the quickstart over five seeds: 0.7027 +- 0.0087 with it,
+cohort's trends may need (test C-index of the quickstart over five seeds: 0.7027 +- 0.0086 with it,
 0.6987 +- 0.0271 without; per seed, with minus without: -0.020 to +0.047; each fit with `clinfuse fit --config experiments/quickstart.yaml --seed_everything S`, one torch thread).
 """
 
