@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import wfdb
 
 from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked, select_leads  # noqa: F401 (re-exported)
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.parallel import run_chunks
 from clinfuse.datasets.reader import ModalityReader, check_finite, check_known_ids, read_table, to_float
+from clinfuse.datasets.wfdb_read import read_wfdb
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CACHE_DIR = ".clinfuse_cache"
@@ -30,7 +30,7 @@ class ECGReader(ModalityReader):
     """Reads one WFDB record per patient, resampled to ``fs`` Hz and cached on disk, memory-mapped.
 
     Each record is read with ``wfdb.rdrecord`` (any WFDB signal format: 16, 212, ``.mat``, several
-    signal files). Leads are selected by name, case-insensitively, in the order of ``leads``; a
+    signal files; one-file format-16 records by :mod:`clinfuse.datasets.wfdb_read`'s equal, faster path). Leads are selected by name, case-insensitively, in the order of ``leads``; a
     channel is renamed first through ``lead_aliases`` (e.g. ``{"MLII": "II"}`` to take MIT-BIH's
     modified limb lead II as lead II; no alias by default because MLII is recorded from torso
     electrodes and is not identical to the limb lead II). Only channels in a voltage unit (V, mV,
@@ -287,7 +287,7 @@ def read_ecg_record(
     ``(L,)`` lead mask (and, with ``with_seconds``, the record's duration in seconds before
     cropping / zero-padding); ValueError naming the files and the patient when it cannot be read."""
     try:
-        record = wfdb.rdrecord(str(path))
+        record = read_wfdb(path)
         data = record.p_signal
         if data is None or data.ndim != 2 or data.shape[0] != record.sig_len:
             raise ValueError(f"expected {record.sig_len} samples, read {getattr(data, 'shape', None)}")

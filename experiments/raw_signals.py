@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import wfdb
 
 from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked
 from clinfuse.datasets.reader import FLOAT32_MAX
+from clinfuse.datasets.wfdb_read import read_wfdb
 from clinfuse.datasets.wsi import check_bag, eval_subset, read_slide_features
 from clinfuse.experiments.wire import decode_array
 
@@ -78,7 +78,7 @@ def ecg_leads(state: dict, raw: Any, patient_id: str, notices: list[str] | None 
         raise ValueError(f"field 'ecg': expected a WFDB record path or {{signal, fs, leads}}, got {type(raw).__name__}")
     path = Path(str(raw)).with_suffix("") if str(raw).endswith((".hea", ".dat")) else Path(str(raw))
     try:
-        record = wfdb.rdrecord(str(path))
+        record = read_wfdb(path)
         data = record.p_signal
         if data is None or data.ndim != 2:
             raise ValueError(f"no physical signal read (shape {getattr(data, 'shape', None)})")

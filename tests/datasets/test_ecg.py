@@ -102,8 +102,8 @@ def test_cache_is_memory_mapped_and_not_pickled(root):
 def test_no_cache_reads_per_patient(root, monkeypatch):
     cached = reader(root).get("a")["signal"]
     calls = []
-    real = wfdb.rdrecord
-    monkeypatch.setattr(ecg_module.wfdb, "rdrecord", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = ecg_module.read_wfdb
+    monkeypatch.setattr(ecg_module, "read_wfdb", lambda *a, **k: calls.append(str(a[0])) or real(*a, **k))
     r = reader(root, cache=False)
     assert len(calls) == 6  # every record validated once up front, and read once by fit's amplitude statistic
     np.testing.assert_array_equal(r.get("a")["signal"], cached)

@@ -186,15 +186,15 @@ def test_ecg_cache_reused_and_invalidated(tiny, monkeypatch):
     assert list((tiny.root / ".clinfuse_cache").glob("ecg_*.npy"))
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("wfdb.rdrecord called although the cache is valid")
+        raise AssertionError("a record read although the cache is valid")
 
-    monkeypatch.setattr(ecg_module.wfdb, "rdrecord", forbidden)
+    monkeypatch.setattr(ecg_module, "read_wfdb", forbidden)
     np.testing.assert_array_equal(fitted(tiny, "ecg").get("p00")["signal"], first)
     monkeypatch.undo()
 
     calls = []
-    real = wfdb.rdrecord
-    monkeypatch.setattr(ecg_module.wfdb, "rdrecord", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = ecg_module.read_wfdb
+    monkeypatch.setattr(ecg_module, "read_wfdb", lambda *a, **k: calls.append(a) or real(*a, **k))
     signal = np.stack([sine(500, 5000, k) * 3 for k in range(12)], axis=1)  # a changed recording
     wfdb.wrsamp("r_p00", fs=500, units=["mV"] * 12, sig_name=LEADS, p_signal=signal, fmt=["16"] * 12,
                 write_dir=str(tiny.root / "ecg"))
