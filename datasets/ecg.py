@@ -30,7 +30,8 @@ class ECGReader(ModalityReader):
     """Reads one WFDB record per patient, resampled to ``fs`` Hz and cached on disk, memory-mapped.
 
     Each record is read with ``wfdb.rdrecord`` (any WFDB signal format: 16, 212, ``.mat``, several
-    signal files; one-file format-16 records by :mod:`clinfuse.datasets.wfdb_read`'s equal, faster path). Leads are selected by name, case-insensitively, in the order of ``leads``; a
+    signal files; records in one format-16 file through :mod:`clinfuse.datasets.wfdb_read`'s equal,
+    faster path). Leads are selected by name, case-insensitively, in the order of ``leads``; a
     channel is renamed first through ``lead_aliases`` (e.g. ``{"MLII": "II"}`` to take MIT-BIH's
     modified limb lead II as lead II; no alias by default because MLII is recorded from torso
     electrodes and is not identical to the limb lead II). Only channels in a voltage unit (V, mV,
