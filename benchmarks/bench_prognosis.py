@@ -8,6 +8,7 @@ contributions, for two input forms: files (WFDB records and .h5 bags read inside
 form a REST client sends (the ECG as an in-memory signal, the time series as columns; WSI bags as
 files, then as in-memory arrays): one patient (p50/p90 over repeats; all six modalities) and batches of 256. Last, the
 whole cohort folder scored by ``Prognosis.predict_cohort`` (the restored readers, batches of 256).
+Several single-threaded server processes together: ``bench_prognosis_workers.py``.
 
 Measured (2 CPU cores shared with another job, load average 0.8-1.5; two runs each, alternating
 with the code before packed fusion and batched ECG resampling):
