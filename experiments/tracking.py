@@ -33,6 +33,24 @@ class WorkdirMLFlowLogger(MLFlowLogger):
             artifact_location = str(Path.cwd().resolve() / "mlartifacts")
         super().__init__(*args, tracking_uri=tracking_uri, artifact_location=artifact_location, **kwargs)
 
+    def log_hyperparams(self, params: Any) -> None:
+        """Lightning's, but a fit resumed into an existing run (``run_id``) with other
+        hyperparameters gets a ValueError saying which changed and what to do instead of MLflow's
+        bare exception (MLflow params cannot change). Raised before any training step."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            super().log_hyperparams(params)
+        except MlflowException as err:
+            if "Changing param values is not allowed" not in str(err):
+                raise
+            raise ValueError(
+                f"MLflow run {self.run_id} already holds other values of this fit's hyperparameters "
+                f"({err.message}); MLflow params cannot change. To fit on with new hyperparameters, "
+                "leave out --trainer.logger.init_args.run_id: --ckpt_path still continues from the "
+                "checkpoint, in a new run tagged clinfuse.trained_in_run; or resume with the run's own values."
+            ) from None
+
 
 def default_logger_config() -> dict[str, Any]:
     """The ``trainer.logger`` the CLI uses unless the config names another one: a

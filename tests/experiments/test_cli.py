@@ -298,6 +298,22 @@ def test_a_fit_resumed_into_the_same_run_keeps_the_first_config(synthetic_cohort
     assert "max_epochs: 2\n" in config("config-resumed-1.yaml")
 
 
+def test_a_fit_resumed_into_the_same_run_with_other_hyperparameters_says_what_to_do(synthetic_cohort, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    quick = ["--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+             "--trainer.enable_progress_bar=false", "--data.modalities=[tabular]"]
+    cli_main(["fit", *_base(synthetic_cohort), *quick, "--trainer.max_epochs=1"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("clinfuse").experiment_id])
+    with pytest.raises(ValueError, match=r"(?s)already holds other values.*'lr'.*0\.001.*0\.002.*leave out "
+                                         r"--trainer.logger.init_args.run_id"):
+        cli_main(["fit", *_base(synthetic_cohort), *quick, "--trainer.max_epochs=2", "--model.lr=0.002",
+                  f"--trainer.logger.init_args.run_id={run.info.run_id}"])
+    assert client.get_run(run.info.run_id).data.params["lr"] == "0.001"  # the run is left as it was
+
+
 def test_each_resumption_gets_the_next_config_name():
     from types import SimpleNamespace
 
