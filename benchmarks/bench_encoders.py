@@ -60,6 +60,7 @@ MODALITIES = ("tabular", "timeseries", "ecg", "notes", "wsi", "genomics")
 DATA_CAPS = {"max_events": 256, "max_patches": 256, "max_notes": 8, "max_words": 128,
              "ecg_fs": 100.0, "ecg_seconds": 10.0}
 WSI_PATCHES = (200, 2000)  # the generator default: patches per slide
+FORECAST_KEY = "_forecast_pretrain"  # in a run's settings: (epochs, hours); not a data-module setting
 PRELOAD = ["torch", "lightning.pytorch", "clinfuse.experiments.module", "clinfuse.datasets.datamodule",
            "clinfuse.encoders.registry"]
 
@@ -77,8 +78,12 @@ def yaml_data_settings() -> dict[str, dict]:
     return out
 
 
-def plan(modalities: list[str], names: list[str] | None, pretrained_notes: str | None) -> list[tuple[str, str, dict]]:
-    """(modality, encoder class name, data-module settings) for every encoder to run."""
+def plan(modalities: list[str], names: list[str] | None, pretrained_notes: str | None,
+         forecast_epochs: int = 0, forecast_hours: float = 2.0) -> list[tuple[str, str, dict]]:
+    """(modality, encoder class name, data-module settings) for every encoder to run; with
+    ``forecast_epochs``, each time-series encoder runs as ``<name>+forecast`` instead: first
+    pretrained to forecast (:class:`~clinfuse.experiments.forecast_pretrain.ForecastPretrainModule`,
+    on the training split, no labels), then trained with the task as the others."""
     from clinfuse.encoders.registry import ENCODER_CLASSES, ENCODERS
 
     data = yaml_data_settings()
@@ -97,6 +102,9 @@ def plan(modalities: list[str], names: list[str] | None, pretrained_notes: str |
                     print(f"skip {name}: needs --pretrained-notes DIR", file=sys.stderr)
                     continue
                 settings["notes_pretrained"] = pretrained_notes
+            if forecast_epochs and m == "timeseries":
+                settings = {**settings, FORECAST_KEY: (forecast_epochs, forecast_hours)}
+                name = f"{name}+forecast"
             runs.append((m, name, settings))
     return runs
 
@@ -134,13 +142,25 @@ def train_one(
     row = {"modality": modality, "encoder": encoder, "seed": seed}
     try:
         torch.set_num_threads(threads)
+        settings = dict(settings)
+        forecast = settings.pop(FORECAST_KEY, None)
         dm = ClinicalDataModule(root, modalities=[modality], seed=seed, batch_size=batch_size,
                                 **{**DATA_CAPS, **settings})
         dm.prepare_data()
         dm.setup("fit")  # load + fit preprocessing outside the timed part
         pl.seed_everything(seed, verbose=False)
         model = ClinFuseModule(spec={modality: dm.spec[modality]}, d_model=64,
-                               encoders={modality: ENCODER_CLASSES[encoder]}, task="survival")
+                               encoders={modality: ENCODER_CLASSES[encoder.split("+")[0]]}, task="survival")
+        pretrain_s = 0.0
+        if forecast:  # self-supervised, on the training split; counted in fit_s
+            from clinfuse.experiments.forecast_pretrain import ForecastPretrainModule
+
+            t0 = time.perf_counter()
+            pl.Trainer(max_epochs=forecast[0], accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                       num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+                       limit_val_batches=0).fit(ForecastPretrainModule(model.encoders[modality], forecast_hours=forecast[1]),
+                                                datamodule=dm)
+            pretrain_s = time.perf_counter() - t0
         with tempfile.TemporaryDirectory(prefix="clinfuse-bench-enc-") as ckpt_dir:
             ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor="val/c_index", mode="max", save_top_k=1)
             trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
@@ -150,7 +170,7 @@ def train_one(
             _reset_peak_rss()
             t0 = time.perf_counter()
             trainer.fit(model, datamodule=dm)
-            fit_s = time.perf_counter() - t0
+            fit_s = time.perf_counter() - t0 + pretrain_s
             peak = _status_kb("VmHWM")
             # weights_only=False: the hyperparameters hold the encoder class; the file is our own, just written
             test = trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False, weights_only=False)[0]
@@ -328,6 +348,10 @@ def main() -> None:
     p.add_argument("--noise-genes", type=int, default=0,
                    help="append this many uninformative genes to genomics.csv (in gene_groups.csv as sets of "
                         "30), as a real expression panel has; the oracle is unchanged (they carry no signal)")
+    p.add_argument("--ts-forecast-pretrain", type=int, default=0, metavar="EPOCHS",
+                   help="pretrain each time-series encoder this many epochs to forecast (STraTS's self-supervised "
+                        "task) before training it; its rows are named <encoder>+forecast")
+    p.add_argument("--forecast-hours", type=float, default=2.0, help="the forecast window of --ts-forecast-pretrain")
     p.add_argument("--table-from", default=None, help="print the tables of an --out CSV (with --cohort-dir); no training")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -344,7 +368,7 @@ def main() -> None:
         oracle = oracle_c_index(Path(a.cohort_dir), sorted({r["modality"] for r in rows}))
         print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}, test_labels(Path(a.cohort_dir))))
         return
-    runs = plan(a.modalities, a.encoders, a.pretrained_notes)
+    runs = plan(a.modalities, a.encoders, a.pretrained_notes, a.ts_forecast_pretrain, a.forecast_hours)
 
     root = Path(a.cohort_dir) if a.cohort_dir else Path(tempfile.mkdtemp(prefix="clinfuse-encoders-")) / "cohort"
     if not (root / "cohort.json").is_file():
