@@ -73,10 +73,11 @@ class ContinuousValueEmbedding(nn.Module):
 
 
 class STraTSEncoder(ModalityEncoder):
-    """Self-supervised Transformer for Time-Series (STraTS) triplet encoder, without the pretraining.
+    """Self-supervised Transformer for Time-Series (STraTS) triplet encoder.
 
     Follows Tipirneni & Reddy, "Self-Supervised Transformer for Sparse and Irregularly Sampled
-    Multivariate Clinical Time-Series", ACM TKDD 2022.
+    Multivariate Clinical Time-Series", ACM TKDD 2022. Its self-supervised forecasting task is
+    :class:`clinfuse.experiments.forecast_pretrain.ForecastPretrainModule` (run before the task).
 
     Each observation is one token ``E_var(variable) + CVE_value(value) + CVE_time(time / horizon)``
     (times are divided by ``horizon_hours`` so the CVE's tanh is not saturated at hour 48; values are
