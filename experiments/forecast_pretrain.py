@@ -109,6 +109,9 @@ class ForecastPretrainModule(pl.LightningModule):
         return first + torch.rand_like(first) * (last - first)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        if "timeseries" not in batch["inputs"]:
+            raise ValueError(f"ForecastPretrainModule: the batch holds no time series (modalities "
+                             f"{sorted(batch['inputs'])}); give it a data module that loads 'timeseries'")
         inputs = batch["inputs"]["timeseries"]
         loss = self.loss(inputs, self.draw_cutoffs(inputs))
         self.log(f"pretrain/{stage}_loss", loss, prog_bar=True, batch_size=inputs["mask"].shape[0])

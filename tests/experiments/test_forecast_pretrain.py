@@ -89,3 +89,6 @@ def test_bad_arguments_are_named():
         ForecastPretrainModule(TabularMLPEncoder(16, TabularMLPEncoder.example_spec()))
     with pytest.raises(ValueError, match="forecast_hours must be > 0"):
         ForecastPretrainModule(STraTSEncoder(16, STraTSEncoder.example_spec()), forecast_hours=0)
+    pre = ForecastPretrainModule(STraTSEncoder(16, STraTSEncoder.example_spec()))
+    with pytest.raises(ValueError, match=r"holds no time series \(modalities \['tabular'\]\)"):
+        pre.training_step({"inputs": {"tabular": {}}}, 0)
