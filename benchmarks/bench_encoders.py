@@ -60,7 +60,7 @@ MODALITIES = ("tabular", "timeseries", "ecg", "notes", "wsi", "genomics")
 DATA_CAPS = {"max_events": 256, "max_patches": 256, "max_notes": 8, "max_words": 128,
              "ecg_fs": 100.0, "ecg_seconds": 10.0}
 WSI_PATCHES = (200, 2000)  # the generator default: patches per slide
-FORECAST_KEY = "_forecast_pretrain"  # in a run's settings: (epochs, hours); not a data-module setting
+FORECAST_KEY = "_forecast_pretrain"  # in a run's settings: (epochs, hours, unlabelled folder or None); not a data-module setting
 PRELOAD = ["torch", "lightning.pytorch", "clinfuse.experiments.module", "clinfuse.datasets.datamodule",
            "clinfuse.encoders.registry"]
 
@@ -79,11 +79,12 @@ def yaml_data_settings() -> dict[str, dict]:
 
 
 def plan(modalities: list[str], names: list[str] | None, pretrained_notes: str | None,
-         forecast_epochs: int = 0, forecast_hours: float = 2.0) -> list[tuple[str, str, dict]]:
+         forecast_epochs: int = 0, forecast_hours: float = 2.0, unlabelled: str | None = None) -> list[tuple[str, str, dict]]:
     """(modality, encoder class name, data-module settings) for every encoder to run; with
     ``forecast_epochs``, each time-series encoder runs as ``<name>+forecast`` instead: first
     pretrained to forecast (:class:`~clinfuse.experiments.forecast_pretrain.ForecastPretrainModule`,
-    on the training split, no labels), then trained with the task as the others."""
+    on the training split, no labels; also on the patients of the ``unlabelled`` folder when given,
+    named ``<name>+forecast+unlabelled``), then trained with the task as the others."""
     from clinfuse.encoders.registry import ENCODER_CLASSES, ENCODERS
 
     data = yaml_data_settings()
@@ -103,8 +104,8 @@ def plan(modalities: list[str], names: list[str] | None, pretrained_notes: str |
                     continue
                 settings["notes_pretrained"] = pretrained_notes
             if forecast_epochs and m == "timeseries":
-                settings = {**settings, FORECAST_KEY: (forecast_epochs, forecast_hours)}
-                name = f"{name}+forecast"
+                settings = {**settings, FORECAST_KEY: (forecast_epochs, forecast_hours, unlabelled)}
+                name = f"{name}+forecast" + ("+unlabelled" if unlabelled else "")
             runs.append((m, name, settings))
     return runs
 
@@ -132,7 +133,6 @@ def train_one(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from clinfuse.datasets.datamodule import ClinicalDataModule
-    from clinfuse.encoders.registry import ENCODER_CLASSES
     from clinfuse.experiments.module import ClinFuseModule
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # progress lines stay readable
@@ -150,16 +150,20 @@ def train_one(
         dm.setup("fit")  # load + fit preprocessing outside the timed part
         pl.seed_everything(seed, verbose=False)
         model = ClinFuseModule(spec={modality: dm.spec[modality]}, d_model=64,
-                               encoders={modality: ENCODER_CLASSES[encoder.split("+")[0]]}, task="survival")
+                               encoders={modality: encoder_factory(encoder.split("+")[0])}, task="survival")
         pretrain_s = 0.0
         if forecast:  # self-supervised, on the training split; counted in fit_s
             from clinfuse.experiments.forecast_pretrain import ForecastPretrainModule
 
+            from clinfuse.experiments.unlabelled_series import pretraining_loader
+
             t0 = time.perf_counter()
+            data = ({"train_dataloaders": pretraining_loader(dm, forecast[2], seed=seed)} if forecast[2]
+                    else {"datamodule": dm})
             pl.Trainer(max_epochs=forecast[0], accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
                        limit_val_batches=0).fit(ForecastPretrainModule(model.encoders[modality], forecast_hours=forecast[1]),
-                                                datamodule=dm)
+                                                **data)
             pretrain_s = time.perf_counter() - t0
         with tempfile.TemporaryDirectory(prefix="clinfuse-bench-enc-") as ckpt_dir:
             ckpt = ModelCheckpoint(dirpath=ckpt_dir, monitor="val/c_index", mode="max", save_top_k=1)
@@ -185,6 +189,35 @@ def train_one(
     except Exception:  # reported in the table and on stderr; the other runs go on
         row["error"] = traceback.format_exc()
     return row
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``"Class:key=value,key=value"`` (or a row name ``"Class(key=value,...)"``) -> (class name,
+    init arguments); values are read as YAML (``periodic``, ``1.0``, ``true``)."""
+    import yaml
+
+    name, _, args = spec.removesuffix(")").replace("(", ":", 1).partition(":")
+    kwargs = {}
+    for part in filter(None, args.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"variant {spec!r}: expected Class:key=value[,key=value], got {part!r}")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    return name.strip(), kwargs
+
+
+def variant_name(name: str, kwargs: dict) -> str:
+    return f"{name}({','.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else name
+
+
+def encoder_factory(row_name: str):
+    """The encoder class of a row, with its ``--variant`` init arguments bound."""
+    import functools
+
+    from clinfuse.encoders.registry import ENCODER_CLASSES
+
+    name, kwargs = parse_variant(row_name)
+    return functools.partial(ENCODER_CLASSES[name], **kwargs) if kwargs else ENCODER_CLASSES[name]
 
 
 def _in_fresh_process(ctx, *args) -> dict:
@@ -304,6 +337,63 @@ def add_noise_genes(root: Path, n: int, seed: int = 123) -> None:
     pd.concat([groups, extra]).to_csv(root / "gene_groups.csv", index=False)
 
 
+def add_noise_labs(root: Path, n: int, seed: int = 321) -> None:
+    """Append ``n`` uninformative numeric lab columns ``lab_###`` to ``tabular.parquet``: the many
+    columns of a real EHR extract that say nothing about the outcome. They come in panels of 8
+    (``lab_000``-``lab_007`` one panel, ...) that share a patient-level factor (correlation ~0.5
+    within a panel, as a liver or a blood-gas panel), each column on its own scale (centre in
+    [1, 200], spread 5-30 % of it); per patient a panel is missing as a whole with probability
+    0.3 (not ordered) and each cell with 0.05. Independent of everything else in the cohort."""
+    import pandas as pd
+
+    table = pd.read_parquet(root / "tabular.parquet")
+    rng = np.random.default_rng(seed)
+    rows, panels = len(table), -(-n // 8)
+    factor = rng.standard_normal((rows, panels))
+    centre = rng.uniform(1, 200, n)
+    spread = centre * rng.uniform(0.05, 0.3, n)
+    cols = {}
+    for i in range(n):
+        z = np.sqrt(0.5) * factor[:, i // 8] + np.sqrt(0.5) * rng.standard_normal(rows)
+        cols[f"lab_{i:03d}"] = np.round(centre[i] + spread[i] * z, 2)
+    labs = pd.DataFrame(cols)
+    panel_missing = rng.uniform(size=(rows, panels)) < 0.3
+    cell_missing = rng.uniform(size=(rows, n)) < 0.05
+    labs = labs.mask(panel_missing[:, np.arange(n) // 8] | cell_missing)
+    pd.concat([table, labs], axis=1).to_parquet(root / "tabular.parquet", index=False)
+
+
+PATIENT_TABLES = ("labels.parquet", "oracle.parquet", "presence.parquet", "tabular.parquet", "timeseries.parquet",
+                  "notes.parquet", "genomics.csv", "splits.csv", "ecg/records.csv", "wsi/slides.csv")
+
+
+def split_off_unlabelled(root: Path, n: int, seed: int = 7) -> Path:
+    """Take ``n`` test patients (a seeded draw) out of the cohort at ``root``: their time series go to
+    ``<root>-unlabelled/timeseries.parquet`` and every patient table of ``root`` drops them (their
+    ECG/slide files stay, unlisted). The patients a hospital has without follow-up; returns the folder."""
+    import pandas as pd
+
+    splits = pd.read_csv(root / "splits.csv", dtype=str)
+    test = splits.loc[splits["split"] == "test", "patient_id"].to_numpy()
+    if n >= len(test):
+        raise ValueError(f"--ts-unlabelled {n}: the cohort has only {len(test)} test patients")
+    moved = set(np.random.default_rng(seed).choice(test, size=n, replace=False).tolist())
+    out = root.parent / f"{root.name}-unlabelled"
+    out.mkdir(exist_ok=True)
+    for name in PATIENT_TABLES:
+        path = root / name
+        if not path.exists():
+            continue
+        parquet = path.suffix == ".parquet"
+        table = pd.read_parquet(path) if parquet else pd.read_csv(path, dtype={"patient_id": str})
+        gone = table["patient_id"].astype(str).isin(moved)
+        if name == "timeseries.parquet":
+            table[gone].to_parquet(out / name, index=False)
+        kept = table[~gone]
+        kept.to_parquet(path, index=False) if parquet else kept.to_csv(path, index=False)
+    return out
+
+
 def read_rows(path: str) -> list[dict]:
     """The per-seed rows of an ``--out`` CSV (also one an interrupted run left), numbers parsed."""
     import pandas as pd
@@ -348,17 +438,29 @@ def main() -> None:
     p.add_argument("--noise-genes", type=int, default=0,
                    help="append this many uninformative genes to genomics.csv (in gene_groups.csv as sets of "
                         "30), as a real expression panel has; the oracle is unchanged (they carry no signal)")
+    p.add_argument("--noise-labs", type=int, default=0,
+                   help="append this many uninformative lab columns to tabular.parquet (add_noise_labs)")
     p.add_argument("--ts-forecast-pretrain", type=int, default=0, metavar="EPOCHS",
                    help="pretrain each time-series encoder this many epochs to forecast (STraTS's self-supervised "
                         "task) before training it; its rows are named <encoder>+forecast")
+    p.add_argument("--ts-unlabelled", type=int, default=0, metavar="N",
+                   help="with --ts-forecast-pretrain: move N test patients out of the generated cohort, labels "
+                        "dropped, and pretrain on their time series too (pretraining_loader)")
     p.add_argument("--forecast-hours", type=float, default=2.0, help="the forecast window of --ts-forecast-pretrain")
+    p.add_argument("--variant", action="append", default=[], metavar="CLASS:KEY=VALUE,...",
+                   help="also run this encoder with these init arguments (e.g. FTTransformerEncoder:"
+                        "numeric_embedding=periodic); its rows are named CLASS(KEY=VALUE,...). Repeatable")
     p.add_argument("--table-from", default=None, help="print the tables of an --out CSV (with --cohort-dir); no training")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
 
     from clinfuse.encoders.registry import ENCODER_CLASSES, ENCODERS
 
-    unknown = sorted(set(a.encoders or []) - set(ENCODER_CLASSES))
+    try:
+        variants = [parse_variant(v) for v in a.variant]
+    except ValueError as err:
+        p.error(str(err))
+    unknown = sorted((set(a.encoders or []) | {n for n, _ in variants}) - set(ENCODER_CLASSES))
     if unknown:
         p.error(f"unknown encoders {unknown}; known: {sorted(ENCODER_CLASSES)}")
     if a.table_from:
@@ -368,9 +470,16 @@ def main() -> None:
         oracle = oracle_c_index(Path(a.cohort_dir), sorted({r["modality"] for r in rows}))
         print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}, test_labels(Path(a.cohort_dir))))
         return
-    runs = plan(a.modalities, a.encoders, a.pretrained_notes, a.ts_forecast_pretrain, a.forecast_hours)
-
+    if a.ts_unlabelled and not a.ts_forecast_pretrain:
+        p.error("--ts-unlabelled needs --ts-forecast-pretrain (the unlabelled patients only serve the pretraining)")
     root = Path(a.cohort_dir) if a.cohort_dir else Path(tempfile.mkdtemp(prefix="clinfuse-encoders-")) / "cohort"
+    unlabelled = str(root.parent / f"{root.name}-unlabelled") if a.ts_unlabelled else None
+    runs = plan(a.modalities, a.encoders, a.pretrained_notes, a.ts_forecast_pretrain, a.forecast_hours, unlabelled)
+    for name, kwargs in variants:  # after the plain rows, with the same data settings as their class
+        base = plan([ENCODER_CLASSES[name].modality], [name], a.pretrained_notes, a.ts_forecast_pretrain,
+                    a.forecast_hours, unlabelled)
+        runs += [(m, n.replace(name, variant_name(name, kwargs), 1), st) for m, n, st in base]
+
     if not (root / "cohort.json").is_file():
         from clinfuse.datasets.synthetic import generate_cohort
 
@@ -384,7 +493,13 @@ def main() -> None:
                         split_fractions=tuple(a.split_fractions))
         if a.noise_genes:
             add_noise_genes(root, a.noise_genes)
+        if a.noise_labs:
+            add_noise_labs(root, a.noise_labs)
+        if a.ts_unlabelled:
+            split_off_unlabelled(root, a.ts_unlabelled)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if unlabelled and not (Path(unlabelled) / "timeseries.parquet").exists():
+        p.error(f"{root} was generated without --ts-unlabelled ({unlabelled} has no timeseries.parquet)")
     n_patients = json.loads((root / "cohort.json").read_text())["n_patients"]  # a reused cohort's own size
     oracle = oracle_c_index(root, a.modalities)
 

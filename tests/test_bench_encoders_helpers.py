@@ -1,0 +1,76 @@
+"""The cohort edits and the --variant parsing of benchmarks/bench_encoders.py (they decide what a
+benchmark row measures)."""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clinfuse.datasets.datamodule import ClinicalDataModule
+from clinfuse.encoders.ft_tabular import FTTransformerEncoder
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_encoders.py"
+    spec = importlib.util.spec_from_file_location("bench_encoders", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_off_unlabelled_moves_test_patients_out_of_every_table(bench, synthetic_cohort, tmp_path):
+    root = tmp_path / "cohort"
+    shutil.copytree(synthetic_cohort, root)
+    before = pd.read_csv(root / "splits.csv", dtype=str)
+    events = pd.read_parquet(root / "timeseries.parquet")
+    out = bench.split_off_unlabelled(root, 10)
+    after = pd.read_csv(root / "splits.csv", dtype=str)
+    moved = set(before["patient_id"]) - set(after["patient_id"])
+    assert len(moved) == 10 and moved <= set(before.loc[before["split"] == "test", "patient_id"])
+    assert after.merge(before, on="patient_id")["split_x"].eq(after.merge(before, on="patient_id")["split_y"]).all()
+    for name in bench.PATIENT_TABLES:
+        if (root / name).exists():
+            table = pd.read_parquet(root / name) if name.endswith(".parquet") else pd.read_csv(root / name, dtype=str)
+            assert not set(table["patient_id"].astype(str)) & moved, name
+    unl = pd.read_parquet(out / "timeseries.parquet")
+    assert set(unl["patient_id"]) <= moved
+    pd.testing.assert_frame_equal(unl.reset_index(drop=True),
+                                  events[events["patient_id"].isin(moved)].reset_index(drop=True))
+    dm = ClinicalDataModule(str(root))  # the edited folder is still a valid cohort
+    dm.setup("fit")
+    assert len(dm.cohort.splits["test"]) == (before["split"] == "test").sum() - 10
+    with pytest.raises(ValueError, match="only .* test patients"):
+        bench.split_off_unlabelled(root, 10_000)
+
+
+def test_noise_labs_are_uninformative_numeric_columns_with_missing_panels(bench, synthetic_cohort, tmp_path):
+    root = tmp_path / "cohort"
+    shutil.copytree(synthetic_cohort, root)
+    table = pd.read_parquet(root / "tabular.parquet")
+    bench.add_noise_labs(root, 20)
+    wide = pd.read_parquet(root / "tabular.parquet")
+    pd.testing.assert_frame_equal(wide[table.columns], table)
+    labs = wide[[f"lab_{i:03d}" for i in range(20)]]
+    assert labs.dtypes.eq("float64").all()
+    assert 0.2 < labs.isna().to_numpy().mean() < 0.5  # panels missing at 0.3 plus cells at 0.05
+    within = labs[["lab_000", "lab_001"]].corr().iloc[0, 1]
+    assert within > 0.3  # one panel shares a factor
+    dm = ClinicalDataModule(str(root), modalities=["tabular"])
+    dm.setup("fit")
+    assert "lab_019" in dm.spec["tabular"]["numeric_features"]
+
+
+def test_variants_bind_init_arguments_and_round_trip_through_the_row_name(bench):
+    name, kwargs = bench.parse_variant("FTTransformerEncoder:numeric_embedding=periodic,frequency_scale=1.0")
+    assert (name, kwargs) == ("FTTransformerEncoder", {"numeric_embedding": "periodic", "frequency_scale": 1.0})
+    row = bench.variant_name(name, kwargs)
+    assert row == "FTTransformerEncoder(numeric_embedding=periodic,frequency_scale=1.0)"
+    assert bench.parse_variant(row) == (name, kwargs)
+    enc = bench.encoder_factory(row)(16, FTTransformerEncoder.example_spec())
+    assert enc.numeric_embedding == "periodic"
+    assert enc.frequencies.std().item() > 0.3  # drawn at scale 1.0, not the default 0.1
+    with pytest.raises(ValueError, match="expected Class:key=value"):
+        bench.parse_variant("FTTransformerEncoder:periodic")
