@@ -476,6 +476,8 @@ def main() -> None:
     unlabelled = str(root.parent / f"{root.name}-unlabelled") if a.ts_unlabelled else None
     runs = plan(a.modalities, a.encoders, a.pretrained_notes, a.ts_forecast_pretrain, a.forecast_hours, unlabelled)
     for name, kwargs in variants:  # after the plain rows, with the same data settings as their class
+        if ENCODER_CLASSES[name].modality not in a.modalities:
+            p.error(f"--variant {name}: its modality {ENCODER_CLASSES[name].modality!r} is not in --modalities")
         base = plan([ENCODER_CLASSES[name].modality], [name], a.pretrained_notes, a.ts_forecast_pretrain,
                     a.forecast_hours, unlabelled)
         runs += [(m, n.replace(name, variant_name(name, kwargs), 1), st) for m, n, st in base]
