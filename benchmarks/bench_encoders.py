@@ -258,17 +258,17 @@ def test_labels(root: Path):  # noqa: ANN201 - a pandas DataFrame
     return pd.read_parquet(root / "labels.parquet").set_index("patient_id").loc[test, ["time", "event"]]
 
 
-def paired_delta(default: list[dict], alternative: list[dict], labels) -> str:  # noqa: ANN001 - DataFrame
-    """Paired bootstrap 95% interval and two-sided p of the seed-averaged C difference, resampling
-    the test patients (the part of the uncertainty the seed sd leaves out), then the interval and p
-    with the training seeds' spread added (:func:`~clinfuse.experiments.compare.seed_and_patient_interval`);
-    ``-`` without risks."""
+def delta_stats(default: list[dict], alternative: list[dict], labels) -> dict | None:  # noqa: ANN001 - DataFrame
+    """The seed-averaged C difference of ``alternative`` over ``default`` on the same test patients:
+    the paired bootstrap over the test patients (``patient_low``/``patient_high``/``patient_p``)
+    and, with the training seeds' spread added (:func:`~clinfuse.experiments.compare.seed_and_patient_interval`),
+    ``delta``, ``se``, ``low``, ``high``, ``p_value``. None without risks or labels."""
     from clinfuse.experiments.compare import paired_c_index, seed_and_patient_interval
 
     by_seed = {r["seed"]: r for r in default if r.get("test_risks")}
     pairs = [(by_seed[r["seed"]], r) for r in alternative if r.get("test_risks") and r["seed"] in by_seed]
     if not pairs or labels is None:
-        return "- | - | - | -"
+        return None
     ids = labels.index.tolist()
 
     def matrix(rs: list[dict]) -> np.ndarray:
@@ -278,8 +278,65 @@ def paired_delta(default: list[dict], alternative: list[dict], labels) -> str:  
     t = paired_c_index([matrix([d for d, _ in pairs]), matrix([a for _, a in pairs])],
                        labels["time"].to_numpy(), labels["event"].to_numpy(), n_boot=1000)
     both = seed_and_patient_interval(t.loc[1, "delta_se"], [a["test_c_index"] - d["test_c_index"] for d, a in pairs])
-    seeds = "- | -" if math.isnan(both["low"]) else f"[{both['low']:+.4f}, {both['high']:+.4f}] | {both['p_value']:.3f}"
-    return f"[{t.loc[1, 'delta_low']:+.4f}, {t.loc[1, 'delta_high']:+.4f}] | {t.loc[1, 'p_value']:.3f} | {seeds}"
+    return {**both, "patient_low": t.loc[1, "delta_low"], "patient_high": t.loc[1, "delta_high"],
+            "patient_p": t.loc[1, "p_value"], "seeds": len(pairs)}
+
+
+def paired_delta(default: list[dict], alternative: list[dict], labels) -> str:  # noqa: ANN001 - DataFrame
+    """:func:`delta_stats` as table cells: paired 95% CI | p | 95% CI + seeds | p + seeds (``-`` without risks)."""
+    st = delta_stats(default, alternative, labels)
+    if st is None:
+        return "- | - | - | -"
+    seeds = "- | -" if math.isnan(st["low"]) else f"[{st['low']:+.4f}, {st['high']:+.4f}] | {st['p_value']:.3f}"
+    return f"[{st['patient_low']:+.4f}, {st['patient_high']:+.4f}] | {st['patient_p']:.3f} | {seeds}"
+
+
+def pool_draws(draws: list[tuple], defaults: dict[str, str]) -> str:
+    """One table per (modality, alternative encoder) found in several cohort draws: each draw's
+    delta with both sources of uncertainty, then the draws pooled by inverse-variance weights (fixed
+    effect) and with a Paule-Mandel between-draw variance (random effects: draws that differ in
+    signal strength; PM rather than DerSimonian-Laird, whose statsmodels estimate is not truncated
+    at 0), with Cochran's Q and I^2 (``statsmodels.stats.meta_analysis``).
+
+    Args:
+        draws: (label, per-seed rows, test labels as :func:`test_labels` gives them) per cohort draw.
+        defaults: modality -> default encoder name.
+    """
+    from scipy import stats
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    found: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for label, rows, test in draws:
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for r in rows:
+            if not r["error"]:
+                groups.setdefault((r["modality"], r["encoder"]), []).append(r)
+        for (m, enc), rs in groups.items():
+            if enc != defaults[m] and (m, defaults[m]) in groups:
+                st = delta_stats(groups[(m, defaults[m])], rs, test)
+                if st is not None and st["se"] > 0:
+                    found.setdefault((m, enc), []).append((label, st))
+    lines = []
+    for (m, enc), per in found.items():
+        lines += [f"\n{enc} vs {defaults[m]} ({m}), {len(per)} draw(s)\n",
+                  "| draw | delta | se (patients + seeds) | 95% CI | p | seeds |", "|---|---|---|---|---|---|"]
+        lines += [f"| {lab} | {st['delta']:+.4f} | {st['se']:.4f} | [{st['low']:+.4f}, {st['high']:+.4f}] "
+                  f"| {st['p_value']:.3f} | {st['seeds']} |" for lab, st in per]
+        if len(per) < 2:
+            continue
+        eff = np.array([st["delta"] for _, st in per])
+        res = combine_effects(eff, np.array([st["se"] for _, st in per]) ** 2, method_re="iterated")
+        frame = res.summary_frame()
+        for name, row in (("pooled, fixed effect", frame.loc["fixed effect"]),
+                          ("pooled, random effects (PM)", frame.loc["random effect"])):
+            p = 2 * stats.norm.sf(abs(row["eff"]) / row["sd_eff"])
+            lines.append(f"| {name} | {row['eff']:+.4f} | {row['sd_eff']:.4f} | [{row['ci_low']:+.4f}, "
+                         f"{row['ci_upp']:+.4f}] | {p:.3f} | - |")
+        df = len(per) - 1
+        i2 = max(0.0, (res.q - df) / res.q) if res.q > 0 else 0.0
+        lines.append(f"\nCochran's Q {res.q:.2f} on {df} df (p {stats.chi2.sf(res.q, df):.3f}), I^2 {100 * i2:.0f} %, "
+                     f"between-draw sd {np.sqrt(max(res.tau2, 0.0)):.4f}")
+    return "\n".join(lines) if lines else "no alternative encoder with a default on the same draw"
 
 
 def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, str], labels=None) -> str:  # noqa: ANN001
@@ -451,6 +508,9 @@ def main() -> None:
                    help="also run this encoder with these init arguments (e.g. FTTransformerEncoder:"
                         "numeric_embedding=periodic); its rows are named CLASS(KEY=VALUE,...). Repeatable")
     p.add_argument("--table-from", default=None, help="print the tables of an --out CSV (with --cohort-dir); no training")
+    p.add_argument("--pool", nargs="+", default=None, metavar="CSV=COHORT_DIR",
+                   help="pool several draws: each an --out CSV and the cohort it was measured on; prints each "
+                        "alternative's delta per draw and pooled (fixed and random effects); no training")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
 
@@ -463,6 +523,15 @@ def main() -> None:
     unknown = sorted((set(a.encoders or []) | {n for n, _ in variants}) - set(ENCODER_CLASSES))
     if unknown:
         p.error(f"unknown encoders {unknown}; known: {sorted(ENCODER_CLASSES)}")
+    if a.pool:
+        draws = []
+        for item in a.pool:
+            csv_path, eq, cohort = item.partition("=")
+            if not eq:
+                p.error(f"--pool {item!r}: expected CSV=COHORT_DIR")
+            draws.append((Path(cohort).name, read_rows(csv_path), test_labels(Path(cohort))))
+        print(pool_draws(draws, {m: ENCODERS[m].__name__ for m in MODALITIES}))
+        return
     if a.table_from:
         if not a.cohort_dir:
             p.error("--table-from needs --cohort-dir (the cohort the rows were measured on, for the oracle)")

@@ -5,6 +5,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,3 +75,24 @@ def test_variants_bind_init_arguments_and_round_trip_through_the_row_name(bench)
     assert enc.frequencies.std().item() > 0.3  # drawn at scale 1.0, not the default 0.1
     with pytest.raises(ValueError, match="expected Class:key=value"):
         bench.parse_variant("FTTransformerEncoder:periodic")
+
+
+def test_pooled_draws_are_the_inverse_variance_mean_and_widen_when_draws_disagree(bench, monkeypatch):
+    given = {"a": (0.0185, 0.0075), "b": (0.0148, 0.0080), "c": (0.0047, 0.0050)}
+    monkeypatch.setattr(bench, "delta_stats", lambda default, alt, labels: {
+        "delta": given[labels][0], "se": given[labels][1], "low": 0.0, "high": 0.0, "p_value": 0.5, "seeds": 10})
+    rows = [{"modality": "timeseries", "encoder": e, "seed": 0, "error": ""}
+            for e in ("TimeSeriesTripletEncoder", "STraTSEncoder")]
+    out = bench.pool_draws([(k, rows, k) for k in given], {"timeseries": "TimeSeriesTripletEncoder"})
+    d, se = np.array([v[0] for v in given.values()]), np.array([v[1] for v in given.values()])
+    w = 1 / se**2
+    fixed, fixed_se = (w * d).sum() / w.sum(), w.sum() ** -0.5  # by hand
+    line = next(x for x in out.splitlines() if x.startswith("| pooled, fixed effect"))
+    assert f"{fixed:+.4f} | {fixed_se:.4f}" in line
+    q = (w * (d - fixed) ** 2).sum()
+    assert f"Cochran's Q {q:.2f} on 2 df" in out
+    # draws that disagree well beyond their se: random effects give a wider interval than fixed
+    given.update(a=(0.05, 0.003), b=(0.0, 0.003), c=(0.02, 0.003))
+    out = bench.pool_draws([(k, rows, k) for k in given], {"timeseries": "TimeSeriesTripletEncoder"})
+    se_of = {x.split("|")[1].strip(): float(x.split("|")[3]) for x in out.splitlines() if x.startswith("| pooled")}
+    assert se_of["pooled, random effects (PM)"] > 3 * se_of["pooled, fixed effect"]
