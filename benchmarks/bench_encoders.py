@@ -342,6 +342,8 @@ def pool_draws(draws: list[tuple], defaults: dict[str, str]) -> str:
 def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, str], labels=None) -> str:  # noqa: ANN001
     """The markdown tables: one row per (modality, encoder), then each alternative vs the default
     (with ``labels``, the test split's ``time``/``event``: a paired bootstrap interval over patients)."""
+    from clinfuse.encoders.registry import ENCODERS
+
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["modality"], r["encoder"]), []).append(r)
@@ -355,10 +357,10 @@ def summarize(rows: list[dict], oracle: dict[str, float], defaults: dict[str, st
         pps = _mean_sd([r["train_pps"] for r in ok])[0]
         mem = _mean_sd([r["peak_rss_mb"] for r in ok])[0]
         params = ok[0]["n_params"] if ok else 0
-        tag = " (default)" if defaults[m] == enc else ""
+        tag = (" (default)" if enc == ENCODERS[m].__name__ else " (reference)") if defaults[m] == enc else ""
         lines.append(f"| {m} | {enc}{tag} | {mean:.4f} ± {sd:.4f} | {oracle[m]:.4f} | {pps:.0f} | {mem:.0f} "
                      f"| {params:,} | {len(rs) - len(ok)}/{len(rs)} |")
-    lines += ["", "Alternatives vs the modality's default encoder (delta = mean test C-index difference; "
+    lines += ["", "Alternatives vs the modality's default encoder or --reference row (delta = mean test C-index difference; "
               "pooled sd = sqrt((sd_a^2 + sd_b^2) / 2) over training seeds; paired 95% CI and p: bootstrap "
               "of the test patients, both encoders' seeds scored on each resample; + seeds: that interval "
               "widened by the spread of the per-seed differences, Welch-Satterthwaite t)", "",
@@ -451,6 +453,22 @@ def split_off_unlabelled(root: Path, n: int, seed: int = 7) -> Path:
     return out
 
 
+def references(rows: list[dict], reference: str | None = None) -> dict[str, str]:
+    """modality -> the encoder row the others are compared with: the modality's default encoder, or
+    for the modality of ``reference`` (a row name as the tables print it) that row."""
+    from clinfuse.encoders.registry import ENCODERS
+
+    refs = {m: ENCODERS[m].__name__ for m in MODALITIES}
+    if reference is None:
+        return refs
+    modalities = sorted({r["modality"] for r in rows if r["encoder"] == reference})
+    if not modalities:
+        names = sorted({r["encoder"] for r in rows})
+        raise ValueError(f"--reference {reference!r} is not a row of these results; rows: {names}")
+    refs.update(dict.fromkeys(modalities, reference))
+    return refs
+
+
 def read_rows(path: str) -> list[dict]:
     """The per-seed rows of an ``--out`` CSV (also one an interrupted run left), numbers parsed."""
     import pandas as pd
@@ -508,6 +526,9 @@ def main() -> None:
                    help="also run this encoder with these init arguments (e.g. FTTransformerEncoder:"
                         "numeric_embedding=periodic); its rows are named CLASS(KEY=VALUE,...). Repeatable")
     p.add_argument("--table-from", default=None, help="print the tables of an --out CSV (with --cohort-dir); no training")
+    p.add_argument("--reference", default=None, metavar="ROW",
+                   help="with --table-from/--pool: compare with this encoder row (as the tables name it, e.g. "
+                        "STraTSEncoder+forecast) instead of its modality's default encoder")
     p.add_argument("--pool", nargs="+", default=None, metavar="CSV=COHORT_DIR",
                    help="pool several draws: each an --out CSV and the cohort it was measured on; prints each "
                         "alternative's delta per draw and pooled (fixed and random effects); no training")
@@ -530,15 +551,25 @@ def main() -> None:
             if not eq:
                 p.error(f"--pool {item!r}: expected CSV=COHORT_DIR")
             draws.append((Path(cohort).name, read_rows(csv_path), test_labels(Path(cohort))))
-        print(pool_draws(draws, {m: ENCODERS[m].__name__ for m in MODALITIES}))
+        try:
+            refs = references([r for _, rs, _ in draws for r in rs], a.reference)
+        except ValueError as err:
+            p.error(str(err))
+        print(pool_draws(draws, refs))
         return
     if a.table_from:
         if not a.cohort_dir:
             p.error("--table-from needs --cohort-dir (the cohort the rows were measured on, for the oracle)")
         rows = read_rows(a.table_from)
+        try:
+            refs = references(rows, a.reference)
+        except ValueError as err:
+            p.error(str(err))
         oracle = oracle_c_index(Path(a.cohort_dir), sorted({r["modality"] for r in rows}))
-        print(summarize(rows, oracle, {m: ENCODERS[m].__name__ for m in MODALITIES}, test_labels(Path(a.cohort_dir))))
+        print(summarize(rows, oracle, refs, test_labels(Path(a.cohort_dir))))
         return
+    if a.reference:
+        p.error("--reference only applies to --table-from and --pool (a training run compares with the defaults)")
     if a.ts_unlabelled and not a.ts_forecast_pretrain:
         p.error("--ts-unlabelled needs --ts-forecast-pretrain (the unlabelled patients only serve the pretraining)")
     root = Path(a.cohort_dir) if a.cohort_dir else Path(tempfile.mkdtemp(prefix="clinfuse-encoders-")) / "cohort"

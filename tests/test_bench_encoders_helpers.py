@@ -96,3 +96,21 @@ def test_pooled_draws_are_the_inverse_variance_mean_and_widen_when_draws_disagre
     out = bench.pool_draws([(k, rows, k) for k in given], {"timeseries": "TimeSeriesTripletEncoder"})
     se_of = {x.split("|")[1].strip(): float(x.split("|")[3]) for x in out.splitlines() if x.startswith("| pooled")}
     assert se_of["pooled, random effects (PM)"] > 3 * se_of["pooled, fixed effect"]
+
+
+def test_a_reference_row_replaces_the_default_only_for_its_modality(bench):
+    rows = [{"modality": "timeseries", "encoder": e, "seed": s, "error": "", "test_c_index": c,
+             "train_pps": 1.0, "peak_rss_mb": 1.0, "n_params": 1}
+            for e, cs in (("TimeSeriesTripletEncoder", (0.55, 0.57)), ("STraTSEncoder+forecast", (0.60, 0.62)),
+                          ("STraTSEncoder+forecast+unlabelled", (0.65, 0.69)))
+            for s, c in enumerate(cs)]
+    refs = bench.references(rows, "STraTSEncoder+forecast")
+    assert refs["timeseries"] == "STraTSEncoder+forecast"
+    assert refs["tabular"] == bench.references(rows)["tabular"] == "TabularMLPEncoder"
+    table = bench.summarize(rows, {"timeseries": 0.7}, refs)
+    deltas = {x.split("|")[2].strip(): x.split("|")[4].strip() for x in table.splitlines()
+              if x.startswith("| timeseries") and x.count("|") == 11}
+    assert deltas == {"TimeSeriesTripletEncoder": "-0.0500", "STraTSEncoder+forecast+unlabelled": "+0.0600"}
+    assert "STraTSEncoder+forecast (reference)" in table
+    with pytest.raises(ValueError, match="not a row of these results"):
+        bench.references(rows, "STraTSEncoder")
