@@ -2,6 +2,7 @@
 
     clinfuse synth --out data/synthetic --patients 2000 --seed 0
     clinfuse fit --config experiments/quickstart.yaml
+    clinfuse pretrain --config experiments/quickstart.yaml --unlabelled data/unlabelled --out pretrained/ts.pt
     clinfuse sweep --config experiments/quickstart.yaml --sweep experiments/sweeps/quickstart.yaml --n-trials 20
     clinfuse convert ptbxl --src /data/ptb-xl --out data/ptbxl     (also meds, mimic_iv, tcga, builtin)
     clinfuse robustness --config experiments/quickstart.yaml --heads masked_mean,transformer --epochs 6
@@ -418,6 +419,8 @@ COMMANDS = {
     "synth": ("clinfuse.experiments.cli", "synth_main", "write a synthetic multimodal cohort folder"),
     "convert": ("clinfuse.experiments.convert", "convert_main",
                 "write a cohort folder from a real source (meds, mimic_iv, ptbxl, tcga, builtin)"),
+    "pretrain": ("clinfuse.experiments.pretrain", "pretrain_main",
+                 "pretrain the time-series encoder of a config stack (forecasting; unlabelled patients too)"),
     "sweep": ("clinfuse.experiments.sweep", "sweep_main", "run Optuna trials of a sweep file over stacked configs"),
     "evaluate": ("clinfuse.experiments.external_validation", "evaluate_main",
                  "external validation report of a saved predictor on a labelled cohort folder"),

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import numpy as np
 import torch
 from torch import nn
@@ -89,6 +89,9 @@ class ClinFuseModule(pl.LightningModule):
         censored_bin: discrete-time losses: a patient censored inside a time bin counts as
             surviving the ``whole`` bin (MCAT's convention, default) or the ``observed`` part of it
             (less biased when many are censored inside bins; ``SurvivalObjective``).
+        encoder_weights: modality -> file written by ``clinfuse pretrain`` (or
+            ``clinfuse.experiments.encoder_weights.save_encoder_weights``): that encoder starts from
+            these weights (checked against its class, shapes and the data's spec), then trains.
     """
 
     def __init__(
@@ -110,9 +113,12 @@ class ClinFuseModule(pl.LightningModule):
         risk_memory: int = 0,
         n_causes: int = 1,
         censored_bin: Literal["whole", "observed"] = "whole",
+        encoder_weights: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # the starting weights are not a hyperparameter of the trained model: a checkpoint holds
+        # its own weights and must rebuild (Prognosis.load) where the starting file is gone
+        self.save_hyperparameters(ignore=["encoder_weights"])
         if not spec:
             raise ValueError(
                 "ClinFuseModule needs the data's modality spec (dict modality -> spec); the CLI links it "
@@ -145,6 +151,7 @@ class ClinFuseModule(pl.LightningModule):
         self.task = task
         self.n_classes = n_classes
         self.encoders = nn.ModuleDict({m: encoders[m](d_model, spec[m]) for m in self.modalities})
+        self._load_encoder_weights(encoder_weights or {}, spec)
         self.fusion = _factory(fusion or TransformerFusion, "fusion", "fusion head")(d_model, self.modalities)
         if isinstance(modality_dropout, Mapping):  # a known modality this run does not load: no effect, say so
             idle = sorted(k for k in modality_dropout if k in ENCODERS and k not in self.modalities)
@@ -163,6 +170,19 @@ class ClinFuseModule(pl.LightningModule):
         self._collected = nn.ModuleDict(
             {f"{s}_preds": nn.ModuleDict({k: CatMetric() for k in ("out", "target", "time", "event", "raw", "cause")}) for s in STAGES}
         )
+
+    def _load_encoder_weights(self, files: Mapping[str, str], spec: dict) -> None:
+        from clinfuse.experiments.encoder_weights import load_encoder_weights
+
+        unknown = sorted(set(files) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"model.encoder_weights names modalities {unknown} that this run does not load "
+                             f"(loaded: {self.modalities})")
+        for m, path in files.items():
+            info = load_encoder_weights(self.encoders[m], path, m, spec[m])
+            made = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in info.items() if not isinstance(v, (dict, list)))
+            rank_zero_info(f"{m} encoder starts from {path}" + (f" ({made})" if made else ""))
 
     # ------------------------------------------------------------------ forward
     def encode(self, inputs: Mapping[str, Mapping[str, torch.Tensor]], check_finite: bool = True) -> dict[str, ModalityTokens]:

@@ -51,10 +51,11 @@ class _Collate:
         return {"patient_id": [pid for pid, _ in items], "inputs": {"timeseries": self.reader.collate([x for _, x in items])}}
 
 
-def pretraining_loader(dm, unlabelled: str | Path, batch_size: int | None = None, include_train: bool = True,
+def pretraining_loader(dm, unlabelled: str | Path | None, batch_size: int | None = None, include_train: bool = True,
                        seed: int = 0, num_workers: int = 0) -> DataLoader:
     """Shuffled batches of time series: ``dm``'s training patients (with ``include_train``) and
-    every patient of ``unlabelled/timeseries.parquet``.
+    every patient of ``unlabelled/timeseries.parquet`` (``None``: the training patients alone,
+    read without the data module's other modalities).
 
     The unlabelled folder is read with the preprocessing fitted on ``dm``'s training split (its
     variables, means and standard deviations; events of other variables are dropped, with a warning).
@@ -62,7 +63,7 @@ def pretraining_loader(dm, unlabelled: str | Path, batch_size: int | None = None
     Args:
         dm: a :class:`~clinfuse.datasets.datamodule.ClinicalDataModule` loading ``timeseries``
             (set up here if it is not yet).
-        unlabelled: a folder holding ``timeseries.parquet``.
+        unlabelled: a folder holding ``timeseries.parquet``, or ``None``.
         batch_size: default ``dm.batch_size``.
         include_train: also serve the labelled training patients' series (their labels unused).
         seed: of the shuffling.
@@ -78,6 +79,12 @@ def pretraining_loader(dm, unlabelled: str | Path, batch_size: int | None = None
     if "timeseries" not in dm.cohort.readers:
         raise ValueError(f"pretraining_loader: the data module loads {sorted(dm.cohort.readers)}, not 'timeseries'")
     labelled = dm.cohort.readers["timeseries"]
+    train = [(labelled, pid) for pid in dm.cohort.splits["train"] if labelled.has(pid)] if include_train else []
+    if unlabelled is None:
+        if not train:
+            raise ValueError(f"pretraining_loader: no training patient of {dm.cohort.root} has time series"
+                             + ("" if include_train else " (include_train=False and no unlabelled folder)"))
+        return _loader(train, labelled, batch_size or dm.batch_size, seed, num_workers)
     folder = Path(unlabelled)
     if not TimeseriesReader.available(folder):
         raise ValueError(f"pretraining_loader: {folder / TimeseriesReader.filename} does not exist")
@@ -90,12 +97,30 @@ def pretraining_loader(dm, unlabelled: str | Path, batch_size: int | None = None
             f"pretraining_loader: {len(both)} patient(s) of {reader.path} are also in the labelled cohort "
             f"{dm.cohort.root} (splits {where}), e.g. {both[:5]}; remove them from the unlabelled folder "
             f"(a validation/test patient's series must not train the encoder evaluated on it)")
-    sources = [(reader, pid) for pid in reader.patient_ids]
-    if include_train:
-        sources = [(labelled, pid) for pid in dm.cohort.splits["train"] if labelled.has(pid)] + sources
+    sources = train + [(reader, pid) for pid in reader.patient_ids]
     if not sources:
         raise ValueError(f"pretraining_loader: no patient with time series in {reader.path}"
                          + (" or the training split" if include_train else ""))
-    return DataLoader(_Series(sources), batch_size=batch_size or dm.batch_size, shuffle=True,
+    return _loader(sources, labelled, batch_size or dm.batch_size, seed, num_workers)
+
+
+def _loader(sources: list, labelled: ModalityReader, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+    return DataLoader(_Series(sources), batch_size=batch_size, shuffle=True,
                       generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
                       collate_fn=_Collate(labelled), persistent_workers=num_workers > 0)
+
+
+def split_loader(dm, split: str, batch_size: int | None = None) -> DataLoader | None:
+    """Batches (in order) of the time series of ``dm``'s ``split`` patients, as :func:`pretraining_loader`
+    serves them; ``None`` when no patient of the split has time series (e.g. to score the pretraining
+    task on the validation patients)."""
+    dm.setup("fit")
+    if "timeseries" not in dm.cohort.readers:
+        raise ValueError(f"split_loader: the data module loads {sorted(dm.cohort.readers)}, not 'timeseries'")
+    if split not in dm.cohort.splits:
+        raise ValueError(f"split_loader: no split {split!r}; the cohort has {sorted(dm.cohort.splits)}")
+    reader = dm.cohort.readers["timeseries"]
+    sources = [(reader, pid) for pid in dm.cohort.splits[split] if reader.has(pid)]
+    if not sources:
+        return None
+    return DataLoader(_Series(sources), batch_size=batch_size or dm.batch_size, shuffle=False, collate_fn=_Collate(reader))

@@ -25,7 +25,7 @@ def test_help_lists_clinfuses_own_commands(monkeypatch, capsys):
     commands = out[out.index("clinfuse commands"):]
     for name in ("score", "evaluate", "compare", "synth", "convert", "sweep", "robustness"):
         assert f"\n  {name} " in commands, name
-    assert set(COMMANDS) == {"score", "evaluate", "compare", "synth", "convert", "sweep", "robustness"}
+    assert set(COMMANDS) == {"score", "evaluate", "compare", "synth", "convert", "sweep", "robustness", "pretrain"}
     assert "fit" in out and "predict" in out  # LightningCLI's subcommands are still listed
 
 

@@ -100,3 +100,18 @@ def test_forecast_pretraining_runs_on_the_loader_and_moves_the_encoder(tmp_path,
     pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False).fit(ForecastPretrainModule(enc), train_dataloaders=pretraining_loader(labelled, folder))
     assert any(not torch.equal(a, b) for a, b in zip(before, enc.parameters()))
+
+
+def test_without_a_folder_serves_the_training_patients_and_split_loader_any_split_in_order(labelled):
+    from clinfuse.experiments.unlabelled_series import split_loader
+
+    reader = labelled.cohort.readers["timeseries"]
+    train = {p for p in labelled.cohort.splits["train"] if reader.has(p)}
+    assert set(_epoch(pretraining_loader(labelled, None, batch_size=8))) == train
+    val = [p for p in labelled.cohort.splits["val"] if reader.has(p)]
+    served = [pid for batch in split_loader(labelled, "val", batch_size=4) for pid in batch["patient_id"]]
+    assert served == val
+    with pytest.raises(ValueError, match="no split 'valid'"):
+        split_loader(labelled, "valid")
+    with pytest.raises(ValueError, match="include_train=False and no unlabelled folder"):
+        pretraining_loader(labelled, None, include_train=False)
