@@ -30,7 +30,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--out", required=True, help="the encoder weights file to write (.pt)")
     p.add_argument("--unlabelled", default=None,
                    help="folder with a timeseries.parquet of patients without labels (cohort format) to pretrain on too")
-    p.add_argument("--epochs", type=int, default=10, help="pretraining epochs (default 10)")
+    p.add_argument("--epochs", type=int, default=10, help="pretraining epochs (default 10; with 1,200 training patients 17 did better than 10: docs/benchmarks/encoders.md)")
     p.add_argument("--forecast-hours", type=float, default=2.0, help="forecast window after each cut-off (STraTS: 2)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the pretraining")
     p.add_argument("--batch-size", type=int, default=None, help="default: the config's data.batch_size")
