@@ -75,16 +75,13 @@ def pretraining_loader(dm, unlabelled: str | Path | None, batch_size: int | None
             patient's series must not train the encoder that is then evaluated on it, and a
             training patient's would count twice); nothing to serve.
     """
-    dm.setup("fit")
-    if "timeseries" not in dm.cohort.readers:
-        raise ValueError(f"pretraining_loader: the data module loads {sorted(dm.cohort.readers)}, not 'timeseries'")
-    labelled = dm.cohort.readers["timeseries"]
-    train = [(labelled, pid) for pid in dm.cohort.splits["train"] if labelled.has(pid)] if include_train else []
+    labelled = _series_reader(dm, "pretraining_loader")
+    train = _split_sources(dm, labelled, "train") if include_train else []
     if unlabelled is None:
         if not train:
             raise ValueError(f"pretraining_loader: no training patient of {dm.cohort.root} has time series"
                              + ("" if include_train else " (include_train=False and no unlabelled folder)"))
-        return _loader(train, labelled, batch_size or dm.batch_size, seed, num_workers)
+        return _loader(train, labelled, batch_size or dm.batch_size, True, seed, num_workers)
     folder = Path(unlabelled)
     if not TimeseriesReader.available(folder):
         raise ValueError(f"pretraining_loader: {folder / TimeseriesReader.filename} does not exist")
@@ -101,26 +98,35 @@ def pretraining_loader(dm, unlabelled: str | Path | None, batch_size: int | None
     if not sources:
         raise ValueError(f"pretraining_loader: no patient with time series in {reader.path}"
                          + (" or the training split" if include_train else ""))
-    return _loader(sources, labelled, batch_size or dm.batch_size, seed, num_workers)
-
-
-def _loader(sources: list, labelled: ModalityReader, batch_size: int, seed: int, num_workers: int) -> DataLoader:
-    return DataLoader(_Series(sources), batch_size=batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
-                      collate_fn=_Collate(labelled), persistent_workers=num_workers > 0)
+    return _loader(sources, labelled, batch_size or dm.batch_size, True, seed, num_workers)
 
 
 def split_loader(dm, split: str, batch_size: int | None = None) -> DataLoader | None:
     """Batches (in order) of the time series of ``dm``'s ``split`` patients, as :func:`pretraining_loader`
     serves them; ``None`` when no patient of the split has time series (e.g. to score the pretraining
     task on the validation patients)."""
-    dm.setup("fit")
-    if "timeseries" not in dm.cohort.readers:
-        raise ValueError(f"split_loader: the data module loads {sorted(dm.cohort.readers)}, not 'timeseries'")
+    reader = _series_reader(dm, "split_loader")
     if split not in dm.cohort.splits:
         raise ValueError(f"split_loader: no split {split!r}; the cohort has {sorted(dm.cohort.splits)}")
-    reader = dm.cohort.readers["timeseries"]
-    sources = [(reader, pid) for pid in dm.cohort.splits[split] if reader.has(pid)]
-    if not sources:
-        return None
-    return DataLoader(_Series(sources), batch_size=batch_size or dm.batch_size, shuffle=False, collate_fn=_Collate(reader))
+    sources = _split_sources(dm, reader, split)
+    return _loader(sources, reader, batch_size or dm.batch_size, False) if sources else None
+
+
+def _series_reader(dm, caller: str) -> ModalityReader:  # noqa: ANN001 - ClinicalDataModule
+    """``dm``'s time-series reader (``dm`` set up here if it is not yet)."""
+    dm.setup("fit")
+    if "timeseries" not in dm.cohort.readers:
+        raise ValueError(f"{caller}: the data module loads {sorted(dm.cohort.readers)}, not 'timeseries'")
+    return dm.cohort.readers["timeseries"]
+
+
+def _split_sources(dm, reader: ModalityReader, split: str) -> list[tuple[ModalityReader, str]]:  # noqa: ANN001
+    """(reader, patient id) of the ``split`` patients who have time series, in split order."""
+    return [(reader, pid) for pid in dm.cohort.splits[split] if reader.has(pid)]
+
+
+def _loader(sources: list, reader: ModalityReader, batch_size: int, shuffle: bool, seed: int = 0,
+            num_workers: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(_Series(sources), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers, collate_fn=_Collate(reader), persistent_workers=num_workers > 0)
