@@ -45,6 +45,8 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         raise ValueError(f"--epochs must be >= 1, got {a.epochs}")
     if not a.forecast_hours > 0:
         raise ValueError(f"--forecast-hours must be > 0, got {a.forecast_hours}")
+    if not a.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {a.lr}")
     if a.batch_size is not None and a.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
     if a.unlabelled is not None and not (Path(a.unlabelled) / "timeseries.parquet").is_file():
@@ -75,13 +77,17 @@ def pretrain_main(argv: Sequence[str]) -> Path:
     pre = ForecastPretrainModule(encoder, forecast_hours=a.forecast_hours, lr=a.lr)
     train = pretraining_loader(dm, a.unlabelled, batch_size=a.batch_size, seed=a.seed)
     val = split_loader(dm, "val", batch_size=a.batch_size)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoLightningTips())
-    trainer = pl.Trainer(max_epochs=a.epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                         accelerator="auto", devices=1, default_root_dir=cli.trainer.default_root_dir)
-    before = _val_loss(trainer, pre, val, a.seed)
-    pl.seed_everything(a.seed, verbose=False)
-    trainer.fit(pre, train_dataloaders=train, val_dataloaders=val)
-    after = _val_loss(trainer, pre, val, a.seed)
+    tips, lightning_log = _NoLightningTips(), logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.addFilter(tips)
+    try:
+        trainer = pl.Trainer(max_epochs=a.epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                             accelerator="auto", devices=1, default_root_dir=cli.trainer.default_root_dir)
+        before = _val_loss(trainer, pre, val, a.seed)
+        pl.seed_everything(a.seed, verbose=False)
+        trainer.fit(pre, train_dataloaders=train, val_dataloaders=val)
+        after = _val_loss(trainer, pre, val, a.seed)
+    finally:
+        lightning_log.removeFilter(tips)
     labelled = dm.cohort.readers["timeseries"]
     n_unlabelled = sum(1 for reader, _ in train.dataset.sources if reader is not labelled)
     info = {"task": "forecast", "forecast_hours": a.forecast_hours, "epochs": a.epochs, "lr": a.lr,

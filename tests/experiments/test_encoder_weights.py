@@ -102,5 +102,7 @@ def test_clinfuse_pretrain_learns_to_forecast_and_clinfuse_fit_starts_from_it(tm
     saved = read_encoder_weights(out)["state_dict"]
     got = cli.model.encoders["timeseries"].state_dict()
     assert all(torch.equal(got[k], v) for k, v in saved.items())
+    with pytest.raises(ValueError, match="--lr must be > 0"):
+        pretrain_main([*base, "--lr", "0", "--out", str(tmp_path / "x.pt")])
     with pytest.raises(ValueError, match="no timeseries.parquet"):
         pretrain_main([*base, "--unlabelled", str(tmp_path), "--out", str(tmp_path / "x.pt")])
