@@ -96,10 +96,24 @@ class ModalityTokens:
     def d_model(self) -> int:
         return self.tokens.shape[2]
 
+    def float(self) -> "ModalityTokens":
+        """The same tokens as float32 (``self`` when they already are), e.g. after an encoder ran
+        under bfloat16 autocast."""
+        if self.tokens.dtype == torch.float32:
+            return self
+        return ModalityTokens(self.tokens.float(), self.mask, self.present, self.times)
+
     def select(self, rows: torch.Tensor) -> "ModalityTokens":
         """Keep only the patients where ``rows`` (``(B,)`` bool) is True; others become absent."""
         keep = rows.bool() & self.present
         return ModalityTokens.from_tokens(self.tokens, self.mask, keep, self.times)
+
+
+def upcast_half(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float32 when it is bfloat16 or float16 (what matrix products return under
+    autocast), unchanged otherwise: for sums over many patches, words or events, which lose digits
+    in an 8- or 11-bit mantissa."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def check_finite_tokens(tokens: Mapping[str, ModalityTokens]) -> None:

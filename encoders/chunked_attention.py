@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import torch
 
+from clinfuse.encoders.base import upcast_half
+
 #: a callback ``(start, end) -> (scores, values)`` for the patches ``start:end`` of the bag:
 #: scores ``(B, H, K, c)`` and values ``(B, H or 1, c, Dv)`` with ``c = end - start``
 ChunkFn = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
@@ -81,6 +83,7 @@ def chunked_attention_pool(
     for start in range(0, max(p, 1), chunk_size):
         end = min(start + chunk_size, p)
         scores, values = chunk_fn(start, end)
+        scores, values = upcast_half(scores), upcast_half(values)  # the running sums stay float32 under autocast
         c = end - start
         if scores.dim() != 4 or scores.shape[0] != b or scores.shape[-1] != c:
             raise ValueError(f"chunk scores must have shape (B={b}, H, K, {c}), got {tuple(scores.shape)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clinfuse.encoders.base import ModalityEncoder, ModalityTokens
@@ -91,20 +92,49 @@ class ECGConvEncoder(ModalityEncoder):
         self.check_shape("signal", inputs["signal"], (b, self.n_leads, None))
         self.check_shape("lead_mask", inputs["lead_mask"], (b, self.n_leads))
         lead_mask = inputs["lead_mask"].bool() & present[:, None]  # (B, L)
-        signal = inputs["signal"]
-        signal = torch.where(lead_mask[..., None], signal, torch.zeros_like(signal))  # (B, L, S)
-        missing = (~lead_mask).to(signal.dtype)[..., None].expand_as(signal)  # (B, L, S)
-        x = torch.cat([signal, missing], dim=1)  # (B, 2L, S)
         has_ecg = lead_mask.any(1)  # (B,)
-        if self.training or bool(has_ecg.all()):
-            h = self.pool(self.cnn(x))  # (B, C, N)
-        else:  # inference: absent patients' tokens are masked anyway, skip their convolutions
-            rows = has_ecg.nonzero()[:, 0]  # (B_present,)
-            h = x.new_zeros(b, self.cnn[-1][0].out_channels, self.n_tokens)  # (B, C, N)
-            h[rows] = self.pool(self.cnn(x[rows]))  # GroupNorm is per sample: rows do not mix
+        if self.training:
+            signal = inputs["signal"]
+            signal = torch.where(lead_mask[..., None], signal, torch.zeros_like(signal))  # (B, L, S)
+            missing = (~lead_mask).to(signal.dtype)[..., None].expand_as(signal)  # (B, L, S)
+            h = self.pool(self.cnn(torch.cat([signal, missing], dim=1)))  # (B, C, N) from (B, 2L, S)
+        else:
+            h = self._encode_eval(inputs["signal"], lead_mask, has_ecg)  # (B, C, N)
         tokens = self.proj(h.transpose(1, 2))  # (B, N, D)
         mask = has_ecg[:, None].expand(b, self.n_tokens)  # (B, N)
         return ModalityTokens.from_tokens(tokens, mask, has_ecg)
+
+    def _encode_eval(self, signal: torch.Tensor, lead_mask: torch.Tensor, has_ecg: torch.Tensor) -> torch.Tensor:
+        """The CNN + pooling of the training path, computed with less data movement (inference):
+        absent patients are skipped (GroupNorm is per sample, so rows never mix), and the first
+        convolution is split by linearity into its signal half and its missing-indicator half,
+        which is run only for the patients with a missing lead. No ``(B, 2L, S)`` input is built:
+        on CPU building it (mask, concatenate, gather) cost about as much as the convolutions.
+        Equal to the training path's maths up to float summation order.
+
+        Shapes:
+            signal: ``(B, L, S)``, lead_mask and has_ecg ``(B, L)``/``(B,)`` -> ``(B, C, N)``
+        """
+        b, n_leads = lead_mask.shape
+        rows = has_ecg.nonzero()[:, 0]  # (P,) patients with an ECG
+        full = len(rows) == b
+        sig, mask = (signal, lead_mask) if full else (signal[rows], lead_mask[rows])  # (P, L, S), (P, L)
+        gaps = (~mask).any(1).nonzero()[:, 0]  # (G,) of them, those missing a lead
+        if len(gaps):  # missing leads hold padding (maybe NaN): zero them
+            sig = sig.masked_fill(~mask[..., None], 0.0)
+        conv = self.cnn[0][0]
+        h = F.conv1d(sig, conv.weight[:, :n_leads], conv.bias, conv.stride, conv.padding)  # (P, C, S')
+        if len(gaps):  # the missing-indicator channels: all zero for complete ECGs
+            missing = (~mask[gaps]).to(sig.dtype)[..., None].expand(-1, -1, sig.shape[-1])  # (G, L, S)
+            extra = F.conv1d(missing, conv.weight[:, n_leads:], None, conv.stride, conv.padding)  # (G, C, S')
+            h = h.index_add(0, gaps, extra.to(h.dtype))
+        h = self.cnn[1:](self.cnn[0][1:](h))  # the first block's norm + activation, then the others
+        pooled = self.pool(h)  # (P, C, N)
+        if full:
+            return pooled
+        out = pooled.new_zeros(b, *pooled.shape[1:])  # (B, C, N), in pooled's dtype (bfloat16 under autocast)
+        out[rows] = pooled
+        return out
 
     @classmethod
     def example_spec(cls) -> dict[str, Any]:

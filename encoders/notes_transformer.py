@@ -137,7 +137,8 @@ class NotesTransformerEncoder(ModalityEncoder):
 
         notes = torch.zeros(b, k, self.embedding.embedding_dim, device=ids.device, dtype=self.cls.dtype)
         if bool(note_mask.any()):  # only real notes enter the word transformer
-            notes = notes.index_put((note_mask,), self.encode_notes(ids[note_mask], words[note_mask]))  # (B, K, E)
+            encoded = self.encode_notes(ids[note_mask], words[note_mask])  # (K_real, E); bfloat16 under autocast
+            notes = notes.index_put((note_mask,), encoded.to(notes.dtype))  # (B, K, E)
         tokens = self.across(self.proj(notes), inputs["note_times"], note_mask)  # (B, K, D)
         return ModalityTokens.from_tokens(tokens, note_mask, present, times=inputs["note_times"])
 

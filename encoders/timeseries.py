@@ -81,17 +81,33 @@ class TimeSeriesTripletEncoder(ModalityEncoder):
         mask = inputs["mask"].bool() & present[:, None]  # (B, T)
         self.check_indices("variables", inputs["variables"], mask, self.n_variables)
 
+        if not self.training:
+            # inference: only real observations are encoded (a third or more of a padded batch is
+            # padding); each token depends on its own observation alone, so nothing else changes
+            real = mask.nonzero(as_tuple=True)  # ((R,), (R,))
+            real_tokens = self._encode(inputs["times"][real], inputs["values"][real], inputs["variables"][real].long())
+            tokens = real_tokens.new_zeros(b, t_len, self.d_model)  # (B, T, D)
+            tokens[real] = real_tokens
+            times = inputs["times"].masked_fill(~mask, 0.0)  # (B, T)
+            return ModalityTokens(tokens, mask, mask.any(1), times)
         # padding is replaced before any arithmetic, so NaN or garbage there cannot leak
         times = torch.where(mask, inputs["times"], torch.zeros_like(inputs["times"]))
         values = torch.where(mask, inputs["values"], torch.zeros_like(inputs["values"]))
         variables = torch.where(mask, inputs["variables"].long(), torch.zeros_like(inputs["variables"].long()))
+        tokens = self._encode(times, values, variables)  # (B, T, D)
+        return ModalityTokens.from_tokens(tokens, mask, present, times=inputs["times"])
 
-        phase = times[..., None] * self.angular  # (B, T, n_frequencies)
+    def _encode(self, times: torch.Tensor, values: torch.Tensor, variables: torch.Tensor) -> torch.Tensor:
+        """One token per observation.
+
+        Shapes:
+            times, values, variables: any shape ``(*S)`` -> ``(*S, D)``
+        """
+        phase = times[..., None] * self.angular  # (*S, n_frequencies)
         features = torch.cat(
             [values[..., None], (times / self.horizon)[..., None], phase.sin(), phase.cos()], dim=-1
-        )  # (B, T, 2 + 2 * n_frequencies)
-        tokens = self.norm(self.mlp(features) + self.variable_embedding(variables))  # (B, T, D)
-        return ModalityTokens.from_tokens(tokens, mask, present, times=inputs["times"])
+        )  # (*S, 2 + 2 * n_frequencies)
+        return self.norm(self.mlp(features) + self.variable_embedding(variables))  # (*S, D)
 
     @classmethod
     def example_spec(cls) -> dict[str, Any]:

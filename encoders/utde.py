@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clinfuse.encoders.base import ModalityEncoder, ModalityTokens
+from clinfuse.encoders.base import ModalityEncoder, ModalityTokens, upcast_half
 from clinfuse.encoders.strats import clean_triplets
 from clinfuse.encoders.timeseries import TimeSeriesTripletEncoder
 
@@ -133,7 +133,7 @@ class MultiTimeAttention(nn.Module):
         r_len, h, v = reference.shape[0], self.n_heads, n_variables
         q = self.query(self.embed(reference)).view(r_len, h, self.d_key)  # (R, H, E)
         k = self.key(self.embed(times)).view(b, t_len, h, self.d_key)  # (B, T, H, E)
-        score = torch.einsum("rhe,bthe->bhrt", q, k) / math.sqrt(self.d_key)  # (B, H, R, T)
+        score = upcast_half(torch.einsum("rhe,bthe->bhrt", q, k)) / math.sqrt(self.d_key)  # (B, H, R, T)
         keep = valid[:, None, None, :].expand_as(score)  # (B, H, R, T)
         slot = variables[:, None, None, :].expand_as(score)  # (B, H, R, T)
         # per-variable max for a stable softmax (a constant shift, so no gradient needed)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clinfuse.encoders.base import ModalityEncoder, ModalityTokens
+from clinfuse.encoders.base import ModalityEncoder, ModalityTokens, upcast_half
 
 
 class WSIMeanEncoder(ModalityEncoder):
@@ -78,7 +78,7 @@ class WSIMeanEncoder(ModalityEncoder):
         """
         first, act, last = self.patch_mlp[0], self.patch_mlp[1], self.patch_mlp[3]
         rows = mask.nonzero()[:, 0]  # (P_real,) patient of each real patch
-        hidden = act(first(features[mask]))  # (P_real, hidden)
+        hidden = upcast_half(act(first(features[mask])))  # (P_real, hidden); float32 sums under autocast
         sums = hidden.new_zeros(mask.shape[0], hidden.shape[1]).index_add_(0, rows, hidden)  # (B, hidden)
         count = mask.sum(1, keepdim=True).clamp(min=1).to(sums.dtype)  # (B, 1)
         return last(sums / count)  # (B, D); absent patients are masked by the caller

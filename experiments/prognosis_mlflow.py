@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 import mlflow
@@ -102,6 +103,19 @@ def records_from_frame(df: pd.DataFrame) -> list[dict]:
     return records
 
 
+def serving_precision(model_config: dict | None) -> str:
+    """The precision a served model predicts in: ``$CLINFUSE_PRECISION``, else the logged
+    ``model_config["precision"]``, else ``"32-true"``; ValueError naming where a bad value came from."""
+    from clinfuse.experiments.inference_precision import check_precision
+
+    env = os.environ.get("CLINFUSE_PRECISION")
+    source, value = ("CLINFUSE_PRECISION", env) if env else ("model_config['precision']", (model_config or {}).get("precision", "32-true"))
+    try:
+        return check_precision(value)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
 class _BadJSON(str):
     """A wire value that failed to parse; the transforms reject it with this message."""
 
@@ -111,6 +125,12 @@ class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
 
     Loading it applies :func:`clinfuse.experiments.cpu_allocator.keep_freed_memory` to the process
     (it is meant to serve): freed tensor memory is kept for the next batch, not handed back.
+
+    The arithmetic precision (:attr:`Prognosis.precision <clinfuse.experiments.prognosis.Prognosis.precision>`)
+    is the environment variable ``CLINFUSE_PRECISION`` of the serving process when set (chosen
+    where the hardware is known: ``CLINFUSE_PRECISION=bf16-mixed mlflow models serve ...``), else
+    the logged ``model_config={"precision": ...}`` (:meth:`Prognosis.log_to_mlflow` passes it
+    through), else ``"32-true"``.
     """
 
     def load_context(self, context) -> None:
@@ -119,7 +139,8 @@ class PrognosisPyfunc(mlflow.pyfunc.PythonModel):
         from clinfuse.experiments.cpu_allocator import keep_freed_memory
 
         keep_freed_memory()  # a serving process: reuse freed tensor memory (module docstring)
-        self.prognosis = Prognosis.load(context.artifacts["prognosis"])
+        precision = serving_precision(getattr(context, "model_config", None))
+        self.prognosis = Prognosis.load(context.artifacts["prognosis"], precision=precision)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

@@ -138,6 +138,22 @@ def test_encoder_output_is_valid_tokens(name):
 
 
 @pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
+def test_encoder_runs_under_bf16_autocast_in_eval(name):
+    """Prognosis(precision="bf16-mixed") runs encoders under CPU autocast: no dtype clash, the
+    contract holds, and the tokens stay near float32's (bfloat16 keeps ~3 significant digits)."""
+    enc, cls = build_encoder(name), ENCODER_CLASSES[name]
+    x = cls.example_inputs(batch_size=B)
+    with torch.inference_mode():
+        ref = enc(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = enc(x).float()
+    assert_contract(out, B)
+    assert torch.equal(out.mask, ref.mask)
+    scale = ref.tokens[ref.mask].abs().max()
+    assert (out.tokens - ref.tokens).abs().max() <= 0.05 * scale + 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_CLASSES))
 def test_encoder_example_inputs_are_seeded_with_fixed_shapes(name):
     cls = ENCODER_CLASSES[name]
     a, b, c = cls.example_inputs(B, seed=0), cls.example_inputs(B, seed=0), cls.example_inputs(B, seed=1)
@@ -401,6 +417,19 @@ def test_head_inference_mode_matches_eval_with_grad(head_case):
     ref = head(inputs)
     with torch.no_grad():
         assert_outputs_close(head(inputs), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_head_runs_under_bf16_autocast_in_eval(head_case):
+    """Prognosis(precision="bf16-mixed") runs the head under CPU autocast in inference mode."""
+    head_name, names, inputs = head_case
+    head = build_head(head_name, names)
+    with torch.inference_mode():
+        ref = head(inputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head(inputs)
+    assert_output_valid(out, inputs, 5)
+    scale = ref.pooled.abs().max()
+    assert (out.pooled.float() - ref.pooled).abs().max() <= 0.05 * scale + 1e-3
 
 
 @pytest.mark.parametrize("head_name", sorted(FUSION_HEADS))

@@ -508,3 +508,77 @@ def test_load_of_a_damaged_folder_names_the_file(trained, tmp_path, damage, matc
     damage(folder)
     with pytest.raises(ValueError, match=match):
         Prognosis.load(folder)
+
+
+def test_bf16_mixed_precision_predicts_close_to_float32(trained, test_records, synthetic_cohort, tmp_path):
+    """precision="bf16-mixed": encoders and fusion under bfloat16 autocast, the outputs read in
+    float32: the same fields, values within bfloat16 rounding of float32's, and not identical
+    (so the autocast really ran)."""
+    _, prog = trained
+    folder = prog.save(tmp_path / "predictor")
+    fast = Prognosis.load(folder, precision="bf16-mixed")
+    assert fast.precision == "bf16-mixed" and prog.precision == "32-true"
+    records = test_records[:12]
+    want = prog.predict(records, feature_contributions=True)
+    got = fast.predict(records, feature_contributions=True)
+    assert [g.keys() for g in got] == [w.keys() for w in want]
+    risks = np.array([[g["risk"], w["risk"]] for g, w in zip(got, want)])
+    spread = risks[:, 1].std()
+    assert np.abs(risks[:, 0] - risks[:, 1]).max() <= 0.05 * spread + 1e-3
+    assert np.corrcoef(risks.T)[0, 1] > 0.99
+    assert (risks[:, 0] != risks[:, 1]).any(), "bf16-mixed gave float32's exact risks: autocast did not run"
+    for g, w in zip(got, want):
+        assert g["modalities_used"] == w["modalities_used"]
+        assert isinstance(g["risk"], float) and math.isfinite(g["median_survival"]) == math.isfinite(w["median_survival"])
+        np.testing.assert_allclose(g["survival_curve"]["survival"], w["survival_curve"]["survival"], atol=0.01)
+        for m in w["contributions"]:
+            assert g["contributions"][m] == pytest.approx(w["contributions"][m], abs=0.05 * spread + 1e-3)
+    # predict_cohort runs the same batches in the same precision
+    frame = fast.predict_cohort(synthetic_cohort, split="test", show_progress=False)
+    assert frame.set_index("patient_id").loc[[r["patient_id"] for r in records], "risk"].to_numpy() == pytest.approx(risks[:, 0], abs=1e-5)
+
+
+def test_precision_choices_are_checked(trained, tmp_path, monkeypatch):
+    from clinfuse.experiments import inference_precision
+    from clinfuse.experiments.prognosis_mlflow import serving_precision
+
+    _, prog = trained
+    folder = prog.save(tmp_path / "predictor")
+    with pytest.raises(ValueError, match=r"precision must be one of \['32-true', 'bf16-mixed'\], got '16'"):
+        Prognosis.load(folder, precision="16")
+    loaded = Prognosis.load(folder)
+    with pytest.raises(ValueError, match="got 'bf16'"):
+        loaded.precision = "bf16"
+    assert loaded.precision == "32-true"
+    monkeypatch.setattr(inference_precision, "native_bf16_cpu", lambda: False)
+    with pytest.warns(UserWarning, match="neither AMX nor AVX512-BF16"):
+        loaded.precision = "bf16-mixed"
+    monkeypatch.setattr(inference_precision, "native_bf16_cpu", lambda: True)
+    # serving: the environment variable wins over the logged model_config; bad values name their source
+    monkeypatch.delenv("CLINFUSE_PRECISION", raising=False)
+    assert serving_precision(None) == "32-true"
+    assert serving_precision({"precision": "bf16-mixed"}) == "bf16-mixed"
+    monkeypatch.setenv("CLINFUSE_PRECISION", "32-true")
+    assert serving_precision({"precision": "bf16-mixed"}) == "32-true"
+    monkeypatch.setenv("CLINFUSE_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="CLINFUSE_PRECISION: precision must be one of"):
+        serving_precision(None)
+    monkeypatch.delenv("CLINFUSE_PRECISION")
+    with pytest.raises(ValueError, match=r"model_config\['precision'\]"):
+        serving_precision({"precision": 16})
+    with pytest.raises(ValueError, match="precision must be one of"):
+        prog.log_to_mlflow(model_config={"precision": "half"})  # refused before anything is logged
+
+
+def test_pyfunc_loads_in_the_logged_precision(trained, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    _, prog = trained
+    folder = prog.save(tmp_path / "predictor")
+    monkeypatch.delenv("CLINFUSE_PRECISION", raising=False)
+    py = PrognosisPyfunc()
+    py.load_context(SimpleNamespace(artifacts={"prognosis": str(folder)}, model_config={"precision": "bf16-mixed"}))
+    assert py.prognosis.precision == "bf16-mixed"
+    monkeypatch.setenv("CLINFUSE_PRECISION", "32-true")
+    py.load_context(SimpleNamespace(artifacts={"prognosis": str(folder)}, model_config={"precision": "bf16-mixed"}))
+    assert py.prognosis.precision == "32-true"

@@ -105,6 +105,24 @@ def test_clinfuse_score_writes_the_frame_and_the_c_index(trained, synthetic_coho
     assert f"Harrell C-index against the folder's labels: {c:.4f}" in printed
 
 
+def test_clinfuse_score_in_bf16_mixed_precision(trained, synthetic_cohort, tmp_path):
+    from clinfuse.experiments.prognosis_cohort import score_main
+
+    _, prog = trained
+    model = prog.save(tmp_path / "predictor")
+    out = tmp_path / "bf16.csv"
+    score_main(["--model", str(model), "--root", str(synthetic_cohort), "--split", "test", "--out", str(out),
+                "--precision", "bf16-mixed"])
+    got = pd.read_csv(out)
+    want = prog.predict_cohort(synthetic_cohort, split="test", show_progress=False)
+    assert list(got["patient_id"].astype(str)) == list(want["patient_id"].astype(str))
+    spread = want["risk"].std()
+    assert (got["risk"] - want["risk"]).abs().max() <= 0.05 * spread + 1e-3
+    assert (got["risk"] != want["risk"]).any()
+    with pytest.raises(SystemExit):  # argparse names the choices
+        score_main(["--model", str(model), "--root", str(synthetic_cohort), "--out", str(out), "--precision", "16"])
+
+
 def _labelled_copy(src, dst, change):
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("ecg", "wsi", ".clinfuse_cache"))
     labels = pd.read_parquet(dst / "labels.parquet")
