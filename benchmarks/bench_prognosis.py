@@ -91,6 +91,7 @@ from clinfuse.datasets.datamodule import ClinicalDataModule
 from clinfuse.datasets.synthetic import generate_cohort
 from clinfuse.experiments.cohort_records import records_from_cohort
 from clinfuse.experiments.cpu_allocator import keep_freed_memory
+from clinfuse.experiments.inference_precision import PRECISIONS
 from clinfuse.experiments.module import ClinFuseModule
 from clinfuse.experiments.prognosis import Prognosis, PrognosisPyfunc
 from clinfuse.experiments.prognosis_inputs import finish_items
@@ -127,11 +128,14 @@ def main() -> None:
     p.add_argument("--system-allocator", action="store_true",
                    help="leave glibc's malloc thresholds as they are (the default applies keep_freed_memory, "
                         "as the serving and scoring processes do)")
+    p.add_argument("--precision", choices=PRECISIONS, default="32-true",
+                   help="Prognosis.precision of the timed predictor (bf16-mixed: bfloat16 matrix products)")
     a = p.parse_args()
     allocator = "glibc defaults" if a.system_allocator else (
         "keep_freed_memory" if keep_freed_memory() else "keep_freed_memory unavailable (no glibc)")
     work = Path(tempfile.mkdtemp(prefix="clinfuse-prognosis-"))
     prog, dm, root = train_predictor(work, a.patients, a.epochs)
+    prog.precision = a.precision
 
     ids = list(dm.cohort.splits["test"]) + list(dm.cohort.splits["val"]) + list(dm.cohort.splits["train"])
     records = records_from_cohort(root, ids)
@@ -174,7 +178,7 @@ def main() -> None:
                    for c in (True, False)}
     tab_only = {"patient_id": "tab-only", "tabular": records[full]["tabular"]}
     tab = _times(lambda: prog.predict([tab_only]), a.reps)
-    print(f"\nquickstart architecture, {a.patients} patients, torch threads {torch.get_num_threads()}; "
+    print(f"\nquickstart architecture, {a.patients} patients, torch threads {torch.get_num_threads()}, precision {a.precision}; "
           f"allocator: {allocator}; targets: one patient p50 <= 10 ms, batch 256 >= 2,000 patients/s")
     print("\n| inputs | contributions | one patient p50 (ms) | p90 (ms) | batch 256 (patients/s) |\n|---|---|---|---|---|")
     for r in rows:

@@ -40,7 +40,7 @@ import numpy as np
 BATCH = 256
 
 
-def _worker(prognosis_dir: str, records_file: str, threads: int, batches: int, barrier, results) -> None:
+def _worker(prognosis_dir: str, records_file: str, threads: int, batches: int, precision: str, barrier, results) -> None:
     import torch
 
     from clinfuse.experiments.cpu_allocator import keep_freed_memory
@@ -48,7 +48,7 @@ def _worker(prognosis_dir: str, records_file: str, threads: int, batches: int, b
 
     torch.set_num_threads(threads)
     keep_freed_memory()
-    prog = Prognosis.load(prognosis_dir)
+    prog = Prognosis.load(prognosis_dir, precision=precision)
     with open(records_file, "rb") as f:
         records = pickle.load(f)
     batch = records[:BATCH]
@@ -62,11 +62,12 @@ def _worker(prognosis_dir: str, records_file: str, threads: int, batches: int, b
     results.put((time.perf_counter() - start, float(np.median(per_batch)), len(out)))
 
 
-def run(prognosis_dir: str, records_file: str, workers: int, threads: int, batches: int) -> tuple[float, float]:
+def run(prognosis_dir: str, records_file: str, workers: int, threads: int, batches: int,
+        precision: str = "32-true") -> tuple[float, float]:
     """Aggregate patients/s and the median seconds per batch over ``workers`` processes."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(prognosis_dir, records_file, threads, batches, barrier, results))
+    procs = [ctx.Process(target=_worker, args=(prognosis_dir, records_file, threads, batches, precision, barrier, results))
              for _ in range(workers)]
     for p in procs:
         p.start()
@@ -88,6 +89,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=12, help="batches of 256 each worker predicts (after one warm-up)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
+    p.add_argument("--precision", nargs="+", choices=["32-true", "bf16-mixed"], default=["32-true"],
+                   help="Prognosis.precision(s) to time (bf16-mixed: bfloat16 matrix products)")
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_prognosis import in_memory, train_predictor
@@ -105,16 +108,17 @@ def main() -> None:
     with open(work / "records.pkl", "wb") as f:
         pickle.dump(records, f)
     rows = []
-    for w in a.workers:
-        threads = a.threads or max(1, cores // w)
-        rate, per_batch = run(str(work / "prognosis"), str(work / "records.pkl"), w, threads, a.batches)
-        rows.append((w, threads, rate, per_batch))
-        print(f"{w} worker(s) x {threads} thread(s): {rate:.0f} patients/s", flush=True)
+    for precision in a.precision:
+        for w in a.workers:
+            threads = a.threads or max(1, cores // w)
+            rate, per_batch = run(str(work / "prognosis"), str(work / "records.pkl"), w, threads, a.batches, precision)
+            rows.append((precision, w, threads, rate, per_batch))
+            print(f"{precision}: {w} worker(s) x {threads} thread(s): {rate:.0f} patients/s", flush=True)
     print(f"\nquickstart architecture, {a.patients} patients, {cores} cores; in-memory batches of {BATCH}, "
           f"no contributions, {a.batches} batches per worker")
-    print("\n| workers | torch threads each | aggregate patients/s | s per batch of 256 (median) |\n|---|---|---|---|")
-    for w, threads, rate, per_batch in rows:
-        print(f"| {w} | {threads} | {rate:.0f} | {per_batch:.3f} |")
+    print("\n| precision | workers | torch threads each | aggregate patients/s | s per batch of 256 (median) |\n|---|---|---|---|---|")
+    for precision, w, threads, rate, per_batch in rows:
+        print(f"| {precision} | {w} | {threads} | {rate:.0f} | {per_batch:.3f} |")
 
 
 if __name__ == "__main__":

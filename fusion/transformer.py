@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -157,18 +158,28 @@ class TransformerFusion(FusionHead):
         Returns ``x (B, 1 + sum N_m, D)``, ``mask (B, 1 + sum N_m)`` (True = real) and each
         modality's ``(start, end)`` span.
         """
-        seqs, masks, spans = [], [], {}
+        parts, masks, spans = [], [], {}
         start = 1  # position 0 is CLS
         for name, toks in self.ordered(inputs):
             tokens, mask = toks.tokens, toks.mask & toks.present[:, None]
             if self.max_tokens_per_modality is not None:
                 tokens, mask = keep_last_tokens(ModalityTokens(tokens, mask, mask.any(1), toks.times), self.max_tokens_per_modality)
-            tokens = torch.where(mask[..., None], tokens, torch.zeros_like(tokens))  # (B, N_m, D)
-            seqs.append(tokens + self.type_embedding[self.modalities.index(name)])  # (B, N_m, D)
+            parts.append((tokens, mask, self.type_embedding[self.modalities.index(name)]))
             masks.append(mask)
             spans[name] = (start, start + mask.shape[1])
             start += mask.shape[1]
-        cls = self.cls.expand(b, 1, -1)  # (B, 1, D)
-        x = torch.cat([cls, *seqs], dim=1)  # (B, 1 + sum N_m, D)
         mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=device), *masks], dim=1)  # (B, 1 + sum N_m)
+        if torch.is_grad_enabled():
+            seqs = [torch.where(m[..., None], t, torch.zeros_like(t)) + e for t, m, e in parts]  # (B, N_m, D) each
+            return torch.cat([self.cls.expand(b, 1, -1), *seqs], dim=1), mask, spans  # (B, 1 + sum N_m, D)
+        # without autograd: written in place into one buffer (a third of the memory traffic; out= and
+        # in-place ops cannot record gradients, hence the branch). The same values.
+        dtype = functools.reduce(torch.promote_types, [t.dtype for t, _, _ in parts], self.cls.dtype)
+        x = torch.empty(b, start, self.d_model, dtype=dtype, device=device)  # (B, 1 + sum N_m, D)
+        x[:, 0] = self.cls
+        zero = torch.zeros((), dtype=dtype, device=device)
+        for (tokens, m, embedding), (lo, hi) in zip(parts, spans.values()):
+            seg = x[:, lo:hi]  # (B, N_m, D) view
+            torch.where(m[..., None], tokens.to(dtype), zero, out=seg)  # padding zeroed, whatever it held
+            seg.add_(embedding)
         return x, mask, spans

@@ -129,3 +129,13 @@ def test_unseen_level_reaches_the_prediction_and_cohort_scoring(trained_prognosi
     frame = prog.predict_cohort(copy, split="test", show_progress=False)
     observed = frame["modalities_used"].str.contains("tabular")
     assert frame.loc[observed, "input_warnings"].str.contains(f"tabular.{col}: a level not seen in training").any()
+
+
+def test_median_helper_equals_numpy_median():
+    from clinfuse.experiments.input_checks import _median
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 12, 13, 768):
+        x = rng.normal(size=n)
+        assert _median(x) == float(np.median(x))
+    assert _median(np.array([4.0, 1.0, 3.0, 2.0])) == 2.5

@@ -86,3 +86,24 @@ def test_constructor_validates():
         TransformerFusion(10, ["a"], n_heads=4)
     with pytest.raises(ValueError, match="max_tokens_per_modality"):
         TransformerFusion(8, ["a"], max_tokens_per_modality=0)
+
+
+def test_sequence_without_autograd_is_the_same_tensor_whatever_the_padding_holds():
+    """Without autograd the CLS + tokens sequence is written into one buffer in place; it must equal
+    the autograd path's exactly, with NaN padding zeroed and bfloat16 tokens promoted."""
+    torch.manual_seed(0)
+    head = TransformerFusion(D, ["a", "b"], n_heads=2).eval()
+    inputs = _inputs()
+    raw = inputs["a"].tokens.clone()
+    raw[~inputs["a"].mask] = float("nan")  # a contract-breaking encoder: padding must still vanish
+    inputs["a"] = ModalityTokens(raw, inputs["a"].mask, inputs["a"].present)
+    inputs["b"] = ModalityTokens(inputs["b"].tokens.bfloat16(), inputs["b"].mask, inputs["b"].present)
+    with torch.enable_grad():
+        x_grad, mask_grad, spans_grad = head._sequence(inputs, 3, torch.device("cpu"))
+    with torch.no_grad():
+        x, mask, spans = head._sequence(inputs, 3, torch.device("cpu"))
+        pooled = head.pooled_output(inputs).pooled
+    assert x.dtype == x_grad.dtype == torch.float32
+    assert torch.equal(x, x_grad) and torch.equal(mask, mask_grad) and spans == spans_grad
+    assert torch.isfinite(x).all() and torch.isfinite(pooled).all()
+    assert torch.equal(x[:, 0], head.cls.detach().expand(3, -1))
