@@ -34,6 +34,7 @@ HORIZONS = (30.0, 90.0, 365.0)
 
 def score(prog: Prognosis, root: Path, split: str, reps: int):
     """The predictions frame and the median seconds of ``reps`` timed runs (after one warm-up)."""
+    split = None if split == "all" else split
     frame = prog.predict_cohort(root, split=split, horizons=HORIZONS, contributions=False, show_progress=False)
     seconds = []
     for _ in range(reps):
@@ -47,7 +48,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="predictor folder or MLflow model URI (default: train one)")
     p.add_argument("--root", help="cohort folder (with --model)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="a split of splits.csv, or 'all'")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--patients", type=int, default=2000, help="without --model: synthetic cohort size")
     p.add_argument("--epochs", type=int, default=12, help="without --model: training epochs")

@@ -10,6 +10,11 @@ spec (another variable list would give the same shapes and silently wrong meanin
      "spec": <the modality's spec>, "state_dict": {...}, "info": {...how it was made...}}
 
 Read with ``torch.load(weights_only=True)``: tensors and plain containers only, nothing executed.
+
+``info["statistics"]`` (written by ``clinfuse pretrain``) holds the per-feature mean and sd the
+pretraining data were standardised with. The same variable list standardised with other
+statistics (pretraining on another cohort) loads, but :func:`statistics_shift` describes the
+difference and training warns with it: the encoder then reads those variables on another scale.
 """
 
 from __future__ import annotations
@@ -17,10 +22,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 FORMAT = "clinfuse-encoder-weights/1"
+#: a feature is reported when the means differ by more than this many pretraining sd ...
+MEAN_SHIFT_SD = 0.25
+#: ... or the sd ratio (this run's / the pretraining's) leaves [1 / SD_RATIO, SD_RATIO]
+SD_RATIO = 1.25
 
 
 def _class_name(encoder: nn.Module) -> str:
@@ -107,3 +117,46 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, modality: str, sp
                          "was pretrained with")
     encoder.load_state_dict(theirs)
     return content.get("info", {})
+
+
+def fitted_statistics(fitted: dict) -> dict | None:
+    """The per-feature ``mean``/``std`` lists of a reader's fitted state (None when it has none)."""
+    if "mean" not in fitted or "std" not in fitted:
+        return None
+    return {"mean": [float(v) for v in fitted["mean"]], "std": [float(v) for v in fitted["std"]]}
+
+
+def _feature_names(fitted: dict, n: int) -> list[str]:
+    for key in ("variables", "numeric_features", "genes"):
+        if len(fitted.get(key) or []) == n:
+            return [str(v) for v in fitted[key]]
+    return [f"feature {j}" for j in range(n)]
+
+
+def statistics_shift(pretrained: dict | None, fitted: dict, path: str | Path, modality: str) -> str | None:
+    """A warning naming the features whose standardisation differs between the pretraining data
+    (``pretrained``, the file's ``info["statistics"]``) and this run's training split (``fitted``,
+    the reader's fitted state); None when they agree or either side has no statistics.
+
+    A feature differs when its means are more than :data:`MEAN_SHIFT_SD` pretraining sd apart or
+    its sd ratio leaves ``[1 / SD_RATIO, SD_RATIO]``.
+    """
+    ours = fitted_statistics(fitted)
+    if not pretrained or ours is None or len(pretrained.get("mean", [])) != len(ours["mean"]):
+        return None
+    m0, s0 = np.asarray(pretrained["mean"], float), np.asarray(pretrained["std"], float)
+    m1, s1 = np.asarray(ours["mean"], float), np.asarray(ours["std"], float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.abs(m1 - m0) / np.where(s0 > 0, s0, 1.0)
+        ratio = np.where((s0 > 0) & (s1 > 0), s1 / s0, 1.0)
+    bad = np.flatnonzero((shift > MEAN_SHIFT_SD) | (ratio > SD_RATIO) | (ratio < 1 / SD_RATIO))
+    if not len(bad):
+        return None
+    bad = bad[np.argsort(-(shift[bad] + np.abs(np.log(ratio[bad]))), kind="stable")]  # the largest first
+    names = _feature_names(fitted, len(m1))
+    listed = "; ".join(f"{names[j]} mean {m0[j]:.4g} -> {m1[j]:.4g}, sd {s0[j]:.4g} -> {s1[j]:.4g}" for j in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return (f"encoder weights {path} ({modality}) were pretrained on data standardised with other statistics than "
+            f"this run's training split: {listed}{more} ({len(bad)} of {len(m1)} features beyond {MEAN_SHIFT_SD:g} sd "
+            f"in mean or {SD_RATIO:g}x in sd): the pretrained encoder reads these on another scale. Pretrain on "
+            "this cohort's training split to avoid it, or let fine-tuning adapt")

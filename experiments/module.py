@@ -178,8 +178,11 @@ class ClinFuseModule(pl.LightningModule):
         if unknown:
             raise ValueError(f"model.encoder_weights names modalities {unknown} that this run does not load "
                              f"(loaded: {self.modalities})")
+        #: modality -> (file, the pretraining data's statistics): compared with the data in setup()
+        self._pretrained_statistics: dict[str, tuple[str, dict | None]] = {}
         for m, path in files.items():
             info = load_encoder_weights(self.encoders[m], path, m, spec[m])
+            self._pretrained_statistics[m] = (str(path), info.get("statistics"))
             made = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                              for k, v in info.items() if not isinstance(v, (dict, list)))
             rank_zero_info(f"{m} encoder starts from {path}" + (f" ({made})" if made else ""))
@@ -239,6 +242,8 @@ class ClinFuseModule(pl.LightningModule):
                 f"{sorted(data_spec)} (lacking {lacking}, extra {extra}): build the model from this data module's "
                 "spec (ClinFuseModule(spec=datamodule.spec, ...)) or load the same modalities"
             )
+        if stage == "fit":
+            self._warn_pretrained_statistics(getattr(datamodule, "cohort", None))
         if self.objective is None or self.objective.fitted:
             return
         cohort = getattr(datamodule, "cohort", None)
@@ -254,6 +259,19 @@ class ClinFuseModule(pl.LightningModule):
             )
         train = cohort.labels.set_index("patient_id").loc[list(cohort.splits["train"])]
         self.objective.fit_bins(torch.as_tensor(train["time"].to_numpy(float)), torch.as_tensor(train["event"].to_numpy(float)))
+
+    def _warn_pretrained_statistics(self, cohort) -> None:  # noqa: ANN001 - a datasets.cohort.Cohort or None
+        """Warn for each pretrained encoder whose pretraining data were standardised with other
+        statistics than this cohort's training split
+        (:func:`~clinfuse.experiments.encoder_weights.statistics_shift`)."""
+        from clinfuse.experiments.encoder_weights import statistics_shift
+
+        readers = getattr(cohort, "readers", None) or {}
+        for m, (path, stats) in getattr(self, "_pretrained_statistics", {}).items():
+            if m in readers:
+                message = statistics_shift(stats, readers[m].state_dict()["fitted"], path, m)
+                if message:
+                    rank_zero_warn(message)
 
     def step_outputs(self, fused: FusionOutput) -> list[torch.Tensor]:
         """The task head read after every step of a sequential head (empty for other heads)."""

@@ -60,7 +60,7 @@ def pretrain_main(argv: Sequence[str]) -> Path:
     import lightning.pytorch as pl
 
     from clinfuse.experiments.cli import _NoLightningTips, cli_main
-    from clinfuse.experiments.encoder_weights import save_encoder_weights
+    from clinfuse.experiments.encoder_weights import fitted_statistics, save_encoder_weights
     from clinfuse.experiments.forecast_pretrain import ForecastPretrainModule
     from clinfuse.experiments.unlabelled_series import pretraining_loader, split_loader
 
@@ -93,7 +93,8 @@ def pretrain_main(argv: Sequence[str]) -> Path:
     info = {"task": "forecast", "forecast_hours": a.forecast_hours, "epochs": a.epochs, "lr": a.lr,
             "cohort": str(dm.cohort.root), "unlabelled": str(a.unlabelled) if a.unlabelled else None,
             "patients": len(train.dataset), "unlabelled_patients": n_unlabelled,
-            "val_loss_before": before, "val_loss_after": after}
+            "val_loss_before": before, "val_loss_after": after,
+            "statistics": fitted_statistics(labelled.state_dict()["fitted"])}
     out = save_encoder_weights(encoder, a.out, "timeseries", dm.spec["timeseries"], info)
     print(f"pretrained {type(encoder).__name__} on {len(train.dataset)} patients "
           f"({len(train.dataset) - n_unlabelled} training + {n_unlabelled} unlabelled) for {a.epochs} epochs; "

@@ -95,6 +95,8 @@ def test_clinfuse_pretrain_learns_to_forecast_and_clinfuse_fit_starts_from_it(tm
     info = read_encoder_weights(out)["info"]
     assert info["val_loss_after"] < 0.9 * info["val_loss_before"]  # it learned to forecast
     assert info["unlabelled_patients"] == 0 and info["epochs"] == 3
+    fitted = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "timeseries"]).cohort.readers["timeseries"].state_dict()["fitted"]
+    assert info["statistics"]["mean"] == pytest.approx(fitted["mean"]) and info["statistics"]["std"] == pytest.approx(fitted["std"])
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "--model.encoder_weights" in printed
     cli = cli_main([*base, f"--model.encoder_weights={json.dumps({'timeseries': str(out)})}",
@@ -106,3 +108,41 @@ def test_clinfuse_pretrain_learns_to_forecast_and_clinfuse_fit_starts_from_it(tm
         pretrain_main([*base, "--lr", "0", "--out", str(tmp_path / "x.pt")])
     with pytest.raises(ValueError, match="no timeseries.parquet"):
         pretrain_main([*base, "--unlabelled", str(tmp_path), "--out", str(tmp_path / "x.pt")])
+
+
+def test_other_standardisation_statistics_are_named_and_warned_about_at_fit(tmp_path, synthetic_cohort, spec):
+    from types import SimpleNamespace
+
+    from clinfuse.experiments.encoder_weights import statistics_shift
+
+    dm = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "timeseries"])
+    fitted = dm.cohort.readers["timeseries"].state_dict()["fitted"]
+    same = {"mean": list(fitted["mean"]), "std": list(fitted["std"])}
+    assert statistics_shift(same, fitted, "w.pt", "timeseries") is None
+    assert statistics_shift(None, fitted, "w.pt", "timeseries") is None  # files written without statistics
+    other = {"mean": list(same["mean"]), "std": list(same["std"])}
+    other["mean"][1] -= 0.5 * other["std"][1]  # this run's mean is 0.5 pretraining sd higher
+    other["std"][3] *= 0.4  # this run's sd is 2.5x the pretraining's
+    other["mean"][4] += 0.2 * other["std"][4]  # within 0.25 sd: not named
+    message = statistics_shift(other, fitted, "w.pt", "timeseries")
+    names = fitted["variables"]
+    assert f"2 of {len(names)} features" in message and "w.pt (timeseries)" in message
+    assert message.index(names[3]) < message.index(names[1])  # the larger difference first
+    assert names[4] not in message.split("(2 of")[0]
+    # a model starting from such a file warns when it is fitted on this cohort, and not otherwise
+    enc = _trained_encoder(spec)
+    path = save_encoder_weights(enc, tmp_path / "ts.pt", "timeseries", spec["timeseries"], {"statistics": other})
+    model = ClinFuseModule(spec=spec, d_model=16, encoders={"timeseries": STraTSEncoder},
+                           encoder_weights={"timeseries": str(path)})
+    model._trainer = SimpleNamespace(datamodule=dm)
+    with pytest.warns(UserWarning, match=f"pretrained on data standardised with other statistics.*{names[3]} mean"):
+        model.setup("fit")
+    path = save_encoder_weights(enc, tmp_path / "ts2.pt", "timeseries", spec["timeseries"], {"statistics": same})
+    model = ClinFuseModule(spec=spec, d_model=16, encoders={"timeseries": STraTSEncoder},
+                           encoder_weights={"timeseries": str(path)})
+    model._trainer = SimpleNamespace(datamodule=dm)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.setup("fit")
