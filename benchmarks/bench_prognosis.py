@@ -68,6 +68,14 @@ ms; parsing 78-104 ms either way; pyfunc wire (base64) 251 / 286 against 222 / 2
 ``predict_cohort`` 932 / 939 without contributions either way, 422 / 446 with them against 295 / 298.
 The batch-256 target stays out of reach on 2 cores: parsing alone plus the model part is ~200 ms.
 
+Sixteenth session (2026-12-03; leaner ECG, time-series and fusion inference paths; idle machine,
+two runs): rows in the order of the first table, with slides in memory last: 6.2 / 6.0, 5.0 / 5.1,
+5.9 / 6.0, 4.6 / 4.7, 5.3 / 5.5, 4.0 / 4.2 ms and 469 / 442, 749 / 749, 580 / 547, 968 / 967,
+690 / 652, 1,299 / 1,272 patients/s; parsing 87-91 ms, collate + model 89-91 ms (2,816-2,882
+patients/s for that part). ``--precision bf16-mixed``: 4.0 -> 5.2 ms for one patient, 1,266
+patients/s for the in-memory batch (level with float32 on two threads; it pays in single-threaded
+workers, ``bench_prognosis_workers.py``).
+
 The REST path (the earlier run, slides still as file paths): ``PrognosisPyfunc.predict`` on the wire DataFrame of 256 in-memory
 records with contributions: 147 patients/s with the ECG as JSON lists (75.7 MB of JSON, most of
 the time in ``json.loads``), 309 patients/s with the ECG as base64 float32
