@@ -65,10 +65,14 @@ class ForecastPretrainModule(pl.LightningModule):
             ``d_model`` size the head).
         forecast_hours: the forecast window after the cut-off (STraTS: 2 h).
         lr, weight_decay: AdamW.
+        val_seed: validation draws its cut-offs from a generator seeded with this at the start of
+            every validation run, so each epoch's validation loss (early stopping's monitor) is
+            measured at the same cut-offs and the training's random stream is left alone; None:
+            from the global random stream, like training.
     """
 
     def __init__(self, encoder: ModalityEncoder, forecast_hours: float = 2.0, lr: float = 1e-3,
-                 weight_decay: float = 1e-4) -> None:
+                 weight_decay: float = 1e-4, val_seed: int | None = 0) -> None:
         super().__init__()
         if encoder.modality != "timeseries":
             raise ValueError(f"ForecastPretrainModule: needs a time-series encoder, got {type(encoder).__name__} "
@@ -79,6 +83,8 @@ class ForecastPretrainModule(pl.LightningModule):
         self.n_variables = int(encoder.n_variables)
         self.forecast_hours, self.lr, self.weight_decay = float(forecast_hours), lr, weight_decay
         self.head = nn.Linear(encoder.d_model, self.n_variables)
+        self.val_seed = val_seed
+        self._val_generator: torch.Generator | None = None
 
     def loss(self, inputs: dict[str, torch.Tensor], cutoff: torch.Tensor) -> torch.Tensor:
         """Masked mean squared forecasting error of one batch at the given cut-offs.
@@ -94,8 +100,9 @@ class ForecastPretrainModule(pl.LightningModule):
         err = (self.head(pooled) - target) ** 2 * seen  # (B, V)
         return err.sum() / seen.sum().clamp(min=1)
 
-    def draw_cutoffs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per patient, uniform between its first and last observation time (0 without any).
+    def draw_cutoffs(self, inputs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per patient, uniform between its first and last observation time (0 without any),
+        drawn from ``generator`` (default: the global random stream).
 
         Shapes:
             - returns ``(B,)``
@@ -106,19 +113,29 @@ class ForecastPretrainModule(pl.LightningModule):
         last = torch.where(valid, times, -torch.inf).amax(1)
         has = valid.any(1)
         first, last = torch.where(has, first, 0.0), torch.where(has, last, 0.0)
-        return first + torch.rand_like(first) * (last - first)
+        u = torch.rand(first.shape, generator=generator, dtype=first.dtype, device=first.device)  # (B,)
+        return first + u * (last - first)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         if "timeseries" not in batch["inputs"]:
             raise ValueError(f"ForecastPretrainModule: the batch holds no time series (modalities "
                              f"{sorted(batch['inputs'])}); give it a data module that loads 'timeseries'")
         inputs = batch["inputs"]["timeseries"]
-        loss = self.loss(inputs, self.draw_cutoffs(inputs))
-        self.log(f"pretrain/{stage}_loss", loss, prog_bar=True, batch_size=inputs["mask"].shape[0])
+        loss = self.loss(inputs, self.draw_cutoffs(inputs, self._val_generator if stage == "val" else None))
+        # per epoch (the mean over its batches) for both: what MLflow shows and early stopping reads
+        self.log(f"pretrain/{stage}_loss", loss, prog_bar=True, on_step=False, on_epoch=True,
+                 batch_size=inputs["mask"].shape[0])
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
+
+    def on_validation_epoch_start(self) -> None:
+        if self.val_seed is not None:
+            self._val_generator = torch.Generator(device=self.device).manual_seed(self.val_seed)
+
+    def on_validation_epoch_end(self) -> None:
+        self._val_generator = None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")

@@ -90,7 +90,7 @@ def test_clinfuse_pretrain_learns_to_forecast_and_clinfuse_fit_starts_from_it(tm
 
     base = ["--config", str(QUICKSTART), "--config", str(STRATS), f"--data.root={synthetic_cohort}",
             "--data.modalities=[tabular, timeseries]", "--model.d_model=16"]
-    out = pretrain_main([*base, "--epochs", "3", "--out", str(tmp_path / "ts.pt"),
+    out = pretrain_main([*base, "--epochs", "3", "--no-mlflow", "--out", str(tmp_path / "ts.pt"),
                          f"--trainer.default_root_dir={tmp_path}"])
     info = read_encoder_weights(out)["info"]
     assert info["val_loss_after"] < 0.9 * info["val_loss_before"]  # it learned to forecast
@@ -146,3 +146,36 @@ def test_other_standardisation_statistics_are_named_and_warned_about_at_fit(tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.setup("fit")
+
+
+def test_pretrain_stops_early_keeps_the_best_epoch_and_records_the_run_in_mlflow(tmp_path, synthetic_cohort,
+                                                                                monkeypatch, capsys):
+    import mlflow
+
+    from clinfuse.experiments.encoder_weights import read_encoder_weights
+    from clinfuse.experiments.pretrain import pretrain_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = ["--config", str(QUICKSTART), "--config", str(STRATS), f"--data.root={synthetic_cohort}",
+            "--data.modalities=[tabular, timeseries]", "--model.d_model=16", f"--trainer.default_root_dir={tmp_path}"]
+    # lr 0.3 overshoots: the validation loss stops improving and the run stops after `patience` epochs
+    out = pretrain_main([*base, "--epochs", "12", "--patience", "1", "--lr", "0.3", "--out", str(tmp_path / "ts.pt")])
+    info = read_encoder_weights(out)["info"]
+    assert info["epochs_run"] < 12 and info["epochs_run"] == info["best_epoch"] + 2  # best, then 1 epoch without gain
+    printed = capsys.readouterr().out
+    assert "stopped early" in printed and f"best epoch {info['best_epoch'] + 1}" in printed
+    # the written weights are the best epoch's: the validation loss after restoring is the best one seen
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.info.run_name.startswith("pretrain-forecast-strats-") and run.data.tags["clinfuse.kind"] == "pretrain"
+    history = [m.value for m in client.get_metric_history(run.info.run_id, "pretrain/val_loss")]
+    assert len(history) == info["epochs_run"]
+    assert len(client.get_metric_history(run.info.run_id, "pretrain/train_loss")) == info["epochs_run"]
+    assert info["val_loss_after"] == pytest.approx(min(history), rel=1e-5)
+    assert run.data.metrics["val_loss_after"] == pytest.approx(info["val_loss_after"])
+    assert run.data.params["patience"] == "1" and run.data.params["encoder_class"] == "STraTSEncoder"
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "encoder_weights")] == ["encoder_weights/ts.pt"]
+    assert f"MLflow run {run.info.run_id}" in printed
+    with pytest.raises(ValueError, match="--patience must be >= 0"):
+        pretrain_main([*base, "--patience", "-1", "--out", str(tmp_path / "x.pt")])

@@ -92,3 +92,26 @@ def test_bad_arguments_are_named():
     pre = ForecastPretrainModule(STraTSEncoder(16, STraTSEncoder.example_spec()))
     with pytest.raises(ValueError, match=r"holds no time series \(modalities \['tabular'\]\)"):
         pre.training_step({"inputs": {"tabular": {}}}, 0)
+
+
+def test_validation_cutoffs_are_the_same_every_epoch_and_leave_the_training_stream_alone():
+    enc = STraTSEncoder(16, STraTSEncoder.example_spec())
+    pre = ForecastPretrainModule(enc, val_seed=3).eval()  # as Lightning validates: no dropout draws
+    inputs = STraTSEncoder.example_inputs(batch_size=4)
+    batch = {"inputs": {"timeseries": inputs}}
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(len(losses))  # a different global stream each time
+        pre.on_validation_epoch_start()
+        state = torch.get_rng_state()
+        with torch.no_grad():
+            losses.append(pre.loss(inputs, pre.draw_cutoffs(inputs, pre._val_generator)).item())
+            pre.validation_step(batch, 0)
+        assert torch.equal(torch.get_rng_state(), state)  # validation drew nothing from the global stream
+        pre.on_validation_epoch_end()
+    assert losses[0] == losses[1]
+    assert pre._val_generator is None  # training draws from the global stream again
+    torch.manual_seed(0)
+    a = pre.draw_cutoffs(inputs)
+    torch.manual_seed(0)
+    assert torch.equal(a, pre.draw_cutoffs(inputs))
