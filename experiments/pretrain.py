@@ -1,7 +1,7 @@
 """``clinfuse pretrain``: self-supervised pretraining of the time-series encoder of a config stack.
 
     clinfuse pretrain --config experiments/quickstart.yaml --config experiments/configs/encoders/strats.yaml \\
-        --unlabelled data/unlabelled --epochs 4 --out pretrained/timeseries.pt
+        --unlabelled data/unlabelled --out pretrained/timeseries.pt
     clinfuse fit --config experiments/quickstart.yaml --config experiments/configs/encoders/strats.yaml \\
         --model.encoder_weights '{"timeseries": "pretrained/timeseries.pt"}'
 
@@ -128,7 +128,7 @@ def pretrain_main(argv: Sequence[str]) -> Path:
     stopped = (f"{ran} epochs (stopped early: no better validation loss for {a.patience}); best epoch {best.epoch + 1}"
                if best.epoch is not None and ran < a.epochs else
                f"{ran} epochs" + (f"; best epoch {best.epoch + 1}" if best.epoch is not None else ""))
-    tracked = f"\nMLflow run {logger.run_id} (experiment {logger.experiment_id}, {logger._tracking_uri})" if logger else ""
+    tracked = f"\nMLflow run {logger.run_id} (experiment {logger._experiment_name!r}, {logger._tracking_uri})" if logger else ""
     print(f"pretrained {type(encoder).__name__} on {len(train.dataset)} patients "
           f"({len(train.dataset) - n_unlabelled} training + {n_unlabelled} unlabelled) for {stopped}; "
           f"validation forecasting MSE {_fmt(before)} -> {_fmt(after)}\nwrote {out}{tracked}\n"
