@@ -178,11 +178,12 @@ class ClinFuseModule(pl.LightningModule):
         if unknown:
             raise ValueError(f"model.encoder_weights names modalities {unknown} that this run does not load "
                              f"(loaded: {self.modalities})")
-        #: modality -> (file, the pretraining data's statistics): compared with the data in setup()
-        self._pretrained_statistics: dict[str, tuple[str, dict | None]] = {}
+        #: modality -> (weights file, its info): the statistics are compared with the data in
+        #: setup(); the MLflow callback tags the fit's run with the file and its pretraining run
+        self.pretrained_from: dict[str, tuple[str, dict]] = {}
         for m, path in files.items():
             info = load_encoder_weights(self.encoders[m], path, m, spec[m])
-            self._pretrained_statistics[m] = (str(path), info.get("statistics"))
+            self.pretrained_from[m] = (str(path), info)
             made = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                              for k, v in info.items() if not isinstance(v, (dict, list)))
             rank_zero_info(f"{m} encoder starts from {path}" + (f" ({made})" if made else ""))
@@ -267,9 +268,9 @@ class ClinFuseModule(pl.LightningModule):
         from clinfuse.experiments.encoder_weights import statistics_shift
 
         readers = getattr(cohort, "readers", None) or {}
-        for m, (path, stats) in getattr(self, "_pretrained_statistics", {}).items():
+        for m, (path, info) in getattr(self, "pretrained_from", {}).items():
             if m in readers:
-                message = statistics_shift(stats, readers[m].state_dict()["fitted"], path, m)
+                message = statistics_shift(info.get("statistics"), readers[m].state_dict()["fitted"], path, m)
                 if message:
                     rank_zero_warn(message)
 

@@ -130,6 +130,13 @@ def log_run_facts(logger: MLFlowLogger, trainer: Any) -> None:
             pass
     for key, value in code_version().items():
         logger.experiment.set_tag(logger.run_id, key, value)
+    # encoders started from a weights file (model.encoder_weights): the file, and the MLflow run
+    # of the `clinfuse pretrain` that wrote it, so the fit's run leads to its pretraining
+    module = getattr(trainer, "lightning_module", None)
+    for m, (path, info) in (getattr(module, "pretrained_from", None) or {}).items():
+        logger.experiment.set_tag(logger.run_id, f"clinfuse.encoder_weights.{m}", str(Path(path).resolve()))
+        if info.get("mlflow_run_id"):
+            logger.experiment.set_tag(logger.run_id, f"clinfuse.encoder_weights.{m}.run_id", info["mlflow_run_id"])
 
 
 def code_version() -> dict[str, str]:

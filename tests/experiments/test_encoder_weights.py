@@ -177,5 +177,18 @@ def test_pretrain_stops_early_keeps_the_best_epoch_and_records_the_run_in_mlflow
     assert run.data.params["patience"] == "1" and run.data.params["encoder_class"] == "STraTSEncoder"
     assert [f.path for f in client.list_artifacts(run.info.run_id, "encoder_weights")] == ["encoder_weights/ts.pt"]
     assert f"MLflow run {run.info.run_id}" in printed
+    # a fit that starts from the file tags its own run with the file and this pretraining run
+    from types import SimpleNamespace
+
+    from clinfuse.experiments.tracking import WorkdirMLFlowLogger, log_run_facts
+
+    spec = ClinicalDataModule(str(synthetic_cohort), modalities=["tabular", "timeseries"]).spec
+    model = ClinFuseModule(spec=spec, d_model=16, encoders={"timeseries": STraTSEncoder},
+                           encoder_weights={"timeseries": str(out)})
+    logger = WorkdirMLFlowLogger(experiment_name="clinfuse")
+    log_run_facts(logger, SimpleNamespace(max_epochs=1, datamodule=None, lightning_module=model))
+    tags = client.get_run(logger.run_id).data.tags
+    assert tags["clinfuse.encoder_weights.timeseries"] == str(out.resolve())
+    assert tags["clinfuse.encoder_weights.timeseries.run_id"] == run.info.run_id
     with pytest.raises(ValueError, match="--patience must be >= 0"):
         pretrain_main([*base, "--patience", "-1", "--out", str(tmp_path / "x.pt")])
