@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked, select_leads  # noqa: F401 (re-exported)
+from clinfuse.datasets.ecg_leads import select_leads
 from clinfuse.datasets.padding import pad_stack, pick, present_mask
 from clinfuse.datasets.parallel import run_chunks
 from clinfuse.datasets.reader import ModalityReader, check_finite, check_known_ids, read_table, to_float

@@ -28,9 +28,13 @@ from clinfuse.datasets.reader import read_json_object
 from clinfuse.encoders.base import ModalityTokens
 from clinfuse.experiments.input_checks import DEFAULT_MAX_SD, out_of_range
 from clinfuse.experiments.inference_precision import check_precision, precision_context
-from clinfuse.experiments.prognosis_mlflow import PrognosisPyfunc, _BadJSON, _requirements, input_example, params_signature, records_from_frame  # noqa: F401 (re-exported: logged models name prognosis.PrognosisPyfunc)
+# PrognosisPyfunc must stay importable from here: models logged before it moved name prognosis.PrognosisPyfunc
+from clinfuse.experiments.prognosis_mlflow import PrognosisPyfunc, _BadJSON, _requirements, input_example, params_signature, records_from_frame
 from clinfuse.experiments.prognosis_inputs import collate_shell, finish_items, raw_to_item
 from clinfuse.experiments.survival_curves import BreslowBaseline
+
+#: the public names (records_from_frame is re-exported from prognosis_mlflow)
+__all__ = ["Prognosis", "PrognosisPyfunc", "records_from_frame"]
 
 FORMAT_VERSION = 1
 #: the keys of a predictor folder's ``model.ckpt`` (see :meth:`Prognosis.save`)
