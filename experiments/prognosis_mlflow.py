@@ -71,6 +71,12 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
+        if value and type(value[0]) is float:  # survival curves: hundreds of floats per patient
+            try:
+                if math.isfinite(sum(value)):  # all numbers and finite (TypeError: something else in it)
+                    return value
+            except TypeError:
+                pass
         return [_json_safe(v) for v in value]
     return value
 

@@ -14,19 +14,21 @@ prognosis API.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+# pybase64 (SIMD): the stdlib's decoder took a quarter of a 256-patient REST call with ECGs and
+# slides (0.17 s for ~70 MB of base64); pybase64 decodes the same ~40x faster, same bytes and errors
+import pybase64
 
 DTYPES = {"float32": "<f4", "float64": "<f8"}
 
 
 def _encode(x: np.ndarray, key: str, dtype: str) -> dict[str, Any]:
     """``{key: base64, "dtype", "shape"}`` of a 2-D array (already checked by the caller)."""
-    return {key: base64.b64encode(np.ascontiguousarray(x).tobytes()).decode("ascii"),
+    return {key: pybase64.b64encode(np.ascontiguousarray(x).tobytes()).decode("ascii"),
             "dtype": dtype, "shape": list(x.shape)}
 
 
@@ -93,7 +95,7 @@ def decode_array(raw: Mapping[str, Any], key: str, field: str) -> np.ndarray:
     if not isinstance(text, str):
         raise ValueError(f"field '{field}.{key}': expected a base64 string, got {type(text).__name__}")
     try:
-        data = base64.b64decode(text, validate=True)
+        data = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as err:
         raise ValueError(f"field '{field}.{key}': not valid base64: {err}") from None
     itemsize = np.dtype(DTYPES[dtype]).itemsize

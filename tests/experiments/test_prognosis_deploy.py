@@ -148,3 +148,30 @@ def test_the_past_horizon_notice_names_the_last_bin_end_for_discrete_time_models
     assert "last time-bin end (later training events all fall in its open last bin)" in prog.horizon_notice([end + 1])
     assert "last training event time" in slides[2].horizon_notice([slides[2].last_event_time + 1])  # Cox
     assert prog.horizon_notice([end]) is None
+
+
+def test_json_safe_output_is_strict_json_for_every_kind_of_list():
+    """The pyfunc's output conversion: a fast path returns all-finite float lists as they are;
+    everything else (NaN, inf, an overflowing sum, nested or mixed lists) as before."""
+    import json
+    import math
+
+    from clinfuse.experiments.prognosis_mlflow import _json_safe
+
+    def reference(v):  # the element-by-element definition
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): reference(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [reference(x) for x in v]
+        return v
+
+    cases = [
+        [0.9, 0.8, 0.5], [0.9, float("nan"), 0.1], [1.0, float("inf")], [1e308, 1e308],  # overflowing sum, finite values
+        [1.5, [2.0, float("nan")]], [1.5, None, 2.0], [1.5, "a"], [1.5, True, 2], [], [3, 2.5],
+        {"curve": {"times": [1.0, 2.0], "survival": [1.0, float("nan")]}, 7: [float("-inf")]},
+    ]
+    for case in cases:
+        got = _json_safe(case)
+        assert json.dumps(got, allow_nan=False) == json.dumps(reference(case), allow_nan=False)
