@@ -56,7 +56,8 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     reqs = []
-    for dist in ("clinfuse", "torch", "lightning", "mlflow", "pandas", "numpy", "scikit-survival", "wfdb", "h5py", "scipy", "polars"):
+    for dist in ("clinfuse", "torch", "lightning", "mlflow", "pandas", "numpy", "scikit-survival", "wfdb", "h5py", "scipy", "polars",
+                 "pybase64"):
         try:
             reqs.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:
