@@ -453,13 +453,15 @@ class Prognosis:
                 tokens = self.model.encode(batch, check_finite=False)  # non-finite outputs: per-patient errors below
                 tokens = {m: t.float() for m, t in tokens.items()}  # what feature contributions read
                 raw, fused = self._outputs(tokens, drop)  # (V, B[, K]) float32
+                steps = None
+                if fused.per_step:  # read in the same precision as raw: the last step is the risk
+                    from clinfuse.fusion.multimodn import step_predictions
+
+                    steps = step_predictions(fused, lambda h: self.model.head(h).float())[: raw.shape[1]]  # (B, S[, K])
             risk_all = torch.stack([self.model.risk(o) for o in raw])  # (V, B)
             traj = None
-            if fused.per_step:
-                from clinfuse.fusion.multimodn import step_predictions
-
-                n = raw.shape[1]
-                traj = step_predictions(fused, lambda h: self.model.risk(self.model.head(h)))[:n].float()  # (B, S)
+            if steps is not None:
+                traj = self.model.risk(steps.flatten(0, 1)).reshape(steps.shape[:2]).float()  # (B, S)
                 order = list(getattr(self.model.fusion, "last_order", None) or self.modalities)
             # inputs far outside the training ranges can overflow the model's float32 arithmetic:
             # those patients get an error, the others their predictions
