@@ -4,6 +4,7 @@ MLflow wire DataFrame path."""
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 
 import numpy as np
@@ -56,6 +57,20 @@ def test_decode_round_trip_and_encode_checks():
     np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(2, -1), sig.astype(np.float32))  # little-endian rows
     with pytest.raises(ValueError, match="L = 3 leads"):
         encode_ecg(sig, 250, ["I", "II", "V1"])
+
+
+def test_decoding_agrees_with_the_standard_librarys_strict_base64():
+    """decode_array (pybase64) against Python's own base64, validate=True: the same array from
+    text the standard library wrote, and every text the standard library refuses is refused."""
+    sig = _signal(2)
+    text = base64.b64encode(sig.astype("<f4").tobytes()).decode("ascii")
+    wire = {"signal_b64": text, "dtype": "float32", "shape": list(sig.shape)}
+    np.testing.assert_array_equal(decode_array(wire, "signal_b64", "ecg"), sig.astype(np.float32))
+    for bad in (text[:40] + "\n" + text[40:], text[:-1], text[:10] + "*" + text[11:], text + "=="):
+        with pytest.raises(binascii.Error):
+            base64.b64decode(bad, validate=True)
+        with pytest.raises(ValueError, match="not valid base64"):
+            decode_array({**wire, "signal_b64": bad}, "signal_b64", "ecg")
 
 
 WSI_STATE = {"modality": "wsi", "config": {"max_patches": 6}, "fitted": {"feature_dim": 3}}
