@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clinfuse.experiments.inference_precision import PRECISIONS
+
 BATCH = 256
 
 
@@ -93,7 +95,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=12, help="batches of 256 each worker predicts (after one warm-up)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
-    p.add_argument("--precision", nargs="+", choices=["32-true", "bf16-mixed"], default=["32-true"],
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["32-true"],
                    help="Prognosis.precision(s) to time (bf16-mixed: bfloat16 matrix products)")
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))

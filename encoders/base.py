@@ -97,11 +97,10 @@ class ModalityTokens:
         return self.tokens.shape[2]
 
     def float(self) -> "ModalityTokens":
-        """The same tokens as float32 (``self`` when they already are), e.g. after an encoder ran
-        under bfloat16 autocast."""
-        if self.tokens.dtype == torch.float32:
-            return self
-        return ModalityTokens(self.tokens.float(), self.mask, self.present, self.times)
+        """The same tokens with half-precision values upcast to float32 (:func:`upcast_half`;
+        ``self`` when there is nothing to upcast), e.g. after an encoder ran under bfloat16 autocast."""
+        tokens = upcast_half(self.tokens)
+        return self if tokens is self.tokens else ModalityTokens(tokens, self.mask, self.present, self.times)
 
     def select(self, rows: torch.Tensor) -> "ModalityTokens":
         """Keep only the patients where ``rows`` (``(B,)`` bool) is True; others become absent."""
