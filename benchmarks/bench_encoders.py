@@ -422,6 +422,32 @@ def add_noise_labs(root: Path, n: int, seed: int = 321) -> None:
     pd.concat([table, labs], axis=1).to_parquet(root / "tabular.parquet", index=False)
 
 
+LAB_COLUMNS = ("bmi", "heart_rate_admit", "creatinine", "sodium", "hemoglobin", "wbc", "albumin")
+LOG_LABS = frozenset({"creatinine", "wbc"})
+
+
+def blank_labs(root: Path, how: str, seed: int = 11) -> None:
+    """Blank most lab cells of ``tabular.parquet`` (every numeric column but age), as in an EHR
+    extract where labs are ordered only for some patients. ``how="mcar"``: each cell is kept with
+    probability 0.4, at random; ``how="abnormal"``: a cell is kept with probability
+    ``sigmoid(-1.2 + 1.5 |z|)``, ``z`` its column's standardised value (of the log for creatinine
+    and white cells), so a lab is seen more often when it is abnormal (~45 % kept): missingness that
+    says something. The cells already blank stay blank; the categorical columns are untouched."""
+    import pandas as pd
+
+    if how not in ("mcar", "abnormal"):
+        raise ValueError(f"--blank-labs must be 'mcar' or 'abnormal', got {how!r}")
+    table = pd.read_parquet(root / "tabular.parquet")
+    rng = np.random.default_rng(seed)
+    for c in LAB_COLUMNS:
+        x = table[c].to_numpy(float)
+        v = np.log(x) if c in LOG_LABS else x
+        z = np.nan_to_num((v - np.nanmean(v)) / np.nanstd(v))
+        keep_p = np.full(len(x), 0.4) if how == "mcar" else 1 / (1 + np.exp(1.2 - 1.5 * np.abs(z)))
+        table[c] = np.where(rng.uniform(size=len(x)) < keep_p, x, np.nan)
+    table.to_parquet(root / "tabular.parquet", index=False)
+
+
 PATIENT_TABLES = ("labels.parquet", "oracle.parquet", "presence.parquet", "tabular.parquet", "timeseries.parquet",
                   "notes.parquet", "genomics.csv", "splits.csv", "ecg/records.csv", "wsi/slides.csv")
 
@@ -515,6 +541,9 @@ def main() -> None:
                         "30), as a real expression panel has; the oracle is unchanged (they carry no signal)")
     p.add_argument("--noise-labs", type=int, default=0,
                    help="append this many uninformative lab columns to tabular.parquet (add_noise_labs)")
+    p.add_argument("--blank-labs", choices=("mcar", "abnormal"), default=None,
+                   help="blank ~60 %% of the lab cells of tabular.parquet, at random or mostly the normal "
+                        "values (blank_labs); the oracle is unchanged")
     p.add_argument("--ts-forecast-pretrain", type=int, default=0, metavar="EPOCHS",
                    help="pretrain each time-series encoder this many epochs to forecast (STraTS's self-supervised "
                         "task) before training it; its rows are named <encoder>+forecast")
@@ -597,6 +626,8 @@ def main() -> None:
             add_noise_genes(root, a.noise_genes)
         if a.noise_labs:
             add_noise_labs(root, a.noise_labs)
+        if a.blank_labs:
+            blank_labs(root, a.blank_labs)
         if a.ts_unlabelled:
             split_off_unlabelled(root, a.ts_unlabelled)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -64,6 +64,33 @@ def test_noise_labs_are_uninformative_numeric_columns_with_missing_panels(bench,
     assert "lab_019" in dm.spec["tabular"]["numeric_features"]
 
 
+@pytest.mark.parametrize("how", ["mcar", "abnormal"])
+def test_blank_labs_blanks_only_lab_cells_and_abnormal_keeps_the_extremes(bench, synthetic_cohort, tmp_path, how):
+    root = tmp_path / "cohort"
+    shutil.copytree(synthetic_cohort, root)
+    table = pd.read_parquet(root / "tabular.parquet")
+    bench.blank_labs(root, how)
+    out = pd.read_parquet(root / "tabular.parquet")
+    untouched = [c for c in table.columns if c not in bench.LAB_COLUMNS]
+    assert "age" in untouched
+    pd.testing.assert_frame_equal(out[untouched], table[untouched])
+    labs = list(bench.LAB_COLUMNS)
+    kept = out[labs].notna().to_numpy()
+    was = table[labs].notna().to_numpy()
+    assert not (kept & ~was).any()  # nothing filled in
+    np.testing.assert_array_equal(out[labs].to_numpy()[kept], table[labs].to_numpy()[kept])  # kept cells unchanged
+    assert 0.3 < kept.sum() / was.sum() < 0.55
+    z = (table["sodium"] - table["sodium"].mean()).abs() / table["sodium"].std()
+    seen = out["sodium"].notna()
+    gap = z[seen].mean() - z[~seen & table["sodium"].notna()].mean()
+    if how == "abnormal":
+        assert gap > 0.3  # the kept values are the abnormal ones
+    else:
+        assert abs(gap) < 0.2
+    with pytest.raises(ValueError, match="--blank-labs"):
+        bench.blank_labs(root, "mnar")
+
+
 def test_variants_bind_init_arguments_and_round_trip_through_the_row_name(bench):
     name, kwargs = bench.parse_variant("FTTransformerEncoder:numeric_embedding=periodic,frequency_scale=1.0")
     assert (name, kwargs) == ("FTTransformerEncoder", {"numeric_embedding": "periodic", "frequency_scale": 1.0})
