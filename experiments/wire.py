@@ -74,7 +74,9 @@ def encode_wsi(features: Any, dtype: str = "float32") -> dict[str, Any]:
 
 
 def decode_array(raw: Mapping[str, Any], key: str, field: str) -> np.ndarray:
-    """``raw[key]`` (base64) + ``dtype`` + ``shape`` -> the 2-D float64 array.
+    """``raw[key]`` (base64) + ``dtype`` + ``shape`` -> the 2-D array, in the wire's dtype (float32
+    or float64; no float64 copy of a float32 signal: the ECG and slide paths compute in float32) and
+    writeable (decoded into a bytearray, not a read-only bytes object).
 
     Args:
         raw: the wire dict.
@@ -95,7 +97,7 @@ def decode_array(raw: Mapping[str, Any], key: str, field: str) -> np.ndarray:
     if not isinstance(text, str):
         raise ValueError(f"field '{field}.{key}': expected a base64 string, got {type(text).__name__}")
     try:
-        data = pybase64.b64decode(text, validate=True)
+        data = pybase64.b64decode_as_bytearray(text, validate=True)
     except (binascii.Error, ValueError) as err:
         raise ValueError(f"field '{field}.{key}': not valid base64: {err}") from None
     itemsize = np.dtype(DTYPES[dtype]).itemsize
@@ -104,4 +106,4 @@ def decode_array(raw: Mapping[str, Any], key: str, field: str) -> np.ndarray:
             f"field '{field}.{key}': decodes to {len(data) // itemsize} {dtype} values ({len(data)} bytes); "
             f"shape {list(shape)} needs {shape[0] * shape[1]}"
         )
-    return np.frombuffer(data, dtype=DTYPES[dtype]).reshape(shape).astype(np.float64)
+    return np.frombuffer(data, dtype=DTYPES[dtype]).reshape(shape)

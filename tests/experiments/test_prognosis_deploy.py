@@ -3,6 +3,7 @@ answers that do not depend on the patient id, MLflow folders and request forms."
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 
@@ -175,3 +176,46 @@ def test_json_safe_output_is_strict_json_for_every_kind_of_list():
     for case in cases:
         got = _json_safe(case)
         assert json.dumps(got, allow_nan=False) == json.dumps(reference(case), allow_nan=False)
+
+
+@pytest.mark.parametrize("text", [
+    '{"age": 61, "sex": "F", "creatinine": 1.25}', '[1, 2.5, -0.0, 1e-7, 1E5, true, null]', '"caf\\u00e9 \\ud83d\\ude00"',
+    '{"a": 1, "a": 2}', ' {"nested": {"x": [1, [2, [3]]]}} ',
+    '{"value": NaN}', '[Infinity, -Infinity]', '"\\ud800"', '1.0e400',  # orjson refuses these; json reads them
+])
+def test_wire_json_reads_as_pythons_json_does(text):
+    from clinfuse.experiments.prognosis_mlflow import _loads
+
+    got, want = _loads(text), json.loads(text)
+    assert json.dumps(got) == json.dumps(want)  # NaN == NaN as text; types too (1 vs 1.0)
+
+
+@pytest.mark.parametrize("text", ["{'age': 61}", '{"age": 61', "", "[1, 2,]", "nul"])
+def test_wire_json_errors_are_pythons_json_errors(text):
+    from clinfuse.experiments.prognosis_mlflow import _loads
+
+    with pytest.raises(json.JSONDecodeError) as want:
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError) as got:
+        _loads(text)
+    assert str(got.value) == str(want.value)
+    frame = pd.DataFrame({"patient_id": ["p"], "tabular": [text]})
+    assert str(records_from_frame(frame)[0]["tabular"]) == f"field 'tabular': not valid JSON: {want.value}"
+
+
+def test_predictions_are_written_as_strict_json_with_the_values_of_json_dumps():
+    from clinfuse.experiments.prognosis_mlflow import _json_safe, dumps_prediction
+
+    pred = {"patient_id": "p", "risk": np.float64(-0.25), "median_survival": float("inf"),
+            "survival_curve": {"times": [1.0, 2.5, 1e-5], "survival": [1.0, 0.5, float("nan")]},
+            "survival_at": {30: 0.9, 90.0: 0.75}, "contributions": {"ecg": np.float32(0.125)},
+            "modalities_used": ["tabular", "ecg"], "input_warnings": [], "flag": np.bool_(True)}
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+    got = strict(dumps_prediction(pred))
+    reference = dict(pred, contributions={"ecg": 0.125}, flag=True)  # json.dumps cannot write numpy's float32/bool
+    assert got == strict(json.dumps(_json_safe(reference)))
+    assert got["median_survival"] is None and got["survival_curve"]["survival"][2] is None
+    assert got["survival_at"] == {"30": 0.9, "90.0": 0.75}

@@ -53,6 +53,9 @@ def test_bad_wire_ecg_names_the_field(change, match):
 def test_decode_round_trip_and_encode_checks():
     sig = _signal(1)
     np.testing.assert_array_equal(decode_array(encode_ecg(sig, 250, ["I", "II"], "float64"), "signal_b64", "ecg"), sig)
+    for dtype, want in (("float32", np.float32), ("float64", np.float64)):  # the wire's dtype, no widening copy
+        out = decode_array(encode_ecg(sig, 250, ["I", "II"], dtype), "signal_b64", "ecg")
+        assert out.dtype == want and out.flags.writeable and out.shape == sig.shape
     raw = base64.b64decode(encode_ecg(sig, 250, ["I", "II"])["signal_b64"])
     np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(2, -1), sig.astype(np.float32))  # little-endian rows
     with pytest.raises(ValueError, match="L = 3 leads"):
