@@ -182,11 +182,35 @@ def resample_picked(picked: Sequence[PickedLeads], fs: float, n_samples: int) ->
 _RESAMPLE_ROWS = 128
 
 
+def _ratio(fs_in: float, fs: float) -> tuple[int, int]:
+    """``(up, down)``: the rate change ``fs / fs_in`` as a fraction (denominator at most 1000)."""
+    ratio = Fraction(float(fs) / float(fs_in)).limit_denominator(1000)
+    return ratio.numerator, ratio.denominator
+
+
+def resample_signal(signal: np.ndarray, fs_in: float, fs: float) -> np.ndarray:
+    """One ``(L, S)`` signal resampled from ``fs_in`` to ``fs`` Hz, in float32, exactly as the ECG
+    reader and the prognosis API resample (same ratio, same filter, same arithmetic): a client can
+    send a record at the model's rate and get the prediction of the full-rate record.
+
+    Shapes:
+        - signal: ``(L, S)`` -> ``(L, ceil(S * fs / fs_in))`` (returned as given when the rates agree)
+    """
+    if not MIN_FS <= fs_in <= MAX_FS or not MIN_FS <= fs <= MAX_FS:
+        raise ValueError(f"sampling rates must be within {MIN_FS:g}-{MAX_FS:g} Hz, got {fs_in:g} -> {fs:g}")
+    x = np.ascontiguousarray(signal, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"signal must be (L, S), got shape {x.shape}")
+    up, down = _ratio(fs_in, fs)
+    if up == down:
+        return x
+    return resample_poly_rows(torch.from_numpy(x), up, down, _lowpass(up, down)).numpy()
+
+
 def _resample_into(out: list, picked: Sequence[PickedLeads], members: list[int], fs_in: float, fs: float, n_samples: int) -> None:
     """Resample ``picked[members]`` (same rate and length) in one call and write them into ``out``."""
-    ratio = Fraction(float(fs) / float(fs_in)).limit_denominator(1000)
-    if ratio != 1:  # one filter for all leads, designed once per rate pair; float32 halves the work
-        up, down = ratio.numerator, ratio.denominator
+    up, down = _ratio(fs_in, fs)
+    if up != down:  # one filter for all leads, designed once per rate pair; float32 halves the work
         blocks = [torch.from_numpy(picked[i].signal) for i in members]  # stacked by the resampler, no concat copy
         x = resample_poly_rows(blocks, up, down, _lowpass(up, down), n_keep=n_samples).numpy()
     else:

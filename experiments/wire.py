@@ -38,7 +38,8 @@ def _as_2d(values: Any, dtype: str) -> np.ndarray:
     return np.asarray(values, dtype=DTYPES[dtype])
 
 
-def encode_ecg(signal: Any, fs: float, leads: Sequence[str], dtype: str = "float32") -> dict[str, Any]:
+def encode_ecg(signal: Any, fs: float, leads: Sequence[str], dtype: str = "float32",
+               resample_to: float | None = None) -> dict[str, Any]:
     """The wire form of an in-memory ECG.
 
     Args:
@@ -46,6 +47,12 @@ def encode_ecg(signal: Any, fs: float, leads: Sequence[str], dtype: str = "float
         fs: sampling rate (Hz).
         leads: the ``L`` lead names, in row order.
         dtype: ``float32`` (default; the model computes in float32) or ``float64``.
+        resample_to: the model's ECG rate (its model card: "any rate resampled to N Hz";
+            ``Prognosis.states["ecg"]["config"]["fs"]``). The signal is resampled here, with the
+            model's own resampler (:func:`clinfuse.datasets.ecg_leads.resample_signal`), so the
+            request carries only the samples the model reads (a 500 Hz record sent at 100 Hz: a
+            fifth of the bytes, and a fifth of the JSON the server parses) and the prediction is
+            that of the full-rate record. None (default): sent at ``fs``.
 
     Returns:
         A JSON-able dict for the ``ecg`` field of a prognosis record.
@@ -53,6 +60,10 @@ def encode_ecg(signal: Any, fs: float, leads: Sequence[str], dtype: str = "float
     x = _as_2d(signal, dtype)
     if x.ndim != 2 or x.shape[0] != len(leads):
         raise ValueError(f"signal must be (L, S) with L = {len(leads)} leads, got {x.shape}")
+    if resample_to is not None and float(resample_to) != float(fs):
+        from clinfuse.datasets.ecg_leads import resample_signal
+
+        x, fs = resample_signal(x, float(fs), float(resample_to)).astype(DTYPES[dtype]), float(resample_to)
     return {**_encode(x, "signal_b64", dtype), "fs": float(fs), "leads": list(leads)}
 
 

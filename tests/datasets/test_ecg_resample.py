@@ -117,3 +117,25 @@ def test_pick_leads_checks_the_picked_leads_only(order):
     np.testing.assert_allclose(microvolts.signal, x[:, :3].T, rtol=1e-6)
     with pytest.raises(ValueError, match="none of the leads"):
         pick_leads(x[:, 3:], ["RESP"], ["mV"], 500.0, leads)
+
+
+def test_resample_signal_is_scipys_resample_poly_in_float32_and_the_readers_resampling():
+    from scipy.signal import resample_poly
+
+    from clinfuse.datasets.ecg_leads import resample_signal, select_leads
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 2500)).cumsum(axis=1)  # (L, S) at 500 Hz, 5 s
+    got = resample_signal(x, 500.0, 100.0)
+    assert got.dtype == np.float32 and got.shape == (3, 500)
+    want = resample_poly(x.astype(np.float32).astype(np.float64), 1, 5, axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    # what the reader makes of the full-rate record (resampled there) and of the resampled one (read as is)
+    full, _ = select_leads(x.T, ["I", "II", "V1"], ["mV"] * 3, 500.0, ["I", "II", "V1"], 100.0, 500)
+    small, _ = select_leads(got.T, ["I", "II", "V1"], ["mV"] * 3, 100.0, ["I", "II", "V1"], 100.0, 500)
+    np.testing.assert_allclose(small, full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(resample_signal(got, 100.0, 100.0), got)  # same rate: unchanged
+    with pytest.raises(ValueError, match=r"must be \(L, S\)"):
+        resample_signal(x[0], 500.0, 100.0)
+    with pytest.raises(ValueError, match="sampling rates must be within"):
+        resample_signal(x, 500.0, 0.5)

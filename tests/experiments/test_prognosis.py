@@ -16,6 +16,7 @@ from clinfuse.datasets.datamodule import ClinicalDataModule  # noqa: E402
 from clinfuse.datasets.dataset import ClinicalDataset, Collator  # noqa: E402
 from clinfuse.experiments import Prognosis  # noqa: E402
 from clinfuse.experiments.module import ClinFuseModule  # noqa: E402
+from clinfuse.experiments.prognosis_inputs import finish_items  # noqa: E402
 from clinfuse.experiments.prognosis import PrognosisPyfunc  # noqa: E402
 from clinfuse.fusion.multimodn import MultiModNFusion  # noqa: E402
 from clinfuse.experiments.cohort_records import records_from_cohort  # noqa: E402
@@ -236,8 +237,10 @@ def test_mlflow_pyfunc_matches_predict(trained, test_records, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 2])  # 2: the README's recipe for 2 cores, one torch thread each
-def test_mlflow_models_serve(trained, test_records, tmp_path, serve, workers):
+@pytest.mark.parametrize("workers,cells", [(1, "strings"), (2, "strings"), (1, "objects")])
+def test_mlflow_models_serve(trained, test_records, tmp_path, serve, workers, cells):
+    """workers 2: the README's recipe for 2 cores, one torch thread each. cells "objects": each
+    modality sent as a JSON value, not a JSON string (parsed once, by the server)."""
     import sys
     from pathlib import Path
 
@@ -260,6 +263,8 @@ def test_mlflow_models_serve(trained, test_records, tmp_path, serve, workers):
                  env={"MLFLOW_TRACKING_URI": uri, **({"OMP_NUM_THREADS": "1"} if workers > 1 else {})})
     records = [test_records[0], {"patient_id": "tab_only", "tabular": test_records[1]["tabular"]}]
     wire = [{k: v for k, v in row.items() if isinstance(v, str)} for row in _wire(records).to_dict("records")]
+    if cells == "objects":
+        wire = [{k: v if k == "patient_id" else json.loads(v) for k, v in row.items()} for row in wire]
     body = {"dataframe_records": wire, "params": {"horizons": [365.0]}}  # absent modality = key left out
     resp = requests.post(f"{base}/invocations", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
@@ -289,6 +294,39 @@ def test_base64_ecg_over_the_wire_gives_the_wfdb_paths_prediction(trained, test_
     want = prog.predict([rec])[0]
     assert got["risk"] == pytest.approx(want["risk"], rel=1e-6)
     assert got["contributions"]["ecg"] == pytest.approx(want["contributions"]["ecg"], rel=1e-5, abs=1e-7)
+
+
+def test_an_ecg_resampled_by_the_client_to_the_models_rate_gives_the_full_rate_prediction(trained, test_records):
+    import wfdb
+
+    from clinfuse.experiments import encode_ecg
+
+    _, prog = trained
+    rate = float(prog.states["ecg"]["config"]["fs"])
+    recs = [r for r in test_records if "ecg" in r][:6]
+    full, small, sizes = [], [], []
+    for rec in recs:
+        w = wfdb.rdrecord(str(rec["ecg"]))
+        assert w.fs != rate  # the cohort records at 500 Hz, the model reads 100 Hz
+        wire_full = encode_ecg(w.p_signal.T, w.fs, w.sig_name)
+        wire_small = encode_ecg(w.p_signal.T, w.fs, w.sig_name, resample_to=rate)
+        assert wire_small["fs"] == rate and wire_small["shape"][1] == -(-w.p_signal.shape[0] * rate // w.fs)
+        sizes.append(len(wire_small["signal_b64"]) / len(wire_full["signal_b64"]))
+        full.append({**rec, "ecg": wire_full})
+        small.append({**rec, "ecg": wire_small})
+    assert max(sizes) < 0.21
+    items_full = [prog._items(r)[1] for r in full]
+    items_small = [prog._items(r)[1] for r in small]
+    finish_items(prog.states, items_full)
+    finish_items(prog.states, items_small)
+    for a, b in zip(items_full, items_small):
+        np.testing.assert_array_equal(a["ecg"]["lead_mask"], b["ecg"]["lead_mask"])
+        np.testing.assert_allclose(a["ecg"]["signal"], b["ecg"]["signal"], rtol=1e-5, atol=1e-6)
+    want = prog.predict(full, contributions=False)
+    got = prog.predict(small, contributions=False)
+    assert [g["risk"] for g in got] == pytest.approx([w["risk"] for w in want], rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="sampling rates must be within"):
+        encode_ecg(np.zeros((1, 10)), 500, ["I"], resample_to=0)
 
 
 def test_ecg_in_microvolts_is_flagged_and_still_predicted(trained, test_records):
