@@ -13,9 +13,10 @@ answered / the wall time. Two forms of the same body:
 - ``strings``: each modality's value a JSON string inside the record (the README's example; the
   server parses the request, then the model parses each string again);
 - ``objects``: each modality's value as a JSON value (parsed once, by the server);
-- ``objects, ECG at the model's rate``: the same with each ECG resampled by the client to the rate
-  the model reads (``encode_ecg(..., resample_to=rate)``; the same prediction, a fifth of the bytes
-  for 500 Hz records read at 100 Hz).
+- ``objects, as the model reads them``: the same with each ECG resampled by the client to the rate
+  the model reads (``encode_ecg(..., resample_to=rate)``: a fifth of the bytes for 500 Hz records
+  read at 100 Hz) and each patient's slides cut to the patches the model reads
+  (``encode_slides(slides, max_patches)``); the same predictions.
 
 The request bodies are serialised before the clock starts; the client threads (sending and
 receiving over loopback) share the machine's cores with the server. Prints a table.
@@ -43,11 +44,12 @@ from bench_prognosis import in_memory, train_predictor  # noqa: E402
 BATCH = 256
 
 
-def wire_records(records: list[dict], cells: str, ecg_rate: float | None = None) -> list[dict]:
+def wire_records(records: list[dict], cells: str, ecg_rate: float | None = None,
+                 max_patches: int | None = None) -> list[dict]:
     """``dataframe_records`` rows: ECG and slides as base64 floats (the ECG resampled to
-    ``ecg_rate`` when given); each modality a JSON string (``cells="strings"``) or a JSON value
-    (``"objects"``)."""
-    from clinfuse.experiments import encode_ecg, encode_wsi
+    ``ecg_rate``, the slides cut to ``max_patches``, when given); each modality a JSON string
+    (``cells="strings"``) or a JSON value (``"objects"``)."""
+    from clinfuse.experiments import encode_ecg, encode_slides
 
     rows = []
     for r in records:
@@ -58,7 +60,7 @@ def wire_records(records: list[dict], cells: str, ecg_rate: float | None = None)
             if m == "ecg":
                 v = encode_ecg(v["signal"], v["fs"], v["leads"], resample_to=ecg_rate)
             elif m == "wsi":
-                v = [encode_wsi(s["features"]) for s in v]
+                v = encode_slides([s["features"] for s in v], max_patches)
             v = json.loads(json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
             row[m] = json.dumps(v) if cells == "strings" else v
         rows.append(row)
@@ -168,10 +170,11 @@ def main() -> None:
     ids = list(dm.cohort.splits["test"]) + list(dm.cohort.splits["val"]) + list(dm.cohort.splits["train"])
     records = [in_memory(r) for r in records_from_cohort(root, ids[:BATCH])]
     check = prog.predict(records[:4], contributions=False)
-    rate = float(prog.states["ecg"]["config"]["fs"])
+    rate, budget = float(prog.states["ecg"]["config"]["fs"]), int(prog.states["wsi"]["config"]["max_patches"])
     bodies = {}
-    for cells, ecg_rate in (("strings", None), ("objects", None), (f"objects, ECG at the model's {rate:g} Hz", rate)):
-        rows = wire_records(records, cells.split(",")[0], ecg_rate)
+    for cells, reads in (("strings", (None, None)), ("objects", (None, None)),
+                         (f"objects, as read (ECG {rate:g} Hz, <= {budget} patches)", (rate, budget))):
+        rows = wire_records(records, cells.split(",")[0], *reads)
         for contrib in (False, True):
             bodies[cells, contrib] = json.dumps({"dataframe_records": rows, "params": {"contributions": contrib}}).encode()
     env = {"MLFLOW_TRACKING_URI": uri, **({"CLINFUSE_PRECISION": a.precision} if a.precision else {})}

@@ -1,6 +1,6 @@
 """The LightningModule, the `clinfuse` CLI, sweeps, tracking and the prediction API."""
 
-__all__ = ["Prognosis", "encode_ecg", "encode_wsi"]
+__all__ = ["Prognosis", "encode_ecg", "encode_slides", "encode_wsi"]
 
 
 def __getattr__(name: str):
@@ -9,7 +9,7 @@ def __getattr__(name: str):
         from clinfuse.experiments.prognosis import Prognosis
 
         return Prognosis
-    if name in ("encode_ecg", "encode_wsi"):
+    if name in ("encode_ecg", "encode_slides", "encode_wsi"):
         from clinfuse.experiments import wire
 
         return getattr(wire, name)

@@ -84,6 +84,36 @@ def encode_wsi(features: Any, dtype: str = "float32") -> dict[str, Any]:
     return _encode(x, "features_b64", dtype)
 
 
+def encode_slides(slides: Sequence[Any], max_patches: int | None = None, dtype: str = "float32") -> list[dict[str, Any]]:
+    """The wire form of one patient's slides (the ``wsi`` field: a list).
+
+    Args:
+        slides: one ``(P, F)`` patch-feature array per slide, in the order the model should read them.
+        max_patches: the model's patch budget (its model card: "up to N patches per patient";
+            ``Prognosis.states["wsi"]["config"]["max_patches"]``). When the slides hold more, only
+            the patches the model reads are sent, chosen as the model chooses them
+            (:func:`clinfuse.datasets.wsi.eval_subset` of the slides' concatenation), as one bag:
+            the same prediction, at most ``max_patches`` rows on the wire. None (default): every
+            slide whole, one entry each.
+        dtype: ``float32`` (default) or ``float64``.
+
+    Raises:
+        ValueError: naming the slide, for a non-2-D bag, bags of different widths, NaN or inf.
+    """
+    from clinfuse.datasets.wsi import check_bag, eval_subset
+
+    bags = [check_bag(_as_2d(f, dtype), None, f"slide {k}") for k, f in enumerate(slides)]
+    if not bags:
+        raise ValueError("no slides given")
+    if len({b.shape[1] for b in bags}) > 1:
+        raise ValueError(f"slides of different feature widths: {[b.shape[1] for b in bags]}")
+    if max_patches is None or sum(len(b) for b in bags) <= max_patches:
+        return [encode_wsi(b, dtype) for b in bags]
+    # the model reads float32 bags and seeds its subset with their bytes: choose on those
+    bag = np.concatenate([b.astype(np.float32, copy=False) for b in bags])
+    return [encode_wsi(eval_subset(bag, int(max_patches)), dtype)]
+
+
 def decode_array(raw: Mapping[str, Any], key: str, field: str) -> np.ndarray:
     """``raw[key]`` (base64) + ``dtype`` + ``shape`` -> the 2-D array, in the wire's dtype (float32
     or float64; no float64 copy of a float32 signal: the ECG and slide paths compute in float32) and

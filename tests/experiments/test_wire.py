@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from clinfuse.experiments import encode_ecg, encode_wsi
+from clinfuse.experiments import encode_ecg, encode_slides, encode_wsi
 from clinfuse.experiments.wire import decode_array
 from clinfuse.experiments.prognosis_inputs import ecg_item, wsi_item
 
@@ -124,3 +124,22 @@ def test_encode_wsi_checks_the_shape():
         encode_wsi(np.ones(3))
     with pytest.raises(ValueError, match="dtype must be one of"):
         encode_wsi(np.ones((2, 3)), dtype="float16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_encode_slides_sends_the_patches_the_model_reads_as_the_model_chooses_them(tmp_path, dtype):
+    feats, paths = _slides(tmp_path)  # 4 + 5 patches; the model reads 6
+    from_files = wsi_item(WSI_STATE, [str(p) for p in paths])["features"]
+    wire = json.loads(json.dumps(encode_slides(feats, max_patches=6, dtype=dtype)))
+    assert len(wire) == 1 and wire[0]["shape"] == [6, 3]  # one bag of the 6 patches read
+    np.testing.assert_array_equal(wsi_item(WSI_STATE, wire)["features"], from_files)
+    whole = encode_slides(feats, dtype=dtype)  # no budget given: every slide whole
+    assert [w["shape"] for w in whole] == [[4, 3], [5, 3]]
+    np.testing.assert_array_equal(wsi_item(WSI_STATE, whole)["features"], from_files)
+    assert [w["shape"] for w in encode_slides(feats, max_patches=9)] == [[4, 3], [5, 3]]  # within the budget
+    with pytest.raises(ValueError, match="slide 1: features contain NaN"):
+        encode_slides([feats[0], np.full((2, 3), np.nan)], max_patches=6)
+    with pytest.raises(ValueError, match="different feature widths"):
+        encode_slides([feats[0], np.ones((2, 4))])
+    with pytest.raises(ValueError, match="no slides"):
+        encode_slides([])
