@@ -1,14 +1,17 @@
 """The prognosis predictor as an MLflow pyfunc model (``mlflow models serve`` serves it over REST).
 
 MLflow wire format (:class:`PrognosisPyfunc`): a DataFrame with one row per patient, a string column
-``patient_id`` and one column per modality holding that modality's raw value as a JSON string
-(null/absent column = modality absent), e.g.
-``{"patient_id": "p1", "tabular": "{\\"age\\": 61}", "ecg": "\\"/data/ecg/p1\\""}``. The output
-is a DataFrame, one row per patient: ``patient_id``, ``error`` (null when fine) and ``prediction``
-(the JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``). Inference
-params (a request's ``"params"``): ``horizons``, ``contributions``, ``feature_contributions``. Send an
-in-memory ECG as base64 floats (:func:`clinfuse.experiments.wire.encode_ecg`): JSON float lists
-are slow to parse.
+``patient_id`` and one column per modality holding that modality's raw value, either as a JSON
+string, e.g. ``{"patient_id": "p1", "tabular": "{\\"age\\": 61}", "ecg": "\\"/data/ecg/p1\\""}``,
+or as the JSON value itself, ``{"patient_id": "p1", "tabular": {"age": 61}, "ecg": "/data/ecg/p1"}``
+(parsed once, by the server: faster for large values); a string that is not JSON text (a file
+path) is taken as the plain string. Null/absent column = modality absent. The output is a
+DataFrame, one row per patient: ``patient_id``, ``error`` (null when fine) and ``prediction`` (the
+JSON string of :meth:`Prognosis.predict`'s dict, ``Infinity`` written as ``null``). Inference params
+(a request's ``"params"``): ``horizons``, ``contributions``, ``feature_contributions``. Send an
+in-memory ECG as base64 floats (:func:`clinfuse.experiments.wire.encode_ecg`; JSON float lists are
+slow to parse), best at the model's rate (``resample_to``), and slides cut to the patches the model
+reads (:func:`clinfuse.experiments.wire.encode_slides`).
 """
 
 from __future__ import annotations
@@ -126,7 +129,10 @@ def records_from_frame(df: pd.DataFrame) -> list[dict]:
             try:
                 rec[key] = _loads(value) if isinstance(value, str) else value
             except json.JSONDecodeError as err:
-                rec[key] = _BadJSON(f"field '{key}': not valid JSON: {err}")
+                # a plain string sent as a JSON value (a file path) is not JSON text; what looks like
+                # a JSON object, list or string (or nothing) and fails to parse is a mistake to report
+                looks_like_json = value.strip()[:1] in ("{", "[", '"', "")
+                rec[key] = _BadJSON(f"field '{key}': not valid JSON: {err}") if looks_like_json else value
         records.append(rec)
     return records
 

@@ -262,15 +262,19 @@ def test_mlflow_models_serve(trained, test_records, tmp_path, serve, workers, ce
                                "-h", "127.0.0.1", "-p", str(port), "--workers", str(workers)], "/ping",
                  env={"MLFLOW_TRACKING_URI": uri, **({"OMP_NUM_THREADS": "1"} if workers > 1 else {})})
     records = [test_records[0], {"patient_id": "tab_only", "tabular": test_records[1]["tabular"]}]
+    if cells == "objects":  # and a patient whose ECG and slides are file paths: plain strings there
+        records.append(next(r for r in test_records if isinstance(r.get("ecg"), str) and isinstance(r.get("wsi"), (str, list))))
     wire = [{k: v for k, v in row.items() if isinstance(v, str)} for row in _wire(records).to_dict("records")]
     if cells == "objects":
         wire = [{k: v if k == "patient_id" else json.loads(v) for k, v in row.items()} for row in wire]
+        assert isinstance(wire[2]["ecg"], str) and not wire[2]["ecg"].startswith('"')
     body = {"dataframe_records": wire, "params": {"horizons": [365.0]}}  # absent modality = key left out
     resp = requests.post(f"{base}/invocations", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
     rows = resp.json()["predictions"]
     want = prog.predict(records)
-    assert [r["patient_id"] for r in rows] == ["" + records[0]["patient_id"], "tab_only"]
+    assert [r["patient_id"] for r in rows] == [r["patient_id"] for r in records]
+    assert [r["error"] for r in rows] == [None] * len(records)
     for row, w in zip(rows, want):
         got = json.loads(row["prediction"])
         assert got["risk"] == pytest.approx(w["risk"], rel=1e-6)

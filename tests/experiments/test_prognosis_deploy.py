@@ -190,7 +190,7 @@ def test_wire_json_reads_as_pythons_json_does(text):
     assert json.dumps(got) == json.dumps(want)  # NaN == NaN as text; types too (1 vs 1.0)
 
 
-@pytest.mark.parametrize("text", ["{'age': 61}", '{"age": 61', "", "[1, 2,]", "nul"])
+@pytest.mark.parametrize("text", ["{'age': 61}", '{"age": 61', "", "  ", "[1, 2,]", '"unterminated'])
 def test_wire_json_errors_are_pythons_json_errors(text):
     from clinfuse.experiments.prognosis_mlflow import _loads
 
@@ -219,3 +219,11 @@ def test_predictions_are_written_as_strict_json_with_the_values_of_json_dumps():
     assert got == strict(json.dumps(_json_safe(reference)))
     assert got["median_survival"] is None and got["survival_curve"]["survival"][2] is None
     assert got["survival_at"] == {"30": 0.9, "90.0": 0.75}
+
+
+def test_modality_values_may_come_as_json_values_and_plain_strings_as_paths():
+    frame = pd.DataFrame([{"patient_id": "p", "tabular": {"age": 61}, "ecg": "/data/ecg/p1", "wsi": ["a.h5", "b.h5"],
+                           "notes": '[{"time": 1, "text": "ok"}]', "genomics": "nul"}])
+    assert records_from_frame(frame) == [{"patient_id": "p", "tabular": {"age": 61}, "ecg": "/data/ecg/p1",
+                                          "wsi": ["a.h5", "b.h5"], "notes": [{"time": 1, "text": "ok"}],
+                                          "genomics": "nul"}]
