@@ -61,6 +61,7 @@ DATA_CAPS = {"max_events": 256, "max_patches": 256, "max_notes": 8, "max_words":
              "ecg_fs": 100.0, "ecg_seconds": 10.0}
 WSI_PATCHES = (200, 2000)  # the generator default: patches per slide
 FORECAST_KEY = "_forecast_pretrain"  # in a run's settings: (epochs, hours, unlabelled folder or None); not a data-module setting
+LR_KEY = "_lr"  # in a run's settings: the optimiser's learning rate; not a data-module setting
 PRELOAD = ["torch", "lightning.pytorch", "clinfuse.experiments.module", "clinfuse.datasets.datamodule",
            "clinfuse.encoders.registry"]
 
@@ -144,12 +145,13 @@ def train_one(
         torch.set_num_threads(threads)
         settings = dict(settings)
         forecast = settings.pop(FORECAST_KEY, None)
+        lr = settings.pop(LR_KEY, 1e-3)
         dm = ClinicalDataModule(root, modalities=[modality], seed=seed, batch_size=batch_size,
                                 **{**DATA_CAPS, **settings})
         dm.prepare_data()
         dm.setup("fit")  # load + fit preprocessing outside the timed part
         pl.seed_everything(seed, verbose=False)
-        model = ClinFuseModule(spec={modality: dm.spec[modality]}, d_model=64,
+        model = ClinFuseModule(spec={modality: dm.spec[modality]}, d_model=64, lr=lr,
                                encoders={modality: encoder_factory(encoder.split("+")[0])}, task="survival")
         pretrain_s = 0.0
         if forecast:  # self-supervised, on the training split; counted in fit_s
@@ -515,6 +517,7 @@ def main() -> None:
     p.add_argument("--cohort-seed", type=int, default=0)
     p.add_argument("--cohort-dir", default=None, help="write (or reuse, if it has a cohort.json) the cohort here")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of every run")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
     p.add_argument("--wsi-patches", type=int, nargs=2, default=list(WSI_PATCHES), metavar=("LOW", "HIGH"),
                    help="patches per slide written by the generator (small values save disk and time when "
@@ -610,6 +613,7 @@ def main() -> None:
         base = plan([ENCODER_CLASSES[name].modality], [name], a.pretrained_notes, a.ts_forecast_pretrain,
                     a.forecast_hours, unlabelled)
         runs += [(m, n.replace(name, variant_name(name, kwargs), 1), st) for m, n, st in base]
+    runs = [(m, n, {**st, LR_KEY: a.lr}) for m, n, st in runs]
 
     if not (root / "cohort.json").is_file():
         from clinfuse.datasets.synthetic import generate_cohort
@@ -664,7 +668,7 @@ def main() -> None:
     print(f"\nSingle-modality survival models: {n_patients} patients (every modality present for everyone), "
           f"cohort seed {a.cohort_seed}, training seeds {seeds}, {a.epochs} epochs, batch size {a.batch_size}, "
           f"d_model 64, TransformerFusion, "
-          f"Cox loss, AdamW lr 1e-3, best val/c_index checkpoint; data caps: {caps}; WSI {a.wsi_patches[0]}-"
+          f"Cox loss, AdamW lr {a.lr:g}, best val/c_index checkpoint; data caps: {caps}; WSI {a.wsi_patches[0]}-"
           f"{a.wsi_patches[1]} patches per slide in the files; {a.threads} torch threads; total "
           f"{time.perf_counter() - t_all:.0f} s.")
     print("Oracle test C-index: " + ", ".join(f"{k} {v:.4f}" for k, v in oracle.items()) + "\n")
