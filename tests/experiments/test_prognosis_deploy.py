@@ -227,3 +227,13 @@ def test_modality_values_may_come_as_json_values_and_plain_strings_as_paths():
     assert records_from_frame(frame) == [{"patient_id": "p", "tabular": {"age": 61}, "ecg": "/data/ecg/p1",
                                           "wsi": ["a.h5", "b.h5"], "notes": [{"time": 1, "text": "ok"}],
                                           "genomics": "nul"}]
+
+
+def test_the_logged_model_pins_every_package_the_pyfunc_imports_at_serving_time():
+    from importlib.metadata import version
+
+    from clinfuse.experiments.prognosis_mlflow import _requirements
+
+    pins = dict(r.split("==") for r in _requirements())
+    for dist in ("torch", "mlflow", "numpy", "pandas", "orjson", "pybase64", "wfdb", "h5py", "scipy"):
+        assert pins.get(dist) == version(dist), dist
