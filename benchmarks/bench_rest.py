@@ -7,8 +7,8 @@ local MLflow store (``Prognosis.log_to_mlflow``: the model a deployment serves),
 ``--workers W`` starts ``mlflow models serve --env-manager local --workers W`` on 127.0.0.1 (with
 ``OMP_NUM_THREADS=1`` when W > 1, the README's recipe). W client threads then post requests of 256
 patients (all six modalities where the patient has them; ECG and slides as base64 floats,
-``encode_ecg`` / ``encode_wsi``; the time series as columns) in a loop; the rate is all patients
-answered / the wall time. Two forms of the same body:
+``encode_ecg`` / ``encode_slides``; the time series as columns) in a loop; the rate is all patients
+answered / the wall time. Three forms of the same body:
 
 - ``strings``: each modality's value a JSON string inside the record (the README's example; the
   server parses the request, then the model parses each string again);
@@ -170,10 +170,10 @@ def main() -> None:
     ids = list(dm.cohort.splits["test"]) + list(dm.cohort.splits["val"]) + list(dm.cohort.splits["train"])
     records = [in_memory(r) for r in records_from_cohort(root, ids[:BATCH])]
     check = prog.predict(records[:4], contributions=False)
-    rate, budget = float(prog.states["ecg"]["config"]["fs"]), int(prog.states["wsi"]["config"]["max_patches"])
+    ecg_fs, budget = float(prog.states["ecg"]["config"]["fs"]), int(prog.states["wsi"]["config"]["max_patches"])
     bodies = {}
     for cells, reads in (("strings", (None, None)), ("objects", (None, None)),
-                         (f"objects, as read (ECG {rate:g} Hz, <= {budget} patches)", (rate, budget))):
+                         (f"objects, as read (ECG {ecg_fs:g} Hz, <= {budget} patches)", (ecg_fs, budget))):
         rows = wire_records(records, cells.split(",")[0], *reads)
         for contrib in (False, True):
             bodies[cells, contrib] = json.dumps({"dataframe_records": rows, "params": {"contributions": contrib}}).encode()
