@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clinfuse.datasets.synthetic.tabular import NUMERIC as _GENERATED_NUMERIC
+
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("tabular", "timeseries", "ecg", "notes", "wsi", "genomics")
 #: Caps that keep one model's training affordable on 2 CPU cores (printed in the header).
@@ -424,8 +426,9 @@ def add_noise_labs(root: Path, n: int, seed: int = 321) -> None:
     pd.concat([table, labs], axis=1).to_parquet(root / "tabular.parquet", index=False)
 
 
-LAB_COLUMNS = ("bmi", "heart_rate_admit", "creatinine", "sodium", "hemoglobin", "wbc", "albumin")
-LOG_LABS = frozenset({"creatinine", "wbc"})
+#: the generator's lab columns (every numeric column but age) and those it draws on a log scale
+LAB_COLUMNS = tuple(name for name in _GENERATED_NUMERIC if name != "age")
+LOG_LABS = frozenset(name for name, spec in _GENERATED_NUMERIC.items() if spec[4])
 
 
 def blank_labs(root: Path, how: str, seed: int = 11) -> None:
