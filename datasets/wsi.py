@@ -71,6 +71,17 @@ def eval_subset(bag: np.ndarray, max_patches: int) -> np.ndarray:
     return bag[np.sort(rng.choice(len(bag), size=max_patches, replace=False))]
 
 
+def patches_read(slides: Sequence[np.ndarray], max_patches: int) -> np.ndarray:
+    """The patches evaluation reads from one patient's slides: their float32 concatenation (in the
+    given order) cut to :func:`eval_subset`. The prognosis API reads a patient's slides with it,
+    and :func:`clinfuse.experiments.wire.encode_slides` sends what it returns, so both choose alike.
+
+    Shapes:
+        slides: ``(P_k, F)`` each -> ``(min(sum P_k, max_patches), F)`` float32
+    """
+    return eval_subset(np.concatenate([np.asarray(s, dtype=np.float32) for s in slides], axis=0), max_patches)
+
+
 def check_bag(feats: np.ndarray, feature_dim: int | None, label: str) -> np.ndarray:
     """``feats`` if it is a non-empty ``(P, F)`` bag of finite values with ``F = feature_dim`` (None:
     any); otherwise ValueError starting with ``label`` (the file, or the record field)."""

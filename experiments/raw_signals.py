@@ -20,7 +20,7 @@ import numpy as np
 from clinfuse.datasets.ecg_leads import PickedLeads, pick_leads, resample_picked
 from clinfuse.datasets.reader import FLOAT32_MAX
 from clinfuse.datasets.wfdb_read import read_wfdb
-from clinfuse.datasets.wsi import check_bag, eval_subset, read_slide_features
+from clinfuse.datasets.wsi import check_bag, patches_read, read_slide_features
 from clinfuse.experiments.wire import decode_array
 
 Item = dict[str, np.ndarray]
@@ -130,15 +130,15 @@ def finish_items(states: Mapping[str, dict], items: Sequence[dict[str, Any]]) ->
 
 def wsi_item(state: dict, raw: Any) -> Item:
     """Slide(s) -> ``features`` (WSIReader eval mode: a content-seeded patch subset,
-    :func:`~clinfuse.datasets.wsi.eval_subset`). Raw forms in
+    :func:`~clinfuse.datasets.wsi.patches_read`). Raw forms in
     the module docstring; several slides are concatenated in the given order, as the reader does."""
     slides = raw if isinstance(raw, (list, tuple)) else [raw]
     if not slides:
         raise ValueError("field 'wsi': an empty list of slides")
     dim = int(state["fitted"]["feature_dim"])
     field = (lambda k: f"wsi[{k}]") if isinstance(raw, (list, tuple)) else (lambda k: "wsi")
-    bag = np.concatenate([_slide(s, dim, field(k)) for k, s in enumerate(slides)], axis=0)
-    return {"features": eval_subset(bag, int(state["config"]["max_patches"]))}
+    return {"features": patches_read([_slide(s, dim, field(k)) for k, s in enumerate(slides)],
+                                     int(state["config"]["max_patches"]))}
 
 
 def _slide(raw: Any, dim: int, field: str) -> np.ndarray:

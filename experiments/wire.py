@@ -92,7 +92,7 @@ def encode_slides(slides: Sequence[Any], max_patches: int | None = None, dtype: 
         max_patches: the model's patch budget (its model card: "up to N patches per patient";
             ``Prognosis.states["wsi"]["config"]["max_patches"]``). When the slides hold more, only
             the patches the model reads are sent, chosen as the model chooses them
-            (:func:`clinfuse.datasets.wsi.eval_subset` of the slides' concatenation), as one bag:
+            (:func:`clinfuse.datasets.wsi.patches_read`), as one bag:
             the same prediction, at most ``max_patches`` rows on the wire. None (default): every
             slide whole, one entry each.
         dtype: ``float32`` (default) or ``float64``.
@@ -100,7 +100,7 @@ def encode_slides(slides: Sequence[Any], max_patches: int | None = None, dtype: 
     Raises:
         ValueError: naming the slide, for a non-2-D bag, bags of different widths, NaN or inf.
     """
-    from clinfuse.datasets.wsi import check_bag, eval_subset
+    from clinfuse.datasets.wsi import check_bag, patches_read
 
     bags = [check_bag(_as_2d(f, dtype), None, f"slide {k}") for k, f in enumerate(slides)]
     if not bags:
@@ -109,9 +109,7 @@ def encode_slides(slides: Sequence[Any], max_patches: int | None = None, dtype: 
         raise ValueError(f"slides of different feature widths: {[b.shape[1] for b in bags]}")
     if max_patches is None or sum(len(b) for b in bags) <= max_patches:
         return [encode_wsi(b, dtype) for b in bags]
-    # the model reads float32 bags and seeds its subset with their bytes: choose on those
-    bag = np.concatenate([b.astype(np.float32, copy=False) for b in bags])
-    return [encode_wsi(eval_subset(bag, int(max_patches)), dtype)]
+    return [encode_wsi(patches_read(bags, int(max_patches)), dtype)]  # chosen on float32, as the model does
 
 
 def decode_array(raw: Mapping[str, Any], key: str, field: str) -> np.ndarray:
