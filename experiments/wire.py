@@ -102,7 +102,15 @@ def encode_slides(slides: Sequence[Any], max_patches: int | None = None, dtype: 
     """
     from clinfuse.datasets.wsi import check_bag, patches_read
 
-    bags = [check_bag(_as_2d(f, dtype), None, f"slide {k}") for k, f in enumerate(slides)]
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    bags = []
+    for k, f in enumerate(slides):
+        try:
+            x = _as_2d(f, dtype)
+        except (TypeError, ValueError) as err:  # ragged or non-numeric: numpy's message alone names no slide
+            raise ValueError(f"slide {k}: not a numeric (P, F) array: {err}") from None
+        bags.append(check_bag(x, None, f"slide {k}"))
     if not bags:
         raise ValueError("no slides given")
     if len({b.shape[1] for b in bags}) > 1:

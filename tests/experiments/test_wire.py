@@ -143,3 +143,7 @@ def test_encode_slides_sends_the_patches_the_model_reads_as_the_model_chooses_th
         encode_slides([feats[0], np.ones((2, 4))])
     with pytest.raises(ValueError, match="no slides"):
         encode_slides([])
+    with pytest.raises(ValueError, match=r"slide 1: not a numeric \(P, F\) array"):
+        encode_slides([feats[0], [["a", "b", "c"]]])
+    with pytest.raises(ValueError, match=r"slide 0: features must be \(P>0"):
+        encode_slides([np.ones(3)])
