@@ -79,7 +79,9 @@ def patches_read(slides: Sequence[np.ndarray], max_patches: int) -> np.ndarray:
     Shapes:
         slides: ``(P_k, F)`` each -> ``(min(sum P_k, max_patches), F)`` float32
     """
-    return eval_subset(np.concatenate([np.asarray(s, dtype=np.float32) for s in slides], axis=0), max_patches)
+    bags = [np.asarray(s, dtype=np.float32) for s in slides]
+    # one slide: no concatenated copy (the subset is gathered from it, a small bag is used as is)
+    return eval_subset(bags[0] if len(bags) == 1 else np.concatenate(bags, axis=0), max_patches)
 
 
 def check_bag(feats: np.ndarray, feature_dim: int | None, label: str) -> np.ndarray:
