@@ -10,6 +10,10 @@ from torch import nn
 from clinfuse.encoders.base import ModalityEncoder, ModalityTokens, upcast_half
 
 
+#: real patches per block in the eval path (:meth:`WSIMeanEncoder._mean_eval`)
+_EVAL_BLOCK = 4096
+
+
 class WSIMeanEncoder(ModalityEncoder):
     """Encode a bag of pre-extracted patch features into one token.
 
@@ -78,8 +82,15 @@ class WSIMeanEncoder(ModalityEncoder):
         """
         first, act, last = self.patch_mlp[0], self.patch_mlp[1], self.patch_mlp[3]
         rows = mask.nonzero()[:, 0]  # (P_real,) patient of each real patch
-        hidden = upcast_half(act(first(features[mask])))  # (P_real, hidden); float32 sums under autocast
-        sums = hidden.new_zeros(mask.shape[0], hidden.shape[1]).index_add_(0, rows, hidden)  # (B, hidden)
+        real = features[mask]  # (P_real, F)
+        sums = None
+        # in blocks of patches, so each block's hidden activations are summed while still in the
+        # CPU cache (one pass over all of them made three trips through memory: ~20% slower)
+        for start in range(0, max(len(real), 1), _EVAL_BLOCK):
+            hidden = upcast_half(act(first(real[start : start + _EVAL_BLOCK])))  # float32 sums under autocast
+            if sums is None:
+                sums = hidden.new_zeros(mask.shape[0], hidden.shape[1])  # (B, hidden)
+            sums.index_add_(0, rows[start : start + _EVAL_BLOCK], hidden)
         count = mask.sum(1, keepdim=True).clamp(min=1).to(sums.dtype)  # (B, 1)
         return last(sums / count)  # (B, D); absent patients are masked by the caller
 

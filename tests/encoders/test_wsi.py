@@ -29,3 +29,23 @@ def test_eval_path_equals_the_training_path_without_dropout():
     fast = enc.eval()(x)
     torch.testing.assert_close(fast.tokens, train.tokens, rtol=1e-5, atol=1e-5)
     assert torch.equal(fast.mask, train.mask)
+
+
+def test_eval_path_over_several_blocks_of_patches_equals_the_per_patient_mean():
+    """Bags whose real patches span several eval blocks (a block boundary inside a patient)."""
+    from clinfuse.encoders import wsi
+
+    torch.manual_seed(0)
+    enc = WSIMeanEncoder(8, {"feature_dim": 4}, hidden=16).eval()
+    counts = [3000, 0, 2500, 1]
+    p = max(counts)
+    mask = torch.arange(p)[None, :] < torch.tensor(counts)[:, None]  # (4, P)
+    x = {"features": torch.randn(4, p, 4), "mask": mask, "present": torch.tensor([True, True, True, True])}
+    assert sum(counts) > wsi._EVAL_BLOCK
+    out = enc(x)
+    for i, c in enumerate(counts):
+        if c == 0:
+            assert not out.mask[i].any()
+            continue
+        ref = enc.norm(enc.patch_mlp(x["features"][i, :c]).mean(0))
+        torch.testing.assert_close(out.tokens[i, 0], ref, rtol=1e-5, atol=1e-5)
