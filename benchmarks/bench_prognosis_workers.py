@@ -26,6 +26,11 @@ cohort's trends may need (test C-index of the quickstart over five seeds: 0.7027
 2026-12-03 (after the leaner ECG / time-series / fusion inference paths; ``--precision 32-true
 bf16-mixed``, two runs): float32 1 worker x 2 threads 1,303 / 1,292, 2 workers x 1 thread 1,875 /
 1,797 patients/s; bf16-mixed 1,295 / 1,271 and 1,995 / 1,927 (0.246-0.255 s per batch).
+
+2026-12-03, eighteenth session (after the notes bag as one ``embedding_bag`` and the WSI mean
+summed in cached blocks; ``--precision 32-true bf16-mixed``, three runs): float32 1 worker x 2
+threads 1,340 / 1,288 / 1,336, 2 workers x 1 thread 1,987 / 1,936 / 1,937 patients/s; bf16-mixed
+1,376 / 1,365 / 1,386 and 2,137 / 2,152 / 2,083 (0.232-0.235 s per batch).
 """
 
 from __future__ import annotations
