@@ -46,7 +46,7 @@ from clinfuse.datasets.cohort import READERS
 from clinfuse.datasets.ecg_leads import PickedLeads
 from clinfuse.datasets.note_tokenizers import encode_bpe, load_bpe
 from clinfuse.datasets.notes import PAD, UNK, split_note, tokenize
-from clinfuse.datasets.reader import TIMES_HINT, ModalityReader, huge_values
+from clinfuse.datasets.reader import FLOAT32_MAX, TIMES_HINT, ModalityReader, huge_values
 from clinfuse.experiments.raw_signals import Item, ecg_item, ecg_leads, finish_items, notify, wsi_item
 from clinfuse.experiments.raw_signals import as_number as _float
 
@@ -68,14 +68,18 @@ def _not_temporal(value: Any, field: str) -> Any:
     return value
 
 
-def _floats(values: Sequence[Any], fields: Sequence[str]) -> np.ndarray:
-    """Many numbers -> float64 array with :func:`_float`'s checks and errors (the first bad field
-    is named); plain numbers take one vectorised check instead of one call each."""
+def _floats(values: Sequence[Any], prefix: str, columns: Sequence[str]) -> np.ndarray:
+    """Many numbers -> float64 array with :func:`_float`'s checks and errors (the first bad field,
+    ``prefix.column``, is named); plain numbers take one vectorised check instead of one call each,
+    and the field names are only built when a value needs the per-value checks."""
     if all(type(v) in _PLAIN_NUMBERS for v in values):  # type(True) is bool: never plain
         x = np.array(values, dtype=np.float64)
-        if np.isfinite(x).all() and not huge_values(x).any():
+        # max |x| is NaN when any value is, so this holds exactly when every value is finite and
+        # within float32's range (one pass instead of isfinite + huge_values)
+        if not len(x) or np.abs(x).max() <= FLOAT32_MAX:
             return x
-    return np.array([_float(_not_temporal(v, f), f) for v, f in zip(values, fields)], dtype=np.float64)
+    return np.array([_float(_not_temporal(v, f), f) for v, f in zip(values, (f"{prefix}.{c}" for c in columns))],
+                    dtype=np.float64)
 
 
 def _rows(raw: Any, columns: Sequence[str], field: str) -> list[dict[str, Any]]:
@@ -113,7 +117,7 @@ def tabular_item(state: dict, raw: Any) -> Item:
                          "send None or leave the key out for a missing value")
     if given:  # bools as 0/1: the reader reads a bool column as numeric
         values = [float(raw[col]) if isinstance(raw[col], (bool, np.bool_)) else raw[col] for _, col in given]
-        x[[j for j, _ in given]] = _floats(values, [f"tabular.{col}" for _, col in given])
+        x[[j for j, _ in given]] = _floats(values, "tabular", [col for _, col in given])
     observed = ~np.isnan(x)
     z = (x - np.asarray(s["mean"])) / np.asarray(s["std"])
     codes = np.zeros(len(s["categorical_features"]), dtype=np.int64)
@@ -303,21 +307,28 @@ def _note_embedder(model_dir: str):
     return PretrainedNoteEmbedder(model_dir, cache_dir=None, show_progress=False)
 
 
+@functools.lru_cache(maxsize=8)
+def _genomics_columns(genes: tuple[str, ...], mutations: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
+    """The expression columns, the mutation columns and every accepted key of a genomics record
+    (cached: built once per model instead of once per patient)."""
+    expr_cols, mut_cols = tuple(f"{g}_rnaseq" for g in genes), tuple(f"{g}_mut" for g in mutations)
+    return expr_cols, mut_cols, frozenset([*expr_cols, *mut_cols, "patient_id"])
+
+
 def genomics_item(state: dict, raw: Any) -> Item:
     """``{<gene>_rnaseq, <gene>_mut}`` -> ``expression``, ``mutations`` (GenomicsReader)."""
     s = state["fitted"]
     if not isinstance(raw, Mapping):
         raise ValueError(f"field 'genomics': expected a dict, got {type(raw).__name__}")
-    expr_cols = [f"{g}_rnaseq" for g in s["genes"]]
-    mut_cols = [f"{g}_mut" for g in s["mutations"]]
-    unknown = sorted(set(raw) - set(expr_cols) - set(mut_cols) - {"patient_id"})
+    expr_cols, mut_cols, known = _genomics_columns(tuple(s["genes"]), tuple(s["mutations"]))
+    unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"field 'genomics': unknown column(s) {unknown[:10]}")
     missing = [c for c in expr_cols + mut_cols if raw.get(c) is None]
     if missing:
         raise ValueError(f"field 'genomics': missing column(s) {missing[:10]} (no missing-value mask)")
-    x = _floats([raw[c] for c in expr_cols], [f"genomics.{c}" for c in expr_cols])
-    mut = _floats([raw[c] for c in mut_cols], [f"genomics.{c}" for c in mut_cols]).astype(np.float32)
+    x = _floats([raw[c] for c in expr_cols], "genomics", expr_cols)
+    mut = _floats([raw[c] for c in mut_cols], "genomics", mut_cols).astype(np.float32)
     bad = [c for c, m in zip(mut_cols, mut) if m not in (0.0, 1.0)]
     if bad:
         raise ValueError(f"field 'genomics.{bad[0]}': mutations must be 0/1")

@@ -134,7 +134,9 @@ def test_numbers_of_any_plain_type_by_hand():
 
 
 @pytest.mark.parametrize("value, match", [(True, "expected a number"), ("7", "expected a number"),
-                                          (float("nan"), "finite"), (float("inf"), "finite")])
+                                          (float("nan"), "finite"), (float("inf"), "finite"),
+                                          (-float("inf"), "finite"), (1e39, "float32's range"),
+                                          (-3.5e38, "float32's range")])
 def test_bad_numbers_name_their_field(value, match):
     from clinfuse.experiments.prognosis_inputs import genomics_item, tabular_item
 
