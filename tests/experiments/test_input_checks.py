@@ -139,3 +139,14 @@ def test_median_helper_equals_numpy_median():
         x = rng.normal(size=n)
         assert _median(x) == float(np.median(x))
     assert _median(np.array([4.0, 1.0, 3.0, 2.0])) == 2.5
+
+
+def test_lead_sd_helper_equals_numpy_std_in_float64():
+    from clinfuse.experiments.input_checks import _lead_sd
+
+    rng = np.random.default_rng(0)
+    # float32 leads with a baseline offset 25x their sd (the centring must come before squaring)
+    leads = (rng.normal(scale=0.2, size=(12, 1000)) + rng.uniform(-5, 5, size=(12, 1))).astype(np.float32)
+    np.testing.assert_allclose(_lead_sd(leads), leads.std(axis=1, dtype=np.float64), rtol=1e-5)
+    np.testing.assert_allclose(_lead_sd(leads.astype(np.float64)), leads.astype(np.float64).std(axis=1), rtol=1e-12)
+    assert _lead_sd(np.zeros((2, 5), np.float32)).tolist() == [0.0, 0.0]
