@@ -453,6 +453,37 @@ def blank_labs(root: Path, how: str, seed: int = 11) -> None:
     table.to_parquet(root / "tabular.parquet", index=False)
 
 
+def redundant_labs(root: Path, copies: int, noise: float = 1.0, keep: float = 0.5, seed: int = 13) -> None:
+    """Replace every lab column of ``tabular.parquet`` (every numeric column but age) by ``copies``
+    noisier measurements of it, ``<lab>_m1`` ... ``<lab>_m<copies>``, each kept with probability
+    ``keep``: ``z + noise * e_k`` on the lab's own scale, ``z`` the lab's standardised value (of the
+    log for creatinine and white cells), ``e_k`` independent N(0, 1). Several tests that measure the
+    same thing, of which each patient had some ordered (creatinine and urea, a point-of-care and a
+    laboratory haemoglobin). The best reading of a patient's copies averages the observed ones and
+    shrinks the average by how many there are (``n / (n + noise^2)``), a weighting that depends on
+    the pattern of missing cells: a fixed linear read of value-and-indicator pairs cannot do it
+    (Le Morvan et al., "NeuMiss networks", NeurIPS 2020); averaging attention over the observed
+    feature tokens does it by construction. A lab blank in the generated table stays blank in
+    every copy. Age and the categorical columns are untouched."""
+    import pandas as pd
+
+    if copies < 1 or noise < 0 or not 0 < keep <= 1:
+        raise ValueError(f"--redundant-labs needs copies >= 1, noise >= 0 and 0 < keep <= 1, got {copies}, {noise}, {keep}")
+    table = pd.read_parquet(root / "tabular.parquet")
+    rng = np.random.default_rng(seed)
+    out = {c: table[c] for c in table.columns if c not in LAB_COLUMNS}
+    for c in LAB_COLUMNS:
+        x = table[c].to_numpy(float)
+        v = np.log(x) if c in LOG_LABS else x
+        mean, sd = np.nanmean(v), np.nanstd(v)
+        z = (v - mean) / sd
+        for k in range(1, copies + 1):
+            w = (z + noise * rng.standard_normal(len(x))) * sd + mean
+            w = np.exp(w) if c in LOG_LABS else w
+            out[f"{c}_m{k}"] = np.where(rng.uniform(size=len(x)) < keep, np.round(w, 4), np.nan)
+    pd.DataFrame(out).to_parquet(root / "tabular.parquet", index=False)
+
+
 PATIENT_TABLES = ("labels.parquet", "oracle.parquet", "presence.parquet", "tabular.parquet", "timeseries.parquet",
                   "notes.parquet", "genomics.csv", "splits.csv", "ecg/records.csv", "wsi/slides.csv")
 
@@ -550,6 +581,11 @@ def main() -> None:
     p.add_argument("--blank-labs", choices=("mcar", "abnormal"), default=None,
                    help="blank ~60 %% of the lab cells of tabular.parquet, at random or mostly the normal "
                         "values (blank_labs); the oracle is unchanged")
+    p.add_argument("--redundant-labs", type=int, default=0, metavar="COPIES",
+                   help="replace each lab column by COPIES noisier measurements of it, each kept with probability "
+                        "--redundant-keep (redundant_labs); the oracle is unchanged")
+    p.add_argument("--redundant-noise", type=float, default=1.0, help="noise sd of each --redundant-labs copy, in lab sd")
+    p.add_argument("--redundant-keep", type=float, default=0.5, help="probability that a --redundant-labs copy is measured")
     p.add_argument("--ts-forecast-pretrain", type=int, default=0, metavar="EPOCHS",
                    help="pretrain each time-series encoder this many epochs to forecast (STraTS's self-supervised "
                         "task) before training it; its rows are named <encoder>+forecast")
@@ -635,6 +671,8 @@ def main() -> None:
             add_noise_labs(root, a.noise_labs)
         if a.blank_labs:
             blank_labs(root, a.blank_labs)
+        if a.redundant_labs:
+            redundant_labs(root, a.redundant_labs, a.redundant_noise, a.redundant_keep)
         if a.ts_unlabelled:
             split_off_unlabelled(root, a.ts_unlabelled)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

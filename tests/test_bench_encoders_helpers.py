@@ -141,3 +141,58 @@ def test_a_reference_row_replaces_the_default_only_for_its_modality(bench):
     assert "STraTSEncoder+forecast (reference)" in table
     with pytest.raises(ValueError, match="not a row of these results"):
         bench.references(rows, "STraTSEncoder")
+
+
+def test_redundant_labs_are_noisy_copies_of_each_lab_measured_for_some_patients(bench, synthetic_cohort, tmp_path):
+    root = tmp_path / "cohort"
+    shutil.copytree(synthetic_cohort, root)
+    table = pd.read_parquet(root / "tabular.parquet")
+    bench.redundant_labs(root, copies=3, noise=1.0, keep=0.5)
+    out = pd.read_parquet(root / "tabular.parquet")
+    untouched = [c for c in table.columns if c not in bench.LAB_COLUMNS]
+    pd.testing.assert_frame_equal(out[untouched], table[untouched])
+    assert not set(bench.LAB_COLUMNS) & set(out.columns)  # each lab replaced by its copies
+    copies = [f"sodium_m{k}" for k in (1, 2, 3)]
+    assert set(copies) <= set(out.columns) and "sodium_m4" not in out.columns
+    was = table["sodium"].notna()
+    assert out.loc[~was, copies].isna().all().all()  # a blank lab is blank in every copy
+    seen = out.loc[was, copies].notna().to_numpy().mean()
+    assert 0.4 < seen < 0.6
+    # each copy measures the lab with noise of the lab's own sd: correlation ~ 1 / sqrt(2)
+    for c in copies:
+        r = table["sodium"].corr(out[c])
+        assert 0.6 < r < 0.8
+    r_log = np.log(table["creatinine"]).corr(np.log(out["creatinine_m1"]))  # log-scale labs copied on the log
+    assert 0.6 < r_log < 0.8
+    assert (out["creatinine_m1"].dropna() > 0).all()
+    dm = ClinicalDataModule(str(root), modalities=["tabular"])
+    dm.setup("fit")
+    assert "sodium_m3" in dm.spec["tabular"]["numeric_features"]
+    with pytest.raises(ValueError, match="--redundant-labs"):
+        bench.redundant_labs(root, copies=0)
+
+
+def test_reference_reads_of_redundant_copies_by_hand(bench, synthetic_cohort, tmp_path):
+    """bench_tabular_reference.py's feature sets for a --redundant-labs cohort, one patient by hand."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tabular_reference.py"
+    spec = importlib.util.spec_from_file_location("bench_tabular_reference", path)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    root = tmp_path / "cohort"
+    shutil.copytree(synthetic_cohort, root)
+    bench.redundant_labs(root, copies=3, noise=2.0, keep=0.6)
+    table = pd.read_parquet(root / "tabular.parquet")
+    train = np.ones(len(table), bool)
+    cols = ["sodium_m1", "sodium_m2", "sodium_m3"]
+    z = (table[cols] - table[cols].mean()) / table[cols].std() * np.sqrt(1 + 2.0**2)  # each on the lab's scale
+    i = int(np.flatnonzero(z.notna().sum(1).to_numpy() == 2)[0])  # a patient with two of three copies
+    seen = z.iloc[i].dropna().to_numpy()
+    expected = {"sum": seen.sum(), "mean": seen.mean(), "pattern-optimal": seen.sum() / (2 + 2.0**2)}
+    for kind, value in expected.items():
+        x = ref.redundant_features(table, train, kind, noise=2.0)
+        assert x.loc[i, "sodium"] == pytest.approx(value, rel=1e-9)
+        assert x.loc[i, "sodium_none"] == 0.0
+        assert "sodium_m1" not in x.columns
+    copies = ref.redundant_features(table, train, "copies", noise=2.0)
+    assert {"sodium_m1", "sodium_m1_missing", "sodium_m3"} <= set(copies.columns)
+    assert copies["sodium_m1"].notna().all()  # missing cells are 0 with a flag
