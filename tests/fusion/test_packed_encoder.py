@@ -43,6 +43,25 @@ def test_layer_forward_equals_the_layer_in_eval_mode():
     torch.testing.assert_close(layer_forward(layer, x, None), layer(x, src_key_padding_mask=~full), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("queries", [1, 3])
+def test_few_query_path_equals_the_layer_without_projecting_keys_and_values(queries):
+    """The first positions' outputs read from the normalised tokens (W_k^T q and the weighted mean
+    of z) equal the layer's, with and without padding keys, with a key bias that must cancel."""
+    enc = _encoder()
+    layer = enc.layers[1]
+    with torch.no_grad():
+        layer.self_attn.in_proj_bias.normal_(0, 0.5)  # non-zero key and value biases
+    x, mask = _batch()
+    ref = layer(x, src_key_padding_mask=~mask)
+    out = layer_forward(layer, x, mask, queries=queries)
+    assert out.shape == (x.shape[0], queries, D)
+    real = mask[:, :queries]
+    torch.testing.assert_close(out[real], ref[:, :queries][real], rtol=1e-5, atol=1e-5)
+    full = torch.ones_like(mask)
+    torch.testing.assert_close(layer_forward(layer, x, None, queries=queries),
+                               layer(x, src_key_padding_mask=~full)[:, :queries], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 100])
 def test_encode_packed_equals_the_encoder_at_every_real_position(chunk):
     enc = _encoder()
