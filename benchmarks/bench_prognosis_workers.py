@@ -27,10 +27,12 @@ cohort's trends may need (test C-index of the quickstart over five seeds: 0.7027
 bf16-mixed``, two runs): float32 1 worker x 2 threads 1,303 / 1,292, 2 workers x 1 thread 1,875 /
 1,797 patients/s; bf16-mixed 1,295 / 1,271 and 1,995 / 1,927 (0.246-0.255 s per batch).
 
-2026-12-03, eighteenth session (after the notes bag as one ``embedding_bag`` and the WSI mean
-summed in cached blocks; ``--precision 32-true bf16-mixed``, three runs): float32 1 worker x 2
-threads 1,340 / 1,288 / 1,336, 2 workers x 1 thread 1,987 / 1,936 / 1,937 patients/s; bf16-mixed
-1,376 / 1,365 / 1,386 and 2,137 / 2,152 / 2,083 (0.232-0.235 s per batch).
+2026-12-03, eighteenth session (the notes bag as one ``embedding_bag``, the WSI mean summed in
+cached blocks, the CLS-only last fusion layer without key/value projections, leaner parsing;
+``--precision 32-true bf16-mixed``, 17 runs over the session): 2 workers x 1 thread 1,838-2,038
+patients/s in float32, 1,975-2,191 in bf16-mixed (2,000 or more in 16 of 17; 0.23-0.25 s per
+batch); alternating with the session's starting commit, bf16-mixed 2,036 / 2,191 against 1,841 /
+1,948 (docs/benchmarks/prognosis.md).
 """
 
 from __future__ import annotations
