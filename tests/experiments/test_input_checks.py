@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from clinfuse.experiments.input_checks import MAX_LISTED, out_of_range
 
