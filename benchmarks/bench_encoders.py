@@ -431,6 +431,14 @@ LAB_COLUMNS = tuple(name for name in _GENERATED_NUMERIC if name != "age")
 LOG_LABS = frozenset(name for name, spec in _GENERATED_NUMERIC.items() if spec[4])
 
 
+def lab_scale(x: np.ndarray, column: str) -> tuple[np.ndarray, float, float]:
+    """A lab column's standardised values (NaN where blank) on the scale the generator draws it
+    (the log for creatinine and white cells), with the mean and sd that standardised them."""
+    v = np.log(x) if column in LOG_LABS else x
+    mean, sd = float(np.nanmean(v)), float(np.nanstd(v))
+    return (v - mean) / sd, mean, sd
+
+
 def blank_labs(root: Path, how: str, seed: int = 11) -> None:
     """Blank most lab cells of ``tabular.parquet`` (every numeric column but age), as in an EHR
     extract where labs are ordered only for some patients. ``how="mcar"``: each cell is kept with
@@ -446,8 +454,7 @@ def blank_labs(root: Path, how: str, seed: int = 11) -> None:
     rng = np.random.default_rng(seed)
     for c in LAB_COLUMNS:
         x = table[c].to_numpy(float)
-        v = np.log(x) if c in LOG_LABS else x
-        z = np.nan_to_num((v - np.nanmean(v)) / np.nanstd(v))
+        z = np.nan_to_num(lab_scale(x, c)[0])
         keep_p = np.full(len(x), 0.4) if how == "mcar" else 1 / (1 + np.exp(1.2 - 1.5 * np.abs(z)))
         table[c] = np.where(rng.uniform(size=len(x)) < keep_p, x, np.nan)
     table.to_parquet(root / "tabular.parquet", index=False)
@@ -474,9 +481,7 @@ def redundant_labs(root: Path, copies: int, noise: float = 1.0, keep: float = 0.
     out = {c: table[c] for c in table.columns if c not in LAB_COLUMNS}
     for c in LAB_COLUMNS:
         x = table[c].to_numpy(float)
-        v = np.log(x) if c in LOG_LABS else x
-        mean, sd = np.nanmean(v), np.nanstd(v)
-        z = (v - mean) / sd
+        z, mean, sd = lab_scale(x, c)
         for k in range(1, copies + 1):
             w = (z + noise * rng.standard_normal(len(x))) * sd + mean
             w = np.exp(w) if c in LOG_LABS else w
