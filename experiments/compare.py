@@ -142,6 +142,45 @@ def seed_and_patient_interval(patient_se: float, seed_deltas: Sequence[float], a
             "p_value": float(2 * stats.t.sf(abs(delta) / se, df))}
 
 
+def corrected_resampled_t(deltas: Sequence[float], n_train: int, n_test: int, alpha: float = 0.05) -> dict[str, float]:
+    """Interval of a mean difference over cross-validation folds whose training sets overlap.
+
+    The folds' estimates ``d_j`` (one per test fold, of one or several repeats of K-fold) are not
+    independent: any two folds train on mostly the same patients, so ``var(d) / J`` is too small.
+    Nadeau and Bengio ("Inference for the generalization error", Machine Learning 2003) correct the
+    variance of the mean to ``(1 / J + n_test / n_train) var(d)``, with Student's t on ``J - 1``
+    degrees of freedom (the "corrected resampled t-test"; Bouckaert and Frank, PAKDD 2004, for
+    repeated K-fold). Written here because neither scipy nor statsmodels has it.
+
+    Args:
+        deltas: ``d_j``, the difference on each test fold (e.g. averaged over training seeds).
+        n_train: patients a fold's models were trained on.
+        n_test: patients a fold was tested on.
+        alpha: 1 - coverage.
+
+    Returns:
+        ``delta`` (mean of ``d_j``), ``se``, ``df``, ``low``, ``high``, two-sided ``p_value``;
+        ``se``, ``low``, ``high``, ``p_value`` are NaN with fewer than two folds.
+    """
+    from scipy import stats
+
+    d = np.asarray(deltas, dtype=float)
+    if d.ndim != 1 or not len(d) or not np.isfinite(d).all():
+        raise ValueError(f"deltas must be a non-empty 1-D array of finite numbers, got {d!r}")
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
+    j, delta = len(d), float(d.mean())
+    if j < 2:
+        return {"delta": delta, "se": np.nan, "df": np.nan, "low": np.nan, "high": np.nan, "p_value": np.nan}
+    se = float(np.sqrt((1 / j + n_test / n_train) * d.var(ddof=1)))
+    df = j - 1
+    if se == 0:
+        return {"delta": delta, "se": 0.0, "df": df, "low": delta, "high": delta, "p_value": 1.0 if delta == 0 else 0.0}
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    return {"delta": delta, "se": se, "df": df, "low": delta - half, "high": delta + half,
+            "p_value": float(2 * stats.t.sf(abs(delta) / se, df))}
+
+
 def paired_c_index(risks: Sequence[np.ndarray], time: np.ndarray, event: np.ndarray, n_boot: int = 1000,
                    alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """Harrell C of every model (risk: higher = earlier event) and its difference to the first

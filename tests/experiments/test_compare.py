@@ -205,3 +205,27 @@ def test_seed_and_patient_interval_by_hand():
         seed_and_patient_interval(0.01, [0.03, float("nan")])
     with pytest.raises(ValueError, match="patient_se"):
         seed_and_patient_interval(-0.01, [0.03, 0.02])
+
+
+def test_corrected_resampled_t_by_hand():
+    from scipy import stats
+
+    from clinfuse.experiments.compare import corrected_resampled_t
+
+    # five folds of 5,000 train / 1,250 test: mean 0.003, sample variance
+    # (0 + 4 + 1 + 4 + 1) e-6 / 4 = 2.5e-6, corrected by (1/5 + 1250/5000) = 0.45
+    out = corrected_resampled_t([0.003, 0.005, 0.004, 0.001, 0.002], n_train=5000, n_test=1250)
+    se = np.sqrt(0.45 * 2.5e-6)
+    assert out["delta"] == pytest.approx(0.003) and out["se"] == pytest.approx(se) and out["df"] == 4
+    half = stats.t.ppf(0.975, 4) * se
+    assert (out["low"], out["high"]) == pytest.approx((0.003 - half, 0.003 + half))
+    assert out["p_value"] == pytest.approx(2 * stats.t.sf(0.003 / se, 4))
+    # the uncorrected se (var / 5 only) would be sqrt(5e-7) = 0.000707: the correction widens it 1.5x
+    assert out["se"] == pytest.approx(1.5 * np.sqrt(2.5e-6 / 5))
+    # equal folds: no variance; one fold: no interval
+    assert corrected_resampled_t([0.01] * 3, 100, 50)["p_value"] == 0.0
+    assert np.isnan(corrected_resampled_t([0.01], 100, 50)["low"])
+    with pytest.raises(ValueError, match="deltas"):
+        corrected_resampled_t([0.01, float("inf")], 100, 50)
+    with pytest.raises(ValueError, match="n_train"):
+        corrected_resampled_t([0.01, 0.02], 0, 50)
