@@ -14,7 +14,7 @@ fusion, Cox loss, AdamW, best ``val/c_index`` checkpoint, a fresh process per ru
 training seed and scored on the test fold (Harrell's C). References on the same folds, fitted on
 train + val: lifelines ``CoxPHFitter(penalizer=0.01)`` and scikit-survival
 ``RandomSurvivalForest(n_estimators=100, min_samples_leaf=15)``, both on the numeric columns
-z-scored (a blank value 0 plus a missing flag) and one-hot categorical columns.
+z-scored (a blank value 0 plus a missing flag) and one-hot categorical columns (first level dropped).
 
 Tables: per cohort, each encoder's C-index (mean over folds of the seed mean, sd over folds) and
 the references; then every alternative against the default (``TabularMLPEncoder``) per fold (paired
@@ -44,6 +44,7 @@ from bench_encoders import (  # noqa: E402 - the sibling benchmark's training ru
     _mean_sd,
     parse_variant,
     pool_draws,
+    read_rows,
     test_labels,
     variant_name,
 )
@@ -57,7 +58,9 @@ FIELDS = ["cohort", "split_seed", "fold", "modality", "encoder", "seed", "test_c
 def design(root: Path):  # noqa: ANN201 - (DataFrame, train+val ids, test ids, labels)
     """The references' design matrix of one cohort folder: numeric columns z-scored on the fitting
     patients (blank = 0, with a ``<col>_missing`` flag where any value is blank), categorical
-    columns one-hot (blank = all zeros)."""
+    columns one-hot without their first level (the reference; a blank is read as it): with every
+    level the columns sum to 1 and a rare level (flchain's late sample years) made lifelines'
+    Newton steps diverge on one fold (C 0.43)."""
     import pandas as pd
 
     table = pd.read_parquet(root / "tabular.parquet").set_index("patient_id")
@@ -75,7 +78,7 @@ def design(root: Path):  # noqa: ANN201 - (DataFrame, train+val ids, test ids, l
             parts.append(x.isna().astype(float).rename(f"{col}_missing"))
     categorical = table.drop(columns=numeric.columns)
     if len(categorical.columns):
-        parts.append(pd.get_dummies(categorical.astype(object), dtype=float))
+        parts.append(pd.get_dummies(categorical.astype(object), drop_first=True, dtype=float))
     return pd.concat(parts, axis=1), fit_ids, test_ids, labels
 
 
@@ -170,6 +173,8 @@ def main() -> None:
     p.add_argument("--references", nargs="*", default=["cox", "rsf"], choices=("cox", "rsf"))
     p.add_argument("--cohort-root", default=None, help="folder for the fold cohorts (default: a temporary one)")
     p.add_argument("--out", default=None, help="CSV of the per-run rows (with test risks)")
+    p.add_argument("--table-from", default=None, metavar="CSV",
+                   help="print the tables of an --out CSV (the fold cohorts are rewritten under --cohort-root); no training")
     a = p.parse_args()
     if a.folds < 2:
         p.error("--folds must be >= 2")
@@ -191,6 +196,20 @@ def main() -> None:
     if DEFAULT not in names:
         p.error(f"--encoders must include the default {DEFAULT} (every alternative is compared with it)")
     base = Path(a.cohort_root) if a.cohort_root else Path(tempfile.mkdtemp(prefix="clinfuse-tabular-real-"))
+
+    def fold_root(cohort: str, split_seed: int, fold: int) -> Path:
+        return builtin_cohort(cohort, base / f"{cohort}-s{split_seed}-f{fold}of{a.folds}", fold=fold, n_folds=a.folds,
+                              seed=split_seed)
+
+    if a.table_from:  # the folds are deterministic in (cohort, split seed, fold, --folds): rebuilt, not trained
+        rows = read_rows(a.table_from)
+        keys = list(dict.fromkeys((r["cohort"], int(r["split_seed"]), int(r["fold"])) for r in rows))
+        if any(k[2] >= a.folds for k in keys):
+            p.error(f"{a.table_from} has folds beyond --folds {a.folds}: pass the --folds it was run with")
+        roots = {k: fold_root(*k) for k in keys}
+        refs = {k: reference_c_index(roots[k], a.references) for k in keys} if a.references else {}
+        print(summarize(rows, refs, roots, DEFAULT))
+        return
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     if a.out:
@@ -203,8 +222,7 @@ def main() -> None:
         for split_seed in split_seeds:
             for fold in range(a.folds):
                 key = (cohort, split_seed, fold)
-                roots[key] = root = builtin_cohort(cohort, base / f"{cohort}-s{split_seed}-f{fold}of{a.folds}",
-                                                   fold=fold, n_folds=a.folds, seed=split_seed)
+                roots[key] = root = fold_root(cohort, split_seed, fold)
                 if a.references:
                     refs[key] = reference_c_index(root, a.references)
                 for enc in names:

@@ -56,9 +56,11 @@ def test_design_scales_on_the_fitting_patients_and_flags_blank_values(bench, flc
     assert blank.any() and (x.loc[blank, "creatinine"] == 0).all()
     assert x["creatinine_missing"].eq(blank.astype(float)).all()
     assert "age_missing" not in x  # only columns with a blank value get a flag
-    # one-hot categorical columns: one 1 per row where the value is known
-    sex = [c for c in x.columns if c.startswith("sex_")]
-    assert sorted(sex) == ["sex_F", "sex_M"] and x[sex].sum(axis=1).eq(1).all()
+    # one-hot categorical columns without the first (reference) level
+    assert [c for c in x.columns if c.startswith("sex_")] == ["sex_M"]
+    assert x["sex_M"].eq((raw["sex"] == "M").astype(float)).all()
+    groups = [c for c in x.columns if c.startswith("flc.grp_")]
+    assert len(groups) == raw["flc.grp"].nunique() - 1 and x[groups].sum(axis=1).le(1).all()
 
 
 def _rows(roots, encoder, risk_of, seeds=(0, 1)):
@@ -100,3 +102,19 @@ def test_summary_pools_the_folds_and_corrects_for_overlapping_training_sets(benc
     assert st["delta"] > 0.3
     assert f"{st['delta']:+.4f}, 95% CI [{st['low']:+.4f}, {st['high']:+.4f}]" in text
     assert "ahead on 3 of 3 folds" in text
+
+
+def test_table_from_an_out_csv_rebuilds_the_folds_and_prints_the_same_summary(bench, gbsg2_folds, tmp_path, monkeypatch, capsys):
+    rows = (_rows(gbsg2_folds, "TabularMLPEncoder", lambda lab, g: g.standard_normal(len(lab)))
+            + _rows(gbsg2_folds, "FTTransformerEncoder", lambda lab, g: -lab["time"].to_numpy() + g.normal(0, 300, len(lab))))
+    out = tmp_path / "rows.csv"
+    pd.DataFrame(rows).reindex(columns=bench.FIELDS).to_csv(out, index=False)
+    roots = {("gbsg2", 0, k): r for k, r in enumerate(gbsg2_folds)}
+    expected = bench.summarize(rows, {}, roots, "TabularMLPEncoder")
+    monkeypatch.setattr(sys, "argv", ["bench_tabular_real.py", "--table-from", str(out), "--folds", "3",
+                                      "--cohort-root", str(tmp_path / "folds"), "--references"])
+    bench.main()
+    assert capsys.readouterr().out.strip() == expected.strip()
+    # the folds were rebuilt where --cohort-root says, the same patients in each test fold
+    rebuilt = pd.read_csv(tmp_path / "folds" / "gbsg2-s0-f1of3" / "splits.csv")
+    assert rebuilt.equals(pd.read_csv(gbsg2_folds[1] / "splits.csv"))
