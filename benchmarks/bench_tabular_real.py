@@ -112,6 +112,9 @@ def summarize(rows: list[dict], refs: dict[tuple, dict[str, float]], roots: dict
     from clinfuse.experiments.compare import corrected_resampled_t
 
     ok = [r for r in rows if not r["error"]]
+    runs_of: dict[tuple, list[dict]] = {}  # (cohort, split seed, fold) -> its successful runs
+    for r in ok:
+        runs_of.setdefault((r["cohort"], r["split_seed"], r["fold"]), []).append(r)
     lines = []
     for cohort in dict.fromkeys(r["cohort"] for r in rows):
         keys = [k for k in roots if k[0] == cohort]  # (cohort, split seed, fold)
@@ -124,8 +127,8 @@ def summarize(rows: list[dict], refs: dict[tuple, dict[str, float]], roots: dict
         for enc in encoders:
             runs = [r for r in rows if r["cohort"] == cohort and r["encoder"] == enc]
             good = [r for r in runs if not r["error"]]
-            per_fold = {k: float(np.mean([r["test_c_index"] for r in good if (r["split_seed"], r["fold"]) == k[1:]]))
-                        for k in keys if any((r["split_seed"], r["fold"]) == k[1:] for r in good)}
+            per_fold = {k: float(np.mean(cs)) for k in keys
+                        if (cs := [r["test_c_index"] for r in runs_of.get(k, []) if r["encoder"] == enc])}
             fold_means[enc] = per_fold
             m, sd = _mean_sd(list(per_fold.values()))
             pps = np.mean([r["train_pps"] for r in good]) if good else float("nan")
@@ -140,8 +143,7 @@ def summarize(rows: list[dict], refs: dict[tuple, dict[str, float]], roots: dict
                 lines.append(f"| {label} | {m:.4f} ± {sd:.4f} | - | - | - |")
         if default not in fold_means:
             continue
-        draws = [(f"split {k[1]} fold {k[2]}", [r for r in ok if r["cohort"] == cohort and (r["split_seed"], r["fold"]) == k[1:]],
-                  test_labels(roots[k])) for k in keys]
+        draws = [(f"split {k[1]} fold {k[2]}", runs_of.get(k, []), test_labels(roots[k])) for k in keys]
         lines.append(pool_draws(draws, {"tabular": default}))
         splits = pd.read_csv(roots[keys[0]] / "splits.csv")["split"]
         n_test, n_train = int((splits == "test").sum()), int((splits == "train").sum())
